@@ -1,0 +1,44 @@
+"""Still images: load keyframes as RGB at the generation size, resize decoded frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from source.media.video import MediaError
+
+
+def load_image(path: Path, size: tuple[int, int] | None = None) -> Image.Image:
+    """Open an image as RGB, upright per its EXIF orientation, LANCZOS-resized to `size` = (width, height) if given."""
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"image not found: {path}")
+    try:
+        with Image.open(path) as opened:
+            # Phone photos store rotation in EXIF; without this a portrait keyframe arrives sideways.
+            image = ImageOps.exif_transpose(opened).convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise MediaError(f"cannot read image {path}: {error}") from None
+    if size is not None:
+        width, height = size
+        if width <= 0 or height <= 0:
+            raise MediaError(f"image size must be positive; got {width}x{height}")
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.LANCZOS)
+    return image
+
+
+def image_to_frame(image: Image.Image) -> np.ndarray:
+    """A PIL image as an (H, W, 3) uint8 RGB array."""
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, H, W, 3) uint8 frames LANCZOS-resized to `size` = (width, height); returned unchanged if already that size."""
+    width, height = size
+    if frames.shape[1:3] == (height, width):
+        return frames
+    resized = [np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.LANCZOS)) for frame in frames]
+    return np.stack(resized).astype(np.uint8, copy=False)
