@@ -1,0 +1,153 @@
+"""Planning a travel run: how many frames each segment generates, what it overlaps, which keyframes and prompts it
+gets, and the exact length of the final video. Pure functions, no I/O: the orchestrator handler parses the payload,
+calls `plan_travel`, and enqueues one task per `SegmentPlan`.
+
+The frame-count contract (README "Frame counts"): every segment generates exactly its quantised `frames`
+(4n+1), neighbouring segments share `overlap` frames that the stitch cross-fades, so the final video has
+    Σ frames − Σ overlaps
+frames. Upstream instead added the overlap to the next segment and re-quantised it down, silently losing two frames
+per join whenever the overlap was not a multiple of 4 (upstream_worker_spec §5.4, §10.1); here the number the
+orchestrator reports up front is the number the stitch asserts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+TravelMode = Literal["vace", "i2v"]
+
+
+class TravelPlanError(ValueError):
+    """A travel payload that cannot be planned; the message names the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def quantize_frames(frames: int) -> int:
+    """Wan generates 4n+1 frames: 4n+1 stays, 4n rounds up to 4n+1, 4n+2 and 4n+3 round down (as upstream)."""
+    return (frames // 4) * 4 + 1
+
+
+def quantize_overlaps(frames: list[int], overlaps: list[int]) -> list[int]:
+    """Overlaps become even (rounded down) and never longer than either neighbour. Upstream clamped after rounding,
+    which could hand back an odd overlap (a 4n+1 neighbour); here the clamp comes first so the result stays even."""
+    return [max(0, (min(overlap, frames[i], frames[i + 1]) // 2) * 2) for i, overlap in enumerate(overlaps)]
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    index: int
+    frames: int  # frames this segment generates (4n+1)
+    overlap_from_previous: int  # leading frames shared with the previous segment (cross-faded by the stitch)
+    overlap_with_next: int
+    start_image: str | None  # keyframe path/URL pinned at frame 0 (None when carried frames replace it)
+    end_image: str | None  # keyframe pinned at the last frame
+    prompt: str
+    negative_prompt: str
+    seed: int
+    depends_on_previous: bool  # VACE chaining: this segment reads the previous segment's tail frames
+
+    @property
+    def is_first(self) -> bool:
+        return self.index == 0
+
+
+@dataclass(frozen=True)
+class TravelPlan:
+    mode: TravelMode
+    segments: tuple[SegmentPlan, ...]
+    overlaps: tuple[int, ...]
+
+    @property
+    def final_frames(self) -> int:
+        """The contracted length of the stitched video."""
+        return sum(s.frames for s in self.segments) - sum(self.overlaps)
+
+
+def expand_per_segment(values: list[int] | int | None, count: int, field: str) -> list[int]:
+    """An int means "the same for every join/segment" (upstream accepts both shapes)."""
+    if values is None:
+        return [0] * count
+    if isinstance(values, int):
+        return [values] * count
+    if len(values) == 1 and count > 1:
+        return list(values) * count
+    if len(values) != count:
+        raise TravelPlanError(field, f"expected {count} values, got {len(values)}")
+    return list(values)
+
+
+def _pick_text(per_segment: list[str], index: int, fallback: str) -> str:
+    text = per_segment[index] if index < len(per_segment) else ""
+    return text if text and text.strip() else fallback
+
+
+def plan_travel(
+    *,
+    mode: TravelMode,
+    chain_segments: bool,
+    images: list[str],
+    segment_frames: list[int],
+    overlaps: list[int] | int | None,
+    base_prompt: str,
+    base_prompts: list[str],
+    enhanced_prompts: list[str],
+    negative_prompt: str,
+    negative_prompts: list[str],
+    text_before: str,
+    text_after: str,
+    seed: int,
+) -> TravelPlan:
+    """Plan every segment of a travel run. Segment i travels from keyframe i to keyframe i+1."""
+    count = len(segment_frames)
+    if count < 1:
+        raise TravelPlanError("orchestrator_details.segment_frames_expanded", "expected at least one segment")
+    if len(images) < count + 1 and not (count == 1 and len(images) == 1):
+        raise TravelPlanError(
+            "orchestrator_details.input_image_paths_resolved",
+            f"expected {count + 1} keyframes for {count} segments, got {len(images)}",
+        )
+    for i, value in enumerate(segment_frames):
+        if value < 1:
+            raise TravelPlanError(f"orchestrator_details.segment_frames_expanded[{i}]", f"expected >= 1, got {value}")
+    frames = [quantize_frames(f) for f in segment_frames]
+    raw_overlaps = expand_per_segment(overlaps, count - 1, "orchestrator_details.frame_overlap_expanded")
+    for i, value in enumerate(raw_overlaps):
+        if value < 0:
+            raise TravelPlanError(f"orchestrator_details.frame_overlap_expanded[{i}]", f"expected >= 0, got {value}")
+    quantized_overlaps = quantize_overlaps(frames, raw_overlaps)
+    # An overlap that fills a whole segment would leave nothing to generate between the pinned frames.
+    for i, overlap in enumerate(quantized_overlaps):
+        if overlap >= frames[i + 1] - 1:
+            raise TravelPlanError(
+                f"orchestrator_details.frame_overlap_expanded[{i}]",
+                f"expected an overlap shorter than segment {i + 1} minus its end keyframe ({frames[i + 1] - 1}), got {overlap}",
+            )
+    chained = mode == "vace" and chain_segments
+
+    segments = []
+    for i in range(count):
+        overlap_prev = quantized_overlaps[i - 1] if i > 0 else 0
+        overlap_next = quantized_overlaps[i] if i < count - 1 else 0
+        carries_tail = chained and i > 0 and overlap_prev > 0
+        prompt = _pick_text(enhanced_prompts, i, _pick_text(base_prompts, i, base_prompt))
+        prompt = " ".join(part for part in (text_before.strip(), prompt.strip(), text_after.strip()) if part)
+        segments.append(
+            SegmentPlan(
+                index=i,
+                frames=frames[i],
+                overlap_from_previous=overlap_prev,
+                overlap_with_next=overlap_next,
+                # Each segment starts at ITS keyframe (upstream's independent mode always used image 0, §10.29).
+                start_image=None if carries_tail else images[i],
+                end_image=images[i + 1] if len(images) > i + 1 else None,
+                prompt=prompt,
+                negative_prompt=_pick_text(negative_prompts, i, negative_prompt),
+                seed=seed,
+                depends_on_previous=carries_tail,
+            )
+        )
+    return TravelPlan(mode=mode, segments=tuple(segments), overlaps=tuple(quantized_overlaps))
