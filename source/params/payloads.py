@@ -1,0 +1,445 @@
+"""Typed payloads of the task types (upstream_worker_spec §3, §4, §7).
+
+Known keys are typed; unknown keys are kept (`model_extra`), because Reigh adds fields; JSON null means "not given".
+Parse with `source.params.errors.parse_model(Model, data, root=...)` so a bad payload becomes one PayloadError that
+names the field path and what was expected.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
+
+from source.params.base import Integer, Number, PayloadModel, PositiveInt, Resolution, TextOrEmpty
+from source.params.errors import Expected
+from source.params.phase_config import FlowShift, PhaseConfig, SolverName
+
+
+def _wgp_multiplier_token(value: Any) -> str:
+    """One LoRA's WGP multiplier token: a number, "a;b[;c]" per phase, each part a number or a comma list."""
+    expected = 'a LoRA multiplier: a number, or per-phase values such as "0.75;1.0;0" (each may be a comma list)'
+    if isinstance(value, bool):
+        raise Expected(expected)
+    if isinstance(value, int | float):
+        return str(value)
+    if not isinstance(value, str) or not value.strip() or " " in value.strip():
+        raise Expected(expected)
+    for part in value.strip().replace(";", ",").split(","):
+        try:
+            float(part)
+        except ValueError:
+            raise Expected(expected) from None
+    return value.strip()
+
+
+def _wgp_multiplier_string(value: Any) -> str:
+    """`loras_multipliers` as WGP takes it: one whitespace-separated token per LoRA (a list is joined by spaces)."""
+    if isinstance(value, list | tuple):
+        return " ".join(_wgp_multiplier_token(item) for item in value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise Expected("a multiplier string with one token per LoRA, or a list of them")
+    for token in value.replace("|", " ").split():
+        _wgp_multiplier_token(token)
+    return value
+
+
+def _guidance_phases(value: int) -> int:
+    if value not in (1, 2, 3):
+        raise Expected("1, 2 or 3")
+    return value
+
+
+def _non_negative(value: int) -> int:
+    if value < 0:
+        raise Expected("an integer >= 0")
+    return value
+
+
+MultiplierToken = Annotated[str, BeforeValidator(_wgp_multiplier_token)]
+MultiplierString = Annotated[str, BeforeValidator(_wgp_multiplier_string)]
+GuidancePhases = Annotated[Integer, AfterValidator(_guidance_phases)]
+NonNegativeInt = Annotated[Integer, AfterValidator(_non_negative)]
+
+
+class WgpGenerationFields(PayloadModel):
+    """Generation parameters in WGP's names, accepted at every level of a payload (upstream
+    extract_orchestrator_parameters copies them from orchestrator_details into segments)."""
+
+    model: str | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    resolution: Resolution | None = None
+    video_length: PositiveInt | None = None
+    seed: Integer | None = None
+    num_inference_steps: PositiveInt | None = None
+    guidance_scale: Number | None = None
+    guidance2_scale: Number | None = None
+    guidance3_scale: Number | None = None
+    guidance_phases: GuidancePhases | None = None
+    switch_threshold: Number | None = None
+    switch_threshold2: Number | None = None
+    model_switch_phase: PositiveInt | None = None
+    flow_shift: FlowShift | None = None
+    sample_solver: SolverName | None = None
+    activated_loras: list[str] | None = None
+    loras_multipliers: MultiplierString | None = None
+    lora_names: list[str] | None = None  # Reigh's name for activated_loras
+    lora_multipliers: list[MultiplierToken] | None = None  # Reigh's per-LoRA list form of loras_multipliers
+    additional_loras: dict[str, Number] | None = None  # {url: multiplier}
+    video_prompt_type: str | None = None
+    control_net_weight: Number | None = None
+    control_net_weight2: Number | None = None
+    image_start: str | None = None
+    image_end: str | None = None
+    video_guide: str | None = None
+    video_mask: str | None = None
+    phase_config: PhaseConfig | None = None
+
+
+# The knobs a GenerationSpec carries (engine names); prompts, frames, seed and inputs are per segment.
+GENERATION_KNOBS = (
+    "num_inference_steps",
+    "guidance_scale",
+    "guidance2_scale",
+    "guidance3_scale",
+    "guidance_phases",
+    "switch_threshold",
+    "switch_threshold2",
+    "model_switch_phase",
+    "flow_shift",
+    "sample_solver",
+    "control_net_weight",
+)
+
+
+class GenerationSpec(PayloadModel):
+    """Generation knobs given by the payload (None: the engine uses the model definition's setting), the LoRAs
+    (URLs or files, one multiplier token each) and where each value came from."""
+
+    num_inference_steps: PositiveInt | None = None
+    guidance_scale: Number | None = None
+    guidance2_scale: Number | None = None
+    guidance3_scale: Number | None = None
+    guidance_phases: PositiveInt | None = None
+    switch_threshold: Number | None = None
+    switch_threshold2: Number | None = None
+    model_switch_phase: PositiveInt | None = None
+    flow_shift: Number | None = None
+    sample_solver: str | None = None
+    control_net_weight: Number | None = None
+    lora_names: list[str] = Field(default_factory=list)
+    lora_multipliers: list[str] = Field(default_factory=list)
+    sources: dict[str, str] = Field(default_factory=dict)
+
+    def wgp_params(self) -> dict[str, Any]:
+        """The knobs that were given, in WGP names (LoRAs excluded: they must be fetched first)."""
+        return {name: getattr(self, name) for name in GENERATION_KNOBS if getattr(self, name) is not None}
+
+
+class VaceImageRef(PayloadModel):
+    segment_idx_for_naming: Integer | None = None
+    original_path: str | None = None
+    strength_to_apply: Number | None = None
+    type: str | None = None
+
+
+class OrchestratorDetails(WgpGenerationFields):
+    """`params.orchestrator_details` of a travel_orchestrator task (every field of upstream_worker_spec §3.1)."""
+
+    # Segments and frames (num_new_segments_to_generate defaults to the length of segment_frames_expanded)
+    num_new_segments_to_generate: Integer | None = None
+    segment_frames_expanded: list[PositiveInt]
+    # One overlap per join (an int means the same for every join); required when there are 2+ segments.
+    frame_overlap_expanded: list[NonNegativeInt] = Field(default_factory=list, validate_default=True)
+    input_image_paths_resolved: list[str] = Field(default_factory=list)
+    # Prompts
+    base_prompts_expanded: list[TextOrEmpty] = Field(default_factory=list)
+    negative_prompts_expanded: list[TextOrEmpty] = Field(default_factory=list)
+    enhanced_prompts_expanded: list[TextOrEmpty] = Field(default_factory=list)
+    base_prompt: str = ""
+    text_before_prompts: str = ""
+    text_after_prompts: str = ""
+    enhance_prompt: bool = False
+    vlm_device: str = "cuda"
+    shot_id: str | None = None
+    # Model and output
+    model_name: str
+    model_type: Literal["vace", "i2v"] | None = None  # upstream's default was "vace"; the model's architecture decides
+    parsed_resolution_wh: Resolution | None = None  # the model's default resolution when absent
+    seed_base: Integer = 12345  # the same seed for every segment (upstream commit 69527a5)
+    fps_helpers: PositiveInt = 16
+    fps_final_video: PositiveInt | None = None  # the stitched video's fps (default fps_helpers)
+    steps: Integer | None = None  # the UI's "timeline steps": deliberately NOT the diffusion steps
+    chain_segments: bool = True
+    continue_from_video_resolved_path: str | None = None
+    # Stable Video Infinity
+    use_svi: bool = False
+    svi_strength: Number | None = None
+    svi_strength_1: Number | None = None
+    svi_strength_2: Number | None = None
+    svi_predecessor_video_url: str | None = None
+    # Run bookkeeping
+    run_id: str | None = None
+    main_output_dir_for_run: str | None = None
+    parent_generation_id: str | None = None
+    # Post-processing of segments and of the overlap frames in the guide
+    after_first_post_generation_saturation: Number | None = None
+    after_first_post_generation_brightness: Number | None = None
+    subsequent_starting_strength_adjustment: Number = 0.0
+    desaturate_subsequent_starting_frames: Number = 0.0
+    adjust_brightness_subsequent_starting_frames: Number = 0.0
+    # Stitch
+    crossfade_sharp_amt: Number = 0.3
+    regenerate_anchors: bool = False
+    upscale_factor: Number = 0.0
+    upscale_model_name: str | None = None
+    vace_image_refs_to_prepare_by_worker: list[VaceImageRef] = Field(default_factory=list)
+    # Structure / motion guidance (new form and legacy keys); uni3c_* keys are kept as extras
+    structure_guidance: dict[str, Any] | None = None
+    structure_video_path: str | None = None
+    structure_videos: list[dict[str, Any]] | None = None
+    structure_type: str | None = None
+    structure_video_type: str | None = None
+    structure_video_treatment: Literal["adjust", "clip"] | None = None
+    structure_video_motion_strength: Number | None = None
+    structure_canny_intensity: Number | None = None
+    structure_depth_contrast: Number | None = None
+    # Debugging and pass-through values
+    debug_mode_enabled: bool = False
+    skip_cleanup_enabled: bool = False
+    cfg_star_switch: Integer = 0
+    cfg_zero_step: Integer = -1
+    params_json_str_override: str | None = None
+    original_common_args: dict[str, Any] | None = None
+    original_task_args: dict[str, Any] | None = None
+    poll_interval: Number | None = None
+    poll_timeout: Number | None = None
+    poll_timeout_upscale: Number | None = None
+    # Seen in payloads, ignored by the worker (upstream_worker_spec §3.1)
+    advanced_mode: bool | None = None
+    generation_mode: str | None = None
+    motion_mode: str | None = None
+    dimension_source: str | None = None
+    selected_phase_preset_id: str | None = None
+    input_image_generation_ids: list[Any] | None = None
+    show_input_images: bool | None = None
+    tool_type: str | None = None
+    amount_of_motion: Number | None = None
+    openai_api_key: str | None = None  # secret: redacted wherever params are shown
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_forms(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        # A single overlap applies to every join.
+        overlap, count = data.get("frame_overlap_expanded"), data.get("num_new_segments_to_generate")
+        if count is None and isinstance(data.get("segment_frames_expanded"), list):
+            count = len(data["segment_frames_expanded"])
+        if isinstance(overlap, int) and not isinstance(overlap, bool) and isinstance(count, int):
+            data["frame_overlap_expanded"] = [overlap] * max(count - 1, 0)
+        # Legacy `independent_segments` is the inverse of chain_segments.
+        if "chain_segments" not in data and isinstance(data.get("independent_segments"), bool):
+            data["chain_segments"] = not data["independent_segments"]
+        return data
+
+    @field_validator(
+        "segment_frames_expanded", "base_prompts_expanded", "negative_prompts_expanded", "frame_overlap_expanded"
+    )
+    @classmethod
+    def _one_per_segment(cls, value: list[Any], info: ValidationInfo) -> list[Any]:
+        count = info.data.get("num_new_segments_to_generate")
+        if count is None and info.field_name != "segment_frames_expanded":
+            frames = info.data.get("segment_frames_expanded")
+            count = len(frames) if isinstance(frames, list) else None
+        if not isinstance(count, int) or count <= 0:
+            return value  # nothing to generate (the task succeeds vacuously) or already reported
+        needed = count - 1 if info.field_name == "frame_overlap_expanded" else count
+        optional = info.field_name in ("base_prompts_expanded", "negative_prompts_expanded")
+        if len(value) < needed and not (optional and not value):
+            what = "joins" if info.field_name == "frame_overlap_expanded" else "segments"
+            raise Expected(f"at least {needed} entries (one per {what[:-1]}; {count} segments)")
+        return value
+
+    @property
+    def segment_count(self) -> int:
+        return (
+            self.num_new_segments_to_generate
+            if self.num_new_segments_to_generate is not None
+            else len(self.segment_frames_expanded)
+        )
+
+
+class TravelOrchestratorParams(WgpGenerationFields):
+    """`params` of a travel_orchestrator task: orchestrator_details plus top-level overrides."""
+
+    orchestrator_details: OrchestratorDetails
+    task_id: str | None = None
+    orchestrator_task_id: str | None = None
+    project_id: str | None = None
+    run_id: str | None = None
+
+
+class IndividualSegmentParams(WgpGenerationFields):
+    """`individual_segment_params`: per-segment overrides from the UI, highest precedence (upstream §4.1, §4.3)."""
+
+    start_image_url: str | None = None
+    end_image_url: str | None = None
+    input_image_paths_resolved: list[str] | None = None
+    num_frames: PositiveInt | None = None
+    seed_to_use: Integer | None = None
+    base_prompt: str | None = None
+    frame_overlap_from_previous: NonNegativeInt | None = None
+    frame_overlap_with_next: NonNegativeInt | None = None
+
+
+class TravelSegmentParams(WgpGenerationFields):
+    """`params` of a travel_segment (and individual_travel_segment) task (upstream_worker_spec §3.3)."""
+
+    # References
+    orchestrator_task_id_ref: str | None = None
+    orchestrator_run_id: str | None = None
+    project_id: str | None = None
+    parent_generation_id: str | None = None
+    segment_index: NonNegativeInt = 0
+    is_first_segment: bool | None = None
+    is_last_segment: bool | None = None
+    current_run_base_output_dir: str | None = None
+    # Prompts and frames
+    base_prompt: str | None = None
+    segment_frames_target: PositiveInt | None = None
+    frame_overlap_from_previous: NonNegativeInt = 0
+    frame_overlap_with_next: NonNegativeInt = 0
+    vace_image_refs_to_prepare_by_worker: list[VaceImageRef] = Field(default_factory=list)
+    parsed_resolution_wh: Resolution | None = None
+    model_name: str | None = None
+    # Generation
+    seed_to_use: Integer | None = None
+    cfg_star_switch: Integer = 0
+    cfg_zero_step: Integer = -1
+    params_json_str_override: str | None = None
+    fps_helpers: PositiveInt = 16
+    # Guide and post-processing adjustments
+    subsequent_starting_strength_adjustment: Number = 0.0
+    desaturate_subsequent_starting_frames: Number = 0.0
+    adjust_brightness_subsequent_starting_frames: Number = 0.0
+    after_first_post_generation_saturation: Number | None = None
+    after_first_post_generation_brightness: Number | None = None
+    # Flags
+    segment_image_download_dir: str | None = None
+    debug_mode_enabled: bool = False
+    skip_cleanup_enabled: bool = False
+    continue_from_video_resolved_path_for_guide: str | None = None
+    consolidated_end_anchor_idx: Integer | None = None
+    consolidated_keyframe_positions: list[Integer] | None = None
+    use_svi: bool = False
+    svi2pro: bool | None = None
+    structure_guidance: dict[str, Any] | None = None
+    # Nested payloads
+    orchestrator_details: OrchestratorDetails | None = None
+    full_orchestrator_payload: OrchestratorDetails | None = None  # legacy name of orchestrator_details
+    individual_segment_params: IndividualSegmentParams | None = None
+
+    @property
+    def orchestrator(self) -> OrchestratorDetails | None:
+        return self.orchestrator_details or self.full_orchestrator_payload
+
+
+class TravelStitchParams(PayloadModel):
+    """`params` of a travel_stitch task (upstream_worker_spec §3.4)."""
+
+    orchestrator_task_id_ref: str | None = None
+    orchestrator_run_id: str | None = None
+    project_id: str | None = None
+    parent_generation_id: str | None = None
+    num_total_segments_generated: NonNegativeInt
+    current_run_base_output_dir: str | None = None
+    frame_overlap_settings_expanded: list[NonNegativeInt] = Field(default_factory=list)
+    crossfade_sharp_amt: Number = 0.3
+    parsed_resolution_wh: Resolution | None = None
+    fps_final_video: PositiveInt = 16
+    upscale_factor: Number = 0.0
+    upscale_model_name: str | None = None
+    seed_for_upscale: Integer | None = None
+    debug_mode_enabled: bool = False
+    skip_cleanup_enabled: bool = False
+    initial_continued_video_path: str | None = None
+    final_stitched_output_path: str | None = None
+    poll_interval_from_orchestrator: Number = 15
+    poll_timeout_from_orchestrator: Number = 1800
+    orchestrator_details: OrchestratorDetails | None = None
+    use_svi: bool = False
+
+    @field_validator("frame_overlap_settings_expanded")
+    @classmethod
+    def _one_per_join(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        count = info.data.get("num_total_segments_generated")
+        if isinstance(count, int) and count > 1 and len(value) < count - 1:
+            raise Expected(f"at least {count - 1} overlaps (one per join; num_total_segments_generated={count})")
+        return value
+
+
+class GenerationTaskParams(WgpGenerationFields):
+    """`params` of a plain generation task (t2v, i2v, vace, generate_video ...): WGP's parameter names."""
+
+    model_name: str | None = None  # Reigh's name for `model` (copied into `model` when that is absent)
+    steps: PositiveInt | None = None  # legacy: num_inference_steps when that is not given (upstream §7)
+    image_refs: list[str] | None = None
+    output_filename: str | None = None
+    task_id: str | None = None
+    project_id: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_name_is_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("model") is None and isinstance(data.get("model_name"), str):
+            data = {**data, "model": data["model_name"]}
+        return data
+
+    @property
+    def model_id(self) -> str | None:
+        return self.model or self.model_name
+
+    def wgp_params(self) -> dict[str, Any]:
+        """The engine parameters this payload gives (WGP names, `model` excluded): its own keys and aliases, with its
+        phase_config applied on top. Model defaults are left to the engine. Raises PayloadError for a bad
+        phase_config."""
+        from source.params.resolve import payload_layers, resolve_layers
+
+        resolved = resolve_layers(payload_layers(self, name="params", root="")).as_params()
+        resolved.pop("model", None)
+        return resolved
+
+    def lora_sources(self) -> list[str]:
+        """The payload's LoRA files/URLs, in the order of wgp_params()["loras_multipliers"]."""
+        return [str(source) for source in self.wgp_params().get("activated_loras", [])]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Lenient views for explaining a plan: only what affects generation is typed, nothing is required, so a payload
+# fragment (e.g. a phase_config nested under orchestrator_details) can be explained before it is complete.
+
+
+class OrchestratorOverrides(WgpGenerationFields):
+    model_name: str | None = None
+    parsed_resolution_wh: Resolution | None = None
+    seed_base: Integer | None = None
+    base_prompt: str | None = None
+
+
+class GenerationOverrides(WgpGenerationFields):
+    """Any task's params seen as generation overrides: top-level WGP keys, plus the nested levels."""
+
+    model_name: str | None = None
+    parsed_resolution_wh: Resolution | None = None
+    seed_to_use: Integer | None = None
+    segment_frames_target: PositiveInt | None = None
+    base_prompt: str | None = None
+    orchestrator_details: OrchestratorOverrides | None = None
+    full_orchestrator_payload: OrchestratorOverrides | None = None
+    individual_segment_params: IndividualSegmentParams | None = None
+    generation: GenerationSpec | None = None  # written into segment rows by our orchestrator

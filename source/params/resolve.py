@@ -1,0 +1,388 @@
+"""Parameter resolution with provenance: ONE precedence scheme for every task type.
+
+    system defaults < model definition settings < orchestrator_details < segment params < individual_segment_params
+
+Each layer that carries a `phase_config` contributes the converted WGP values on top of its own plain keys (so a
+phase_config wins over sibling keys of its layer, and loses to higher layers). Every resolved value remembers the
+field it came from, so `plan --explain` and error messages can name it.
+
+"Not given" is None, "" or an empty list/object (upstream's prefer-truthy rule, which Reigh payloads rely on), except
+for the LoRA list a phase_config produces: a phase_config without LoRAs means "no LoRAs". Unlike upstream, 0 is a
+value (upstream let 0 fall through to lower layers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from source.params.errors import PayloadError
+from source.params.payloads import (
+    GenerationOverrides,
+    GenerationSpec,
+    GenerationTaskParams,
+    IndividualSegmentParams,
+    OrchestratorDetails,
+    OrchestratorOverrides,
+    TravelOrchestratorParams,
+    TravelSegmentParams,
+    WgpGenerationFields,
+)
+from source.params.phase_config import phase_config_to_wgp, plan_for
+from Wan2GP.catalog import ModelDefinition
+from Wan2GP.schedule import GenerationPlan, PlanError
+
+# The WGP parameters a generation is resolved over (the names the engine accepts).
+GENERATION_KEYS: tuple[str, ...] = (
+    "model",
+    "prompt",
+    "negative_prompt",
+    "resolution",
+    "video_length",
+    "seed",
+    "num_inference_steps",
+    "guidance_scale",
+    "guidance2_scale",
+    "guidance3_scale",
+    "guidance_phases",
+    "switch_threshold",
+    "switch_threshold2",
+    "model_switch_phase",
+    "flow_shift",
+    "sample_solver",
+    "activated_loras",
+    "loras_multipliers",
+    "image_start",
+    "image_end",
+    "video_guide",
+    "video_mask",
+    "video_prompt_type",
+    "control_net_weight",
+)
+
+# The engine's own fallbacks (WGP's factory defaults, Wan2GP/request.py), so `plan` explains what the engine will do.
+# Upstream's headless wrapper had different ones (25 steps, euler, shift 7, CFG 7.5; upstream_worker_spec §7.1); every
+# catalog model sets these values itself, so they only matter for payloads explained without a model.
+SYSTEM_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {
+        "prompt": "",
+        "negative_prompt": "",
+        "resolution": "832x480",
+        "video_length": 81,
+        "num_inference_steps": 30,
+        "seed": -1,
+        "guidance_scale": 5.0,
+        "guidance_phases": 1,
+        "flow_shift": 5.0,
+        "sample_solver": "unipc",
+        "switch_threshold": 0.0,
+        "switch_threshold2": 0.0,
+        "control_net_weight": 1.0,
+    }
+)
+
+SYSTEM = "system defaults"
+
+# Payload-specific names that mean a WGP parameter (used only when the WGP name itself is not given).
+_ALIASES: dict[type, dict[str, str]] = {
+    OrchestratorDetails: {
+        "parsed_resolution_wh": "resolution",
+        "seed_base": "seed",
+        "model_name": "model",
+        "base_prompt": "prompt",
+    },
+    TravelSegmentParams: {
+        "parsed_resolution_wh": "resolution",
+        "seed_to_use": "seed",
+        "model_name": "model",
+        "segment_frames_target": "video_length",
+        "base_prompt": "prompt",
+    },
+    OrchestratorOverrides: {
+        "parsed_resolution_wh": "resolution",
+        "seed_base": "seed",
+        "model_name": "model",
+        "base_prompt": "prompt",
+    },
+    GenerationOverrides: {
+        "parsed_resolution_wh": "resolution",
+        "seed_to_use": "seed",
+        "model_name": "model",
+        "segment_frames_target": "video_length",
+        "base_prompt": "prompt",
+    },
+    IndividualSegmentParams: {"num_frames": "video_length", "seed_to_use": "seed", "base_prompt": "prompt"},
+    GenerationTaskParams: {"model_name": "model", "steps": "num_inference_steps"},
+}
+
+
+@dataclass(frozen=True)
+class ResolvedValue:
+    value: Any
+    source: str  # the payload field it came from ("orchestrator_details.seed_base"), or "system defaults"/"model X"
+    layer: str  # "system", "model", "orchestrator_details", "params", "individual_segment_params", ...
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One precedence level: values with the field path each came from."""
+
+    name: str
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]
+
+
+class Resolved(Mapping[str, ResolvedValue]):
+    """Resolved WGP parameters: name -> (value, source). Immutable."""
+
+    def __init__(
+        self,
+        entries: Mapping[str, ResolvedValue],
+        warnings: Sequence[str] = (),
+        model: ModelDefinition | None = None,
+    ) -> None:
+        self._entries = dict(entries)
+        self.warnings: tuple[str, ...] = tuple(warnings)
+        self.model = model  # the catalog entry whose settings took part (its built-in LoRAs run first)
+
+    def __getitem__(self, name: str) -> ResolvedValue:
+        return self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def value(self, name: str, default: Any = None) -> Any:
+        entry = self._entries.get(name)
+        return default if entry is None else entry.value
+
+    def source(self, name: str) -> str | None:
+        entry = self._entries.get(name)
+        return None if entry is None else entry.source
+
+    def as_params(self) -> dict[str, Any]:
+        """Plain WGP parameters (name -> value)."""
+        return {name: entry.value for name, entry in self._entries.items()}
+
+    def rows(self) -> list[tuple[str, Any, str]]:
+        """(name, value, source) in GENERATION_KEYS order, then any others."""
+        order = {name: i for i, name in enumerate(GENERATION_KEYS)}
+        names = sorted(self._entries, key=lambda name: (order.get(name, len(order)), name))
+        return [(name, self._entries[name].value, self._entries[name].source) for name in names]
+
+    def render(self) -> str:
+        """One line per value: `name = value    <- source`."""
+        rows = [(name, repr(value), source) for name, value, source in self.rows()]
+        width = max((len(name) for name, _, _ in rows), default=0)
+        value_width = min(max((len(value) for _, value, _ in rows), default=0), 60)
+        return "\n".join(f"{name:<{width}} = {value:<{value_width}}  <- {source}" for name, value, source in rows)
+
+
+def resolve_layers(
+    layers: Sequence[Layer], warnings: Sequence[str] = (), model: ModelDefinition | None = None
+) -> Resolved:
+    """Later layers win. Every value of every layer counts (filtering "not given" is the layer builder's job)."""
+    entries: dict[str, ResolvedValue] = {}
+    for layer in layers:
+        for name, value in layer.values.items():
+            entries[name] = ResolvedValue(value, layer.sources.get(name, layer.name), layer.name)
+    return Resolved(entries, warnings, model)
+
+
+def system_layer() -> Layer:
+    return Layer("system", dict(SYSTEM_DEFAULTS), dict.fromkeys(SYSTEM_DEFAULTS, SYSTEM))
+
+
+def model_layer(model: ModelDefinition) -> Layer:
+    """The model definition's default settings (only the keys a generation is resolved over). Like the engine, a
+    two-expert model without a guidance_phases setting runs 2 phases (the Wan handler's default)."""
+    label = f"model {model.id}"
+    values: dict[str, Any] = {"model": model.id, "guidance_phases": 2 if model.experts == 2 else 1}
+    sources = {"model": label, "guidance_phases": f"{label} ({model.experts} expert(s))"}
+    for key, value in model.settings.items():
+        if key in GENERATION_KEYS and _given(value):
+            values[key] = value
+            sources[key] = label
+    return Layer("model", values, sources)
+
+
+def payload_layers(payload: WgpGenerationFields, *, name: str, root: str) -> list[Layer]:
+    """A payload level as layers: its plain keys, then (if present) what its phase_config means.
+    `root` is the payload's path ("" for the top level of params), used in sources and errors."""
+    return _payload_layers(payload, name=name, root=root)[0]
+
+
+def _payload_layers(payload: WgpGenerationFields, *, name: str, root: str) -> tuple[list[Layer], list[str]]:
+    given = payload.model_fields_set | set(payload.model_extra or {})
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    def take(key: str, value: Any, field: str) -> None:
+        if key not in values and _given(value):
+            values[key] = value
+            sources[key] = _path(root, field)
+
+    for key in GENERATION_KEYS:
+        if key in given and key in type(payload).model_fields:
+            take(key, getattr(payload, key), key)
+    for field, key in _aliases_for(payload).items():
+        if field in given:
+            take(key, getattr(payload, field), field)
+    # Reigh's LoRA spellings: lora_names + lora_multipliers (list), or additional_loras {url: multiplier}.
+    if payload.lora_names:
+        take("activated_loras", list(payload.lora_names), "lora_names")
+    if payload.lora_multipliers:
+        take("loras_multipliers", " ".join(payload.lora_multipliers), "lora_multipliers")
+    if payload.additional_loras and "activated_loras" not in values:
+        take("activated_loras", list(payload.additional_loras), "additional_loras")
+        take("loras_multipliers", " ".join(str(v) for v in payload.additional_loras.values()), "additional_loras")
+    layers = [Layer(name, values, sources)]
+    spec = getattr(payload, "generation", None)
+    if isinstance(spec, GenerationSpec):
+        # Knobs our orchestrator resolved once and wrote into the segment row; they keep their original sources.
+        spec_values: dict[str, Any] = spec.wgp_params()
+        if spec.lora_names:
+            spec_values["activated_loras"] = list(spec.lora_names)
+            spec_values["loras_multipliers"] = " ".join(spec.lora_multipliers)
+        spec_root = _path(root, "generation")
+        spec_sources = {key: spec.sources.get(key, _path(spec_root, key)) for key in spec_values}
+        layers.append(Layer(f"{name}.generation", spec_values, spec_sources))
+    warnings: list[str] = []
+    if payload.phase_config is not None:
+        phase_root = _path(root, "phase_config")
+        converted = phase_config_to_wgp(payload.phase_config, root=phase_root)
+        phase_values = converted.as_wgp_params()
+        layers.append(Layer(f"{name}.phase_config", phase_values, dict.fromkeys(phase_values, phase_root)))
+        warnings += converted.warnings
+    return layers, warnings
+
+
+@dataclass(frozen=True)
+class PayloadLevels:
+    """The levels of a task payload, lowest precedence first (any may be None)."""
+
+    orchestrator: OrchestratorDetails | OrchestratorOverrides | None = None
+    orchestrator_root: str = "orchestrator_details"
+    segment: WgpGenerationFields | None = None
+    segment_root: str = ""
+    individual: IndividualSegmentParams | None = None
+    individual_root: str = "individual_segment_params"
+
+    def model_name(self) -> str | None:
+        """The model the payload asks for (highest level wins)."""
+        for level in (self.individual, self.segment, self.orchestrator):
+            if level is None:
+                continue
+            for field in ("model", "model_name"):
+                value = getattr(level, field, None)
+                if isinstance(value, str) and value:
+                    return value
+        return None
+
+
+def levels_of(payload: WgpGenerationFields) -> PayloadLevels:
+    """Split a parsed task payload into its precedence levels."""
+    if isinstance(payload, TravelSegmentParams):
+        orchestrator_root = "orchestrator_details" if payload.orchestrator_details else "full_orchestrator_payload"
+        return PayloadLevels(
+            orchestrator=payload.orchestrator,
+            orchestrator_root=orchestrator_root,
+            segment=payload,
+            individual=payload.individual_segment_params,
+        )
+    if isinstance(payload, GenerationOverrides):
+        nested = payload.orchestrator_details or payload.full_orchestrator_payload
+        orchestrator_root = "orchestrator_details" if payload.orchestrator_details else "full_orchestrator_payload"
+        return PayloadLevels(
+            orchestrator=nested,
+            orchestrator_root=orchestrator_root,
+            segment=payload,
+            individual=payload.individual_segment_params,
+        )
+    if isinstance(payload, TravelOrchestratorParams):
+        return PayloadLevels(orchestrator=payload.orchestrator_details, segment=payload)
+    if isinstance(payload, OrchestratorDetails | OrchestratorOverrides):
+        return PayloadLevels(orchestrator=payload, orchestrator_root="")
+    return PayloadLevels(segment=payload)
+
+
+def resolve_generation(levels: PayloadLevels, model: ModelDefinition | None = None) -> Resolved:
+    """Resolve the WGP parameters of one generation from system defaults, the model definition and the payload.
+    `activated_loras`/`loras_multipliers` are the payload's own LoRAs (what to hand the engine, which runs the
+    model's built-in LoRAs first by itself); `plan_from_resolved` accounts for both."""
+    layers = [system_layer()]
+    if model is not None:
+        layers.append(model_layer(model))
+    payload_levels = [
+        (levels.orchestrator, "orchestrator_details", levels.orchestrator_root),
+        (levels.segment, "params", levels.segment_root),
+        (levels.individual, "individual_segment_params", levels.individual_root),
+    ]
+    warnings: list[str] = []
+    for payload, name, root in payload_levels:
+        if payload is not None:
+            built, notes = _payload_layers(payload, name=name, root=root)
+            layers += built
+            warnings += notes
+            if payload.phase_config is not None and model is not None and model.loras:
+                warnings.append(
+                    f"model {model.id} has built-in LoRAs: they run before the phase_config's LoRAs "
+                    "(upstream's phase_config patch dropped them)"
+                )
+    return resolve_layers(layers, warnings, model)
+
+
+def resolve_payload(payload: WgpGenerationFields, model: ModelDefinition | None = None) -> Resolved:
+    return resolve_generation(levels_of(payload), model)
+
+
+def plan_from_resolved(resolved: Resolved) -> GenerationPlan:
+    """The per-step plan of resolved parameters, as the engine will run it (the model's built-in LoRAs first, then
+    the payload's); a bad value becomes a PayloadError naming the payload field it came from."""
+    params = resolved.as_params()
+    model = resolved.model
+    if model is not None and model.loras:
+        user_loras = list(params.get("activated_loras") or [])
+        user_tokens = _tokens(params.get("loras_multipliers"))
+        user_tokens = user_tokens[: len(user_loras)] + ["1.0"] * (len(user_loras) - len(user_tokens))
+        model_tokens = list(model.loras_multipliers) + ["1.0"] * (len(model.loras) - len(model.loras_multipliers))
+        params["activated_loras"] = [*model.loras, *user_loras]
+        params["loras_multipliers"] = model_tokens + user_tokens
+    try:
+        return plan_for(params, extra_warnings=resolved.warnings)
+    except PlanError as error:
+        name = error.field.split("[", 1)[0]
+        source = resolved.source(name) or name
+        suffix = error.field[len(name) :] if source.endswith(name) else ""
+        raise PayloadError.at(source + suffix, error.reason) from None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _given(value: Any) -> bool:
+    return value is not None and value != "" and not (isinstance(value, list | tuple | dict) and not value)
+
+
+def _path(root: str, field: str) -> str:
+    return f"{root}.{field}" if root else field
+
+
+def _aliases_for(payload: WgpGenerationFields) -> dict[str, str]:
+    for cls, aliases in _ALIASES.items():
+        if isinstance(payload, cls):
+            return aliases
+    return {}
+
+
+def _tokens(multipliers: Any) -> list[str]:
+    if multipliers is None:
+        return []
+    if isinstance(multipliers, str):
+        lines = [line for line in multipliers.splitlines() if not line.strip().startswith("#")]
+        return " ".join(lines).replace("|", " ").split()
+    return [str(item) for item in multipliers]
