@@ -1,0 +1,191 @@
+"""What the transformer sees besides the noisy latents: i2v image conditioning and the VACE control context.
+
+Layouts follow upstream Wan (upstream_engine_spec §3.6, §3.8, §9.8-§9.11). Pixel tensors are (C, F, H, W) in
+[-1, 1]; latent tensors are (1, C, T, H/8, W/8) with T = (F - 1) // 4 + 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKLWan
+
+from Wan2GP.video_io import DecodedVideo
+
+# Upstream fills the masked (to-be-generated) pixels of a VACE guide with grey 127 before encoding ("M" process).
+GUIDE_GREY_LEVEL = 127
+MASK_THRESHOLD = 127.5
+I2V_MASK_CHANNELS = 4  # the first frame's mask is repeated 4x: one channel per frame folded into a latent frame
+
+
+class VaeCodec:
+    """The Wan VAE with Wan's per-channel latent normalisation: encode -> (mode - mean) / std, decode -> inverse."""
+
+    def __init__(self, vae: AutoencoderKLWan) -> None:
+        self.vae = vae
+        z_dim = vae.config.z_dim
+        self._mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, z_dim, 1, 1, 1)
+        self._std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, z_dim, 1, 1, 1)
+        self.spatial_factor = int(vae.config.scale_factor_spatial)
+        self.temporal_factor = int(vae.config.scale_factor_temporal)
+
+    @property
+    def device(self) -> torch.device:
+        return self.vae.device
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(C, F, H, W) pixels in [-1, 1] -> normalised float32 latents (1, z, T, h, w), using the posterior mode."""
+        batch = pixels.unsqueeze(0).to(device=self.vae.device, dtype=self.vae.dtype)
+        mode = self.vae.encode(batch).latent_dist.mode().float()
+        return (mode - self._mean.to(mode.device)) / self._std.to(mode.device)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (1, z, T, h, w) -> (C, F, H, W) float32 pixels in [-1, 1]."""
+        latents = latents.float()
+        raw = latents * self._std.to(latents.device) + self._mean.to(latents.device)
+        pixels = self.vae.decode(raw.to(device=self.vae.device, dtype=self.vae.dtype), return_dict=False)[0]
+        return pixels[0].float()
+
+
+def latent_frames(num_frames: int) -> int:
+    return (num_frames - 1) // 4 + 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Images
+
+
+def load_image(source: Path | str | PIL.Image.Image) -> PIL.Image.Image:
+    if isinstance(source, PIL.Image.Image):
+        return source.convert("RGB")
+    with PIL.Image.open(Path(source)) as image:
+        return image.convert("RGB")
+
+
+def image_to_pixels(image: PIL.Image.Image, width: int, height: int) -> torch.Tensor:
+    """RGB image -> (3, 1, H, W) float32 in [-1, 1], Lanczos-resized to exactly W x H.
+
+    Upstream's UI keeps the image's aspect ratio at the requested pixel budget; Headless-Wan2GP pre-resizes start and
+    end images to the exact requested size, and so do we: the output size is always the requested one.
+    """
+    if image.size != (width, height):
+        image = image.resize((width, height), PIL.Image.Resampling.LANCZOS)
+    array = np.asarray(image, dtype=np.float32)  # (H, W, 3)
+    pixels = torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
+    return pixels.unsqueeze(1)
+
+
+@dataclass(frozen=True)
+class ImageCondition:
+    """Wan 2.2 i2v conditioning: ``channels`` (1, 20, T, h, w) = [mask(4), image latents(16)], concatenated after the
+    16 noise channels, and the clean latent of the start frame, re-injected at every step (upstream §9.9)."""
+
+    channels: torch.Tensor
+    first_frame_latents: torch.Tensor  # (1, 16, 1, h, w)
+
+
+def build_image_condition(
+    codec: VaeCodec,
+    *,
+    start: torch.Tensor | None,
+    end: torch.Tensor | None,
+    num_frames: int,
+    width: int,
+    height: int,
+) -> ImageCondition:
+    """``start``/``end``: (3, 1, H, W) pixels or None. No start image means a black (-1) first frame, as upstream."""
+    if start is None:
+        start = torch.full((3, 1, height, width), -1.0)
+    middle_frames = num_frames - 1 - (1 if end is not None else 0)
+    parts = [start, torch.zeros(3, middle_frames, height, width)]  # zeros are mid-grey in [-1, 1]
+    if end is not None:
+        parts.append(end)
+    image_latents = codec.encode(torch.cat(parts, dim=1))
+
+    latent_h, latent_w = height // codec.spatial_factor, width // codec.spatial_factor
+    known = torch.zeros(num_frames, latent_h, latent_w)
+    known[0] = 1.0
+    if end is not None:
+        known[-1] = 1.0
+    # Fold pixel frames into latent frames: frame 0 repeated 4x, then groups of 4 -> (4, T, h, w).
+    folded = torch.cat([known[:1].repeat(I2V_MASK_CHANNELS - 1, 1, 1), known], dim=0)
+    mask = folded.view(latent_frames(num_frames), I2V_MASK_CHANNELS, latent_h, latent_w).transpose(0, 1)
+    mask = mask.unsqueeze(0).to(image_latents.device)
+
+    channels = torch.cat([mask, image_latents], dim=1)
+    return ImageCondition(channels=channels, first_frame_latents=image_latents[:, :, :1].clone())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# VACE
+
+
+def _resized_frames(video: DecodedVideo, num_frames: int, width: int, height: int) -> np.ndarray:
+    if video.num_frames < num_frames:
+        raise ValueError(f"expected at least {num_frames} frames, got {video.num_frames}")
+    frames = video.frames[:num_frames]
+    if (video.width, video.height) == (width, height):
+        return frames
+    resized = [
+        np.asarray(PIL.Image.fromarray(frame).resize((width, height), PIL.Image.Resampling.LANCZOS)) for frame in frames
+    ]
+    return np.stack(resized)
+
+
+def guide_pixels(video: DecodedVideo, num_frames: int, width: int, height: int) -> torch.Tensor:
+    """Guide video -> (3, F, H, W) float32 in [-1, 1] (first F frames, Lanczos-resized to W x H if needed)."""
+    frames = _resized_frames(video, num_frames, width, height)
+    return torch.from_numpy(frames.astype(np.float32)).permute(3, 0, 1, 2) / 127.5 - 1.0
+
+
+def mask_values(video: DecodedVideo, num_frames: int, width: int, height: int, *, negate: bool) -> torch.Tensor:
+    """Mask video -> (1, F, H, W) float32 in {0, 1}: white (1) = generate, black (0) = keep the guide pixels."""
+    frames = _resized_frames(video, num_frames, width, height)
+    grey = frames.astype(np.float32).mean(axis=-1)
+    binary = (grey > MASK_THRESHOLD).astype(np.float32)
+    if negate:
+        binary = 1.0 - binary
+    return torch.from_numpy(binary).unsqueeze(0)
+
+
+def build_vace_context(
+    codec: VaeCodec,
+    *,
+    guide: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    grey_masked_pixels: bool,
+    num_frames: int,
+    width: int,
+    height: int,
+) -> torch.Tensor:
+    """The 96-channel VACE context (1, 96, T, h, w): [VAE(guide*(1-m)), VAE(guide*m), 8x8-unshuffled mask].
+
+    Missing guide: all zeros (mid-grey). Missing mask: all ones (generate everything, the guide is only a hint).
+    """
+    if guide is None:
+        guide = torch.zeros(3, num_frames, height, width)
+    if mask is None:
+        mask = torch.ones(1, num_frames, height, width)
+    if grey_masked_pixels:
+        grey = GUIDE_GREY_LEVEL / 127.5 - 1.0
+        guide = torch.where(mask > 0.5, torch.full_like(guide, grey), guide)
+
+    inactive = codec.encode(guide * (1.0 - mask))
+    reactive = codec.encode(guide * mask)
+
+    factor = codec.spatial_factor
+    latent_h, latent_w = height // factor, width // factor
+    # (1, F, H, W) -> (64, F, h, w): each 8x8 pixel block becomes 64 channels, ordered (row in block, column in block).
+    unshuffled = mask[0].view(num_frames, latent_h, factor, latent_w, factor).permute(2, 4, 0, 1, 3)
+    unshuffled = unshuffled.reshape(factor * factor, num_frames, latent_h, latent_w)
+    mask_latents = torch.nn.functional.interpolate(
+        unshuffled.unsqueeze(0), size=(latent_frames(num_frames), latent_h, latent_w), mode="nearest-exact"
+    )
+    mask_latents = mask_latents.to(inactive.device)
+    return torch.cat([inactive, reactive, mask_latents], dim=1)

@@ -1,0 +1,420 @@
+"""The engine object: owns the loaded model, runs one generation per ``generate`` call.
+
+One ``WanEngine`` holds at most one catalog model on its device (both experts resident). Asking for another model
+frees the first. There is no module-level state: the worker holds its own engine, scripts may create one or let
+``Wan2GP.wgp.generate_video`` do it.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from loguru import logger
+from tqdm import tqdm
+
+from Wan2GP.catalog import Catalog, CatalogError, ModelDefinition, load_catalog
+from Wan2GP.conditioning import (
+    VaeCodec,
+    build_image_condition,
+    build_vace_context,
+    guide_pixels,
+    image_to_pixels,
+    latent_frames,
+    load_image,
+    mask_values,
+)
+from Wan2GP.loading import LoadedModel, ModelLoadError, load_model
+from Wan2GP.lora_files import LoraDownloadError
+from Wan2GP.request import GenerationRequest, InvalidGenerationParams, check_param_names, resolve_request
+from Wan2GP.sampler import Conditioning, DenoiseResult, GenerationCancelled, denoise, needs_negative_prompt
+from Wan2GP.schedule import GenerationPlan, StepPlan
+from Wan2GP.text import WAN_DEFAULT_NEGATIVE_PROMPT, PromptEncoder, first_prompt_line
+from Wan2GP.video_io import VideoReadError, pixels_to_uint8, read_video, write_mp4
+
+if TYPE_CHECKING:
+    from Wan2GP.loras import LoraRuntime
+
+__all__ = [
+    "GenerationCancelled",
+    "GenerationResult",
+    "InvalidGenerationParams",
+    "LoraDownloadError",
+    "ModelLoadError",
+    "ProgressEvent",
+    "RenderedVideo",
+    "WanEngine",
+    "default_cache_dir",
+]
+
+STAGES = ("load", "encode", "denoise", "decode", "write")
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    stage: str  # one of STAGES
+    step: int  # denoise: steps done so far (1..total); other stages: 0 when starting
+    total: int  # denoise: number of steps; other stages: 1
+    phase: int  # guidance phase of the step just done (1-based); 0 outside denoise
+    expert: str  # "high" / "low" for the step just done; "" outside denoise
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    path: Path
+    frames: int
+    fps: int
+    width: int
+    height: int
+    seed: int
+    timings: dict[str, float]  # seconds per stage, plus "total"
+    forward_passes: dict[str, int]  # transformer forwards per expert: the cost of the run
+    plan: GenerationPlan
+    model: str
+
+
+@dataclass(frozen=True)
+class RenderedVideo:
+    """A generation before it is written: final latents and uint8 frames, for callers (and tests) that need them."""
+
+    request: GenerationRequest
+    latents: torch.Tensor  # (1, 16, T, h, w) float32
+    frames: np.ndarray  # (F, H, W, 3) uint8
+    forward_passes: dict[str, int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("WAN2GP_CACHE") or Path.home() / ".cache" / "wan2gp")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class WanEngine:
+    def __init__(
+        self,
+        *,
+        device: str | None = None,
+        cache_dir: Path | None = None,
+        catalog: Catalog | None = None,
+        lora_dir: Path | None = None,
+    ) -> None:
+        self.device = torch.device(device) if device is not None else default_device()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.catalog = catalog if catalog is not None else load_catalog()
+        self.lora_dir = Path(lora_dir) if lora_dir is not None else self.cache_dir / "loras"
+        self._loaded: LoadedModel | None = None
+        # One generation at a time per engine: the loaded modules are mutated by LoRA attachment.
+        self._lock = threading.Lock()
+
+    # -- model lifetime -------------------------------------------------------------------------------------------
+
+    def loaded_model(self) -> str | None:
+        return self._loaded.model_id if self._loaded is not None else None
+
+    def definition(self, model_id: str) -> ModelDefinition:
+        try:
+            return self.catalog.get(model_id)
+        except CatalogError as error:
+            raise InvalidGenerationParams(["model"], f"model: {error}") from None
+
+    def load(self, model_id: str) -> LoadedModel:
+        """Make ``model_id`` the loaded model (a no-op when it already is) and return its components."""
+        definition = self.definition(model_id)
+        if self._loaded is not None and self._loaded.model_id == definition.id:
+            return self._loaded
+        self.unload()
+        started = time.perf_counter()
+        self._loaded = load_model(definition, self.cache_dir, self.device)
+        logger.info("Loaded {} on {} in {:.2f}s", definition.id, self.device, time.perf_counter() - started)
+        return self._loaded
+
+    def unload(self) -> None:
+        if self._loaded is None:
+            return
+        logger.info("Unloading {}", self._loaded.model_id)
+        self._loaded = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # -- generation -----------------------------------------------------------------------------------------------
+
+    def resolve(self, params: Mapping[str, Any]) -> GenerationRequest:
+        """Check WGP parameters and resolve defaults without loading anything (InvalidGenerationParams if bad)."""
+        check_param_names(params)
+        model_id = params.get("model")
+        if not isinstance(model_id, str) or not model_id:
+            raise InvalidGenerationParams(["model"], f"model: expected a catalog model id, got {model_id!r}")
+        return resolve_request(params, self.definition(model_id))
+
+    def generate(
+        self,
+        params: Mapping[str, Any],
+        *,
+        output_dir: Path,
+        progress: Callable[[ProgressEvent], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
+        request = self.resolve(params)
+        rendered = self.render(request, progress=progress, cancel=cancel)
+        timings = dict(rendered.timings)
+        with _stage("write", timings, progress):
+            path = write_mp4(
+                rendered.frames, _output_path(request, Path(request.output_dir or output_dir)), request.fps
+            )
+        timings["total"] = sum(value for key, value in timings.items() if key in STAGES)
+        logger.info(
+            "Wrote {} ({} frames {}x{} @ {} fps, seed {}, forwards {}) in {:.2f}s",
+            path,
+            rendered.frames.shape[0],
+            request.width,
+            request.height,
+            request.fps,
+            request.seed,
+            rendered.forward_passes,
+            timings["total"],
+        )
+        return GenerationResult(
+            path=path,
+            frames=int(rendered.frames.shape[0]),
+            fps=request.fps,
+            width=request.width,
+            height=request.height,
+            seed=request.seed,
+            timings=timings,
+            forward_passes=dict(rendered.forward_passes),
+            plan=request.plan,
+            model=request.model,
+        )
+
+    def render(
+        self,
+        request: GenerationRequest,
+        *,
+        progress: Callable[[ProgressEvent], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> RenderedVideo:
+        """Run a resolved request up to decoded frames (no file written)."""
+        with self._lock:
+            return self._render(request, progress, cancel)
+
+    def _render(
+        self,
+        request: GenerationRequest,
+        progress: Callable[[ProgressEvent], None] | None,
+        cancel: threading.Event | None,
+    ) -> RenderedVideo:
+        timings: dict[str, float] = {}
+        _check_cancel(cancel, "before loading")
+        with _stage("load", timings, progress):
+            model = self.load(request.model)
+            loras = self._open_loras(request, model)
+        try:
+            result = self._encode_and_denoise(request, model, loras, timings, progress, cancel)
+        finally:
+            if loras is not None:
+                loras.close()  # the transformers go back to their base weights, even on error or cancel
+
+        _check_cancel(cancel, "before decoding")
+        with _stage("decode", timings, progress), torch.inference_mode():
+            pixels = VaeCodec(model.vae).decode(result.latents)
+            frames = pixels_to_uint8(pixels[:, : request.num_frames])
+        return RenderedVideo(
+            request=request,
+            latents=result.latents,
+            frames=frames,
+            forward_passes=result.forward_passes,
+            timings=timings,
+        )
+
+    def _encode_and_denoise(
+        self,
+        request: GenerationRequest,
+        model: LoadedModel,
+        loras: LoraRuntime | None,
+        timings: dict[str, float],
+        progress: Callable[[ProgressEvent], None] | None,
+        cancel: threading.Event | None,
+    ) -> DenoiseResult:
+        # Seeded generator on the device; nothing draws from it before the sampler's initial noise.
+        generator = torch.Generator(self.device).manual_seed(request.seed)
+        codec = VaeCodec(model.vae)
+        plan = request.plan
+
+        _check_cancel(cancel, "before encoding")
+        with _stage("encode", timings, progress), torch.inference_mode():
+            conditioning = self._conditioning(request, model, codec)
+
+        latent_shape = (
+            1,
+            int(model.vae.config.z_dim),
+            latent_frames(request.num_frames),
+            request.height // codec.spatial_factor,
+            request.width // codec.spatial_factor,
+        )
+        with _stage("denoise", timings, None), _progress_bar(plan.num_inference_steps) as bar, torch.inference_mode():
+            if progress is not None:
+                progress(ProgressEvent("denoise", 0, plan.num_inference_steps, 0, ""))
+            return denoise(
+                plan=plan,
+                transformers=model.transformers,
+                conditioning=conditioning,
+                latent_shape=latent_shape,
+                generator=generator,
+                model_dtype=model.transformer_dtype,
+                loras=loras,
+                cancel=cancel,
+                on_step=_step_reporter(plan, progress, bar),
+            )
+
+    def _open_loras(self, request: GenerationRequest, model: LoadedModel) -> LoraRuntime | None:
+        if not request.lora_sources:
+            return None  # no LoRA requested: the LoRA runtime (and peft) is not even imported
+        from Wan2GP.lora_files import resolve_lora_file
+        from Wan2GP.loras import LoraError, LoraRuntime  # imported only when LoRAs are asked for (peft is heavy)
+
+        paths = [
+            resolve_lora_file(source, self.lora_dir, field=f"activated_loras[{index}]")
+            for index, source in enumerate(request.lora_sources)
+        ]
+        try:
+            return LoraRuntime(model.transformers, paths)
+        except LoraError as error:
+            raise InvalidGenerationParams(["activated_loras"], f"activated_loras: {error}") from None
+
+    def _conditioning(self, request: GenerationRequest, model: LoadedModel, codec: VaeCodec) -> Conditioning:
+        encoder = PromptEncoder(model.tokenizer, model.text_encoder, output_dtype=model.transformer_dtype)
+        prompt_embeds = encoder.encode(first_prompt_line(request.prompt))
+        negative_embeds = None
+        if needs_negative_prompt(request.plan):  # no CFG anywhere: the negative prompt is never encoded
+            negative = request.negative_prompt.strip() or WAN_DEFAULT_NEGATIVE_PROMPT
+            negative_embeds = encoder.encode(negative)
+
+        size = dict(num_frames=request.num_frames, width=request.width, height=request.height)
+        if model.definition.is_i2v:
+            start = _image_pixels(request.image_start, request)
+            end = _image_pixels(request.image_end, request)
+            image = build_image_condition(codec, start=start, end=end, **size)
+            return Conditioning(
+                prompt_embeds=prompt_embeds,
+                negative_embeds=negative_embeds,
+                image_channels=image.channels.to(model.transformer_dtype),
+                first_frame_latents=image.first_frame_latents,
+            )
+        if model.definition.is_vace:
+            guide, mask = self._guide_and_mask(request)
+            context = build_vace_context(
+                codec, guide=guide, mask=mask, grey_masked_pixels=request.grey_masked_pixels, **size
+            )
+            vace_layers = model.transformers["high"].config.vace_layers
+            scale = torch.full((len(vace_layers),), request.control_net_weight, device=self.device)
+            return Conditioning(
+                prompt_embeds=prompt_embeds,
+                negative_embeds=negative_embeds,
+                model_kwargs={
+                    "control_hidden_states": context.to(model.transformer_dtype),
+                    "control_hidden_states_scale": scale.to(model.transformer_dtype),
+                },
+            )
+        return Conditioning(prompt_embeds=prompt_embeds, negative_embeds=negative_embeds)
+
+    def _guide_and_mask(self, request: GenerationRequest) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        size = dict(num_frames=request.num_frames, width=request.width, height=request.height)
+        guide = mask = None
+        if request.video_guide is not None:
+            try:
+                guide = guide_pixels(read_video(request.video_guide), **size)
+            except (VideoReadError, ValueError) as error:
+                raise InvalidGenerationParams(["video_guide"], f"video_guide: {error}") from None
+        if request.video_mask is not None:
+            try:
+                mask = mask_values(read_video(request.video_mask), **size, negate=request.negate_mask)
+            except (VideoReadError, ValueError) as error:
+                raise InvalidGenerationParams(["video_mask"], f"video_mask: {error}") from None
+        return guide, mask
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _image_pixels(source: Any, request: GenerationRequest) -> torch.Tensor | None:
+    if source is None:
+        return None
+    return image_to_pixels(load_image(source), request.width, request.height)
+
+
+def _check_cancel(cancel: threading.Event | None, where: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise GenerationCancelled(f"cancelled {where}")
+
+
+@contextmanager
+def _stage(stage: str, timings: dict[str, float], progress: Callable[[ProgressEvent], None] | None) -> Iterator[None]:
+    if progress is not None:
+        progress(ProgressEvent(stage, 0, 1, 0, ""))
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
+
+
+@contextmanager
+def _progress_bar(total: int) -> Iterator[tqdm | None]:
+    """A tqdm bar on a terminal; nothing in logs-only runs (the progress callback carries the steps there)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    bar = tqdm(total=total, desc="denoise", unit="step", leave=False)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _step_reporter(
+    plan: GenerationPlan, progress: Callable[[ProgressEvent], None] | None, bar: tqdm | None
+) -> Callable[[StepPlan, str], None]:
+    def report(step: StepPlan, expert: str) -> None:
+        if bar is not None:
+            bar.set_postfix(phase=step.phase, expert=expert, refresh=False)
+            bar.update(1)
+        if progress is not None:
+            progress(ProgressEvent("denoise", step.index + 1, plan.num_inference_steps, step.phase, expert))
+
+    return report
+
+
+_UNSAFE_FILENAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _output_path(request: GenerationRequest, output_dir: Path) -> Path:
+    """``output_filename`` (".mp4" added) or upstream's ``<date-time>_seed<seed>_<prompt>.mp4``, made unique."""
+    if request.output_filename:
+        name = request.output_filename
+        stem = name[:-4] if name.lower().endswith(".mp4") else name
+    else:
+        prompt = _UNSAFE_FILENAME_CHARS.sub("_", first_prompt_line(request.prompt)).strip("_")[:50]
+        stem = f"{datetime.now():%Y-%m-%d-%Hh%Mm%Ss}_seed{request.seed}" + (f"_{prompt}" if prompt else "")
+    candidate = output_dir / f"{stem}.mp4"
+    counter = 2
+    while candidate.exists():
+        candidate = output_dir / f"{stem}({counter}).mp4"
+        counter += 1
+    return candidate

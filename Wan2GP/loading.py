@@ -1,0 +1,148 @@
+"""Catalog entry -> diffusers-format weights on disk -> components on the device.
+
+Real models come from a diffusers-format Hugging Face repo (only the subfolders this engine uses are downloaded) or a
+local folder; tiny test models are built from their seed into the cache folder first. All three then go through the
+same ``from_pretrained(..., local_files_only=True)`` calls, so tests exercise the loading path GPU pods use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan, WanTransformer3DModel, WanVACETransformer3DModel
+from loguru import logger
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5EncoderModel
+
+from Wan2GP.catalog import ModelDefinition
+from Wan2GP.tiny import ensure_tiny_model
+
+TRANSFORMER_SUBFOLDERS = {"high": "transformer", "low": "transformer_2"}
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+class ModelLoadError(RuntimeError):
+    """The weights of a catalog model could not be found, downloaded or loaded."""
+
+
+@dataclass
+class LoadedModel:
+    """Everything one catalog model needs on the device. Owned by one engine; dropped as a whole on model switch."""
+
+    definition: ModelDefinition
+    weights_dir: Path
+    device: torch.device
+    transformers: dict[str, torch.nn.Module]  # "high" and, for two-expert models, "low"
+    vae: AutoencoderKLWan
+    text_encoder: UMT5EncoderModel
+    tokenizer: PreTrainedTokenizerBase
+    transformer_dtype: torch.dtype
+    vae_dtype: torch.dtype
+    text_dtype: torch.dtype
+
+    @property
+    def model_id(self) -> str:
+        return self.definition.id
+
+
+def component_dtypes(definition: ModelDefinition, device: torch.device) -> tuple[torch.dtype, torch.dtype, torch.dtype]:
+    """(transformer, vae, text encoder) dtypes.
+
+    On CUDA: the definition's transformer and VAE dtypes, text encoder in bf16. On CPU everything runs in float32:
+    CPU bf16 matmuls are slow and round differently, which would make the CPU tests neither fast nor exact.
+    """
+    if device.type != "cuda":
+        return torch.float32, torch.float32, torch.float32
+    return _DTYPES[definition.transformer_dtype], _DTYPES[definition.vae_dtype], torch.bfloat16
+
+
+def needed_subfolders(definition: ModelDefinition) -> list[str]:
+    transformers = [TRANSFORMER_SUBFOLDERS["high"]]
+    if definition.experts == 2:
+        transformers.append(TRANSFORMER_SUBFOLDERS["low"])
+    # Never image_encoder: Wan 2.2 i2v has no CLIP, and t2v/VACE never need one.
+    return [*transformers, "vae", "text_encoder", "tokenizer"]
+
+
+def resolve_weights_dir(definition: ModelDefinition, cache_dir: Path) -> Path:
+    """The local diffusers-format folder of ``definition``'s weights (downloading or building it if needed)."""
+    source = definition.weights
+    if source.tiny_seed is not None:
+        folder = cache_dir / "tiny" / definition.id
+        return ensure_tiny_model(folder, definition.architecture, definition.experts, source.tiny_seed)
+    if source.local_dir is not None:
+        folder = source.local_dir if source.local_dir.is_absolute() else cache_dir / source.local_dir
+        missing = [name for name in needed_subfolders(definition) if not (folder / name).is_dir()]
+        if missing:
+            raise ModelLoadError(f"model {definition.id}: {folder} lacks the subfolder(s) {', '.join(missing)}")
+        return folder
+    return _download(definition)
+
+
+def _download(definition: ModelDefinition) -> Path:
+    from huggingface_hub import snapshot_download
+
+    source = definition.weights
+    patterns = ["model_index.json"] + [f"{name}/*" for name in needed_subfolders(definition)]
+    logger.info("Fetching {} ({}@{}): {}", definition.id, source.repo_id, source.revision, ", ".join(patterns))
+    try:
+        # Uses the standard Hugging Face cache (HF_HOME), so pods share downloads with other tools.
+        return Path(snapshot_download(repo_id=source.repo_id, revision=source.revision, allow_patterns=patterns))
+    except Exception as error:  # huggingface_hub raises many types (HTTP, offline, auth); report them as one
+        raise ModelLoadError(
+            f"model {definition.id}: cannot fetch {source.repo_id}@{source.revision}: {error}"
+        ) from error
+
+
+def load_components(definition: ModelDefinition, weights_dir: Path, device: torch.device) -> LoadedModel:
+    transformer_dtype, vae_dtype, text_dtype = component_dtypes(definition, device)
+    transformer_class = WanVACETransformer3DModel if definition.is_vace else WanTransformer3DModel
+    # On CUDA, place weights straight on the GPU instead of staging 28 GB per expert in host memory first.
+    placement = {"device_map": str(device)} if device.type == "cuda" else {}
+
+    def prepared(module: torch.nn.Module) -> torch.nn.Module:
+        return module.to(device).eval().requires_grad_(False)
+
+    transformers = {}
+    for expert in ("high", "low")[: definition.experts]:
+        transformers[expert] = prepared(
+            transformer_class.from_pretrained(
+                weights_dir,
+                subfolder=TRANSFORMER_SUBFOLDERS[expert],
+                torch_dtype=transformer_dtype,
+                local_files_only=True,
+                **placement,
+            )
+        )
+    vae = prepared(
+        AutoencoderKLWan.from_pretrained(
+            weights_dir, subfolder="vae", torch_dtype=vae_dtype, local_files_only=True, **placement
+        )
+    )
+    text_encoder = prepared(
+        UMT5EncoderModel.from_pretrained(
+            weights_dir, subfolder="text_encoder", dtype=text_dtype, local_files_only=True, **placement
+        )
+    )
+    tokenizer = AutoTokenizer.from_pretrained(weights_dir, subfolder="tokenizer", local_files_only=True)
+    return LoadedModel(
+        definition=definition,
+        weights_dir=weights_dir,
+        device=device,
+        transformers=transformers,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer_dtype=transformer_dtype,
+        vae_dtype=vae_dtype,
+        text_dtype=text_dtype,
+    )
+
+
+def load_model(definition: ModelDefinition, cache_dir: Path, device: torch.device) -> LoadedModel:
+    weights_dir = resolve_weights_dir(definition, cache_dir)
+    try:
+        return load_components(definition, weights_dir, device)
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"model {definition.id}: cannot load weights from {weights_dir}: {error}") from error

@@ -1,0 +1,345 @@
+"""WGP-named parameters -> one immutable, fully resolved ``GenerationRequest``.
+
+This is the engine's input boundary: every value is checked here once, with errors that name the parameter and say
+what was expected. Precedence, lowest first: system defaults < the model definition's settings < the caller's
+parameters (a caller value of None means "not given", as in Headless-Wan2GP).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import PIL.Image
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from Wan2GP.catalog import ModelDefinition
+from Wan2GP.schedule import GenerationPlan, PlanError, build_plan
+
+# Every parameter name generate_video accepts. Anything else is an error, never silently dropped.
+ACCEPTED_PARAMS: tuple[str, ...] = (
+    "model",
+    "prompt",
+    "negative_prompt",
+    "resolution",
+    "video_length",
+    "num_inference_steps",
+    "seed",
+    "guidance_scale",
+    "guidance2_scale",
+    "guidance3_scale",
+    "guidance_phases",
+    "switch_threshold",
+    "switch_threshold2",
+    "model_switch_phase",
+    "flow_shift",
+    "sample_solver",
+    "activated_loras",
+    "loras_multipliers",
+    "image_start",
+    "image_end",
+    "video_guide",
+    "video_mask",
+    "video_prompt_type",
+    "control_net_weight",
+    "output_dir",
+    "output_filename",
+)
+
+# Upstream's factory defaults (models/_settings.json and the Wan handler), used where neither the caller nor the model
+# definition gives a value.
+SYSTEM_DEFAULTS: Mapping[str, Any] = {
+    "prompt": "",
+    "negative_prompt": "",
+    "resolution": "832x480",
+    "video_length": 81,
+    "num_inference_steps": 30,
+    "seed": -1,
+    "guidance_scale": 5.0,
+    "switch_threshold": 0.0,
+    "switch_threshold2": 0.0,
+    "flow_shift": 5.0,
+    "sample_solver": "unipc",
+    "activated_loras": (),
+    "loras_multipliers": "",
+    "video_prompt_type": "",
+    "control_net_weight": 1.0,
+}
+
+MAX_SEED = 999_999_999
+SIZE_BLOCK = 16  # Wan 2.1/2.2 14B: VAE stride 8 x patch 2
+MIN_FRAMES = 5
+MIN_VACE_FRAMES = 17  # upstream's VACE minimum; the tiny VACE test model is allowed down to MIN_FRAMES
+# video_prompt_type letters we implement: V guide video, A mask video, M fill masked guide pixels with grey (inpaint),
+# U identity process, N negate the mask. Pose/depth/... processes need preprocessors we do not ship.
+SUPPORTED_VIDEO_PROMPT_LETTERS = frozenset("VAMUN")
+
+
+class InvalidGenerationParams(ValueError):
+    """Bad generation input. ``fields`` names the offending parameters; the message says what was expected."""
+
+    def __init__(self, fields: Sequence[str], message: str) -> None:
+        super().__init__(message)
+        self.fields: tuple[str, ...] = tuple(fields)
+
+
+ImageInput = Path | PIL.Image.Image
+
+
+class _WgpParams(BaseModel):
+    """Type checks of the merged WGP values (names as WGP spells them)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
+
+    prompt: str
+    negative_prompt: str
+    resolution: str
+    video_length: int = Field(ge=1)
+    num_inference_steps: int = Field(ge=1)
+    seed: int | None = None
+    guidance_scale: float
+    guidance2_scale: float | None = None
+    guidance3_scale: float | None = None
+    guidance_phases: int = Field(ge=1, le=3)
+    switch_threshold: float | None = None
+    switch_threshold2: float | None = None
+    model_switch_phase: int | None = Field(default=None, ge=1)
+    flow_shift: float = Field(gt=0)
+    sample_solver: str
+    activated_loras: tuple[str | Path, ...] = ()
+    loras_multipliers: str | tuple[str | float, ...] = ""
+    image_start: ImageInput | None = None
+    image_end: ImageInput | None = None
+    video_guide: Path | None = None
+    video_mask: Path | None = None
+    video_prompt_type: str = ""
+    control_net_weight: float = 1.0
+    output_dir: Path | None = None
+    output_filename: str | None = None
+
+    @field_validator("guidance_scale", "guidance2_scale", "guidance3_scale", "flow_shift", "control_net_weight")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("expected a finite number")
+        return value
+
+    @field_validator("image_start", "image_end", mode="before")
+    @classmethod
+    def _image(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return Path(value)
+        return value
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One fully resolved generation: what the engine runs, nothing left to default."""
+
+    model: str
+    definition: ModelDefinition
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    num_frames: int
+    fps: int
+    seed: int
+    plan: GenerationPlan
+    lora_sources: tuple[str, ...]  # model-definition LoRAs first, then the caller's activated_loras
+    image_start: ImageInput | None
+    image_end: ImageInput | None
+    video_guide: Path | None
+    video_mask: Path | None
+    video_prompt_type: str
+    control_net_weight: float
+    output_dir: Path | None
+    output_filename: str | None
+
+    @property
+    def uses_guide_video(self) -> bool:
+        return self.video_guide is not None
+
+    @property
+    def negate_mask(self) -> bool:
+        return "N" in self.video_prompt_type
+
+    @property
+    def grey_masked_pixels(self) -> bool:
+        return "M" in self.video_prompt_type
+
+
+def check_param_names(params: Mapping[str, Any]) -> None:
+    unknown = sorted(str(name) for name in params if name not in ACCEPTED_PARAMS)
+    if unknown:
+        raise InvalidGenerationParams(
+            unknown,
+            f"unknown parameter(s): {', '.join(unknown)}. Accepted: {', '.join(ACCEPTED_PARAMS)}",
+        )
+
+
+def parse_resolution(value: str) -> tuple[int, int]:
+    parts = value.lower().split("x")
+    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+        raise InvalidGenerationParams(
+            ["resolution"], f'resolution: expected "WIDTHxHEIGHT" like "832x480", got {value!r}'
+        )
+    width, height = (int(part) for part in parts)
+    floored = (width // SIZE_BLOCK * SIZE_BLOCK, height // SIZE_BLOCK * SIZE_BLOCK)
+    if min(floored) < SIZE_BLOCK:
+        raise InvalidGenerationParams(
+            ["resolution"], f"resolution: expected width and height of at least {SIZE_BLOCK} pixels, got {value!r}"
+        )
+    return floored
+
+
+def frame_count(requested: int, definition: ModelDefinition) -> int:
+    """Upstream geometry: 4n+1 frames (floored), at least 5; VACE needs 17 except on the tiny test model."""
+    frames = max(MIN_FRAMES, (requested - 1) // 4 * 4 + 1)
+    if definition.is_vace and not definition.is_tiny and frames < MIN_VACE_FRAMES:
+        raise InvalidGenerationParams(
+            ["video_length"], f"video_length: VACE models need at least {MIN_VACE_FRAMES} frames, got {requested}"
+        )
+    return frames
+
+
+def _merged_values(params: Mapping[str, Any], definition: ModelDefinition) -> dict[str, Any]:
+    values: dict[str, Any] = dict(SYSTEM_DEFAULTS)
+    if definition.experts == 2:
+        values["guidance_phases"] = 2  # the Wan handler's default for two-expert models
+    else:
+        values["guidance_phases"] = 1
+    ignored = []
+    for name, value in definition.settings.items():
+        if name in ACCEPTED_PARAMS and name != "model":
+            values[name] = value
+        else:
+            ignored.append(name)
+    if ignored:
+        logger.debug("model {}: settings not used by this engine: {}", definition.id, ", ".join(sorted(ignored)))
+    for name, value in params.items():
+        if name != "model" and value is not None:
+            values[name] = value
+    if values.get("sample_solver") == "":
+        values["sample_solver"] = "unipc"  # WGP: "" means unipc
+    return values
+
+
+def _validation_error(error: ValidationError) -> InvalidGenerationParams:
+    lines = []
+    fields = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"])
+        fields.append(str(item["loc"][0]) if item["loc"] else "")
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{location}: {message} (got {item.get('input')!r})")
+    return InvalidGenerationParams(fields, "; ".join(lines))
+
+
+def _lora_multipliers(definition: ModelDefinition, user: str | tuple[str | float, ...]) -> str | list[str | float]:
+    """The model definition's LoRA multipliers first (one per built-in LoRA), then the caller's."""
+    if not definition.loras:
+        return user if isinstance(user, str) else list(user)
+    built_in: list[str | float] = list(definition.loras_multipliers)
+    built_in += ["1.0"] * (len(definition.loras) - len(built_in))
+    if isinstance(user, str):
+        # WGP's string grammar: comment lines dropped, "|" read as a space, one whitespace token per LoRA.
+        lines = [line for line in user.splitlines() if not line.strip().startswith("#")]
+        return built_in + " ".join(lines).replace("|", " ").split()
+    return built_in + list(user)
+
+
+def resolve_request(
+    params: Mapping[str, Any], definition: ModelDefinition, *, rng: random.Random | None = None
+) -> GenerationRequest:
+    """Check and resolve WGP parameters against a model definition (InvalidGenerationParams on bad input)."""
+    check_param_names(params)
+    try:
+        wgp = _WgpParams.model_validate(_merged_values(params, definition))
+    except ValidationError as error:
+        raise _validation_error(error) from None
+
+    width, height = parse_resolution(wgp.resolution)
+    num_frames = frame_count(wgp.video_length, definition)
+    seed = wgp.seed
+    if seed is None or seed < 0:
+        seed = (rng or random.Random()).randint(0, MAX_SEED)
+
+    if (wgp.image_start is not None or wgp.image_end is not None) and not definition.is_i2v:
+        field = "image_start" if wgp.image_start is not None else "image_end"
+        raise InvalidGenerationParams(
+            [field], f"{field}: model {definition.id} ({definition.architecture}) is not an image-to-video model"
+        )
+    if (wgp.video_guide is not None or wgp.video_mask is not None) and not definition.is_vace:
+        field = "video_guide" if wgp.video_guide is not None else "video_mask"
+        raise InvalidGenerationParams(
+            [field], f"{field}: model {definition.id} ({definition.architecture}) is not a VACE model"
+        )
+    unsupported = sorted(set(wgp.video_prompt_type) - SUPPORTED_VIDEO_PROMPT_LETTERS)
+    if unsupported:
+        raise InvalidGenerationParams(
+            ["video_prompt_type"],
+            f"video_prompt_type: letters {''.join(unsupported)!r} are not supported; "
+            f"expected letters from {''.join(sorted(SUPPORTED_VIDEO_PROMPT_LETTERS))!r}",
+        )
+    for field, path in (("image_start", wgp.image_start), ("image_end", wgp.image_end)):
+        if isinstance(path, Path) and not path.is_file():
+            raise InvalidGenerationParams([field], f"{field}: file not found: {path}")
+    for field, path in (("video_guide", wgp.video_guide), ("video_mask", wgp.video_mask)):
+        if path is not None and not path.is_file():
+            raise InvalidGenerationParams([field], f"{field}: file not found: {path}")
+    if wgp.output_filename is not None and (
+        not wgp.output_filename.strip() or Path(wgp.output_filename).name != wgp.output_filename
+    ):
+        raise InvalidGenerationParams(
+            ["output_filename"], f"output_filename: expected a plain file name, got {wgp.output_filename!r}"
+        )
+
+    lora_sources = tuple(definition.loras) + tuple(str(item) for item in wgp.activated_loras)
+    try:
+        plan = build_plan(
+            num_inference_steps=wgp.num_inference_steps,
+            sample_solver=wgp.sample_solver,
+            flow_shift=wgp.flow_shift,
+            guidance_phases=wgp.guidance_phases,
+            guidance_scale=wgp.guidance_scale,
+            guidance2_scale=wgp.guidance2_scale,
+            guidance3_scale=wgp.guidance3_scale,
+            switch_threshold=wgp.switch_threshold,
+            switch_threshold2=wgp.switch_threshold2,
+            model_switch_phase=wgp.model_switch_phase,
+            loras_multipliers=_lora_multipliers(definition, wgp.loras_multipliers),
+            num_loras=len(lora_sources),
+            lora_names=lora_sources,
+        )
+    except PlanError as error:
+        raise InvalidGenerationParams([error.field.split("[")[0]], str(error)) from None
+    for warning in plan.warnings:
+        logger.warning("plan: {}", warning)
+
+    return GenerationRequest(
+        model=definition.id,
+        definition=definition,
+        prompt=wgp.prompt,
+        negative_prompt=wgp.negative_prompt,
+        width=width,
+        height=height,
+        num_frames=num_frames,
+        fps=definition.fps,
+        seed=seed,
+        plan=plan,
+        lora_sources=lora_sources,
+        image_start=wgp.image_start,
+        image_end=wgp.image_end,
+        video_guide=wgp.video_guide,
+        video_mask=wgp.video_mask,
+        video_prompt_type=wgp.video_prompt_type,
+        control_net_weight=wgp.control_net_weight,
+        output_dir=wgp.output_dir,
+        output_filename=wgp.output_filename,
+    )

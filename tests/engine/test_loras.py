@@ -1,0 +1,472 @@
+"""Wan2GP.loras: LoRA formats, per-step strengths on the right expert, merged == unmerged, exact restore on close."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import WanVACETransformer3DModel
+from lora_fixtures import (
+    ATTENTION_MODULES,
+    LoraSpec,
+    base_weights,
+    make_lora_spec,
+    patched_copy,
+    run,
+    tiny_transformer,
+    transformer_inputs,
+    write_diffusers,
+    write_kohya,
+    write_original,
+)
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import save_file
+
+from Wan2GP.loras import LoraError, LoraRuntime, load_lora_state_dict
+
+# fp32 tolerance for "the same linear map computed in another order" (merged vs unmerged vs patched reference)
+RTOL = 1e-5
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    scale = expected.abs().max().item()
+    difference = (actual - expected).abs().max().item()
+    assert difference <= RTOL * scale, f"max difference {difference:.3e} vs allowed {RTOL * scale:.3e}"
+
+
+@pytest.fixture(scope="module")
+def transformer() -> torch.nn.Module:
+    return tiny_transformer(seed=0)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return transformer_inputs(seed=1)
+
+
+@pytest.fixture(scope="module")
+def spec(transformer) -> LoraSpec:
+    return make_lora_spec(transformer, seed=3)
+
+
+@pytest.fixture(scope="module")
+def spec_b(transformer) -> LoraSpec:
+    return make_lora_spec(transformer, seed=4, rank=2, alpha=1.0, block_modules=["attn1.to_q", "ffn.net.2"])
+
+
+# --- formats ------------------------------------------------------------------------------------------------------
+
+FORMAT_WRITERS = {
+    "diffusers, alpha folded": lambda spec, path: write_diffusers(spec, path),
+    "diffusers, alpha keys": lambda spec, path: write_diffusers(spec, path, alpha_in="keys"),
+    "diffusers, alpha in lora_adapter_metadata": lambda spec, path: write_diffusers(spec, path, alpha_in="metadata"),
+    "original Wan / ComfyUI": write_original,
+    "kohya / musubi with ffn": write_kohya,
+}
+
+
+@pytest.mark.parametrize("mode", ["unmerged", "merged"])
+@pytest.mark.parametrize("lora_format", list(FORMAT_WRITERS))
+def test_every_format_applies_alpha_over_rank_times_strength(
+    lora_format: str, mode: str, transformer, inputs, spec, tmp_path: Path
+) -> None:
+    path = FORMAT_WRITERS[lora_format](spec, tmp_path / "lora.safetensors")
+    state_dict = load_lora_state_dict(path)
+    assert set(state_dict) == {f"{m}.lora_{ab}.weight" for m in spec.down for ab in "AB"}
+    for module in spec.down:
+        folded = state_dict[f"{module}.lora_B.weight"] @ state_dict[f"{module}.lora_A.weight"]
+        assert torch.allclose(folded, spec.delta(module), rtol=1e-6, atol=1e-7)
+
+    expected = run(patched_copy(transformer, [(spec, 0.7)]), inputs)
+    with LoraRuntime({"high": transformer}, [path], mode=mode) as runtime:
+        assert runtime.mode == mode
+        runtime.set_step_strengths("high", [0.7])
+        assert_close(run(transformer, inputs), expected)
+
+
+def test_kohya_without_ffn_keys_loads(transformer, inputs, tmp_path: Path) -> None:
+    # diffusers' own musubi converter raises KeyError 'blocks_0_ffn_0.lora_down.weight' here; upstream loads it.
+    attention_only = make_lora_spec(transformer, seed=5, block_modules=ATTENTION_MODULES)
+    path = write_kohya(attention_only, tmp_path / "attention_only.safetensors")
+    assert {key.rsplit(".lora_", 1)[0] for key in load_lora_state_dict(path)} == set(attention_only.down)
+    expected = run(patched_copy(transformer, [(attention_only, 1.0)]), inputs)
+    with LoraRuntime({"high": transformer}, [path]) as runtime:
+        runtime.set_step_strengths("high", [1.0])
+        assert_close(run(transformer, inputs), expected)
+
+
+@pytest.mark.parametrize(
+    ("tensors", "expected"),
+    [
+        (
+            {"lora_unet_blocks_0_self_attn_q.lora_down.weight": torch.zeros(2, 24)},
+            r"blocks\.0\.attn1\.to_q lacks its lora_A/lora_B pair",
+        ),
+        ({"lora_unet_blocks_0_mystery_layer.lora_down.weight": torch.zeros(2, 24)}, "maps to no Wan"),
+        (
+            {"lora_unet_blocks_0_self_attn_q.lora_down.weight": torch.zeros(2, 24), "other.weight": torch.zeros(1)},
+            "mixes",
+        ),
+    ],
+    ids=["kohya up matrix missing", "kohya unknown module", "kohya mixed with other keys"],
+)
+def test_malformed_kohya_files_raise_lora_error(
+    tensors: dict[str, torch.Tensor], expected: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "bad_kohya.safetensors"
+    save_file(tensors, str(path))
+    with pytest.raises(LoraError, match=expected) as raised:
+        load_lora_state_dict(path)
+    assert raised.value.path == path
+    assert str(path) in str(raised.value)
+
+
+def test_modulation_diff_dropped_and_image_keys_dropped_only_when_asked(spec, tmp_path: Path) -> None:
+    extra = {
+        "diffusion_model.blocks.0.modulation.diff": torch.ones(1, 6, 24),
+        "diffusion_model.blocks.0.cross_attn.k_img.lora_down.weight": torch.ones(4, 24),
+        "diffusion_model.blocks.0.cross_attn.k_img.lora_up.weight": torch.ones(24, 4),
+        "diffusion_model.blocks.0.cross_attn.v_img.lora_down.weight": torch.ones(4, 24),
+        "diffusion_model.blocks.0.cross_attn.v_img.lora_up.weight": torch.ones(24, 4),
+    }
+    path = write_original(spec, tmp_path / "i2v.safetensors", extra=extra)
+    kept = load_lora_state_dict(path)
+    assert "blocks.0.attn2.add_k_proj.lora_A.weight" in kept
+    assert "blocks.0.attn2.add_v_proj.lora_B.weight" in kept
+    assert not any("modulation" in key or "scale_shift" in key for key in kept)
+    dropped = load_lora_state_dict(path, keep_image_keys=False)
+    assert set(dropped) == set(kept) - {key for key in kept if ".add_" in key}
+
+
+def test_i2v_lora_on_t2v_and_i2v_transformers(spec, tmp_path: Path) -> None:
+    i2v = tiny_transformer(seed=7, in_channels=36, image_dim=4, added_kv_proj_dim=24)
+    i2v_inputs = transformer_inputs(seed=2, in_channels=36, image_dim=4)
+    generator = torch.Generator().manual_seed(9)
+    image_down, image_up = torch.randn(4, 24, generator=generator), torch.randn(24, 4, generator=generator)
+    extra = {
+        f"diffusion_model.blocks.{block}.cross_attn.{name}.lora_{kind}.weight": tensor.clone()
+        for block in range(2)
+        for name in ("k_img", "v_img")
+        for kind, tensor in (("down", image_down), ("up", image_up))
+    }
+    path = write_original(spec, tmp_path / "i2v.safetensors", extra=extra)
+
+    with LoraRuntime({"high": i2v}, [path], mode="merged") as runtime:
+        runtime.set_step_strengths("high", [0.5])
+        added = dict(i2v.named_modules())["blocks.1.attn2.add_k_proj"].weight.detach().clone()
+        with_lora = run(i2v, i2v_inputs)
+    reference = patched_copy(i2v, [(spec, 0.5)])
+    linears = dict(reference.named_modules())
+    with torch.no_grad():
+        for block in range(2):
+            for name in ("add_k_proj", "add_v_proj"):
+                linears[f"blocks.{block}.attn2.{name}"].weight += 0.5 * image_up @ image_down
+    assert torch.allclose(added, linears["blocks.1.attn2.add_k_proj"].weight, atol=1e-6)
+    assert_close(with_lora, run(reference, i2v_inputs))
+
+    # A t2v transformer has no image cross-attention: the k_img/v_img part is dropped, the rest applies.
+    t2v = tiny_transformer(seed=0)
+    t2v_inputs = transformer_inputs(seed=1)
+    expected = run(patched_copy(t2v, [(spec, 0.5)]), t2v_inputs)
+    with LoraRuntime({"low": t2v}, [path]) as runtime:
+        runtime.set_step_strengths("low", [0.5])
+        assert_close(run(t2v, t2v_inputs), expected)
+
+
+def test_bias_deltas_and_norm_diffs_of_original_files(transformer, inputs, tmp_path: Path) -> None:
+    attention = make_lora_spec(transformer, seed=11, block_modules=["attn1.to_q", "attn2.to_v"])
+    generator = torch.Generator().manual_seed(12)
+    bias_delta = torch.randn(24, generator=generator)
+    extra = {
+        "diffusion_model.blocks.0.self_attn.q.diff_b": bias_delta,
+        "diffusion_model.blocks.0.norm3.diff": torch.zeros(24),  # lightx2v-style zero norm diff: ignored
+    }
+    path = write_original(attention, tmp_path / "with_bias.safetensors", extra=extra)
+    assert torch.equal(load_lora_state_dict(path)["blocks.0.attn1.to_q.lora_B.bias"], bias_delta)
+
+    reference = patched_copy(transformer, [(attention, 0.8)])
+    with torch.no_grad():
+        reference.blocks[0].attn1.to_q.bias += 0.8 * bias_delta
+    expected = run(reference, inputs)
+    for mode in ("unmerged", "merged"):
+        with LoraRuntime({"high": transformer}, [path], mode=mode) as runtime:
+            runtime.set_step_strengths("high", [0.8])
+            assert_close(run(transformer, inputs), expected)
+
+
+def test_vace_blocks_of_original_files_map_to_diffusers_vace_blocks(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    vace = WanVACETransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=3,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+        vace_layers=[0, 2],
+        vace_in_channels=96,
+    ).eval()
+    generator = torch.Generator().manual_seed(13)
+    down, up = torch.randn(2, 24, generator=generator), torch.randn(24, 2, generator=generator)
+    tensors = {}
+    for original, _diffusers_name in [
+        ("vace_blocks.0.before_proj", "vace_blocks.0.proj_in"),
+        ("vace_blocks.1.self_attn.q", "vace_blocks.1.attn1.to_q"),
+        ("vace_blocks.1.after_proj", "vace_blocks.1.proj_out"),
+        ("blocks.2.ffn.2", "blocks.2.ffn.net.2"),
+    ]:
+        tensors[f"diffusion_model.{original}.lora_down.weight"] = (
+            down.clone() if "ffn" not in original else torch.randn(2, 32)
+        )
+        tensors[f"diffusion_model.{original}.lora_up.weight"] = up.clone()
+        tensors[f"diffusion_model.{original}.alpha"] = torch.tensor(1.0)
+    path = tmp_path / "vace.safetensors"
+    save_file(tensors, str(path))
+    state_dict = load_lora_state_dict(path)
+    expected_modules = {
+        "vace_blocks.0.proj_in",
+        "vace_blocks.1.attn1.to_q",
+        "vace_blocks.1.proj_out",
+        "blocks.2.ffn.net.2",
+    }
+    assert {key.rsplit(".lora_", 1)[0] for key in state_dict} == expected_modules
+
+    original_weight = vace.vace_blocks[0].proj_in.weight.detach().clone()
+    with LoraRuntime({"high": vace}, [path], mode="merged") as runtime:
+        runtime.set_step_strengths("high", [2.0])
+        merged = vace.vace_blocks[0].proj_in.weight.detach().clone()
+        # exact targets: the main-model-style "proj_out" of vace_blocks.0 carries no adapter
+        assert not isinstance(vace.vace_blocks[0].proj_out, LoraLayer)
+    assert torch.allclose(merged, original_weight + 2.0 * 0.5 * up @ down, atol=1e-6)  # alpha/rank = 1/2
+    assert torch.equal(vace.vace_blocks[0].proj_in.weight, original_weight)
+
+
+# --- bad files ------------------------------------------------------------------------------------------------------
+
+
+def test_lora_whose_keys_match_no_module_names_the_file(transformer, tmp_path: Path) -> None:
+    deeper = tiny_transformer(seed=0, num_layers=4)
+    path = write_original(make_lora_spec(deeper, seed=1), tmp_path / "for_a_deeper_model.safetensors")
+    before = base_weights(transformer)
+    with pytest.raises(LoraError, match="match no module") as raised:
+        LoraRuntime({"high": transformer}, [path])
+    assert "for_a_deeper_model.safetensors" in str(raised.value)
+    assert "blocks.2." in str(raised.value)
+    assert not hasattr(transformer, "peft_config") or not transformer.peft_config
+    assert all(torch.equal(tensor, before[name]) for name, tensor in transformer.state_dict().items())
+
+
+def test_lora_for_another_model_size_names_file_and_module(transformer, tmp_path: Path) -> None:
+    wider = tiny_transformer(seed=0, attention_head_dim=16)
+    path = write_diffusers(make_lora_spec(wider, seed=1), tmp_path / "wider.safetensors")
+    with pytest.raises(
+        LoraError, match=r"blocks\.0\.attn1\.to_\w+: lora_A has 32 inputs, the layer 24 .*another model size"
+    ) as raised:
+        LoraRuntime({"high": transformer}, [path])
+    assert "wider.safetensors" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "file not found"),
+        (b"not a safetensors file", "not a readable .safetensors"),
+        ({"text_encoder.layer.0.lora_A.weight": torch.zeros(2, 4)}, "unknown LoRA format"),
+        ({"blocks.0.attn1.to_q.lora_A.weight": torch.zeros(2, 24)}, "lacks its lora_A/lora_B pair"),
+        ({"blocks.0.attn1.to_q.lora_magnitude_vector": torch.zeros(24)}, "DoRA"),
+    ],
+    ids=["missing", "not safetensors", "unknown format", "half a pair", "dora"],
+)
+def test_unusable_files_raise_lora_error(content: object, expected: str, tmp_path: Path) -> None:
+    path = tmp_path / "bad.safetensors"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, dict):
+        save_file(content, str(path))
+    with pytest.raises(LoraError, match=expected) as raised:
+        load_lora_state_dict(path)
+    assert str(path) in str(raised.value)
+
+
+# --- strengths ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["unmerged", "merged"])
+def test_strength_zero_is_exactly_base_and_strength_scales_delta(
+    mode: str, transformer, inputs, spec, spec_b, tmp_path: Path
+) -> None:
+    path_a = write_original(spec, tmp_path / "a.safetensors")
+    path_b = write_diffusers(spec_b, tmp_path / "b.safetensors")
+    base = run(transformer, inputs)
+    half_a_expected = run(patched_copy(transformer, [(spec, 0.5)]), inputs)
+    full_a_expected = run(patched_copy(transformer, [(spec, 1.0)]), inputs)
+    both_expected = run(patched_copy(transformer, [(spec, 1.0), (spec_b, -0.7)]), inputs)
+    with LoraRuntime({"high": transformer}, [path_a, path_b], mode=mode) as runtime:
+        assert torch.equal(run(transformer, inputs), base)  # before the first step: base model
+        runtime.set_step_strengths("high", [0.0, 0.0])
+        assert torch.equal(run(transformer, inputs), base)
+
+        runtime.set_step_strengths("high", [0.5, 0.0])
+        half_a = run(transformer, inputs)
+        runtime.set_step_strengths("high", [1.0, 0.0])
+        full_a = run(transformer, inputs)
+        assert (half_a - base).abs().max() > 1e-2
+        assert (full_a - half_a).abs().max() > 1e-2
+        assert_close(half_a, half_a_expected)
+        assert_close(full_a, full_a_expected)
+
+        runtime.set_step_strengths("high", [1.0, -0.7])
+        assert_close(run(transformer, inputs), both_expected)
+
+        runtime.set_step_strengths("high", [0.0, 0.0])
+        assert torch.equal(run(transformer, inputs), base)
+
+    # A zero-strength LoRA contributes exactly nothing: same bits as attaching the other LoRA alone.
+    with LoraRuntime({"high": transformer}, [path_a, path_b], mode=mode) as runtime:
+        runtime.set_step_strengths("high", [0.6, 0.0])
+        both_attached = run(transformer, inputs)
+    with LoraRuntime({"high": transformer}, [path_a], mode=mode) as runtime:
+        runtime.set_step_strengths("high", [0.6])
+        alone = run(transformer, inputs)
+    assert torch.equal(both_attached, alone)
+
+
+def test_merged_matches_unmerged(transformer, inputs, spec, spec_b, tmp_path: Path) -> None:
+    paths = [write_original(spec, tmp_path / "a.safetensors"), write_kohya(spec_b, tmp_path / "b.safetensors")]
+    outputs = {}
+    for mode in ("unmerged", "merged"):
+        with LoraRuntime({"high": transformer}, paths, mode=mode) as runtime:
+            # several switches first: the merged weights must not drift with the history of strengths
+            for strengths in ([1.0, 1.0], [0.3, -2.0], [0.0, 0.5], [0.8, -0.4]):
+                runtime.set_step_strengths("high", strengths)
+            outputs[mode] = run(transformer, inputs)
+    assert (outputs["unmerged"] - run(transformer, inputs)).abs().max() > 1e-2
+    assert_close(outputs["merged"], outputs["unmerged"])
+
+
+@pytest.mark.parametrize("mode", ["unmerged", "merged"])
+def test_close_restores_base_weights_and_modules_exactly(mode: str, transformer, inputs, spec, spec_b, tmp_path: Path):
+    paths = [write_original(spec, tmp_path / "a.safetensors"), write_diffusers(spec_b, tmp_path / "b.safetensors")]
+    before = base_weights(transformer)
+    base = run(transformer, inputs)
+    linear_ids = {
+        name: id(module) for name, module in transformer.named_modules() if isinstance(module, torch.nn.Linear)
+    }
+
+    runtime = LoraRuntime({"high": transformer}, paths, mode=mode)
+    for strengths in ([1.0, 0.5], [0.25, 0.0], [2.0, -1.0]):
+        runtime.set_step_strengths("high", strengths)
+        run(transformer, inputs)
+    runtime.close()
+    runtime.close()  # idempotent
+
+    after = transformer.state_dict()
+    assert set(after) == set(before)
+    assert all(torch.equal(after[name], before[name]) for name in before)
+    assert {n: id(m) for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)} == linear_ids
+    assert not any(isinstance(module, LoraLayer) for module in transformer.modules())
+    assert torch.equal(run(transformer, inputs), base)
+    with pytest.raises(RuntimeError, match="closed"):
+        runtime.set_step_strengths("high", [1.0, 1.0])
+
+
+def test_unchanged_strengths_touch_nothing(transformer, spec, tmp_path: Path) -> None:
+    path = write_original(spec, tmp_path / "a.safetensors")
+    with LoraRuntime({"high": transformer}, [path], mode="merged") as runtime:
+        runtime.set_step_strengths("high", [0.9])
+        weight = transformer.blocks[0].attn1.to_q.get_base_layer().weight
+        version = weight._version  # bumped by every in-place write
+        runtime.set_step_strengths("high", [0.9])
+        assert weight._version == version
+        runtime.set_step_strengths("high", [0.8])
+        assert weight._version > version
+
+
+# --- per-step schedule on two experts -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["unmerged", "merged"])
+def test_per_step_schedule_reaches_the_expert_that_runs(mode: str, spec, spec_b, tmp_path: Path) -> None:
+    high, low = tiny_transformer(seed=0), tiny_transformer(seed=21)
+    inputs = transformer_inputs(seed=1)
+    paths = [write_original(spec, tmp_path / "a.safetensors"), write_diffusers(spec_b, tmp_path / "b.safetensors")]
+    # (expert, strengths of LoRA a and b) per denoising step, as a sampler with a 2-phase plan would send them
+    plan = [("high", (1.0, 0.0)), ("high", (0.5, 0.5)), ("low", (0.2, 0.8)), ("low", (0.2, 0.8)), ("low", (0.0, 1.0))]
+    references = {
+        (expert, strengths): run(
+            patched_copy(high if expert == "high" else low, [(spec, strengths[0]), (spec_b, strengths[1])]), inputs
+        )
+        for expert, strengths in set(plan)
+    }
+
+    seen: list[tuple[str, dict[str, float]]] = []
+
+    def record(expert: str):
+        def hook(module: LoraLayer, args: tuple[object, ...]) -> None:
+            active = module.active_adapters if not module.disable_adapters else []
+            seen.append((expert, {name: module.scaling[name] for name in active}))
+
+        return hook
+
+    with LoraRuntime({"high": high, "low": low}, paths, mode=mode) as runtime:
+        handles = [
+            expert_model.blocks[0].attn1.to_q.register_forward_pre_hook(record(expert))
+            for expert, expert_model in (("high", high), ("low", low))
+        ]
+        for expert, strengths in plan:
+            runtime.set_step_strengths(expert, strengths)
+            for _ in range(2):  # cond and uncond passes of one CFG step
+                assert_close(run(high if expert == "high" else low, inputs), references[(expert, strengths)])
+        for handle in handles:
+            handle.remove()
+
+    assert [expert for expert, _ in seen] == [expert for expert, _ in plan for _ in range(2)]
+    if mode == "unmerged":  # the effective per-layer scale: strength (alpha/rank is folded into the weights)
+        expected = [
+            (expert, {name: value for name, value in zip(("lora0", "lora1"), strengths, strict=True) if value})
+            for expert, strengths in plan
+            for _ in range(2)
+        ]
+        assert seen == expected
+    else:  # merged: no adapter runs at forward time, the strengths are in the weights
+        assert all(scales == {} for _, scales in seen)
+
+
+def test_one_transformer_serving_both_experts_follows_the_last_call(spec, tmp_path: Path) -> None:
+    shared = tiny_transformer(seed=0)
+    inputs = transformer_inputs(seed=1)
+    path = write_original(spec, tmp_path / "a.safetensors")
+    with LoraRuntime({"high": shared, "low": shared}, [path], mode="merged") as runtime:
+        runtime.set_step_strengths("high", [1.0])
+        runtime.set_step_strengths("low", [0.0])
+        low_output = run(shared, inputs)
+        runtime.set_step_strengths("high", [1.0])  # must re-merge: the module now holds the "low" strengths
+        high_output = run(shared, inputs)
+    assert torch.equal(low_output, run(shared, inputs))
+    assert_close(high_output, run(patched_copy(shared, [(spec, 1.0)]), inputs))
+
+
+def test_modes_and_arguments_are_checked(transformer, spec, tmp_path: Path) -> None:
+    path = write_original(spec, tmp_path / "a.safetensors")
+    with LoraRuntime({"high": transformer}, [path]) as runtime:
+        assert runtime.mode == "merged"  # auto on CPU: measured faster (see Wan2GP.loras.CPU_AUTO_MODE)
+        with pytest.raises(ValueError, match="expert: expected one of \\['high'\\]"):
+            runtime.set_step_strengths("low", [1.0])
+        with pytest.raises(ValueError, match="strengths: expected 1 values"):
+            runtime.set_step_strengths("high", [1.0, 2.0])
+        with pytest.raises(ValueError, match=r"strengths\[0\]: expected a finite number"):
+            runtime.set_step_strengths("high", [float("nan")])
+        with pytest.raises(RuntimeError, match="already carries LoRA adapters"):
+            LoraRuntime({"high": transformer}, [path])
+    with pytest.raises(ValueError, match="mode: expected"):
+        LoraRuntime({"high": transformer}, [path], mode="fused")
+    with LoraRuntime({"high": transformer}, []) as runtime:  # no LoRAs: a no-op runtime
+        runtime.set_step_strengths("high", [])
+        assert not any(isinstance(module, LoraLayer) for module in transformer.modules())
