@@ -1,0 +1,364 @@
+"""Queue administration: `python -m source.cli enqueue|list|show|retry|cancel|stats|workers|migrate ...`.
+
+Tables (rich) for people, `--json` for scripts. `enqueue` prints the new task's id on the last line of stdout. Every
+command takes `--db URL` (default: $HW_DB_URL, else $DATABASE_URL, else sqlite:///tasks.db, like the worker) and
+migrates the schema first, so a fresh database just works. Params are shown with secrets redacted. Exit codes:
+0 done, 1 the command failed (unknown id, wrong state, bad file, database unreachable), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from source.params.redact import redact
+from source.queue import (
+    QueueError,
+    TaskQueue,
+    TaskRecord,
+    TaskStatus,
+    open_queue,
+    resolve_db_url,
+)
+
+ROW_KEYS = frozenset(
+    {"task_type", "params", "id", "task_id", "dependant_on", "depends_on", "project_id", "priority", "max_attempts"}
+)
+MAX_TREE_DEPTH = 6
+
+
+class CommandError(Exception):
+    """A failure to report on stderr with exit code 1 (no traceback)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument(
+        "--db",
+        metavar="URL",
+        help="sqlite:///path or postgresql://... (default: $HW_DB_URL, $DATABASE_URL, else sqlite:///tasks.db)",
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="machine-readable output")
+
+    enqueue = subparsers.add_parser(
+        "enqueue",
+        parents=[database],
+        help="add a task from a JSON file",
+        description="Add a task. FILE holds the params object, or a row-like object {task_type, params, "
+        "dependant_on?, depends_on?, project_id?, priority?, max_attempts?}. Prints the new id on the last line.",
+    )
+    enqueue.add_argument("file", metavar="FILE.json", help="the JSON file ('-' reads stdin)")
+    enqueue.add_argument("--type", dest="task_type", metavar="T", help="task type (overrides the file's)")
+    enqueue.add_argument("--depends-on", action="append", default=[], metavar="ID", help="wait for this task (repeat)")
+    enqueue.add_argument("--project", dest="project_id", metavar="P")
+    enqueue.add_argument("--priority", type=int, metavar="N", help="higher runs first (default 0)")
+    enqueue.add_argument("--max-attempts", type=int, metavar="N", help="attempt cap (default 3)")
+    enqueue.add_argument("--id", dest="task_id", metavar="ID", help="use this id instead of a new uuid")
+    enqueue.set_defaults(func=_command(_enqueue))
+
+    listing = subparsers.add_parser("list", parents=[database, as_json], help="list tasks, newest first")
+    listing.add_argument(
+        "--status", metavar="S", help="Queued, 'In Progress' (or in_progress), Complete, Failed, Cancelled"
+    )
+    listing.add_argument("--type", dest="task_type", metavar="T")
+    listing.add_argument("--limit", type=int, default=200, metavar="N")
+    listing.set_defaults(func=_command(_list))
+
+    show = subparsers.add_parser(
+        "show", parents=[database, as_json], help="one task: fields, params, progress, children"
+    )
+    show.add_argument("task_id", metavar="ID")
+    show.set_defaults(func=_command(_show))
+
+    retry = subparsers.add_parser(
+        "retry", parents=[database], help="put a Failed/Cancelled task (and what failed with it) back to Queued"
+    )
+    retry.add_argument("task_id", metavar="ID")
+    retry.set_defaults(func=_command(_retry))
+
+    cancel = subparsers.add_parser("cancel", parents=[database], help="cancel a task and everything that depends on it")
+    cancel.add_argument("task_id", metavar="ID")
+    cancel.add_argument("--reason", default="cancelled by admin")
+    cancel.set_defaults(func=_command(_cancel))
+
+    stats = subparsers.add_parser("stats", parents=[database, as_json], help="counts by status and type")
+    stats.set_defaults(func=_command(_stats))
+
+    workers = subparsers.add_parser("workers", parents=[database, as_json], help="the workers and their heartbeats")
+    workers.set_defaults(func=_command(_workers))
+
+    migrate = subparsers.add_parser("migrate", parents=[database], help="create or upgrade the schema")
+    migrate.set_defaults(func=_command(_migrate))
+
+
+# ---------------------------------------------------------------------------------------------------- plumbing
+
+
+def _command(body: Callable[[argparse.Namespace, TaskQueue], int | None]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        # stdout is for results; the queue's own info lines (migrations, cascades) would only be noise here
+        logger.remove()
+        logger.add(sys.stderr, level="WARNING", format="{level}: {message}")
+        try:
+            with _open(args.db) as queue:
+                return int(body(args, queue) or 0)
+        except (CommandError, QueueError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+@contextmanager
+def _open(url: str | None) -> Iterator[TaskQueue]:
+    queue = open_queue(resolve_db_url(url), pool_size=1)
+    try:
+        queue.migrate()
+        yield queue
+    finally:
+        queue.close()
+
+
+def _console() -> Console:
+    # piped output (logs, CI) gets a wide fixed width instead of rich's 80 columns
+    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def task_json(task: TaskRecord) -> dict[str, Any]:
+    """A task row for scripts: every column, params and result redacted."""
+    row = task.to_dict()
+    row["params"] = redact(task.params)
+    row["result"] = redact(task.result)
+    return row
+
+
+# ---------------------------------------------------------------------------------------------------- commands
+
+
+def _read_json_file(file: str) -> Any:
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
+    except OSError as error:
+        raise CommandError(f"{file}: cannot read: {error.strerror or error}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CommandError(f"{file}: not valid JSON: {error}") from None
+
+
+def _enqueue(args: argparse.Namespace, queue: TaskQueue) -> None:
+    data = _read_json_file(args.file)
+    if not isinstance(data, dict):
+        raise CommandError(
+            f"{args.file}: expected a JSON object (params, or {{task_type, params, ...}}); got {type(data).__name__}"
+        )
+    row_like = isinstance(data.get("params"), dict) and set(data) <= ROW_KEYS
+    if row_like:
+        params = data["params"]
+        file_type = data.get("task_type")
+        depends_on = data.get("depends_on") or []
+        if isinstance(depends_on, str):
+            depends_on = [depends_on]
+        if not isinstance(depends_on, list) or not all(isinstance(item, str) for item in depends_on):
+            raise CommandError(f"{args.file}: depends_on: expected a list of task ids")
+        dependant_on = data.get("dependant_on")
+        project_id = data.get("project_id")
+        priority = data.get("priority")
+        max_attempts = data.get("max_attempts")
+        task_id = data.get("id") or data.get("task_id")
+    else:
+        params = dict(data)
+        file_type = params.pop("task_type", None)  # upstream payloads carry their type inside the params
+        depends_on, dependant_on, project_id, priority, max_attempts, task_id = [], None, None, None, None, None
+    task_type = args.task_type or file_type
+    if not task_type:
+        raise CommandError(f'{args.file}: no task type: pass --type T, or put "task_type" in the file')
+    new_id = queue.enqueue(
+        task_type,
+        params,
+        task_id=args.task_id or task_id,
+        dependant_on=dependant_on,
+        depends_on=[*depends_on, *args.depends_on],
+        project_id=args.project_id or project_id,
+        priority=args.priority if args.priority is not None else int(priority or 0),
+        max_attempts=args.max_attempts if args.max_attempts is not None else int(max_attempts or 3),
+    )
+    print(new_id)
+
+
+def _list(args: argparse.Namespace, queue: TaskQueue) -> None:
+    status = TaskStatus.parse(args.status) if args.status else None
+    tasks = queue.list_tasks(status=status, task_type=args.task_type, limit=args.limit)
+    if args.json:
+        _print_json([task_json(task) for task in tasks])
+        return
+    table = Table(title=f"{len(tasks)} task(s)", show_lines=False)
+    for column in ("id", "type", "status", "waits for", "attempts", "created", "output / error"):
+        table.add_column(column, overflow="fold")
+    for task in tasks:
+        table.add_row(
+            task.id,
+            task.task_type + (f" ({_child_label(task)})" if task.role else ""),
+            _status_text(task),
+            ", ".join(_short(dep) for dep in task.depends_on or ((task.dependant_on,) if task.dependant_on else ())),
+            f"{task.attempts}/{task.max_attempts}",
+            task.created_at.strftime("%Y-%m-%d %H:%M:%S") if task.created_at else "",
+            task.error_message
+            if task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
+            else task.output_location or "",
+        )
+    _console().print(table)
+
+
+def _show(args: argparse.Namespace, queue: TaskQueue) -> None:
+    task = queue.get(args.task_id)
+    if args.json:
+        _print_json(_with_children(queue, task, depth=0))
+        return
+    console = _console()
+    fields = Table(show_header=False, title=f"task {task.id}")
+    fields.add_column("field", style="bold")
+    fields.add_column("value", overflow="fold")
+    for name, value in task_json(task).items():
+        if name in ("params", "result", "progress"):
+            continue
+        if name == "status":
+            fields.add_row(name, _status_text(task))
+        elif value not in (None, [], "") or name == "output_location":
+            fields.add_row(name, str(value))
+    fields.add_row("progress", _progress_text(task))
+    console.print(fields)
+    console.print("params (secrets redacted):")
+    console.print_json(json.dumps(redact(task.params), default=str))
+    if task.result:
+        console.print("result:")
+        console.print_json(json.dumps(redact(task.result), default=str))
+    children = queue.children(task.id)
+    if children:
+        tree = Tree(f"{task.task_type} {task.id} [{_status_text(task)}]")
+        _add_children(queue, tree, children, depth=1)
+        console.print(tree)
+
+
+def _with_children(queue: TaskQueue, task: TaskRecord, depth: int) -> dict[str, Any]:
+    row = task_json(task)
+    children = queue.children(task.id) if depth < MAX_TREE_DEPTH else []
+    row["children"] = [_with_children(queue, child, depth + 1) for child in children]
+    return row
+
+
+def _add_children(queue: TaskQueue, tree: Tree, children: list[TaskRecord], depth: int) -> None:
+    for child in children:
+        detail = (
+            child.error_message if child.status in (TaskStatus.FAILED, TaskStatus.CANCELLED) else child.output_location
+        )
+        branch = tree.add(
+            f"{_child_label(child)}: {child.task_type} {child.id} [{_status_text(child)}]"
+            + (f" {_progress_text(child)}" if child.status is TaskStatus.IN_PROGRESS else "")
+            + (f" -> {detail}" if detail else "")
+        )
+        if depth < MAX_TREE_DEPTH:
+            grandchildren = queue.children(child.id)
+            if grandchildren:
+                _add_children(queue, branch, grandchildren, depth + 1)
+
+
+def _retry(args: argparse.Namespace, queue: TaskQueue) -> None:
+    reset = queue.retry(args.task_id)
+    for task_id in reset or [args.task_id]:
+        print(task_id)
+
+
+def _cancel(args: argparse.Namespace, queue: TaskQueue) -> None:
+    touched = queue.cancel(args.task_id, args.reason)
+    if not touched:
+        print(f"task {args.task_id} was already cancelled", file=sys.stderr)
+    for task_id in touched:
+        print(task_id)
+
+
+def _stats(args: argparse.Namespace, queue: TaskQueue) -> None:
+    stats = queue.stats()
+    if args.json:
+        _print_json(stats)
+        return
+    table = Table(title=f"{stats['total']} task(s), {stats['ready']} ready to run")
+    statuses = [status.value for status in TaskStatus]
+    table.add_column("type")
+    for status in statuses:
+        table.add_column(status, justify="right")
+    for task_type, counts in sorted(stats["by_type"].items()):
+        table.add_row(task_type, *(str(counts.get(status, 0)) for status in statuses))
+    table.add_row("all", *(str(stats["by_status"].get(status, 0)) for status in statuses), style="bold")
+    console = _console()
+    console.print(table)
+    if stats["oldest_queued_at"]:
+        console.print(f"oldest queued task: {stats['oldest_queued_at']}")
+    if stats["workers"]:
+        console.print(
+            "workers: " + ", ".join(f"{count} {status}" for status, count in sorted(stats["workers"].items()))
+        )
+
+
+def _workers(args: argparse.Namespace, queue: TaskQueue) -> None:
+    workers = queue.list_workers()
+    if args.json:
+        _print_json([worker.to_dict() for worker in workers])
+        return
+    table = Table(title=f"{len(workers)} worker(s)")
+    for column in ("id", "status", "last heartbeat", "current task", "started"):
+        table.add_column(column, overflow="fold")
+    for worker in workers:
+        table.add_row(
+            worker.id,
+            worker.status,
+            worker.last_heartbeat.strftime("%Y-%m-%d %H:%M:%S") if worker.last_heartbeat else "",
+            worker.current_task_id or "",
+            worker.started_at.strftime("%Y-%m-%d %H:%M:%S") if worker.started_at else "",
+        )
+    _console().print(table)
+
+
+def _migrate(args: argparse.Namespace, queue: TaskQueue) -> None:
+    print(f"schema version {queue.migrate()}")
+
+
+# ---------------------------------------------------------------------------------------------------- formatting
+
+
+def _short(task_id: str) -> str:
+    return task_id[:8]
+
+
+def _child_label(task: TaskRecord) -> str:
+    return f"{task.role}" if task.segment_index is None else f"{task.role} {task.segment_index}"
+
+
+def _status_text(task: TaskRecord) -> str:
+    if task.status is TaskStatus.IN_PROGRESS and task.awaiting_children:
+        return "In Progress (awaiting children)"
+    return task.status.value
+
+
+def _progress_text(task: TaskRecord) -> str:
+    progress = task.progress or {}
+    step, total = progress.get("step"), progress.get("total")
+    message = progress.get("message") or ""
+    if isinstance(step, int) and isinstance(total, int) and total > 0:
+        return f"step {step}/{total} ({100 * step / total:.0f}%)" + (f" {message}" if message else "")
+    return message or "-"

@@ -1,0 +1,165 @@
+"""The values the queue hands out: task rows, child specifications, worker rows, and the queue's errors.
+
+Rows are parsed once, at the backend boundary, into these frozen dataclasses: JSON columns are dicts, timestamps are
+timezone-aware UTC datetimes, booleans are bools, whatever the backend stores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class TaskStatus(StrEnum):
+    """The Reigh status strings, stored verbatim in the `status` column."""
+
+    QUEUED = "Queued"
+    IN_PROGRESS = "In Progress"
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+    @classmethod
+    def parse(cls, text: str) -> TaskStatus:
+        """Accepts the stored spelling and the ones people type: `queued`, `in_progress`, `in-progress`, `canceled`."""
+        wanted = text.strip().lower().replace("_", " ").replace("-", " ")
+        if wanted == "canceled":
+            wanted = "cancelled"
+        for status in cls:
+            if status.value.lower() == wanted:
+                return status
+        known = ", ".join(status.value for status in cls)
+        raise ValueError(f"status: expected one of {known}; got {text!r}")
+
+
+TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETE, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """One row of `tasks`."""
+
+    id: str
+    task_type: str
+    params: dict[str, Any]
+    status: TaskStatus
+    dependant_on: str | None
+    depends_on: tuple[str, ...]
+    output_location: str | None
+    project_id: str | None
+    worker_id: str | None
+    attempts: int
+    max_attempts: int
+    priority: int
+    error_message: str | None
+    progress: dict[str, Any] | None
+    result: dict[str, Any] | None
+    parent_id: str | None
+    role: str | None
+    segment_index: int | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    generation_started_at: datetime | None
+    generation_processed_at: datetime | None
+    lease_expires_at: datetime | None
+    heartbeat_at: datetime | None
+    # Additions beyond the Reigh columns (keep new fields at the end, with defaults).
+    awaiting_children: bool = False
+    completes_parent: bool = False
+    available_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (timestamps as ISO-8601 strings)."""
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, TaskStatus):
+                value = value.value
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[name] = value
+        return out
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """A task an orchestrator creates. `(parent, role, segment_index)` is its identity: enqueuing it twice returns
+    the first row. `depends_on` holds ids of existing tasks or `"role:index"` / `"role"` references to siblings given
+    earlier in the same call (or created by an earlier run of the same orchestrator)."""
+
+    task_type: str
+    params: dict[str, Any]
+    role: str
+    segment_index: int | None = None
+    depends_on: tuple[str, ...] = ()
+    completes_parent: bool = False
+
+    @property
+    def key(self) -> str:
+        return child_key(self.role, self.segment_index)
+
+
+def child_key(role: str, segment_index: int | None) -> str:
+    """The sibling reference a ChildSpec answers to: "segment:2", or "stitch" when it has no index."""
+    return role if segment_index is None else f"{role}:{segment_index}"
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """One row of `workers`."""
+
+    id: str
+    status: str
+    last_heartbeat: datetime | None
+    current_task_id: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    started_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "last_heartbeat": self.last_heartbeat.isoformat() if self.last_heartbeat else None,
+            "current_task_id": self.current_task_id,
+            "metadata": self.metadata,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+        }
+
+
+class QueueError(Exception):
+    """Base of the queue's own errors."""
+
+
+class TaskNotFound(QueueError, KeyError):
+    """No task with that id."""
+
+    def __init__(self, task_id: str, where: str = "task id") -> None:
+        super().__init__(f"{where}: no task with id {task_id!r}")
+        self.task_id = task_id
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class TaskStateError(QueueError):
+    """The task is not in a state that allows the operation (e.g. retrying a Complete task)."""
+
+
+class TaskNotOwned(TaskStateError):
+    """The worker no longer holds the task: its lease expired and was reclaimed, or it was cancelled meanwhile."""
+
+
+class QueueUnavailable(QueueError):
+    """The database could not be reached (or stayed locked); the caller may try again later."""
+
+
+class InvalidQueueUrl(QueueError, ValueError):
+    """A database URL the queue cannot open."""

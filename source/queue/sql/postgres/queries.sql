@@ -1,0 +1,227 @@
+-- The queue's statements for PostgreSQL (psycopg 3, `%(named)s` parameters). Times come from the server's clock
+-- (now()), so workers on many machines agree on lease expiry. Every task query returns the columns of `tasks` plus
+-- `depends_on_list` (text[], link-table order). The link table holds ids as text; `t.id::text` keeps the joins valid
+-- on a Reigh table whose id column is uuid (and is a no-op on ours).
+
+-- name: create_schema_version
+CREATE TABLE IF NOT EXISTS schema_version (
+    version integer PRIMARY KEY,
+    title text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: applied_versions
+SELECT version FROM schema_version ORDER BY version
+
+-- name: record_migration
+INSERT INTO schema_version (version, title, applied_at) VALUES (%(version)s, %(title)s, now())
+
+-- name: lock_for_migration
+-- Many workers start at once: one migrates, the others wait and then find nothing to do.
+SELECT pg_advisory_xact_lock(7242511001)
+
+-- name: table_columns
+SELECT column_name AS name FROM information_schema.columns
+WHERE table_schema = current_schema() AND table_name = %(table_name)s
+
+-- name: insert_task
+INSERT INTO tasks (
+    id, task_type, params, status, dependant_on, project_id, priority, max_attempts, attempts,
+    parent_id, role, segment_index, completes_parent, created_at, updated_at
+) VALUES (
+    %(task_id)s, %(task_type)s, %(params)s, 'Queued', %(dependant_on)s, %(project_id)s, %(priority)s,
+    %(max_attempts)s, 0, %(parent_id)s, %(role)s, %(segment_index)s, %(completes_parent)s, now(), now()
+)
+
+-- name: insert_dependency
+INSERT INTO task_dependencies (task_id, depends_on_id, position) VALUES (%(task_id)s, %(depends_on_id)s, %(position)s)
+ON CONFLICT DO NOTHING
+
+-- name: get_task
+SELECT t.*, ARRAY(
+    SELECT l.depends_on_id FROM task_dependencies l WHERE l.task_id = t.id::text ORDER BY l.position
+) AS depends_on_list
+FROM tasks t WHERE t.id = %(task_id)s
+
+-- name: lock_task
+SELECT t.*, ARRAY(
+    SELECT l.depends_on_id FROM task_dependencies l WHERE l.task_id = t.id::text ORDER BY l.position
+) AS depends_on_list
+FROM tasks t WHERE t.id = %(task_id)s
+FOR UPDATE OF t
+
+-- name: children_of
+SELECT t.*, ARRAY(
+    SELECT l.depends_on_id FROM task_dependencies l WHERE l.task_id = t.id::text ORDER BY l.position
+) AS depends_on_list
+FROM tasks t WHERE t.parent_id = %(parent_id)s
+ORDER BY t.created_at, t.seq
+
+-- name: dependents_of
+-- Tasks that wait for %(task_id)s, through Reigh's single column or the link table.
+SELECT t.id, t.status, t.parent_id, t.role, t.segment_index FROM tasks t
+WHERE t.dependant_on::text = %(task_id)s::text
+   OR t.id::text IN (SELECT l.task_id FROM task_dependencies l WHERE l.depends_on_id = %(task_id)s::text)
+ORDER BY t.created_at, t.seq
+
+-- name: list_tasks
+SELECT t.*, ARRAY(
+    SELECT l.depends_on_id FROM task_dependencies l WHERE l.task_id = t.id::text ORDER BY l.position
+) AS depends_on_list
+FROM tasks t
+WHERE (%(status)s::text IS NULL OR t.status = %(status)s::text)
+  AND (%(task_type)s::text IS NULL OR t.task_type = %(task_type)s::text)
+ORDER BY t.created_at DESC, t.seq DESC
+LIMIT %(limit)s
+
+-- name: claim_next
+-- One statement: the oldest ready task (highest priority first) whose dependencies, the Reigh column and every
+-- link, are Complete. SKIP LOCKED makes a concurrent claimer move on to the next candidate instead of waiting or
+-- returning nothing. A dependency that does not exist keeps the task waiting.
+UPDATE tasks
+SET status = 'In Progress', worker_id = %(worker_id)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s::double precision),
+    heartbeat_at = now(), generation_started_at = now(), updated_at = now(), progress = NULL
+WHERE id = (
+    SELECT t.id FROM tasks t
+    WHERE t.status = 'Queued'
+      AND (t.available_at IS NULL OR t.available_at <= now())
+      AND (%(task_types)s::text[] IS NULL OR t.task_type = ANY(%(task_types)s::text[]))
+      AND (t.dependant_on IS NULL
+           OR EXISTS (SELECT 1 FROM tasks d WHERE d.id = t.dependant_on AND d.status = 'Complete'))
+      AND NOT EXISTS (
+          SELECT 1 FROM task_dependencies l LEFT JOIN tasks d ON d.id::text = l.depends_on_id
+          WHERE l.task_id = t.id::text AND (d.status IS NULL OR d.status <> 'Complete'))
+    ORDER BY t.priority DESC, t.created_at ASC, t.seq ASC
+    LIMIT 1
+    FOR UPDATE OF t SKIP LOCKED
+) AND status = 'Queued'
+RETURNING id
+
+-- name: count_ready
+SELECT COUNT(*) AS n FROM tasks t
+WHERE t.status = 'Queued'
+  AND (t.available_at IS NULL OR t.available_at <= now())
+  AND (%(task_types)s::text[] IS NULL OR t.task_type = ANY(%(task_types)s::text[]))
+  AND (t.dependant_on IS NULL
+       OR EXISTS (SELECT 1 FROM tasks d WHERE d.id = t.dependant_on AND d.status = 'Complete'))
+  AND NOT EXISTS (
+      SELECT 1 FROM task_dependencies l LEFT JOIN tasks d ON d.id::text = l.depends_on_id
+      WHERE l.task_id = t.id::text AND (d.status IS NULL OR d.status <> 'Complete'))
+
+-- name: renew_lease
+UPDATE tasks
+SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s::double precision), heartbeat_at = now(),
+    updated_at = now()
+WHERE id = %(task_id)s AND worker_id = %(worker_id)s AND status = 'In Progress' AND NOT awaiting_children
+RETURNING id
+
+-- name: set_progress
+UPDATE tasks SET progress = %(progress)s, updated_at = now()
+WHERE id = %(task_id)s AND worker_id = %(worker_id)s AND status = 'In Progress'
+
+-- name: mark_complete
+UPDATE tasks
+SET status = 'Complete', output_location = %(output_location)s, result = %(result)s, error_message = NULL,
+    lease_expires_at = NULL, available_at = NULL, awaiting_children = false,
+    generation_processed_at = now(), updated_at = now()
+WHERE id = %(task_id)s AND status IN ('Queued', 'In Progress')
+RETURNING id
+
+-- name: requeue_after_failure
+UPDATE tasks
+SET status = 'Queued', attempts = attempts + 1, error_message = %(error_message)s, worker_id = NULL,
+    lease_expires_at = NULL, heartbeat_at = NULL, generation_started_at = NULL,
+    available_at = now() + make_interval(secs => %(delay_seconds)s::double precision), updated_at = now()
+WHERE id = %(task_id)s AND status = 'In Progress'
+RETURNING id
+
+-- name: mark_failed
+UPDATE tasks
+SET status = 'Failed', attempts = attempts + 1, error_message = %(error_message)s, lease_expires_at = NULL,
+    available_at = NULL, generation_processed_at = now(), updated_at = now()
+WHERE id = %(task_id)s AND status IN ('Queued', 'In Progress')
+RETURNING id
+
+-- name: terminate_task
+-- A cascade: Failed or Cancelled, for tasks that have not finished yet.
+UPDATE tasks
+SET status = %(status)s, error_message = %(error_message)s, lease_expires_at = NULL, available_at = NULL,
+    generation_processed_at = now(), updated_at = now()
+WHERE id = %(task_id)s AND status IN ('Queued', 'In Progress')
+RETURNING id
+
+-- name: release_task
+-- Graceful shutdown: back to Queued with no attempt penalty.
+UPDATE tasks
+SET status = 'Queued', worker_id = NULL, lease_expires_at = NULL, heartbeat_at = NULL,
+    generation_started_at = NULL, progress = NULL, updated_at = now()
+WHERE id = %(task_id)s AND worker_id = %(worker_id)s AND status = 'In Progress' AND NOT awaiting_children
+RETURNING id
+
+-- name: mark_awaiting_children
+UPDATE tasks
+SET awaiting_children = true, worker_id = NULL, lease_expires_at = NULL, heartbeat_at = NULL,
+    progress = %(progress)s, updated_at = now()
+WHERE id = %(task_id)s AND worker_id = %(worker_id)s AND status = 'In Progress'
+RETURNING id
+
+-- name: complete_parent
+UPDATE tasks
+SET status = 'Complete', output_location = %(output_location)s, result = %(result)s, error_message = NULL,
+    awaiting_children = false, generation_processed_at = now(), updated_at = now()
+WHERE id = %(task_id)s AND status = 'In Progress' AND awaiting_children
+RETURNING id
+
+-- name: reclaim_expired
+-- Expired leases (or every task of %(of_worker)s, a worker that restarted): one more attempt used; Failed past the
+-- cap. SKIP LOCKED: rows another transaction is finishing right now are not expired for long.
+UPDATE tasks
+SET attempts = attempts + 1,
+    status = CASE WHEN attempts + 1 >= max_attempts THEN 'Failed' ELSE 'Queued' END,
+    error_message = CASE
+        WHEN attempts + 1 >= max_attempts
+        THEN 'lease expired on worker ' || COALESCE(worker_id, '?') || '; gave up after '
+             || (attempts + 1) || ' attempts'
+        ELSE 'lease expired on worker ' || COALESCE(worker_id, '?') || ' (attempt '
+             || (attempts + 1) || ' of ' || max_attempts || ')'
+        END,
+    lease_expires_at = NULL, heartbeat_at = NULL, available_at = NULL,
+    generation_started_at = CASE WHEN attempts + 1 >= max_attempts THEN generation_started_at ELSE NULL END,
+    worker_id = CASE WHEN attempts + 1 >= max_attempts THEN worker_id ELSE NULL END,
+    updated_at = now()
+WHERE id IN (
+    SELECT t.id FROM tasks t
+    WHERE t.status = 'In Progress' AND NOT t.awaiting_children
+      AND ((%(of_worker)s::text IS NULL AND t.lease_expires_at IS NOT NULL AND t.lease_expires_at < now())
+           OR (%(of_worker)s::text IS NOT NULL AND t.worker_id = %(of_worker)s::text))
+    FOR UPDATE OF t SKIP LOCKED
+) AND status = 'In Progress'
+RETURNING id, status, error_message
+
+-- name: reset_task
+-- retry: a Failed or Cancelled task starts over (awaiting orchestrators go back to waiting for their children).
+UPDATE tasks
+SET status = %(status)s, attempts = 0, error_message = NULL, worker_id = NULL, lease_expires_at = NULL,
+    heartbeat_at = NULL, available_at = NULL, progress = NULL, output_location = NULL, result = NULL,
+    generation_started_at = NULL, generation_processed_at = NULL, updated_at = now()
+WHERE id = %(task_id)s AND status IN ('Failed', 'Cancelled')
+RETURNING id
+
+-- name: count_by_type_and_status
+SELECT task_type, status, COUNT(*) AS n FROM tasks GROUP BY task_type, status ORDER BY task_type, status
+
+-- name: oldest_queued
+SELECT MIN(created_at) AS created_at FROM tasks WHERE status = 'Queued'
+
+-- name: upsert_worker
+INSERT INTO workers (id, status, last_heartbeat, current_task_id, metadata, started_at)
+VALUES (%(worker_id)s, %(status)s, now(), %(current_task_id)s, %(metadata)s, now())
+ON CONFLICT (id) DO UPDATE SET
+    status = excluded.status, last_heartbeat = excluded.last_heartbeat,
+    current_task_id = excluded.current_task_id, metadata = excluded.metadata,
+    -- a worker id that registers again (a restarted pod with a fixed id) starts a new life
+    started_at = CASE WHEN excluded.status = 'starting' THEN excluded.started_at ELSE workers.started_at END
+
+-- name: list_workers
+SELECT id, status, last_heartbeat, current_task_id, metadata, started_at FROM workers ORDER BY started_at, id

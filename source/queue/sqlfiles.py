@@ -1,0 +1,79 @@
+"""A tiny loader for SQL files made of named statements (the procrastinate style).
+
+    -- name: claim_next
+    -- Takes the oldest ready task.
+    UPDATE tasks SET ...;
+
+Every statement starts with a `-- name: <identifier>` line; the comment lines right after it describe it; the body
+runs until the next header. One set of files per backend lives in `source/queue/sql/<backend>/`. Queries come from
+`queries.sql`; migrations from `migration_NNNN_<title>.sql`, whose statements run in file order.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+_HEADER = re.compile(r"^--\s*name:\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*$")
+_MIGRATION_FILE = re.compile(r"^migration_(?P<version>\d{4})_(?P<title>[a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    title: str
+    statements: tuple[tuple[str, str], ...]  # (name, sql) in file order
+
+
+def parse_named_statements(text: str, *, source: str) -> list[tuple[str, str]]:
+    """Splits a file into (name, sql) pairs, in order. Text before the first header may only be comments."""
+    statements: list[tuple[str, str]] = []
+    current_name: str | None = None
+    body: list[str] = []
+
+    def flush() -> None:
+        if current_name is None:
+            return
+        sql = "\n".join(line for line in body if not line.lstrip().startswith("--")).strip().rstrip(";").strip()
+        if not sql:
+            raise ValueError(f"{source}: statement {current_name!r} is empty")
+        statements.append((current_name, sql))
+
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line.strip())
+        if header:
+            flush()
+            current_name = header.group("name")
+            if any(name == current_name for name, _ in statements):
+                raise ValueError(f"{source}:{number}: statement {current_name!r} is defined twice")
+            body = []
+        elif current_name is None:
+            if line.strip() and not line.strip().startswith("--"):
+                raise ValueError(f"{source}:{number}: SQL before the first '-- name:' header")
+        else:
+            body.append(line)
+    flush()
+    return statements
+
+
+def load_queries(backend: str) -> dict[str, str]:
+    folder = resources.files("source.queue") / "sql" / backend
+    text = (folder / "queries.sql").read_text(encoding="utf-8")
+    return dict(parse_named_statements(text, source=f"sql/{backend}/queries.sql"))
+
+
+def load_migrations(backend: str) -> list[Migration]:
+    folder = resources.files("source.queue") / "sql" / backend
+    migrations: list[Migration] = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if not match:
+            continue
+        statements = parse_named_statements(entry.read_text(encoding="utf-8"), source=f"sql/{backend}/{entry.name}")
+        migrations.append(Migration(int(match.group("version")), match.group("title"), tuple(statements)))
+    migrations.sort(key=lambda migration: migration.version)
+    versions = [migration.version for migration in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise ValueError(f"sql/{backend}: migration versions must be 1..N without gaps; found {versions}")
+    return migrations

@@ -1,0 +1,194 @@
+"""The contract between the worker loop and a task handler.
+
+A handler is `Callable[[TaskContext], TaskOutcome]`. It reads `ctx.task` (the claimed row), does its work, reports
+progress, and returns an outcome, or raises one of the three failure kinds:
+
+- `TaskInputError`: the payload is wrong; the task fails at once and is never retried. Name the field.
+- `TransientTaskError` (or any other exception): network, database, CUDA OOM; retried up to the attempt cap.
+- `FatalWorkerError`: the GPU or driver is broken; the task is released untouched and the worker exits non-zero.
+
+`TaskCancelled` is raised (by `ctx.raise_if_cancelled()` / `ctx.sleep()`) once the worker asks the handler to stop:
+at shutdown after the grace period, or when the task was cancelled or reclaimed meanwhile.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from loguru import logger
+from pydantic import BaseModel, ValidationError
+
+from source.params.redact import REDACTED, is_secret_key, redact
+from source.queue import ChildSpec, QueueError, TaskQueue, TaskRecord
+
+if TYPE_CHECKING:
+    from source.worker.settings import WorkerSettings
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class TaskInputError(Exception):
+    """Bad input: the task fails at once and is never retried. The message names the field."""
+
+
+class TransientTaskError(Exception):
+    """A failure that may pass (network, database, out of memory): retried up to the task's attempt cap."""
+
+
+class FatalWorkerError(Exception):
+    """This worker cannot go on (GPU/driver broken): the task is released and the worker exits non-zero."""
+
+
+class TaskCancelled(Exception):
+    """The worker asked the handler to stop (shutdown, cancellation, lost lease)."""
+
+
+class ServiceNotConfigured(RuntimeError):
+    """A handler asked for a service (engine, storage) that this worker was started without."""
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What a handler returns. `awaiting_children=True`: the task enqueued children and stays In Progress (without
+    a lease) until the last child completes; its output then becomes the completing child's output."""
+
+    output_location: str | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+    awaiting_children: bool = False
+    message: str = ""
+
+
+@dataclass
+class WorkerServices:
+    """Heavy services, created on first use by factories given at start-up (so the worker loop never imports
+    torch), then reused by every task this worker runs."""
+
+    engine_factory: Callable[[], Any] | None = None
+    storage_factory: Callable[[], Any] | None = None
+    _engine: Any = field(default=None, init=False, repr=False)
+    _storage: Any = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def engine(self) -> Any:
+        with self._lock:
+            if self._engine is None:
+                if self.engine_factory is None:
+                    raise ServiceNotConfigured("this worker has no engine: it was started without an engine factory")
+                logger.info("creating the engine (first task that needs it)")
+                self._engine = self.engine_factory()
+            return self._engine
+
+    def storage(self) -> Any:
+        with self._lock:
+            if self._storage is None:
+                if self.storage_factory is None:
+                    raise ServiceNotConfigured("this worker has no storage: it was started without a storage factory")
+                self._storage = self.storage_factory()
+            return self._storage
+
+    def close(self) -> None:
+        with self._lock:
+            for service in (self._engine, self._storage):
+                close = getattr(service, "close", None)
+                if callable(close):
+                    try:
+                        close()
+                    except Exception:  # closing is best effort at shutdown
+                        logger.exception("closing {} failed", type(service).__name__)
+            self._engine = self._storage = None
+
+
+@dataclass
+class TaskContext:
+    """Everything a handler gets. `work_dir` is a fresh scratch folder for this task (removed after success)."""
+
+    task: TaskRecord
+    queue: TaskQueue
+    worker_id: str
+    output_dir: Path
+    work_dir: Path
+    settings: WorkerSettings
+    services: WorkerServices
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    progress_write_interval_seconds: float = 1.0
+    _last_progress_write: float = field(default=-math.inf, init=False, repr=False)
+    _progress_bar: Any = field(default=None, init=False, repr=False)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.task.params
+
+    def report_progress(self, step: int, total: int, message: str = "") -> None:
+        """Logs "step i/n (p%)", moves the terminal's progress bar, and writes the row's progress column (at most
+        once per `progress_write_interval_seconds`, but always the first and the last step)."""
+        percent = 100.0 * step / total if total > 0 else 0.0
+        suffix = f": {message}" if message else ""
+        logger.info("step {}/{} ({:.0f}%){}", step, total, percent, suffix)
+        self._update_bar(step, total)
+        now = time.monotonic()
+        is_edge = step <= 1 or step >= total
+        if not is_edge and now - self._last_progress_write < self.progress_write_interval_seconds:
+            return
+        self._last_progress_write = now
+        try:
+            self.queue.report_progress(self.task.id, self.worker_id, step=step, total=total, message=message)
+        except QueueError as error:  # progress is informative; never fail a task because it could not be written
+            logger.warning("could not write progress: {}", error)
+
+    def _update_bar(self, step: int, total: int) -> None:
+        if not sys.stderr.isatty():
+            return
+        from tqdm import tqdm  # only on a terminal
+
+        if self._progress_bar is None or self._progress_bar.total != total:
+            self.close_progress()
+            self._progress_bar = tqdm(total=total, desc=self.task.task_type, unit="step", leave=False, file=sys.stderr)
+        self._progress_bar.n = step
+        self._progress_bar.refresh()
+
+    def close_progress(self) -> None:
+        if self._progress_bar is not None:
+            self._progress_bar.close()
+            self._progress_bar = None
+
+    def raise_if_cancelled(self) -> None:
+        if self.cancel_event.is_set():
+            raise TaskCancelled(f"task {self.task.id} was asked to stop")
+
+    def sleep(self, seconds: float) -> None:
+        """Sleeps, but wakes up and raises TaskCancelled as soon as the worker asks the handler to stop."""
+        if self.cancel_event.wait(max(0.0, seconds)):
+            raise TaskCancelled(f"task {self.task.id} was asked to stop")
+
+    def enqueue_children(self, children: Sequence[ChildSpec]) -> list[str]:
+        """Idempotent: a re-run of this task gets the ids of the children it created before."""
+        return self.queue.enqueue_children(self.task.id, children)
+
+
+def parse_params(model: type[ModelT], params: Any, *, prefix: str = "params") -> ModelT:
+    """Validates a payload into `model`; a bad one raises TaskInputError naming each wrong field and what was
+    expected, e.g. "params.seconds: Input should be greater than or equal to 0 (got -1)"."""
+    try:
+        return model.model_validate(params)
+    except ValidationError as error:
+        problems = []
+        for issue in error.errors():
+            path = ".".join([prefix, *(str(part) for part in issue["loc"])])
+            got = "" if issue["type"] == "missing" else f" (got {_shown_input(issue['loc'], issue['input'])})"
+            problems.append(f"{path}: {issue['msg']}{got}")
+        raise TaskInputError("; ".join(problems)) from None
+
+
+def _shown_input(location: tuple[int | str, ...], value: Any, limit: int = 120) -> str:
+    """The offending value as an error message may show it: secrets masked, long values cut."""
+    if location and is_secret_key(location[-1]):
+        return repr(REDACTED)
+    text = repr(redact(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."

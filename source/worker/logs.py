@@ -1,0 +1,38 @@
+"""Logging for the worker: loguru to stderr, every line carrying the worker id and the task id ("-" between
+tasks). `--log-json` writes one JSON object per line (loguru's serialize format: `record.extra.task_id` ...)."""
+
+from __future__ import annotations
+
+import sys
+
+from loguru import logger
+
+NO_TASK = "-"
+_HUMAN_FORMAT = (
+    "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <7}</level> | "
+    "<cyan>{extra[worker_id]}</cyan> | task {extra[task_id]} | <level>{message}</level>"
+)
+
+
+def _write_above_progress_bar(message: str) -> None:
+    from tqdm import tqdm  # only on a terminal, where a progress bar may be showing
+
+    tqdm.write(message, end="", file=sys.stderr)
+
+
+def configure_logging(*, level: str, json_lines: bool, worker_id: str) -> None:
+    """Replaces loguru's sinks (called once at start-up by the worker entry point)."""
+    logger.remove()
+    logger.configure(extra={"task_id": NO_TASK, "worker_id": worker_id})
+    if json_lines:
+        logger.add(sys.stderr, level=level.upper(), serialize=True, backtrace=False, diagnose=False)
+        return
+    on_terminal = sys.stderr.isatty()
+    logger.add(
+        _write_above_progress_bar if on_terminal else sys.stderr,
+        level=level.upper(),
+        format=_HUMAN_FORMAT,
+        colorize=on_terminal,
+        backtrace=False,
+        diagnose=False,  # diagnose would print local variables, params and secrets included
+    )

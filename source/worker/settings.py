@@ -1,0 +1,150 @@
+"""The worker's settings: each one from its command-line flag, else its environment variable, else the default."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from source.queue import resolve_db_url
+
+T = TypeVar("T")
+
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+
+
+class SettingsError(ValueError):
+    """A flag or environment variable with a value the worker cannot use; the message names it."""
+
+
+def default_lora_dir(model_cache_dir: Path | None, environ: Mapping[str, str]) -> Path:
+    """Where downloaded LoRAs go: <model cache>/loras, the model cache being the engine's ($WAN2GP_CACHE or
+    ~/.cache/wan2gp) unless one is given."""
+    cache = model_cache_dir or Path(environ.get("WAN2GP_CACHE") or Path.home() / ".cache" / "wan2gp")
+    return Path(cache).expanduser() / "loras"
+
+
+def default_worker_id() -> str:
+    """hostname-pid: unique per process, readable in `workers` and logs."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    db_url: str
+    worker_id: str
+    poll_interval: float = 5.0
+    output_dir: Path = Path("outputs")
+    log_level: str = "INFO"
+    log_json: bool = False
+    once: bool = False
+    max_tasks: int | None = None
+    lease_seconds: float = 60.0
+    heartbeat_seconds: float = 10.0
+    grace_seconds: float = 30.0
+    task_types: tuple[str, ...] | None = None
+    retry_delay_seconds: float = 5.0  # first back-off after a transient failure; doubles per attempt, capped
+    cancel_window_seconds: float = 5.0  # after the grace period, how long a handler may ignore cancel_event
+    # Services (used by the handlers' engine and storage factories, never by the loop):
+    device: str | None = None  # torch device for the engine; None: cuda when available, else cpu
+    model_cache_dir: Path | None = None  # None: the engine's default ($WAN2GP_CACHE or ~/.cache/wan2gp)
+    lora_dir: Path = field(default_factory=lambda: default_lora_dir(None, os.environ))
+    supabase_url: str | None = None
+    supabase_key: str | None = field(default=None, repr=False)  # a secret: kept out of reprs and logs
+    supabase_bucket: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)  # settings added by start-up hooks (e.g. --model)
+
+    def __post_init__(self) -> None:
+        for name in ("poll_interval", "lease_seconds", "heartbeat_seconds"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name}: expected a positive number of seconds; got {getattr(self, name)!r}")
+        for name in ("grace_seconds", "retry_delay_seconds", "cancel_window_seconds"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name}: expected a number of seconds >= 0; got {getattr(self, name)!r}")
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise SettingsError(
+                f"heartbeat_seconds ({self.heartbeat_seconds}) must be smaller than lease_seconds "
+                f"({self.lease_seconds}), or leases expire between two renewals"
+            )
+        if self.max_tasks is not None and self.max_tasks < 1:
+            raise SettingsError(f"max_tasks: expected an integer >= 1; got {self.max_tasks!r}")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise SettingsError(f"log_level: expected one of {', '.join(LOG_LEVELS)}; got {self.log_level!r}")
+        if not self.worker_id.strip():
+            raise SettingsError("worker_id: expected a non-empty string")
+
+    @property
+    def work_root(self) -> Path:
+        """Per-task scratch folders live under here."""
+        return self.output_dir / ".work"
+
+
+def _from_env(name: str, parse: Callable[[str], T], environ: Mapping[str, str]) -> T | None:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return parse(raw)
+    except ValueError as error:
+        raise SettingsError(f"environment variable {name}={raw!r}: {error}") from None
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false, 1/0, yes/no or on/off")
+
+
+def parse_task_types(text: str) -> tuple[str, ...]:
+    types = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not types:
+        raise ValueError("expected a comma-separated list of task types")
+    return types
+
+
+def settings_from_values(values: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> WorkerSettings:
+    """`values` holds the command-line flags (None where not given); each missing one falls back to its
+    HW_* environment variable, then to the default."""
+    env = os.environ if environ is None else environ
+
+    def pick(key: str, env_name: str, parse: Callable[[str], T], default: T) -> T:
+        given = values.get(key)
+        if given is not None:
+            return given
+        from_env = _from_env(env_name, parse, env)
+        return default if from_env is None else from_env
+
+    model_cache_dir = _path(pick("model_cache_dir", "HW_MODEL_CACHE_DIR", str, None))
+    return WorkerSettings(
+        db_url=resolve_db_url(values.get("db"), env),
+        worker_id=pick("worker_id", "HW_WORKER_ID", str, default_worker_id()),
+        poll_interval=pick("poll_interval", "HW_POLL_INTERVAL", float, 5.0),
+        output_dir=Path(pick("output_dir", "HW_OUTPUT_DIR", str, "outputs")).expanduser().resolve(),
+        log_level=pick("log_level", "HW_LOG_LEVEL", str, "INFO").upper(),
+        log_json=bool(values.get("log_json")) or bool(_from_env("HW_LOG_JSON", _parse_bool, env)),
+        once=bool(values.get("once")) or bool(_from_env("HW_ONCE", _parse_bool, env)),
+        max_tasks=pick("max_tasks", "HW_MAX_TASKS", int, None),
+        lease_seconds=pick("lease_seconds", "HW_LEASE_SECONDS", float, 60.0),
+        heartbeat_seconds=pick("heartbeat_seconds", "HW_HEARTBEAT_SECONDS", float, 10.0),
+        grace_seconds=pick("grace_seconds", "HW_GRACE_SECONDS", float, 30.0),
+        task_types=pick("task_types", "HW_TASK_TYPES", parse_task_types, None),
+        retry_delay_seconds=pick("retry_delay", "HW_RETRY_DELAY", float, 5.0),
+        cancel_window_seconds=pick("cancel_window", "HW_CANCEL_WINDOW", float, 5.0),
+        device=pick("device", "HW_DEVICE", str, None),
+        model_cache_dir=model_cache_dir,
+        lora_dir=_path(pick("lora_dir", "HW_LORA_DIR", str, None)) or default_lora_dir(model_cache_dir, env),
+        supabase_url=pick("supabase_url", "SUPABASE_URL", str, None),
+        # the key comes from the environment only: a command-line secret shows up in process listings
+        supabase_key=_from_env("SUPABASE_SERVICE_ROLE_KEY", str, env) or _from_env("SUPABASE_KEY", str, env),
+        supabase_bucket=pick("supabase_bucket", "SUPABASE_BUCKET", str, None),
+    )
+
+
+def _path(text: str | None) -> Path | None:
+    return None if text is None else Path(text).expanduser().resolve()

@@ -1,0 +1,148 @@
+"""`python -m source.cli` queue commands, black-box, against real databases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from source.queue import ChildSpec, open_queue
+
+ROW_KEYS = {"id", "task_type", "status", "dependant_on", "attempts", "output_location", "error_message"}
+
+
+def write_json(path: Path, value: object) -> str:
+    path.write_text(json.dumps(value), encoding="utf-8")
+    return str(path)
+
+
+def test_enqueue_list_cancel_retry_stats_round_trip(cli, queue_url: str, tmp_path: Path) -> None:
+    params_file = write_json(tmp_path / "params.json", {"seconds": 0, "steps": 1})
+    first = cli("enqueue", params_file, "--type", "debug_sleep", "--db", queue_url, "--priority", "3")
+    assert first.returncode == 0, first.stderr
+    first_id = first.last_line
+
+    row_file = write_json(
+        tmp_path / "row.json",
+        {"task_type": "debug_sleep", "params": {"seconds": 0}, "project_id": "proj-9", "depends_on": [first_id]},
+    )
+    second = cli("enqueue", row_file, "--db", queue_url)
+    assert second.returncode == 0, second.stderr
+    second_id = second.last_line
+    third = cli(
+        "enqueue",
+        "-",
+        "--db",
+        queue_url,
+        "--depends-on",
+        second_id,
+        stdin=json.dumps({"task_type": "debug_sleep", "seconds": 0}),
+    )
+    assert third.returncode == 0, third.stderr
+    third_id = third.last_line
+
+    listed = cli("list", "--json", "--db", queue_url)
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["id"]: row for row in listed.json()}
+    assert set(rows) == {first_id, second_id, third_id}
+    assert all(ROW_KEYS <= set(row) for row in rows.values())
+    assert rows[first_id]["priority"] == 3 and rows[first_id]["status"] == "Queued"
+    assert rows[second_id]["dependant_on"] == first_id and rows[second_id]["project_id"] == "proj-9"
+    assert rows[third_id]["dependant_on"] == second_id
+    assert rows[third_id]["params"] == {"seconds": 0}, "an upstream-style task_type inside params is taken out"
+
+    cancelled = cli("cancel", first_id, "--db", queue_url)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.split() == [first_id, second_id, third_id]
+    rows = {row["id"]: row for row in cli("list", "--json", "--status", "cancelled", "--db", queue_url).json()}
+    assert set(rows) == {first_id, second_id, third_id}
+    assert rows[third_id]["error_message"] == f"dependency {first_id} cancelled: cancelled by admin"
+
+    retried = cli("retry", first_id, "--db", queue_url)
+    assert retried.returncode == 0, retried.stderr
+    assert set(retried.stdout.split()) == {first_id, second_id, third_id}
+    stats = cli("stats", "--json", "--db", queue_url)
+    assert stats.returncode == 0, stats.stderr
+    numbers = stats.json()
+    assert numbers["by_status"]["Queued"] == 3 and numbers["by_status"]["Cancelled"] == 0
+    assert numbers["ready"] == 1 and numbers["by_type"] == {"debug_sleep": {"Queued": 3}}
+
+
+def test_show_redacts_secrets_and_lists_children(cli, queue_url: str) -> None:
+    queue = open_queue(queue_url)
+    try:
+        queue.migrate()
+        parent_id = queue.enqueue(
+            "travel_orchestrator", {"orchestrator_details": {"openai_api_key": "sk-LEAK", "prompt": "a fox"}}
+        )
+        assert queue.claim("w1", lease_seconds=30) is not None
+        seg_id, stitch_id = queue.enqueue_children(
+            parent_id,
+            [
+                ChildSpec("travel_segment", {"hf_token": "hf-LEAK"}, role="segment", segment_index=0),
+                ChildSpec("travel_stitch", {}, role="stitch", depends_on=("segment:0",), completes_parent=True),
+            ],
+        )
+        queue.await_children(parent_id, "w1", "waiting for 2 children")
+        queue.upsert_worker("w1", status="idle", current_task_id=None, metadata={"gpu": "H100"})
+    finally:
+        queue.close()
+
+    shown = cli("show", parent_id, "--json", "--db", queue_url)
+    assert shown.returncode == 0, shown.stderr
+    assert "LEAK" not in shown.stdout
+    detail = shown.json()
+    assert detail["params"]["orchestrator_details"] == {"openai_api_key": "***", "prompt": "a fox"}
+    assert detail["status"] == "In Progress" and detail["awaiting_children"] is True
+    assert detail["progress"] == {"message": "waiting for 2 children"}
+    assert [(child["id"], child["role"]) for child in detail["children"]] == [
+        (seg_id, "segment"),
+        (stitch_id, "stitch"),
+    ]
+    assert detail["children"][0]["params"] == {"hf_token": "***"}
+
+    human = cli("show", parent_id, "--db", queue_url)
+    assert human.returncode == 0, human.stderr
+    assert "LEAK" not in human.stdout
+    assert "segment 0: travel_segment" in human.stdout and "stitch: travel_stitch" in human.stdout
+    assert "awaiting children" in human.stdout
+
+    workers = cli("workers", "--json", "--db", queue_url)
+    assert workers.returncode == 0, workers.stderr
+    (worker,) = workers.json()
+    assert (worker["id"], worker["status"], worker["metadata"]) == ("w1", "idle", {"gpu": "H100"})
+    assert worker["last_heartbeat"] is not None
+
+
+def test_errors_exit_1_with_a_message(cli, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'errors.db'}"
+    missing = cli("show", "no-such-id", "--db", url)
+    assert missing.returncode == 1 and "no task with id 'no-such-id'" in missing.stderr
+    untyped = cli("enqueue", write_json(tmp_path / "p.json", {"seconds": 1}), "--db", url)
+    assert untyped.returncode == 1 and "no task type" in untyped.stderr
+    (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
+    broken = cli("enqueue", str(tmp_path / "broken.json"), "--type", "t", "--db", url)
+    assert broken.returncode == 1 and "not valid JSON" in broken.stderr
+    status = cli("list", "--status", "sleeping", "--db", url)
+    assert status.returncode == 1 and "status: expected one of Queued" in status.stderr
+    dependency = cli("enqueue", str(tmp_path / "p.json"), "--type", "t", "--depends-on", "ghost", "--db", url)
+    assert dependency.returncode == 1 and "depends_on[0]: no task with id 'ghost'" in dependency.stderr
+    bad_url = cli("list", "--db", "mysql://x/y")
+    assert bad_url.returncode == 1 and "expected sqlite:///" in bad_url.stderr
+
+
+@pytest.mark.parametrize("queue_url", ["sqlite"], indirect=True)
+def test_default_database_comes_from_the_environment_and_tables_render(cli, queue_url: str, tmp_path: Path) -> None:
+    env = {"HW_DB_URL": queue_url}
+    assert cli("migrate", extra_env=env).stdout.strip() == "schema version 2"
+    created = cli("enqueue", write_json(tmp_path / "p.json", {"seconds": 0}), "--type", "debug_sleep", extra_env=env)
+    assert created.returncode == 0, created.stderr
+    table = cli("list", extra_env=env)
+    assert table.returncode == 0 and created.last_line in table.stdout and "debug_sleep" in table.stdout
+    stats = cli("stats", extra_env=env)
+    assert stats.returncode == 0 and "1 task(s), 1 ready to run" in stats.stdout
+
+    # no --db and no environment: the worker's default, ./tasks.db
+    assert cli("migrate").returncode == 0
+    assert (tmp_path / "tasks.db").exists()

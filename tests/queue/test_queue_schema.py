@@ -1,0 +1,209 @@
+"""Migrations (fresh, idempotent, an existing v1 database upgraded in place, a legacy upstream SQLite file), the
+named-statement loader and database URLs."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from source.queue import InvalidQueueUrl, TaskStatus, open_queue, redact_url, resolve_db_url
+from source.queue.sqlfiles import load_migrations, load_queries, parse_named_statements
+from source.queue.urls import parse_db_url
+
+
+def test_migrate_is_idempotent_and_reports_the_version(queue_url: str) -> None:
+    first = open_queue(queue_url)
+    second = open_queue(queue_url)
+    try:
+        assert first.migrate() == 2
+        assert second.migrate() == 2
+        assert first.migrate() == 2
+    finally:
+        first.close()
+        second.close()
+
+
+def _insert_v1_rows(queue_url: str) -> None:
+    """Rows written the way a v1 (Reigh-shaped) database holds them, with the driver directly."""
+    rows = [
+        ("a", "travel_segment", '{"prompt": "first"}', "Complete", None, "a.mp4", "2024-01-01T00:00:00.000000Z"),
+        ("b", "travel_segment", '{"prompt": "second"}', "Queued", "a", None, "2024-01-01T00:00:01.000000Z"),
+        ("c", "travel_stitch", '{"prompt": "third"}', "Queued", "b", None, "2024-01-01T00:00:02.000000Z"),
+    ]
+    parsed = parse_db_url(queue_url)
+    if parsed.backend == "sqlite":
+        with sqlite3.connect(parsed.sqlite_path) as connection:
+            connection.executemany(
+                "INSERT INTO tasks (id, task_type, params, status, dependant_on, output_location, project_id, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, 'p', ?)",
+                rows,
+            )
+        return
+    import psycopg
+
+    with psycopg.connect(queue_url) as connection:
+        for row in rows:
+            connection.execute(
+                "INSERT INTO tasks (id, task_type, params, status, dependant_on, output_location, project_id, "
+                "created_at) VALUES (%s, %s, %s::jsonb, %s, %s, %s, 'p', %s::timestamptz)",
+                row,
+            )
+
+
+def test_a_v1_database_is_upgraded_in_place(queue_url: str) -> None:
+    old = open_queue(queue_url)
+    assert old.migrate(target_version=1) == 1
+    old.close()
+    _insert_v1_rows(queue_url)
+
+    queue = open_queue(queue_url)
+    try:
+        assert queue.migrate() == 2
+        b = queue.get("b")
+        assert (b.params, b.status, b.dependant_on, b.project_id) == ({"prompt": "second"}, TaskStatus.QUEUED, "a", "p")
+        assert (b.priority, b.max_attempts, b.attempts, b.parent_id) == (0, 3, 0, None)
+        assert b.created_at is not None and b.created_at.year == 2024
+        # the old single-column chain still gates claims after the upgrade
+        task = queue.claim("w1", lease_seconds=30)
+        assert task is not None and task.id == "b"
+        assert queue.claim("w1", lease_seconds=30) is None
+        queue.fail("b", "w1", "bad")
+        assert queue.get("c").status is TaskStatus.FAILED
+    finally:
+        queue.close()
+
+
+def test_a_legacy_upstream_sqlite_file_gains_the_missing_columns(tmp_path: Path) -> None:
+    path = tmp_path / "legacy.db"
+    with sqlite3.connect(path) as connection:  # the upstream worker's table: no worker_id, attempts, error_message
+        connection.execute(
+            "CREATE TABLE tasks (id TEXT PRIMARY KEY, task_type TEXT NOT NULL, params TEXT NOT NULL, "
+            "status TEXT NOT NULL DEFAULT 'Queued', dependant_on TEXT NULL, output_location TEXT NULL, "
+            "created_at TEXT NOT NULL, updated_at TEXT NULL, generation_started_at TEXT NULL, "
+            "generation_processed_at TEXT NULL, project_id TEXT NOT NULL)"
+        )
+        connection.execute(
+            "INSERT INTO tasks (id, task_type, params, status, created_at, project_id) "
+            "VALUES ('old', 'generate_video', '{}', 'Queued', '2025-01-01T00:00:00Z', 'default_project_id')"
+        )
+    queue = open_queue(f"sqlite:///{path}")
+    try:
+        assert queue.migrate() == 2
+        task = queue.claim("w1", lease_seconds=30)
+        assert task is not None and task.id == "old" and task.attempts == 0
+        queue.complete("old", "w1", output_location="done.mp4")
+        assert queue.get("old").status is TaskStatus.COMPLETE
+    finally:
+        queue.close()
+
+
+def test_both_backends_define_the_same_statements() -> None:
+    sqlite_queries, postgres_queries = load_queries("sqlite"), load_queries("postgres")
+    assert set(sqlite_queries) == set(postgres_queries)
+    assert [m.version for m in load_migrations("sqlite")] == [m.version for m in load_migrations("postgres")] == [1, 2]
+
+
+def test_named_statement_parser() -> None:
+    text = "-- header comment\n\n-- name: first\n-- what it does\nSELECT 1;\n\n-- name: second\nSELECT\n  2\n"
+    assert parse_named_statements(text, source="x.sql") == [("first", "SELECT 1"), ("second", "SELECT\n  2")]
+    with pytest.raises(ValueError, match="defined twice"):
+        parse_named_statements("-- name: a\nSELECT 1\n-- name: a\nSELECT 2", source="x.sql")
+    with pytest.raises(ValueError, match="before the first"):
+        parse_named_statements("SELECT 1\n-- name: a\nSELECT 2", source="x.sql")
+    with pytest.raises(ValueError, match="is empty"):
+        parse_named_statements("-- name: a\n-- only a comment\n", source="x.sql")
+
+
+@pytest.mark.parametrize(
+    ("url", "backend", "path"),
+    [
+        ("sqlite:///tasks.db", "sqlite", "tasks.db"),
+        ("sqlite:////var/lib/hw/tasks.db", "sqlite", "/var/lib/hw/tasks.db"),
+        ("data/tasks.sqlite", "sqlite", "data/tasks.sqlite"),
+        ("postgres://u:pw@db:5432/q", "postgres", None),
+        ("postgresql://u@db/q", "postgres", None),
+    ],
+)
+def test_database_urls(url: str, backend: str, path: str | None) -> None:
+    parsed = parse_db_url(url)
+    assert parsed.backend == backend
+    assert (str(parsed.sqlite_path) if parsed.sqlite_path else None) == path
+    if backend == "postgres":
+        assert parsed.url.startswith("postgresql://")
+
+
+def test_bad_database_urls_say_what_is_accepted() -> None:
+    with pytest.raises(InvalidQueueUrl, match="in-memory"):
+        parse_db_url("sqlite:///:memory:")
+    with pytest.raises(InvalidQueueUrl, match=r"expected sqlite:///relative") as error:
+        parse_db_url("mysql://root:hunter2@db/q")
+    assert "hunter2" not in str(error.value)
+
+
+def test_password_redaction_and_default_url() -> None:
+    assert redact_url("postgresql://user:s3cret@host:5432/db") == "postgresql://user:***@host:5432/db"
+    assert redact_url("postgresql://host/db?password=s3cret&sslmode=require") == (
+        "postgresql://host/db?password=***&sslmode=require"
+    )
+    assert resolve_db_url(None, {}) == "sqlite:///tasks.db"
+    assert resolve_db_url(None, {"DATABASE_URL": "postgresql://a/b"}) == "postgresql://a/b"
+    assert resolve_db_url(None, {"DATABASE_URL": "postgresql://a/b", "HW_DB_URL": "sqlite:///x.db"}) == "sqlite:///x.db"
+    assert resolve_db_url("sqlite:///given.db", {"HW_DB_URL": "sqlite:///x.db"}) == "sqlite:///given.db"
+
+
+def test_unreachable_postgres_fails_fast_without_leaking_the_password() -> None:
+    from source.queue import QueueUnavailable
+
+    with pytest.raises(QueueUnavailable) as error:
+        open_queue("postgresql://user:topsecret@127.0.0.1:1/nothing?connect_timeout=1", connect_timeout=1.0)
+    assert "topsecret" not in str(error.value) and "127.0.0.1:1" in str(error.value)
+
+
+@pytest.mark.postgres
+def test_a_reigh_style_postgres_table_with_uuid_ids_is_adopted(postgres_database_url: str) -> None:
+    import uuid
+
+    import psycopg
+
+    from source.queue import ChildSpec
+    from source.queue.testing import temporary_schema
+
+    with temporary_schema(postgres_database_url) as url:
+        with psycopg.connect(url, autocommit=True) as connection:  # as a Supabase project created by Reigh
+            connection.execute(
+                "CREATE TABLE tasks (id uuid PRIMARY KEY, task_type text NOT NULL, params jsonb NOT NULL, "
+                "status text NOT NULL DEFAULT 'Queued', dependant_on uuid NULL, output_location text, project_id uuid, "
+                "created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz, "
+                "generation_started_at timestamptz, generation_processed_at timestamptz)"
+            )
+            connection.execute(
+                "CREATE TABLE workers (id text PRIMARY KEY, status text NOT NULL, metadata jsonb, "
+                "last_heartbeat timestamptz, created_at timestamptz DEFAULT now())"
+            )
+        queue = open_queue(url)
+        try:
+            assert queue.migrate() == 2
+            project = str(uuid.uuid4())
+            parent_id = queue.enqueue("travel_orchestrator", {}, project_id=project)
+            task = queue.claim("w1", lease_seconds=30)
+            assert task is not None and task.id == parent_id and isinstance(task.id, str)
+            segment, stitch = queue.enqueue_children(
+                parent_id,
+                [
+                    ChildSpec("travel_segment", {}, role="segment", segment_index=0),
+                    ChildSpec("travel_stitch", {}, role="stitch", depends_on=("segment:0",), completes_parent=True),
+                ],
+            )
+            queue.await_children(parent_id, "w1", "waiting")
+            assert queue.get(stitch).dependant_on == segment and queue.get(stitch).project_id == project
+            claimed = queue.claim("w1", lease_seconds=30)
+            assert claimed is not None and claimed.id == segment
+            queue.fail(segment, "w1", "boom")
+            assert queue.get(stitch).error_message == f"dependency {segment} failed: boom"
+            assert queue.get(parent_id).status is TaskStatus.FAILED
+            queue.upsert_worker("w1", status="idle", current_task_id=None, metadata={})
+            assert [worker.id for worker in queue.list_workers()] == ["w1"]
+        finally:
+            queue.close()

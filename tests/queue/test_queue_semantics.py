@@ -1,0 +1,419 @@
+"""The queue's contract, on a real SQLite file and a real PostgreSQL schema: claim order, dependencies, leases,
+retries, cascades, the orchestrator completion hook, idempotent children."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from source.queue import (
+    ChildSpec,
+    TaskNotFound,
+    TaskNotOwned,
+    TaskQueue,
+    TaskStateError,
+    TaskStatus,
+)
+
+
+def claim(queue: TaskQueue, worker: str = "w1", lease: float = 30.0):
+    return queue.claim(worker, lease_seconds=lease)
+
+
+def test_claim_takes_highest_priority_then_oldest_and_sets_lease(queue: TaskQueue) -> None:
+    first = queue.enqueue("t", {"n": 1})
+    second = queue.enqueue("t", {"n": 2})
+    urgent = queue.enqueue("t", {"n": 3}, priority=5)
+
+    order = []
+    for _ in range(3):
+        task = claim(queue)
+        assert task is not None
+        assert task.status is TaskStatus.IN_PROGRESS
+        assert task.worker_id == "w1"
+        assert task.lease_expires_at is not None and task.generation_started_at is not None
+        assert task.lease_expires_at > task.generation_started_at
+        order.append(task.id)
+    assert order == [urgent, first, second]
+    assert claim(queue) is None
+
+
+def test_claim_filters_by_task_type(queue: TaskQueue) -> None:
+    queue.enqueue("render", {})
+    wanted = queue.enqueue("stitch", {})
+    task = queue.claim("w1", lease_seconds=30, task_types=["stitch"])
+    assert task is not None and task.id == wanted
+    assert queue.claim("w1", lease_seconds=30, task_types=["stitch"]) is None
+
+
+def test_task_waits_for_every_dependency(queue: TaskQueue) -> None:
+    a = queue.enqueue("seg", {})
+    b = queue.enqueue("seg", {})
+    stitch = queue.enqueue("stitch", {}, depends_on=[a, b])
+    assert queue.get(stitch).dependant_on == a  # Reigh's single column holds the first dependency
+    assert queue.get(stitch).depends_on == (a, b)
+
+    first = claim(queue)
+    assert first is not None and first.id == a
+    queue.complete(a, "w1", output_location="a.mp4")
+    second = claim(queue)
+    assert second is not None and second.id == b
+    assert claim(queue) is None, "the stitch must wait for b as well"
+    queue.complete(b, "w1", output_location="b.mp4")
+    third = claim(queue)
+    assert third is not None and third.id == stitch
+
+
+def test_reigh_dependant_on_chain(queue: TaskQueue) -> None:
+    a = queue.enqueue("seg", {})
+    b = queue.enqueue("seg", {}, dependant_on=a)
+    task = claim(queue)
+    assert task is not None and task.id == a
+    assert claim(queue) is None
+    queue.complete(a, "w1", output_location="a.mp4", result={"frames": 81})
+    done = queue.get(a)
+    assert done.status is TaskStatus.COMPLETE and done.output_location == "a.mp4" and done.result == {"frames": 81}
+    assert done.generation_processed_at is not None
+    task = claim(queue)
+    assert task is not None and task.id == b
+
+
+def test_enqueue_rejects_unknown_dependency_naming_the_field(queue: TaskQueue) -> None:
+    a = queue.enqueue("seg", {})
+    with pytest.raises(TaskNotFound, match=r"depends_on\[1\].*no-such-task"):
+        queue.enqueue("stitch", {}, depends_on=[a, "no-such-task"])
+    with pytest.raises(ValueError, match="params: expected a JSON object"):
+        queue.enqueue("stitch", ["not", "a", "dict"])  # type: ignore[arg-type]
+    assert [task.id for task in queue.list_tasks()] == [a]
+
+
+def test_lease_renewal_belongs_to_the_holder(queue: TaskQueue) -> None:
+    task_id = queue.enqueue("t", {})
+    task = claim(queue, "w1", lease=30)
+    assert task is not None
+    assert queue.renew_lease(task_id, "w1", 60) is True
+    assert queue.get(task_id).lease_expires_at > task.lease_expires_at
+    assert queue.renew_lease(task_id, "intruder", 60) is False
+
+
+def test_expired_lease_is_reclaimed_with_one_attempt_used_then_fails_past_the_cap(queue: TaskQueue) -> None:
+    task_id = queue.enqueue("t", {}, max_attempts=2)
+    dependent = queue.enqueue("t", {}, depends_on=[task_id])
+    assert claim(queue, "crashed-1", lease=0.2) is not None
+    assert queue.reclaim_expired() == 0, "the lease has not expired yet"
+    time.sleep(0.35)
+    assert queue.reclaim_expired() == 1
+    task = queue.get(task_id)
+    assert (task.status, task.attempts, task.worker_id) == (TaskStatus.QUEUED, 1, None)
+    assert "lease expired on worker crashed-1 (attempt 1 of 2)" in (task.error_message or "")
+
+    assert claim(queue, "crashed-2", lease=0.2) is not None
+    time.sleep(0.35)
+    assert queue.reclaim_expired() == 1
+    task = queue.get(task_id)
+    assert (task.status, task.attempts) == (TaskStatus.FAILED, 2)
+    assert "gave up after 2 attempts" in (task.error_message or "")
+    assert queue.get(dependent).status is TaskStatus.FAILED
+    assert queue.get(dependent).error_message.startswith(f"dependency {task_id} failed: lease expired")
+
+
+def test_the_old_holder_cannot_finish_a_reclaimed_task(queue: TaskQueue) -> None:
+    task_id = queue.enqueue("t", {})
+    assert claim(queue, "slow", lease=0.2) is not None
+    time.sleep(0.3)
+    queue.reclaim_expired()
+    assert claim(queue, "fresh", lease=30) is not None
+    with pytest.raises(TaskNotOwned, match="worker slow no longer holds it"):
+        queue.complete(task_id, "slow", output_location="late.mp4")
+    assert queue.renew_lease(task_id, "slow", 30) is False
+    queue.complete(task_id, "fresh", output_location="ok.mp4")
+    assert queue.get(task_id).output_location == "ok.mp4"
+
+
+def test_restarted_worker_id_gets_its_tasks_back_at_once(queue: TaskQueue) -> None:
+    task_id = queue.enqueue("t", {})
+    assert claim(queue, "pod-7", lease=300) is not None
+    assert queue.reclaim_expired(of_worker="pod-7") == 1
+    task = queue.get(task_id)
+    assert (task.status, task.attempts) == (TaskStatus.QUEUED, 1)
+
+
+def test_retryable_failure_requeues_until_the_cap(queue: TaskQueue) -> None:
+    task_id = queue.enqueue("t", {}, max_attempts=3)
+    for attempt in (1, 2):
+        assert claim(queue) is not None
+        assert queue.fail(task_id, "w1", "CUDA out of memory", retryable=True) is TaskStatus.QUEUED
+        task = queue.get(task_id)
+        assert (task.status, task.attempts, task.error_message) == (TaskStatus.QUEUED, attempt, "CUDA out of memory")
+    assert claim(queue) is not None
+    assert queue.fail(task_id, "w1", "CUDA out of memory", retryable=True) is TaskStatus.FAILED
+    task = queue.get(task_id)
+    assert (task.status, task.attempts) == (TaskStatus.FAILED, 3)
+    assert task.error_message == "CUDA out of memory (gave up after 3 attempts)"
+
+
+def test_retry_back_off_delays_the_next_claim(queue: TaskQueue) -> None:
+    task_id = queue.enqueue("t", {})
+    assert claim(queue) is not None
+    queue.fail(task_id, "w1", "flaky network", retryable=True, retry_delay_seconds=0.4)
+    assert claim(queue) is None, "not claimable during the back-off"
+    time.sleep(0.5)
+    task = claim(queue)
+    assert task is not None and task.id == task_id
+
+
+def test_failure_cascades_to_every_dependent_transitively(queue: TaskQueue) -> None:
+    root = queue.enqueue("seg", {})
+    other = queue.enqueue("seg", {})
+    child = queue.enqueue("seg", {}, dependant_on=root)
+    grandchild = queue.enqueue("stitch", {}, depends_on=[other, child])
+    unrelated = queue.enqueue("seg", {})
+
+    task = claim(queue)
+    assert task is not None and task.id == root
+    assert queue.fail(root, "w1", "bad prompt") is TaskStatus.FAILED
+
+    assert queue.get(root).error_message == "bad prompt"
+    for task_id in (child, grandchild):
+        task = queue.get(task_id)
+        assert task.status is TaskStatus.FAILED
+        assert task.error_message == f"dependency {root} failed: bad prompt"
+    assert queue.get(other).status is TaskStatus.QUEUED
+    assert queue.get(unrelated).status is TaskStatus.QUEUED
+
+
+def test_enqueue_after_the_dependency_failed_fails_at_once(queue: TaskQueue) -> None:
+    root = queue.enqueue("seg", {})
+    assert claim(queue) is not None
+    queue.fail(root, "w1", "broken")
+    late = queue.enqueue("stitch", {}, depends_on=[root])
+    task = queue.get(late)
+    assert task.status is TaskStatus.FAILED
+    assert task.error_message == f"dependency {root} failed: broken"
+
+
+def test_cancel_cascades_and_is_idempotent(queue: TaskQueue) -> None:
+    root = queue.enqueue("seg", {})
+    child = queue.enqueue("seg", {}, dependant_on=root)
+    grandchild = queue.enqueue("seg", {}, dependant_on=child)
+    done = queue.enqueue("seg", {})
+    assert claim(queue) is not None  # root is In Progress: cancelling a running task works too
+
+    touched = queue.cancel(root)
+    assert touched == [root, child, grandchild]
+    assert queue.get(root).error_message == "cancelled by admin"
+    assert queue.get(grandchild).status is TaskStatus.CANCELLED
+    assert queue.get(grandchild).error_message == f"dependency {root} cancelled: cancelled by admin"
+    assert queue.renew_lease(root, "w1", 30) is False, "the worker learns at its next heartbeat"
+    assert queue.cancel(root) == []
+
+    assert claim(queue) is not None
+    queue.complete(done, "w1", output_location="x")
+    with pytest.raises(TaskStateError, match="already Complete"):
+        queue.cancel(done)
+
+
+def test_retry_resets_the_task_and_what_failed_with_it(queue: TaskQueue) -> None:
+    root = queue.enqueue("seg", {}, max_attempts=1)
+    child = queue.enqueue("seg", {}, dependant_on=root)
+    assert claim(queue) is not None
+    queue.fail(root, "w1", "oom", retryable=True)
+    assert queue.get(child).status is TaskStatus.FAILED
+
+    reset = queue.retry(root)
+    assert set(reset) == {root, child}
+    for task_id in (root, child):
+        task = queue.get(task_id)
+        assert (task.status, task.attempts, task.error_message, task.worker_id) == (TaskStatus.QUEUED, 0, None, None)
+    with pytest.raises(TaskStateError, match="only Failed or Cancelled"):
+        queue.retry(root)
+    task = claim(queue)
+    assert task is not None and task.id == root
+
+
+def test_release_puts_the_task_back_without_an_attempt_penalty(queue: TaskQueue) -> None:
+    task_id = queue.enqueue("t", {})
+    assert claim(queue, "w1") is not None
+    queue.report_progress(task_id, "w1", step=3, total=10, message="denoising")
+    progress = queue.get(task_id).progress
+    assert progress == {"step": 3, "total": 10, "percent": 30.0, "message": "denoising"}
+    queue.release(task_id, "w1")
+    task = queue.get(task_id)
+    assert (task.status, task.attempts, task.worker_id, task.lease_expires_at) == (TaskStatus.QUEUED, 0, None, None)
+    with pytest.raises(TaskNotOwned):
+        queue.release(task_id, "w1")
+
+
+def _travel_children(stitch: bool = True) -> list[ChildSpec]:
+    children = [
+        ChildSpec("travel_segment", {"i": 0}, role="segment", segment_index=0),
+        ChildSpec("travel_segment", {"i": 1}, role="segment", segment_index=1),
+    ]
+    if stitch:
+        children.append(
+            ChildSpec("travel_stitch", {}, role="stitch", depends_on=("segment:0", "segment:1"), completes_parent=True)
+        )
+    return children
+
+
+def test_orchestrator_completes_through_the_hook_when_its_last_child_completes(queue: TaskQueue) -> None:
+    parent_id = queue.enqueue("travel_orchestrator", {}, project_id="proj-1", priority=2)
+    assert claim(queue, "orch") is not None
+    ids = queue.enqueue_children(parent_id, _travel_children())
+    queue.await_children(parent_id, "orch", "waiting for 3 children")
+    parent = queue.get(parent_id)
+    assert (parent.status, parent.awaiting_children, parent.lease_expires_at) == (TaskStatus.IN_PROGRESS, True, None)
+    assert parent.progress == {"message": "waiting for 3 children"}
+
+    children = queue.children(parent_id)
+    assert [child.id for child in children] == ids
+    assert all(child.project_id == "proj-1" and child.parent_id == parent_id for child in children)
+    assert children[2].depends_on == (ids[0], ids[1]) and children[2].completes_parent
+
+    for expected in ids:
+        assert queue.get(parent_id).status is TaskStatus.IN_PROGRESS
+        task = claim(queue, "gpu")
+        assert task is not None and task.id == expected
+        queue.complete(task.id, "gpu", output_location=f"{task.role}.mp4")
+
+    parent = queue.get(parent_id)
+    assert parent.status is TaskStatus.COMPLETE
+    assert parent.output_location == "stitch.mp4"
+    assert parent.result is not None and set(parent.result["children"]) == set(ids)
+    assert parent.result["children"][ids[0]]["output_location"] == "segment.mp4"
+    assert queue.reclaim_expired() == 0, "an awaiting orchestrator has no lease to expire"
+
+
+def test_orchestrator_without_stitch_takes_the_last_childs_output(queue: TaskQueue) -> None:
+    parent_id = queue.enqueue("travel_orchestrator", {})
+    assert claim(queue, "orch") is not None
+    queue.enqueue_children(parent_id, _travel_children(stitch=False))
+    queue.await_children(parent_id, "orch", "waiting")
+    for _ in range(2):
+        task = claim(queue)
+        assert task is not None
+        queue.complete(task.id, "w1", output_location=f"seg{task.segment_index}.mp4")
+    assert queue.get(parent_id).output_location == "seg1.mp4"
+
+
+def test_crash_between_children_enqueued_and_orchestrator_marked_reruns_without_duplicates(queue: TaskQueue) -> None:
+    parent_id = queue.enqueue("travel_orchestrator", {})
+    assert claim(queue, "doomed", lease=0.2) is not None
+    first_ids = queue.enqueue_children(parent_id, _travel_children())
+    # ... the worker dies here, before await_children. Meanwhile other workers finish every child.
+    for _ in range(3):
+        task = queue.claim("gpu", lease_seconds=30, task_types=["travel_segment", "travel_stitch"])
+        assert task is not None
+        queue.complete(task.id, "gpu", output_location=f"{task.role}.mp4")
+    assert queue.get(parent_id).status is TaskStatus.IN_PROGRESS, "not awaiting yet: the hook must not fire"
+    time.sleep(0.3)
+    assert queue.reclaim_expired() == 1
+
+    rerun = claim(queue, "rescuer")
+    assert rerun is not None and rerun.id == parent_id and rerun.attempts == 1
+    assert queue.enqueue_children(parent_id, _travel_children()) == first_ids
+    assert len(queue.children(parent_id)) == 3
+    queue.await_children(parent_id, "rescuer", "waiting")  # all children already Complete: completes at once
+    parent = queue.get(parent_id)
+    assert (parent.status, parent.output_location) == (TaskStatus.COMPLETE, "stitch.mp4")
+
+
+def test_child_identity_is_unique_even_without_a_segment_index(queue: TaskQueue) -> None:
+    parent_id = queue.enqueue("travel_orchestrator", {})
+    first = queue.enqueue_children(parent_id, [ChildSpec("travel_stitch", {}, role="stitch")])
+    again = queue.enqueue_children(
+        parent_id, [ChildSpec("travel_stitch", {"changed": True}, role="stitch"), ChildSpec("x", {}, role="extra")]
+    )
+    assert again[0] == first[0]
+    assert queue.get(first[0]).params == {}, "an existing child is returned as it is"
+    assert len(queue.children(parent_id)) == 2
+    with pytest.raises(ValueError, match="repeated"):
+        queue.enqueue_children(parent_id, [ChildSpec("s", {}, "segment", 0), ChildSpec("s", {}, "segment", 0)])
+    with pytest.raises(TaskNotFound, match=r"children\[0\].depends_on.*segment:5"):
+        queue.enqueue_children(parent_id, [ChildSpec("s", {}, "late", 0, depends_on=("segment:5",))])
+
+
+def test_child_failure_fails_the_orchestrator_and_stops_its_siblings(queue: TaskQueue) -> None:
+    parent_id = queue.enqueue("travel_orchestrator", {})
+    assert claim(queue, "orch") is not None
+    seg0, seg1, stitch = queue.enqueue_children(parent_id, _travel_children())
+    queue.await_children(parent_id, "orch", "waiting")
+    assert claim(queue, "gpu") is not None  # segment 0 running
+    queue.fail(seg0, "gpu", "NaN latents")
+
+    parent = queue.get(parent_id)
+    assert parent.status is TaskStatus.FAILED
+    assert parent.error_message == f"child {seg0} (segment 0) failed: NaN latents"
+    assert queue.get(stitch).status is TaskStatus.FAILED
+    assert queue.get(stitch).error_message == f"dependency {seg0} failed: NaN latents"
+    sibling = queue.get(seg1)
+    assert sibling.status is TaskStatus.CANCELLED
+    assert sibling.error_message.startswith(f"parent {parent_id} failed: child {seg0}")
+    assert claim(queue) is None
+
+    # retry of the failed child brings the whole run back: the orchestrator waits for its children again
+    queue.retry(seg0)
+    assert queue.get(parent_id).status is TaskStatus.IN_PROGRESS and queue.get(parent_id).awaiting_children
+    for _ in range(3):
+        task = claim(queue, "gpu")
+        assert task is not None
+        queue.complete(task.id, "gpu", output_location=f"{task.role}.mp4")
+    assert queue.get(parent_id).status is TaskStatus.COMPLETE
+
+
+def test_cancelling_the_orchestrator_cancels_its_children(queue: TaskQueue) -> None:
+    parent_id = queue.enqueue("travel_orchestrator", {})
+    assert claim(queue, "orch") is not None
+    ids = queue.enqueue_children(parent_id, _travel_children())
+    queue.await_children(parent_id, "orch", "waiting")
+    touched = queue.cancel(parent_id)
+    assert set(touched) == {parent_id, *ids}
+    assert all(queue.get(task_id).status is TaskStatus.CANCELLED for task_id in ids)
+    assert claim(queue) is None
+
+
+def test_threads_claiming_at_once_never_share_a_task(queue: TaskQueue) -> None:
+    ids = {queue.enqueue("t", {"n": n}) for n in range(60)}
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def drain(worker: str) -> None:
+        while (task := queue.claim(worker, lease_seconds=30)) is not None:
+            queue.complete(task.id, worker, output_location=worker)
+            with lock:
+                claimed.append(task.id)
+
+    threads = [threading.Thread(target=drain, args=(f"w{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert Counter(claimed) == Counter(ids)
+
+
+def test_workers_table_and_stats(queue: TaskQueue) -> None:
+    queue.upsert_worker("gpu-1", status="starting", current_task_id=None, metadata={"gpu": "H100"})
+    first_start = queue.list_workers()[0].started_at
+    queue.upsert_worker("gpu-1", status="busy", current_task_id="abc", metadata={"gpu": "H100"})
+    (worker,) = queue.list_workers()
+    assert (worker.id, worker.status, worker.current_task_id, worker.metadata) == (
+        "gpu-1",
+        "busy",
+        "abc",
+        {"gpu": "H100"},
+    )
+    assert worker.started_at == first_start and worker.last_heartbeat >= first_start
+
+    a = queue.enqueue("seg", {})
+    queue.enqueue("seg", {}, dependant_on=a)
+    queue.enqueue("stitch", {})
+    stats = queue.stats()
+    assert stats["total"] == 3
+    assert stats["by_status"]["Queued"] == 3
+    assert stats["by_type"] == {"seg": {"Queued": 2}, "stitch": {"Queued": 1}}
+    assert stats["ready"] == 2
+    assert stats["workers"] == {"busy": 1}
+    assert queue.list_tasks(status="queued", task_type="seg", limit=1)[0].task_type == "seg"

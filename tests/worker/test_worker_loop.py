@@ -1,0 +1,238 @@
+"""The worker loop run in-process with custom handlers (real SQLite queue): outcome mapping, services, scratch
+folders, progress, lease loss, --max-tasks, and settings from flags and environment variables."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from source.queue import TaskQueue, TaskStatus, open_queue
+from source.tasks import (
+    TaskCancelled,
+    TaskContext,
+    TaskInputError,
+    TaskOutcome,
+    TaskRegistry,
+    WorkerServices,
+    default_registry,
+)
+from source.worker import SettingsError, WorkerSettings, run, settings_from_values
+
+pytestmark = pytest.mark.usefixtures("restore_loguru")
+
+
+def _settings(url: str, tmp_path: Path, **overrides: Any) -> WorkerSettings:
+    values: dict[str, Any] = dict(
+        db_url=url,
+        worker_id="in-process",
+        poll_interval=0.05,
+        output_dir=tmp_path / "outputs",
+        once=True,
+        lease_seconds=5.0,
+        heartbeat_seconds=0.1,
+        retry_delay_seconds=0.0,
+    )
+    values.update(overrides)
+    return WorkerSettings(**values)
+
+
+@pytest.fixture
+def sqlite_queue(sqlite_url: str) -> TaskQueue:
+    queue = open_queue(sqlite_url)
+    queue.migrate()
+    yield queue
+    queue.close()
+
+
+def test_outcomes_are_mapped_to_queue_transitions(sqlite_queue: TaskQueue, sqlite_url: str, tmp_path: Path) -> None:
+    engine_builds: list[int] = []
+    seen_dirs: dict[str, Path] = {}
+
+    def render(ctx: TaskContext) -> TaskOutcome:
+        engine = ctx.services.engine()
+        seen_dirs[ctx.task.id] = ctx.work_dir
+        assert ctx.work_dir.is_dir() and ctx.output_dir == tmp_path / "outputs"
+        (ctx.work_dir / "scratch.bin").write_bytes(b"x")
+        if ctx.params.get("bad"):
+            raise TaskInputError("params.bad: expected nothing")
+        return TaskOutcome(output_location=f"{engine}.mp4", result={"n": ctx.params["n"]})
+
+    def confused(ctx: TaskContext) -> TaskOutcome:
+        return {"output": "not an outcome"}  # type: ignore[return-value]
+
+    def quits(ctx: TaskContext) -> TaskOutcome:
+        raise TaskCancelled("I give up")
+
+    registry = TaskRegistry()
+    registry.register("render", render)
+    registry.register("confused", confused)
+    registry.register("quits", quits)
+    services = WorkerServices(engine_factory=lambda: engine_builds.append(1) or "engine")
+
+    good = [sqlite_queue.enqueue("render", {"n": n}) for n in range(2)]
+    bad = sqlite_queue.enqueue("render", {"n": 9, "bad": True})
+    wrong = sqlite_queue.enqueue("confused", {})
+    quitting = sqlite_queue.enqueue("quits", {})
+
+    assert (
+        run(_settings(sqlite_url, tmp_path), registry=registry, services=services, install_signal_handlers=False) == 0
+    )
+
+    assert engine_builds == [1], "the engine is built once, on first use, and reused"
+    for task_id, n in zip(good, range(2), strict=True):
+        task = sqlite_queue.get(task_id)
+        assert (task.status, task.output_location, task.result) == (TaskStatus.COMPLETE, "engine.mp4", {"n": n})
+        assert not seen_dirs[task_id].exists(), "scratch is removed after success"
+    failed = sqlite_queue.get(bad)
+    assert (failed.status, failed.attempts, failed.error_message) == (
+        TaskStatus.FAILED,
+        1,
+        "params.bad: expected nothing",
+    )
+    assert (seen_dirs[bad] / "scratch.bin").exists(), "scratch is kept after a failure, for debugging"
+    assert sqlite_queue.get(wrong).error_message == "the handler returned dict, expected a TaskOutcome"
+    assert sqlite_queue.get(quitting).status is TaskStatus.FAILED
+    assert sqlite_queue.get(quitting).attempts == 1
+
+
+def test_progress_is_throttled_but_the_last_step_is_written(
+    sqlite_queue: TaskQueue, sqlite_url: str, tmp_path: Path
+) -> None:
+    writes: list[int] = []
+
+    class CountingQueue:
+        """The real queue, with progress writes counted (delegation, not a mock: every call reaches SQLite)."""
+
+        def __init__(self, inner: TaskQueue) -> None:
+            self._inner = inner
+
+        def report_progress(self, task_id: str, worker_id: str, *, step: int, total: int, message: str = "") -> None:
+            writes.append(step)
+            self._inner.report_progress(task_id, worker_id, step=step, total=total, message=message)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+    task_id = sqlite_queue.enqueue("t", {})
+    task = sqlite_queue.claim("in-process", lease_seconds=30)
+    assert task is not None
+    context = TaskContext(
+        task=task,
+        queue=CountingQueue(sqlite_queue),  # type: ignore[arg-type]
+        worker_id="in-process",
+        output_dir=tmp_path,
+        work_dir=tmp_path,
+        settings=_settings(sqlite_url, tmp_path),
+        services=WorkerServices(),
+        progress_write_interval_seconds=60.0,
+    )
+    for step in range(1, 101):
+        context.report_progress(step, 100, "denoising")
+    assert writes == [1, 100]
+    assert sqlite_queue.get(task_id).progress == {"step": 100, "total": 100, "percent": 100.0, "message": "denoising"}
+
+
+def test_a_task_cancelled_while_running_is_stopped_and_left_cancelled(
+    sqlite_queue: TaskQueue, sqlite_url: str, tmp_path: Path
+) -> None:
+    started = threading.Event()
+    stopped: list[bool] = []
+
+    def long_job(ctx: TaskContext) -> TaskOutcome:
+        started.set()
+        try:
+            for _ in range(200):
+                ctx.sleep(0.05)
+        except TaskCancelled:
+            stopped.append(True)
+            raise
+        return TaskOutcome(output_location="should-not-happen.mp4")
+
+    registry = TaskRegistry()
+    registry.register("long", long_job)
+    task_id = sqlite_queue.enqueue("long", {})
+
+    def cancel_when_started() -> None:
+        started.wait(10)
+        sqlite_queue.cancel(task_id, "user pressed stop")
+
+    canceller = threading.Thread(target=cancel_when_started)
+    canceller.start()
+    assert run(_settings(sqlite_url, tmp_path), registry=registry, install_signal_handlers=False) == 0
+    canceller.join()
+    assert stopped == [True], "the heartbeat noticed the lost lease and asked the handler to stop"
+    task = sqlite_queue.get(task_id)
+    assert (task.status, task.error_message, task.output_location) == (TaskStatus.CANCELLED, "user pressed stop", None)
+
+
+def test_max_tasks_stops_the_worker(sqlite_queue: TaskQueue, sqlite_url: str, tmp_path: Path) -> None:
+    ids = [sqlite_queue.enqueue("debug_sleep", {"seconds": 0, "steps": 1}) for _ in range(3)]
+    settings = _settings(sqlite_url, tmp_path, once=False, max_tasks=2)
+    assert run(settings, registry=default_registry(), install_signal_handlers=False) == 0
+    assert [sqlite_queue.get(task_id).status for task_id in ids] == [
+        TaskStatus.COMPLETE,
+        TaskStatus.COMPLETE,
+        TaskStatus.QUEUED,
+    ]
+
+
+def test_a_bad_database_url_is_a_startup_failure(tmp_path: Path) -> None:
+    settings = _settings("mysql://nowhere/db", tmp_path)
+    assert run(settings, registry=TaskRegistry(), install_signal_handlers=False) == 2
+
+
+def test_settings_come_from_flags_then_environment_then_defaults(tmp_path: Path) -> None:
+    environ = {
+        "DATABASE_URL": "postgresql://fleet/db",
+        "HW_WORKER_ID": "pod-3",
+        "HW_LEASE_SECONDS": "120",
+        "HW_TASK_TYPES": "travel_segment, travel_stitch",
+        "HW_LOG_JSON": "true",
+    }
+    settings = settings_from_values({"poll_interval": 0.5, "output_dir": str(tmp_path)}, environ)
+    assert settings.db_url == "postgresql://fleet/db"
+    assert (settings.worker_id, settings.lease_seconds, settings.poll_interval) == ("pod-3", 120.0, 0.5)
+    assert settings.task_types == ("travel_segment", "travel_stitch")
+    assert settings.log_json is True and settings.once is False
+    assert settings.output_dir == tmp_path and settings.work_root == tmp_path / ".work"
+
+    defaults = settings_from_values({}, {})
+    assert defaults.db_url == "sqlite:///tasks.db"
+    assert defaults.worker_id.rsplit("-", 1)[1].isdigit(), "hostname-pid, never a hard-coded id"
+    assert settings_from_values({"db": "sqlite:///flag.db"}, environ).db_url == "sqlite:///flag.db"
+
+
+def test_service_settings_and_the_supabase_key_stays_out_of_reprs(tmp_path: Path) -> None:
+    environ = {
+        "SUPABASE_URL": "https://project.supabase.co",
+        "SUPABASE_SERVICE_ROLE_KEY": "service-role-secret",
+        "HW_MODEL_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    settings = settings_from_values({"device": "cuda:1"}, environ)
+    assert (settings.device, settings.supabase_url) == ("cuda:1", "https://project.supabase.co")
+    assert settings.supabase_key == "service-role-secret"
+    assert "service-role-secret" not in repr(settings)
+    assert settings.model_cache_dir == tmp_path / "cache" and settings.lora_dir == tmp_path / "cache" / "loras"
+    assert settings_from_values({}, {"WAN2GP_CACHE": str(tmp_path)}).lora_dir == tmp_path / "loras"
+    assert settings_from_values({"lora_dir": str(tmp_path / "mine")}, environ).lora_dir == tmp_path / "mine"
+
+
+def test_settings_errors_name_the_setting() -> None:
+    with pytest.raises(SettingsError, match="HW_LEASE_SECONDS='soon'"):
+        settings_from_values({}, {"HW_LEASE_SECONDS": "soon"})
+    with pytest.raises(SettingsError, match="heartbeat_seconds .* must be smaller than lease_seconds"):
+        settings_from_values({"heartbeat_seconds": 30.0, "lease_seconds": 10.0}, {})
+    with pytest.raises(SettingsError, match="log_level"):
+        settings_from_values({"log_level": "LOUD"}, {})
+
+
+def test_default_registry_has_the_diagnostic_types_and_a_clear_unknown_type_error() -> None:
+    registry = default_registry()
+    assert {"debug_sleep", "debug_orchestrator"} <= set(registry.known_types())
+    with pytest.raises(KeyError, match="unknown task_type 'nope'; this worker handles: .*debug_sleep"):
+        registry.get("nope")
+    with pytest.raises(ValueError, match="already has a handler"):
+        registry.register("debug_sleep", lambda ctx: TaskOutcome())
