@@ -1,0 +1,126 @@
+"""`python worker.py --demo`: the whole product on one machine, in one command.
+
+Creates a fresh local SQLite queue, enqueues a travel_orchestrator over the three keyframes bundled in
+source/assets/keyframes (two segments with an overlap and a 2-phase phase_config), runs the worker until the DAG is
+done, and prints the final mp4. With no `--model` it uses the tiny random-weight i2v model on the CPU (the video is
+noise-like, the pipeline is real); on a GPU pod `--model wan_2_2_i2v_lightning_baseline_2_2_2` runs real weights.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from source.queue import TaskStatus, open_queue
+from source.tasks import TaskRegistry, WorkerServices
+from source.worker import WorkerSettings, run
+from Wan2GP.catalog import load_catalog
+
+KEYFRAMES_DIR = Path(__file__).parent / "assets" / "keyframes"
+DEMO_MODEL = "wan_tiny_i2v_2_2"
+TERMINAL = {TaskStatus.COMPLETE, TaskStatus.FAILED, TaskStatus.CANCELLED}
+
+
+def demo_payload(model_id: str, *, tiny: bool) -> dict:
+    """Three keyframes, two segments, a 4-frame overlap and a 2-phase phase_config (high-noise expert with CFG for
+    the first half of the steps, then the low-noise expert without CFG)."""
+    keyframes = sorted(str(p) for p in KEYFRAMES_DIR.glob("*.png"))
+    frames, resolution, steps = ([25, 25], "128x128", [2, 2]) if tiny else ([49, 49], "832x480", [3, 3])
+    return {
+        "orchestrator_details": {
+            "model_name": model_id,
+            "input_image_paths_resolved": keyframes,
+            "num_new_segments_to_generate": 2,
+            "segment_frames_expanded": frames,
+            "frame_overlap_expanded": [4],
+            "base_prompts_expanded": ["the sun climbs over the hills", "evening falls, the sky turns violet"],
+            "negative_prompts_expanded": ["", ""],
+            "base_prompt": "a calm landscape timelapse",
+            "negative_prompt": "blurry, distorted",
+            "parsed_resolution_wh": resolution,
+            "seed_base": 789,
+            "fps_helpers": 16,
+            "phase_config": {
+                "num_phases": 2,
+                "steps_per_phase": steps,
+                "flow_shift": 5.0,
+                "sample_solver": "euler",
+                "phases": [
+                    {"phase": 1, "guidance_scale": 3.0, "loras": []},
+                    {"phase": 2, "guidance_scale": 1.0, "loras": []},
+                ],
+            },
+        }
+    }
+
+
+def run_demo(
+    settings: WorkerSettings, *, model: str | None, registry: TaskRegistry, services: WorkerServices, fresh_db: bool
+) -> int:
+    console = Console(stderr=True)
+    model_id = model or DEMO_MODEL
+    definition = load_catalog().get(model_id)
+    if fresh_db and settings.db_url.startswith("sqlite:///"):
+        db_file = Path(settings.db_url.removeprefix("sqlite:///"))
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db_file}{suffix}").unlink(missing_ok=True)
+        db_file.parent.mkdir(parents=True, exist_ok=True)
+
+    queue = open_queue(settings.db_url)
+    try:
+        queue.migrate()
+        orchestrator_id = queue.enqueue(
+            "travel_orchestrator",
+            demo_payload(definition.id, tiny=definition.weights.kind == "tiny"),
+            project_id="demo",
+        )
+        console.print(f"demo: queue {settings.db_url}, model {definition.id}, orchestrator {orchestrator_id}")
+        done = threading.Event()
+        watcher = threading.Thread(target=_show_progress, args=(queue, orchestrator_id, done, console), daemon=True)
+        watcher.start()
+        try:
+            exit_code = run(replace(settings, once=True), registry=registry, services=services)
+        finally:
+            done.set()
+            watcher.join(timeout=5)
+        final = queue.get(orchestrator_id)
+    finally:
+        queue.close()
+    if final.status != TaskStatus.COMPLETE:
+        console.print(f"[red]demo failed[/red]: orchestrator {final.status}: {final.error_message}")
+        return exit_code or 1
+    console.print("[green]demo finished[/green], the stitched video:")
+    print(final.output_location)
+    return exit_code
+
+
+def _show_progress(queue, orchestrator_id: str, done: threading.Event, console: Console) -> None:
+    """A bar over the run's tasks (orchestrator, segments, stitch) while the worker runs in the main thread."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("travel run", total=None)
+        while not done.wait(0.5):
+            children = queue.children(orchestrator_id)
+            finished = sum(1 for c in children if c.status in TERMINAL)
+            running = [
+                f"{c.role} {c.segment_index if c.segment_index is not None else ''}".strip()
+                for c in children
+                if c.status == TaskStatus.IN_PROGRESS
+            ]
+            progress.update(
+                bar,
+                total=len(children) or None,
+                completed=finished,
+                description=f"travel run: {', '.join(running) or 'planning'}",
+            )
+        children = queue.children(orchestrator_id)
+        progress.update(
+            bar,
+            total=len(children),
+            completed=sum(1 for c in children if c.status in TERMINAL),
+            description="travel run",
+        )

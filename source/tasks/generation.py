@@ -1,0 +1,60 @@
+"""Plain generation tasks (`t2v`, `i2v`, `vace`, `generate_video` and the 2.2 variants): one row, one video,
+straight to the engine. Lets an app queue a single clip without a travel run."""
+
+from __future__ import annotations
+
+from source.params.generation import GenerationTaskParams
+from source.tasks.context import TaskContext, TaskOutcome
+from source.tasks.travel_support import (
+    fetch_input,
+    fetch_loras,
+    load_model_definition,
+    parse_payload,
+    run_engine,
+)
+
+# Default model per task type when the row names none. Upstream mapped `i2v` to a model that does not exist
+# (`i2v_14B`, §10.21); every entry here is in Wan2GP/defaults and a test checks that.
+DEFAULT_MODEL_BY_TASK_TYPE: dict[str, str] = {
+    "generate_video": "t2v",
+    "t2v": "t2v",
+    "t2v_22": "t2v_2_2",
+    "i2v": "i2v_2_2",
+    "i2v_22": "i2v_2_2",
+    "vace": "vace_14B",
+    "vace_21": "vace_14B",
+    "vace_22": "wan_2_2_vace_lightning_baseline_2_2_2",
+}
+
+_INPUT_FILES = ("image_start", "image_end", "video_guide", "video_mask")
+
+
+def handle_generation(ctx: TaskContext) -> TaskOutcome:
+    params = parse_payload(GenerationTaskParams, ctx.task.params)
+    model_name = params.model or DEFAULT_MODEL_BY_TASK_TYPE[ctx.task.task_type]
+    model = load_model_definition(model_name, field="model")
+    request = params.wgp_params()
+    request["model"] = model.id
+    for name in _INPUT_FILES:
+        if request.get(name):
+            request[name] = str(fetch_input(str(request[name]), ctx.work_dir, field=name))
+    if params.lora_sources():
+        request["activated_loras"] = [
+            str(p) for p in fetch_loras(params.lora_sources(), ctx.settings.lora_dir, field="activated_loras")
+        ]
+    result = run_engine(ctx, request)
+    stored = ctx.services.storage().store(result.path, task_type=ctx.task.task_type, task_id=ctx.task.id)
+    return TaskOutcome(
+        output_location=stored.location,
+        result={
+            "frames": result.frames,
+            "width": result.width,
+            "height": result.height,
+            "fps": result.fps,
+            "seed": result.seed,
+            "model": result.model,
+            "forward_passes": result.forward_passes,
+            "timings": result.timings,
+            "thumbnail": stored.thumbnail,
+        },
+    )

@@ -1,0 +1,22 @@
+"""The heavy services a generation worker needs, created lazily on the first task that asks for them: the engine
+(which imports torch and owns the loaded model) and the output storage."""
+
+from __future__ import annotations
+
+from source.storage import storage_from_settings
+from source.tasks.context import WorkerServices
+from source.worker.settings import WorkerSettings
+
+
+def build_services(settings: WorkerSettings) -> WorkerServices:
+    def make_engine():
+        from Wan2GP.engine import WanEngine  # torch is imported here, not at worker start-up
+
+        return WanEngine(device=settings.device, cache_dir=settings.model_cache_dir, lora_dir=settings.lora_dir)
+
+    def make_storage():
+        return storage_from_settings(
+            settings.output_dir, settings.supabase_url, settings.supabase_key, settings.supabase_bucket
+        )
+
+    return WorkerServices(engine_factory=make_engine, storage_factory=make_storage)

@@ -1,0 +1,169 @@
+"""`travel_orchestrator`: plan a travel run and enqueue its segments and the stitch.
+
+The orchestrator does no generation. It validates the payload, parses the phase_config once, plans every segment
+(source.tasks.travel_plan) and enqueues the children through the queue's idempotent child API, keyed by
+(orchestrator, role, segment index): re-running a crashed orchestrator finds the children it already made and
+creates none twice. It then waits, In Progress and without a lease, until the queue's child hook completes it with the
+stitch's output (or fails it with the first child failure).
+
+Seed policy: every segment uses the same seed, `seed_base` (upstream's behaviour since it dropped `seed_base + index`;
+Reigh users rely on it). A `seed_base` of -1 draws ONE random seed here, stored in every segment row, so a retried
+segment regenerates the same video.
+"""
+
+from __future__ import annotations
+
+import random
+
+from loguru import logger
+
+from source.params.errors import PayloadError
+from source.params.travel import (
+    SegmentTaskParams,
+    StitchTaskParams,
+    TravelOrchestratorParams,
+    generation_params_from_details,
+)
+from source.queue import ChildSpec
+from source.tasks.context import TaskContext, TaskInputError, TaskOutcome
+from source.tasks.travel_plan import TravelPlanError, plan_travel
+from source.tasks.travel_support import load_model_definition, parse_payload, travel_mode_for
+
+
+def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
+    params = parse_payload(TravelOrchestratorParams, ctx.task.params)
+    details = params.orchestrator_details
+    model_name = details.model_name
+    model = load_model_definition(model_name, field="orchestrator_details.model_name")
+    mode = travel_mode_for(model, requested=details.model_type)
+    try:
+        generation, warnings = generation_params_from_details(details, model)
+    except PayloadError as error:
+        raise TaskInputError(str(error)) from error
+    for warning in warnings:
+        logger.warning(warning)
+
+    seed = details.seed_base if details.seed_base is not None else 12345
+    if seed < 0:
+        seed = random.randint(0, 999_999_999)
+    try:
+        plan = plan_travel(
+            mode=mode,
+            chain_segments=details.chain_segments is not False,
+            images=list(details.input_image_paths_resolved or []),
+            segment_frames=list(details.segment_frames_expanded),
+            overlaps=details.frame_overlap_expanded,
+            base_prompt=details.base_prompt or "",
+            base_prompts=list(details.base_prompts_expanded or []),
+            enhanced_prompts=list(details.enhanced_prompts_expanded or []),
+            negative_prompt=details.negative_prompt or "",
+            negative_prompts=list(details.negative_prompts_expanded or []),
+            text_before=details.text_before_prompts or "",
+            text_after=details.text_after_prompts or "",
+            seed=seed,
+        )
+    except TravelPlanError as error:
+        raise TaskInputError(str(error)) from error
+    if details.num_new_segments_to_generate is not None and details.num_new_segments_to_generate != len(plan.segments):
+        raise TaskInputError(
+            "orchestrator_details.num_new_segments_to_generate: expected "
+            f"{len(plan.segments)} (the length of segment_frames_expanded), got {details.num_new_segments_to_generate}"
+        )
+    if details.enhance_prompt and not any(details.enhanced_prompts_expanded or []):
+        logger.warning("enhance_prompt is set but this worker has no VLM prompt enhancer; using the base prompts")
+
+    width, height = _resolution(details.parsed_resolution_wh or model.settings.get("resolution", "832x480"))
+    fps = details.fps_helpers or model.fps
+    run_id = details.run_id or ctx.task.id
+    children: list[ChildSpec] = []
+    for segment in plan.segments:
+        payload = SegmentTaskParams(
+            orchestrator_task_id_ref=ctx.task.id,
+            orchestrator_run_id=run_id,
+            project_id=ctx.task.project_id,
+            segment_index=segment.index,
+            is_first_segment=segment.index == 0,
+            is_last_segment=segment.index == len(plan.segments) - 1,
+            model_name=model.id,
+            travel_mode=mode,
+            parsed_resolution_wh=f"{width}x{height}",
+            segment_frames_target=segment.frames,
+            frame_overlap_from_previous=segment.overlap_from_previous,
+            frame_overlap_with_next=segment.overlap_with_next,
+            start_image_url=segment.start_image,
+            end_image_url=segment.end_image,
+            base_prompt=segment.prompt,
+            negative_prompt=segment.negative_prompt,
+            seed_to_use=segment.seed,
+            fps_helpers=fps,
+            generation=generation,
+            subsequent_starting_strength_adjustment=details.subsequent_starting_strength_adjustment or 0.0,
+            desaturate_subsequent_starting_frames=details.desaturate_subsequent_starting_frames or 0.0,
+            adjust_brightness_subsequent_starting_frames=details.adjust_brightness_subsequent_starting_frames or 0.0,
+        )
+        depends = (f"segment:{segment.index - 1}",) if segment.depends_on_previous else ()
+        children.append(
+            ChildSpec(
+                task_type="travel_segment",
+                params=payload.model_dump(mode="json", exclude_none=True),
+                role="segment",
+                segment_index=segment.index,
+                depends_on=depends,
+            )
+        )
+    stitch = StitchTaskParams(
+        orchestrator_task_id_ref=ctx.task.id,
+        orchestrator_run_id=run_id,
+        project_id=ctx.task.project_id,
+        num_total_segments_generated=len(plan.segments),
+        frame_overlap_settings_expanded=list(plan.overlaps),
+        segment_frames=[s.frames for s in plan.segments],
+        expected_final_frames=plan.final_frames,
+        crossfade_sharp_amt=details.crossfade_sharp_amt if details.crossfade_sharp_amt is not None else 0.3,
+        regenerate_anchors=bool(details.regenerate_anchors),
+        parsed_resolution_wh=f"{width}x{height}",
+        fps_final_video=details.fps_final_video or fps,
+    )
+    # The stitch waits for EVERY segment: independent (i2v) segments can be generated by several workers at once.
+    children.append(
+        ChildSpec(
+            task_type="travel_stitch",
+            params=stitch.model_dump(mode="json", exclude_none=True),
+            role="stitch",
+            segment_index=None,
+            depends_on=tuple(f"segment:{s.index}" for s in plan.segments),
+            completes_parent=True,
+        )
+    )
+    child_ids = ctx.queue.enqueue_children(ctx.task.id, children)
+    message = (
+        f"Enqueued {len(plan.segments)} {mode} segments and a stitch for run {run_id}; "
+        f"the final video will have {plan.final_frames} frames at {width}x{height}, {fps} fps"
+    )
+    logger.info(message)
+    return TaskOutcome(
+        awaiting_children=True,
+        message=message,
+        result={
+            "expected_final_frames": plan.final_frames,
+            "segment_frames": [s.frames for s in plan.segments],
+            "overlaps": list(plan.overlaps),
+            "mode": mode,
+            "seed": seed,
+            "child_ids": child_ids,
+        },
+    )
+
+
+def _resolution(text: str) -> tuple[int, int]:
+    """'902x508' -> (896, 496): Wan needs multiples of 16."""
+    try:
+        width, height = (int(part) for part in str(text).lower().split("x"))
+    except ValueError as error:
+        raise TaskInputError(
+            f'orchestrator_details.parsed_resolution_wh: expected "WIDTHxHEIGHT", got {text!r}'
+        ) from error
+    width, height = width // 16 * 16, height // 16 * 16
+    if width < 16 or height < 16:
+        raise TaskInputError(f"orchestrator_details.parsed_resolution_wh: expected at least 16x16, got {text!r}")
+    return width, height

@@ -1,0 +1,116 @@
+"""`travel_segment`: generate one segment of a travel run.
+
+i2v models get the segment's start and end keyframes as `image_start`/`image_end`. VACE models get a guide video and
+a mask: the frames carried over from the previous segment's tail and the end keyframe are fixed (mask black), the rest
+is generated (mask white). The segment's real frame count is checked against the plan and stored with its result, so
+the stitch can verify the total (upstream assumed lengths and got them wrong, §10.2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loguru import logger
+
+from source.media.guide import build_vace_guide
+from source.media.video import probe_video, read_frames
+from source.params.travel import SegmentTaskParams
+from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, TransientTaskError
+from source.tasks.travel_support import (
+    fetch_input,
+    fetch_loras,
+    load_model_definition,
+    parse_payload,
+    run_engine,
+)
+
+
+def handle_travel_segment(ctx: TaskContext) -> TaskOutcome:
+    params = parse_payload(SegmentTaskParams, ctx.task.params)
+    model = load_model_definition(params.model_name, field="model_name")
+    frames = params.segment_frames_target
+    width, height = (int(v) for v in params.parsed_resolution_wh.split("x"))
+    work_dir = ctx.work_dir
+
+    start_image = (
+        fetch_input(params.start_image_url, work_dir, field="start_image_url") if params.start_image_url else None
+    )
+    end_image = fetch_input(params.end_image_url, work_dir, field="end_image_url") if params.end_image_url else None
+    generation = params.generation
+    lora_paths = fetch_loras(list(generation.lora_names), ctx.settings.lora_dir, field="generation.lora_names")
+
+    request: dict = {
+        "model": model.id,
+        "prompt": params.base_prompt,
+        "negative_prompt": params.negative_prompt,
+        "resolution": f"{width}x{height}",
+        "video_length": frames,
+        "seed": params.seed_to_use,
+        **generation.wgp_params(),
+        "activated_loras": [str(p) for p in lora_paths],
+        "loras_multipliers": list(generation.lora_multipliers),
+    }
+    if params.travel_mode == "vace":
+        previous_tail = _previous_tail(ctx, params) if params.frame_overlap_from_previous else None
+        guide = build_vace_guide(
+            frames=frames,
+            width=width,
+            height=height,
+            start_image=start_image,
+            end_image=end_image,
+            previous_tail=previous_tail,
+            out_dir=work_dir,
+            fps=params.fps_helpers,
+            name=f"seg{params.segment_index:02d}",
+            strength_adjustment=params.subsequent_starting_strength_adjustment,
+            desaturate=params.desaturate_subsequent_starting_frames,
+            # Reigh's payload means positive = darker for these carried frames; the media helper means brighter.
+            brightness=-params.adjust_brightness_subsequent_starting_frames,
+        )
+        logger.info(f"VACE guide: {guide.frames} frames, fixed {list(guide.fixed_frames)}")
+        request.update(video_guide=str(guide.guide), video_mask=str(guide.mask), video_prompt_type="VM")
+    else:
+        request.update(
+            image_start=str(start_image) if start_image else None, image_end=str(end_image) if end_image else None
+        )
+
+    result = run_engine(ctx, request)
+    info = probe_video(result.path)
+    if info.frames != frames:
+        raise TransientTaskError(f"segment {params.segment_index}: engine wrote {info.frames} frames, planned {frames}")
+    stored = ctx.services.storage().store(result.path, task_type="travel_segment", task_id=ctx.task.id)
+    return TaskOutcome(
+        output_location=stored.location,
+        result={
+            "segment_index": params.segment_index,
+            "frames": info.frames,
+            "width": info.width,
+            "height": info.height,
+            "fps": info.fps,
+            "seed": result.seed,
+            "forward_passes": result.forward_passes,
+            "timings": result.timings,
+            "thumbnail": stored.thumbnail,
+        },
+    )
+
+
+def _previous_tail(ctx: TaskContext, params: SegmentTaskParams):
+    """The last `overlap` frames of the previous segment, read from its stored output."""
+    previous_id = ctx.task.dependant_on
+    if previous_id is None:
+        raise TaskInputError(
+            f"frame_overlap_from_previous: segment {params.segment_index} carries "
+            f"{params.frame_overlap_from_previous} frames but depends on no previous segment"
+        )
+    previous = ctx.queue.get(previous_id)
+    if not previous.output_location:
+        raise TransientTaskError(f"previous segment {previous_id} has no output yet")
+    video = fetch_input(previous.output_location, ctx.work_dir / "previous", field="previous segment output")
+    frames = read_frames(Path(video))
+    overlap = params.frame_overlap_from_previous
+    if len(frames) < overlap:
+        raise TaskInputError(
+            f"frame_overlap_from_previous: expected at most {len(frames)} (the previous segment's length), got {overlap}"
+        )
+    return frames[-overlap:]

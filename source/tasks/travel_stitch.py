@@ -1,0 +1,82 @@
+"""`travel_stitch`: cross-fade the segments of a travel run into one mp4.
+
+Segments are collected from the database (the orchestrator's children with role "segment", one per index), not from
+a list of files on this worker, so the stitch can run on any worker. The total frame count is checked twice: against
+the frames each segment stored with its result before any decoding, and against the written file.
+"""
+
+from __future__ import annotations
+
+from source.media.stitch import stitch_videos
+from source.media.video import probe_video
+from source.params.travel import StitchTaskParams
+from source.queue import TaskStatus
+from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, TransientTaskError
+from source.tasks.travel_support import fetch_input, parse_payload
+
+
+def handle_travel_stitch(ctx: TaskContext) -> TaskOutcome:
+    params = parse_payload(StitchTaskParams, ctx.task.params)
+    parent_id = params.orchestrator_task_id_ref
+    segments = sorted(
+        (child for child in ctx.queue.children(parent_id) if child.role == "segment"),
+        key=lambda child: child.segment_index,
+    )
+    expected_count = params.num_total_segments_generated
+    indices = [child.segment_index for child in segments]
+    if indices != list(range(expected_count)):
+        raise TaskInputError(
+            f"num_total_segments_generated: expected segments 0..{expected_count - 1}, found {indices}"
+        )
+    not_done = [f"{c.segment_index} ({c.status})" for c in segments if c.status != TaskStatus.COMPLETE]
+    if not_done:
+        raise TransientTaskError(f"segments not complete: {', '.join(not_done)}")
+
+    overlaps = list(params.frame_overlap_settings_expanded)
+    if len(overlaps) != expected_count - 1:
+        raise TaskInputError(
+            f"frame_overlap_settings_expanded: expected {expected_count - 1} values, got {len(overlaps)}"
+        )
+    stored_frames = [int((c.result or {}).get("frames", -1)) for c in segments]
+    expected_total = params.expected_final_frames
+    if expected_total is not None and sum(stored_frames) - sum(overlaps) != expected_total:
+        raise TaskInputError(
+            f"expected_final_frames: segments report {stored_frames} frames with overlaps {overlaps}, "
+            f"which stitch to {sum(stored_frames) - sum(overlaps)}, not the contracted {expected_total}"
+        )
+
+    videos = []
+    for child in segments:
+        ctx.report_progress(child.segment_index, expected_count + 1, f"fetching segment {child.segment_index}")
+        videos.append(
+            fetch_input(child.output_location, ctx.work_dir / "segments", field=f"segment {child.segment_index} output")
+        )
+
+    fps = params.fps_final_video
+    out_path = ctx.work_dir / f"travel_{params.orchestrator_run_id}_final.mp4"
+    stitched = stitch_videos(
+        videos,
+        overlaps,
+        out_path,
+        fps=fps,
+        sharp_amount=params.crossfade_sharp_amt,
+        regenerate_anchors=params.regenerate_anchors,
+        expected_frames=expected_total,
+        progress=lambda done, total: ctx.report_progress(done, total, "cross-fading"),
+    )
+    info = probe_video(stitched.path)
+    if expected_total is not None and info.frames != expected_total:
+        raise TransientTaskError(f"stitched video has {info.frames} frames, contracted {expected_total}")
+    stored = ctx.services.storage().store(stitched.path, task_type="travel_stitch", task_id=ctx.task.id)
+    return TaskOutcome(
+        output_location=stored.location,
+        result={
+            "frames": info.frames,
+            "width": info.width,
+            "height": info.height,
+            "fps": info.fps,
+            "segments": [c.id for c in segments],
+            "overlaps": overlaps,
+            "thumbnail": stored.thumbnail,
+        },
+    )

@@ -1,0 +1,95 @@
+"""Helpers shared by the generation task handlers: payload parsing at the boundary, model lookup, input downloads,
+and the bridge from the engine's progress events to the task row."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from loguru import logger
+from pydantic import BaseModel
+
+from source.params.errors import PayloadError, parse_model
+from source.storage.downloads import DownloadError, fetch_lora, fetch_to
+from source.tasks.context import TaskCancelled, TaskContext, TaskInputError, TransientTaskError
+from Wan2GP.catalog import CatalogError, ModelDefinition, load_catalog
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def parse_payload(model: type[ModelT], params: Mapping[str, Any]) -> ModelT:
+    """Parse a row's params once; a bad payload fails the task at once with the field named."""
+    try:
+        return parse_model(model, dict(params))
+    except PayloadError as error:
+        raise TaskInputError(str(error)) from error
+
+
+def load_model_definition(model_name: str, *, field: str) -> ModelDefinition:
+    try:
+        return load_catalog().get(model_name)
+    except CatalogError as error:
+        raise TaskInputError(f"{field}: {error}") from error
+
+
+def travel_mode_for(model: ModelDefinition, requested: str | None) -> str:
+    """Travel mode comes from what the model IS (upstream guessed it from substrings of the name, §10.16)."""
+    mode = "vace" if model.is_vace else "i2v" if model.is_i2v else None
+    if mode is None:
+        raise TaskInputError(
+            f"orchestrator_details.model_name: expected an image-to-video or VACE model for travel, "
+            f"got {model.id!r} (architecture {model.architecture})"
+        )
+    if requested and requested != mode:
+        logger.warning(f"model_type {requested!r} ignored: {model.id} is a {mode} model")
+    return mode
+
+
+def fetch_input(source: str, work_dir: Path, *, field: str, timeout: float = 60.0) -> Path:
+    """Download (or locate) an input file; an unreachable one fails the task naming the field and the URL."""
+    try:
+        return fetch_to(source, work_dir, timeout=timeout)
+    except DownloadError as error:
+        raise _download_failure(field, error) from error
+
+
+def fetch_loras(sources: list[str], lora_dir: Path, *, field: str) -> list[Path]:
+    paths = []
+    for index, source in enumerate(sources):
+        try:
+            paths.append(fetch_lora(source, lora_dir))
+        except DownloadError as error:
+            raise _download_failure(f"{field}[{index}]", error) from error
+    return paths
+
+
+def _download_failure(field: str, error: DownloadError) -> Exception:
+    """A server that timed out or answered 5xx may recover (retried up to the attempt cap); a 404 will not."""
+    message = f"{field}: {error}"
+    return TransientTaskError(message) if error.transient else TaskInputError(message)
+
+
+def run_engine(ctx: TaskContext, request: dict[str, Any]) -> Any:
+    """Generate on this worker's engine, mapping the engine's failures onto the worker's three kinds."""
+    from Wan2GP.engine import GenerationCancelled, InvalidGenerationParams, LoraDownloadError, ModelLoadError
+
+    engine = ctx.services.engine()
+    try:
+        return engine.generate(request, output_dir=ctx.work_dir, progress=engine_progress(ctx), cancel=ctx.cancel_event)
+    except InvalidGenerationParams as error:
+        raise TaskInputError(str(error)) from error
+    except GenerationCancelled as error:
+        raise TaskCancelled(str(error)) from error
+    except (ModelLoadError, LoraDownloadError) as error:
+        raise TransientTaskError(str(error)) from error
+
+
+def engine_progress(ctx: TaskContext) -> Callable[[Any], None]:
+    """Forward denoising steps to the task row (the context throttles writes) and the log."""
+
+    def on_progress(event: Any) -> None:
+        if event.stage == "denoise" and event.step > 0:
+            ctx.report_progress(event.step, event.total, f"phase {event.phase}, {event.expert}-noise expert")
+
+    return on_progress

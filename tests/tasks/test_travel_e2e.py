@@ -1,0 +1,297 @@
+"""Travel runs end to end: a travel_orchestrator row in a real SQLite queue, the real worker loop, the tiny
+random-weight models through the real engine, real ffmpeg; the final mp4 is checked with ffprobe against the
+frame-count contract (Σ segment frames − Σ overlaps).
+
+The two payload shapes are seed 001's runs (tests/reproducers), scaled to the tiny models: run 1 without a
+phase_config or LoRAs, run 2 with a 3-phase phase_config, 2 LoRAs and per-segment prompts."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from source.queue import TaskStatus, open_queue
+from source.tasks import default_registry
+from source.tasks.context import TaskContext
+from source.tasks.services import build_services
+from source.tasks.travel_orchestrator import handle_travel_orchestrator
+from source.worker import run, settings_from_values
+from Wan2GP.catalog import load_catalog
+from Wan2GP.loading import load_model
+
+REPO = Path(__file__).resolve().parents[2]
+KEYFRAMES = sorted(str(p) for p in (REPO / "source" / "assets" / "keyframes").glob("*.png"))
+REPRODUCERS = REPO / "tests" / "reproducers"
+
+
+def _reproducer(name: str) -> dict:
+    return json.loads((REPRODUCERS / name).read_text())["params"]
+
+
+def _ffprobe(path: str) -> dict:
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames,width,height,codec_name,pix_fmt",
+            "-of",
+            "json",
+            path,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout)["streams"][0]
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("wan2gp_cache")
+
+
+@pytest.fixture
+def worker_env(tmp_path, model_cache):
+    """A fresh SQLite queue and output folder; `drain()` runs the real worker loop until nothing is ready."""
+    db_url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    queue = open_queue(db_url)
+    queue.migrate()
+    settings = settings_from_values(
+        {
+            "db": db_url,
+            "output_dir": str(tmp_path / "outputs"),
+            "once": True,
+            "worker_id": "e2e-worker",
+            "lora_dir": str(tmp_path / "loras"),
+            "model_cache_dir": str(model_cache),
+            "device": "cpu",
+            "retry_delay": 0.0,
+        },
+        environ={},
+    )
+
+    class Env:
+        def drain(self) -> int:
+            return run(settings, registry=default_registry(), services=build_services(settings))
+
+    env = Env()
+    env.queue, env.settings, env.tmp = queue, settings, tmp_path
+    yield env
+    queue.close()
+
+
+def _tiny_lora(model_id: str, cache: Path, path: Path, seed: int) -> str:
+    """An original-Wan-format LoRA on every block's self-attention query of the tiny model."""
+    loaded = load_model(load_catalog().get(model_id), cache, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for index, block in enumerate(loaded.transformers["high"].blocks):
+        linear = block.attn1.to_q
+        tensors[f"diffusion_model.blocks.{index}.self_attn.q.lora_down.weight"] = (
+            torch.randn(4, linear.in_features, generator=generator) * 0.2
+        )
+        tensors[f"diffusion_model.blocks.{index}.self_attn.q.lora_up.weight"] = (
+            torch.randn(linear.out_features, 4, generator=generator) * 0.2
+        )
+    save_file(tensors, str(path))
+    return str(path)
+
+
+def _run1_payload(model: str) -> dict:
+    params = copy.deepcopy(_reproducer("seed_001_run1_no_phase_config.json"))
+    details = params["orchestrator_details"]
+    details.update(model_name=model, input_image_paths_resolved=KEYFRAMES, parsed_resolution_wh="64x64")
+    return params
+
+
+def _assert_final_video(queue, orchestrator_id: str, expected_frames: int, size: tuple[int, int]) -> dict:
+    orchestrator = queue.get(orchestrator_id)
+    assert orchestrator.status == TaskStatus.COMPLETE, orchestrator.error_message
+    children = queue.children(orchestrator_id)
+    assert all(child.status == TaskStatus.COMPLETE for child in children)
+    stitch = next(child for child in children if child.role == "stitch")
+    assert orchestrator.output_location == stitch.output_location
+    probe = _ffprobe(orchestrator.output_location)
+    assert int(probe["nb_read_frames"]) == expected_frames
+    assert (probe["width"], probe["height"]) == size
+    assert (probe["codec_name"], probe["pix_fmt"]) == ("h264", "yuv420p")
+    return probe
+
+
+@pytest.mark.slow
+def test_run1_shape_i2v_without_phase_config(worker_env):
+    # Seed 001 run 1: segments [61, 61], overlap 6, no phase_config, no LoRAs -> 116 frames (upstream wrote 120).
+    orchestrator_id = worker_env.queue.enqueue("travel_orchestrator", _run1_payload("wan_tiny_i2v_2_2"), project_id="p")
+    assert worker_env.drain() == 0
+    _assert_final_video(worker_env.queue, orchestrator_id, 61 + 61 - 6, (64, 64))
+    segments = [c for c in worker_env.queue.children(orchestrator_id) if c.role == "segment"]
+    assert [c.result["frames"] for c in segments] == [61, 61]
+    # i2v segments are independent, so several workers could take them at once; only the stitch waits for both.
+    assert all(c.dependant_on is None for c in segments)
+
+
+@pytest.mark.slow
+def test_run2_shape_vace_three_phases_two_loras(worker_env, model_cache):
+    params = copy.deepcopy(_reproducer("seed_001_run2_3phase.json"))
+    details = params["orchestrator_details"]
+    high = _tiny_lora("wan_tiny_vace", model_cache, worker_env.tmp / "high_noise_model.safetensors", seed=1)
+    low = _tiny_lora("wan_tiny_vace", model_cache, worker_env.tmp / "low_noise_model.safetensors", seed=2)
+    for phase in details["phase_config"]["phases"]:
+        for lora in phase["loras"]:
+            lora["url"] = high if "high_noise" in lora["url"] else low
+    details.update(model_name="wan_tiny_vace", input_image_paths_resolved=KEYFRAMES, parsed_resolution_wh="64x48")
+    details["negative_prompts_expanded"] = ["cut, blurry", "fade only"]
+    orchestrator_id = worker_env.queue.enqueue("travel_orchestrator", params, project_id="p")
+    assert worker_env.drain() == 0
+    # [53, 45] with overlap 6 -> 92 frames (upstream wrote 96 while logging 92).
+    _assert_final_video(worker_env.queue, orchestrator_id, 53 + 45 - 6, (64, 48))
+    segments = sorted(
+        (c for c in worker_env.queue.children(orchestrator_id) if c.role == "segment"), key=lambda c: c.segment_index
+    )
+    # VACE segments chain: segment 1 reads segment 0's tail.
+    assert segments[1].dependant_on == segments[0].id
+    # Per-segment prompts and negative prompts reach the segments untouched.
+    assert segments[0].params["base_prompt"].startswith("The character begins walking")
+    assert [s.params["negative_prompt"] for s in segments] == ["cut, blurry", "fade only"]
+    generation = segments[0].params["generation"]
+    assert generation["lora_multipliers"] == ["0.75;1.0;0", "0;0;1.0"]
+    # 6 steps, CFG 3 in phase 1 only (2 steps): 2*2 + 4 = 8 forwards, all on the single tiny expert.
+    assert sum(segments[0].result["forward_passes"].values()) == 8
+
+
+@pytest.mark.slow
+def test_segment_failure_fails_stitch_and_orchestrator_with_the_reason(worker_env):
+    params = _run1_payload("wan_tiny_i2v_2_2")
+    details = params["orchestrator_details"]
+    details["segment_frames_expanded"] = [9, 9]
+    details["frame_overlap_expanded"] = [2]
+    missing = str(worker_env.tmp / "no_such_keyframe.png")
+    details["input_image_paths_resolved"] = [KEYFRAMES[0], KEYFRAMES[1], missing]
+    orchestrator_id = worker_env.queue.enqueue("travel_orchestrator", params, project_id="p")
+    assert worker_env.drain() == 0
+    children = {(c.role, c.segment_index): c for c in worker_env.queue.children(orchestrator_id)}
+    assert children[("segment", 0)].status == TaskStatus.COMPLETE
+    failed = children[("segment", 1)]
+    assert failed.status == TaskStatus.FAILED and "no_such_keyframe.png" in failed.error_message
+    stitch = children[("stitch", None)]
+    assert stitch.status == TaskStatus.FAILED and failed.id in stitch.error_message
+    orchestrator = worker_env.queue.get(orchestrator_id)
+    assert orchestrator.status == TaskStatus.FAILED
+    assert "no_such_keyframe.png" in orchestrator.error_message
+
+
+def test_bad_payload_fails_the_orchestrator_naming_the_field(worker_env):
+    params = _run1_payload("wan_tiny_i2v_2_2")
+    params["orchestrator_details"]["segment_frames_expanded"] = [61, "sixty"]
+    orchestrator_id = worker_env.queue.enqueue("travel_orchestrator", params, project_id="p")
+    assert worker_env.drain() == 0
+    orchestrator = worker_env.queue.get(orchestrator_id)
+    assert orchestrator.status == TaskStatus.FAILED
+    assert "orchestrator_details.segment_frames_expanded[1]" in orchestrator.error_message
+    assert orchestrator.attempts <= 1  # bad input is never retried
+    assert worker_env.queue.children(orchestrator_id) == []
+
+
+def test_rerunning_a_crashed_orchestrator_creates_no_duplicates(worker_env):
+    # The worker died after enqueueing the children but before marking the orchestrator: a re-run must find them.
+    orchestrator_id = worker_env.queue.enqueue("travel_orchestrator", _run1_payload("wan_tiny_i2v_2_2"), project_id="p")
+    task = worker_env.queue.claim("crashed-worker", lease_seconds=60)
+    assert task.id == orchestrator_id
+    contexts = []
+    for _ in range(2):
+        work_dir = worker_env.tmp / f"work{len(contexts)}"
+        work_dir.mkdir()
+        contexts.append(
+            TaskContext(
+                task=task,
+                queue=worker_env.queue,
+                worker_id="crashed-worker",
+                output_dir=worker_env.tmp,
+                work_dir=work_dir,
+                settings=worker_env.settings,
+                services=build_services(worker_env.settings),
+            )
+        )
+    first = handle_travel_orchestrator(contexts[0])
+    second = handle_travel_orchestrator(contexts[1])
+    assert first.result["child_ids"] == second.result["child_ids"]
+    children = worker_env.queue.children(orchestrator_id)
+    assert len(children) == 3
+    assert sorted((c.role, c.segment_index if c.segment_index is not None else -1) for c in children) == [
+        ("segment", 0),
+        ("segment", 1),
+        ("stitch", -1),
+    ]
+
+
+@pytest.mark.slow
+def test_cli_enqueue_and_worker_once_black_box(tmp_path, model_cache):
+    """What an operator types: enqueue a travel payload with the CLI, run `python worker.py --once`."""
+    payload = _run1_payload("wan_tiny_i2v_2_2")
+    payload["orchestrator_details"].update(segment_frames_expanded=[13, 17], frame_overlap_expanded=[4])
+    payload_file = tmp_path / "travel.json"
+    payload_file.write_text(json.dumps(payload))
+    db_url = f"sqlite:///{tmp_path / 'cli.db'}"
+    env = {**os.environ, "WAN2GP_CACHE": str(model_cache), "HW_LORA_DIR": str(tmp_path / "loras")}
+    enqueued = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "source.cli",
+            "enqueue",
+            str(payload_file),
+            "--type",
+            "travel_orchestrator",
+            "--db",
+            db_url,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    orchestrator_id = enqueued.stdout.strip().splitlines()[-1]
+    subprocess.run(
+        [
+            sys.executable,
+            "worker.py",
+            "--once",
+            "--db",
+            db_url,
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--retry-delay",
+            "0",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
+    listed = subprocess.run(
+        [sys.executable, "-m", "source.cli", "list", "--json", "--db", db_url],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    rows = {row["id"]: row for row in json.loads(listed.stdout)}
+    assert rows[orchestrator_id]["status"] == "Complete", rows[orchestrator_id]["error_message"]
+    assert int(_ffprobe(rows[orchestrator_id]["output_location"])["nb_read_frames"]) == 13 + 17 - 4

@@ -1,0 +1,144 @@
+"""Start a Headless-Wan2GP worker: `python worker.py [--db URL] [--once] ...` (see --help).
+
+Every flag falls back to an environment variable (HW_DB_URL or DATABASE_URL, HW_WORKER_ID, ...), then to a default.
+This file only parses arguments; the loop lives in source/worker/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from source.demo import run_demo
+from source.tasks import default_registry
+from source.tasks.services import build_services
+from source.worker import EXIT_STARTUP_FAILED, SettingsError, run, settings_from_values
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="worker.py",
+        description="Claim tasks from the queue and run them, one at a time.",
+    )
+    # None defaults: a flag not given falls back to its environment variable (settings_from_values).
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="sqlite:///path or postgresql://... [env HW_DB_URL, DATABASE_URL; default sqlite:///tasks.db]",
+    )
+    parser.add_argument("--worker-id", metavar="ID", help="[env HW_WORKER_ID; default hostname-pid]")
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        metavar="S",
+        help="seconds between polls when idle [env HW_POLL_INTERVAL; default 5]",
+    )
+    parser.add_argument("--output-dir", metavar="DIR", help="[env HW_OUTPUT_DIR; default ./outputs]")
+    parser.add_argument(
+        "--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING ... [env HW_LOG_LEVEL; default INFO]"
+    )
+    parser.add_argument(
+        "--log-json", action="store_true", default=None, help="one JSON object per log line [env HW_LOG_JSON]"
+    )
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        default=None,
+        help="process what is ready (including what that makes ready), then exit [env HW_ONCE]",
+    )
+    parser.add_argument("--max-tasks", type=int, metavar="N", help="exit after N tasks [env HW_MAX_TASKS]")
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        metavar="S",
+        help="a task whose lease is not renewed for this "
+        "long is reclaimed by another worker [env HW_LEASE_SECONDS; default 60]",
+    )
+    parser.add_argument(
+        "--heartbeat-seconds",
+        type=float,
+        metavar="S",
+        help="lease renewal / heartbeat interval [env HW_HEARTBEAT_SECONDS; default 10]",
+    )
+    parser.add_argument(
+        "--grace-seconds",
+        type=float,
+        metavar="S",
+        help="on SIGTERM/SIGINT, how long the current "
+        "task may run on before it is stopped and put back [env HW_GRACE_SECONDS; default 30]",
+    )
+    parser.add_argument(
+        "--task-types", metavar="A,B", help="claim only these task types [env HW_TASK_TYPES; default all]"
+    )
+    parser.add_argument(
+        "--retry-delay",
+        type=float,
+        metavar="S",
+        help="first back-off after a transient failure, doubling per attempt [env HW_RETRY_DELAY; default 5]",
+    )
+    parser.add_argument(
+        "--cancel-window",
+        type=float,
+        metavar="S",
+        help="after the grace period, how long a task "
+        "that ignores the stop request may run before the worker puts it back and exits anyway "
+        "[env HW_CANCEL_WINDOW; default 5]",
+    )
+    engine = parser.add_argument_group("engine and outputs")
+    engine.add_argument("--device", help="torch device for the engine [env HW_DEVICE; default cuda when available]")
+    engine.add_argument(
+        "--model-cache-dir",
+        metavar="DIR",
+        help="downloaded and tiny models [env HW_MODEL_CACHE_DIR, WAN2GP_CACHE; default ~/.cache/wan2gp]",
+    )
+    engine.add_argument("--lora-dir", metavar="DIR", help="downloaded LoRAs [env HW_LORA_DIR; default <cache>/loras]")
+    engine.add_argument(
+        "--supabase-url",
+        metavar="URL",
+        help="store outputs in this Supabase project's bucket "
+        "(key from env SUPABASE_SERVICE_ROLE_KEY) [env SUPABASE_URL; default: local --output-dir]",
+    )
+    engine.add_argument("--supabase-bucket", metavar="NAME", help="[env SUPABASE_BUCKET; default image_uploads]")
+    demo = parser.add_argument_group("demo")
+    demo.add_argument(
+        "--demo",
+        action="store_true",
+        help="enqueue a travel run over the bundled keyframes on a fresh "
+        "local SQLite queue, run it to the end and print the final mp4 (tiny CPU model by default)",
+    )
+    demo.add_argument(
+        "--model",
+        metavar="NAME",
+        help="with --demo: the catalog model to travel with (e.g. wan_2_2_i2v_lightning_baseline_2_2_2 on a GPU pod)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    values = vars(args)
+    if values.get("task_types") is not None:
+        values["task_types"] = tuple(part.strip() for part in values["task_types"].split(",") if part.strip()) or None
+    demo = values.pop("demo")
+    demo_model = values.pop("model")
+    if demo and values.get("db") is None:
+        values["db"] = "sqlite:///outputs/demo/demo.db"
+    try:
+        settings = settings_from_values(values)
+    except SettingsError as error:
+        print(f"worker.py: {error}", file=sys.stderr)
+        return EXIT_STARTUP_FAILED
+
+    services = build_services(settings)
+    if demo:
+        return run_demo(
+            settings, model=demo_model, registry=default_registry(), services=services, fresh_db=args.db is None
+        )
+    if demo_model:
+        print("worker.py: --model only applies to --demo (a task names its own model)", file=sys.stderr)
+        return EXIT_STARTUP_FAILED
+    return run(settings, registry=default_registry(), services=services)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
