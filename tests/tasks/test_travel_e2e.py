@@ -19,11 +19,9 @@ import torch
 from safetensors.torch import save_file
 
 from source.queue import TaskStatus, open_queue
-from source.tasks import default_registry
 from source.tasks.context import TaskContext
 from source.tasks.services import build_services
 from source.tasks.travel_orchestrator import handle_travel_orchestrator
-from source.worker import run, settings_from_values
 from Wan2GP.catalog import load_catalog
 from Wan2GP.loading import load_model
 
@@ -56,41 +54,6 @@ def _ffprobe(path: str) -> dict:
         text=True,
     )
     return json.loads(out.stdout)["streams"][0]
-
-
-@pytest.fixture(scope="module")
-def model_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("wan2gp_cache")
-
-
-@pytest.fixture
-def worker_env(tmp_path, model_cache):
-    """A fresh SQLite queue and output folder; `drain()` runs the real worker loop until nothing is ready."""
-    db_url = f"sqlite:///{tmp_path / 'tasks.db'}"
-    queue = open_queue(db_url)
-    queue.migrate()
-    settings = settings_from_values(
-        {
-            "db": db_url,
-            "output_dir": str(tmp_path / "outputs"),
-            "once": True,
-            "worker_id": "e2e-worker",
-            "lora_dir": str(tmp_path / "loras"),
-            "model_cache_dir": str(model_cache),
-            "device": "cpu",
-            "retry_delay": 0.0,
-        },
-        environ={},
-    )
-
-    class Env:
-        def drain(self) -> int:
-            return run(settings, registry=default_registry(), services=build_services(settings))
-
-    env = Env()
-    env.queue, env.settings, env.tmp = queue, settings, tmp_path
-    yield env
-    queue.close()
 
 
 def _tiny_lora(model_id: str, cache: Path, path: Path, seed: int) -> str:

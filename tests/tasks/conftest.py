@@ -1,0 +1,48 @@
+"""Fixtures for the task-handler tests: a fresh SQLite queue per test and the real worker loop over it, with the
+tiny models built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from source.queue import open_queue
+from source.tasks import default_registry
+from source.tasks.services import build_services
+from source.worker import run, settings_from_values
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("wan2gp_cache")
+
+
+@pytest.fixture
+def worker_env(tmp_path, model_cache):
+    """A fresh SQLite queue and output folder; `drain()` runs the real worker loop until nothing is ready."""
+    db_url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    queue = open_queue(db_url)
+    queue.migrate()
+    settings = settings_from_values(
+        {
+            "db": db_url,
+            "output_dir": str(tmp_path / "outputs"),
+            "once": True,
+            "worker_id": "e2e-worker",
+            "lora_dir": str(tmp_path / "loras"),
+            "model_cache_dir": str(model_cache),
+            "device": "cpu",
+            "retry_delay": 0.0,
+        },
+        environ={},
+    )
+
+    class Env:
+        def drain(self) -> int:
+            return run(settings, registry=default_registry(), services=build_services(settings))
+
+    env = Env()
+    env.queue, env.settings, env.tmp = queue, settings, tmp_path
+    yield env
+    queue.close()

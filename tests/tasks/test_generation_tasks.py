@@ -1,0 +1,83 @@
+"""Plain generation tasks (t2v, i2v, vace, ...) go straight to the engine: one row in, one mp4 out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from source.queue import TaskStatus
+from source.tasks.generation import DEFAULT_MODEL_BY_TASK_TYPE
+from Wan2GP.catalog import load_catalog
+
+KEYFRAME = str(sorted((Path(__file__).resolve().parents[2] / "source" / "assets" / "keyframes").glob("*.png"))[0])
+
+
+def test_every_default_model_is_in_the_catalog():
+    # Upstream mapped `i2v` to a model with no definition (spec §10.21).
+    catalog = load_catalog()
+    for task_type, model in DEFAULT_MODEL_BY_TASK_TYPE.items():
+        assert catalog.get(model).id == model, task_type
+
+
+def _probe(path: str) -> dict:
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames,width,height",
+            "-of",
+            "json",
+            path,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout)["streams"][0]
+
+
+@pytest.mark.parametrize(
+    ("task_type", "params", "expected"),
+    [
+        ("t2v", {"model": "wan_tiny_t2v", "prompt": "a red cat", "video_length": 13, "seed": 3}, (13, 64, 64)),
+        (
+            "i2v_22",
+            {
+                "model": "wan_tiny_i2v_2_2",
+                "prompt": "dawn",
+                "video_length": 10,
+                "resolution": "70x50",
+                "image_start": KEYFRAME,
+            },
+            (9, 64, 48),  # 10 frames -> 4n+1 = 9; 70x50 -> multiples of 16
+        ),
+    ],
+)
+def test_generation_task_writes_its_video_under_outputs(worker_env, task_type, params, expected):
+    task_id = worker_env.queue.enqueue(task_type, params)
+    assert worker_env.drain() == 0
+    task = worker_env.queue.get(task_id)
+    assert task.status == TaskStatus.COMPLETE, task.error_message
+    location = Path(task.output_location)
+    assert location.parent == worker_env.settings.output_dir / task_type
+    assert location.name.startswith(task_id)
+    probe = _probe(str(location))
+    assert (int(probe["nb_read_frames"]), probe["width"], probe["height"]) == expected
+    assert task.result["frames"] == expected[0]
+    assert Path(task.result["thumbnail"]).is_file()
+
+
+def test_unknown_engine_parameter_fails_the_task_naming_it(worker_env):
+    task_id = worker_env.queue.enqueue("t2v", {"model": "wan_tiny_t2v", "prompt": "x", "guidance_scale": "loud"})
+    assert worker_env.drain() == 0
+    task = worker_env.queue.get(task_id)
+    assert task.status == TaskStatus.FAILED
+    assert "guidance_scale" in task.error_message
