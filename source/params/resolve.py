@@ -32,56 +32,19 @@ from source.params.payloads import (
 )
 from source.params.phase_config import phase_config_to_wgp, plan_for
 from Wan2GP.catalog import ModelDefinition
+from Wan2GP.request import ACCEPTED_PARAMS
+from Wan2GP.request import SYSTEM_DEFAULTS as ENGINE_DEFAULTS
 from Wan2GP.schedule import GenerationPlan, PlanError
 
-# The WGP parameters a generation is resolved over (the names the engine accepts).
-GENERATION_KEYS: tuple[str, ...] = (
-    "model",
-    "prompt",
-    "negative_prompt",
-    "resolution",
-    "video_length",
-    "seed",
-    "num_inference_steps",
-    "guidance_scale",
-    "guidance2_scale",
-    "guidance3_scale",
-    "guidance_phases",
-    "switch_threshold",
-    "switch_threshold2",
-    "model_switch_phase",
-    "flow_shift",
-    "sample_solver",
-    "activated_loras",
-    "loras_multipliers",
-    "image_start",
-    "image_end",
-    "video_guide",
-    "video_mask",
-    "video_prompt_type",
-    "control_net_weight",
+# The WGP parameters a generation is resolved over: the names the engine accepts, less the call's plumbing.
+GENERATION_KEYS: tuple[str, ...] = tuple(
+    name for name in ACCEPTED_PARAMS if name not in ("output_dir", "output_filename")
 )
 
-# The engine's own fallbacks (WGP's factory defaults, Wan2GP/request.py), so `plan` explains what the engine will do.
-# Upstream's headless wrapper had different ones (25 steps, euler, shift 7, CFG 7.5; upstream_worker_spec §7.1); every
-# catalog model sets these values itself, so they only matter for payloads explained without a model.
-SYSTEM_DEFAULTS: Mapping[str, Any] = MappingProxyType(
-    {
-        "prompt": "",
-        "negative_prompt": "",
-        "resolution": "832x480",
-        "video_length": 81,
-        "num_inference_steps": 30,
-        "seed": -1,
-        "guidance_scale": 5.0,
-        "guidance_phases": 1,
-        "flow_shift": 5.0,
-        "sample_solver": "unipc",
-        "switch_threshold": 0.0,
-        "switch_threshold2": 0.0,
-        "control_net_weight": 1.0,
-    }
-)
+# The engine's own fallbacks, taken from the engine (torch-free module) so `plan` explains what it will do. Upstream's
+# headless wrapper had different ones (25 steps, euler, shift 7, CFG 7.5; upstream_worker_spec §7.1); every catalog
+# model sets these values itself, so they only matter for payloads explained without a model.
+SYSTEM_DEFAULTS: Mapping[str, Any] = MappingProxyType({"guidance_phases": 1, **ENGINE_DEFAULTS})
 
 SYSTEM = "system defaults"
 

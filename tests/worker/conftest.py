@@ -15,53 +15,13 @@ from typing import Any
 import pytest
 from loguru import logger
 
-from source.queue import TaskQueue, open_queue
-from source.queue.testing import (
-    REQUIRE_POSTGRES_ENV,
-    TEST_DATABASE_URL_ENV,
-    postgres_admin_url,
-    postgres_required,
-    temporary_database,
-    temporary_schema,
-)
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER_SCRIPT = REPO_ROOT / "worker.py"
-
-
-@pytest.fixture(scope="session")
-def postgres_database_url() -> Iterator[str]:
-    admin_url = postgres_admin_url()
-    if admin_url is None:
-        reason = f"PostgreSQL tests need {TEST_DATABASE_URL_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/postgres)"
-        if postgres_required():
-            pytest.fail(f"{REQUIRE_POSTGRES_ENV}=1 but {reason}")
-        pytest.skip(reason)
-    with temporary_database(admin_url, prefix="hw_worker_test") as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'tasks.db'}"
-        return
-    database_url = request.getfixturevalue("postgres_database_url")
-    with temporary_schema(database_url) as url:
-        yield url
 
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'tasks.db'}"
-
-
-@pytest.fixture
-def queue(queue_url: str) -> Iterator[TaskQueue]:
-    opened = open_queue(queue_url)
-    opened.migrate()
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

@@ -1,13 +1,15 @@
-"""Fixtures: every backend test runs against a real SQLite file and a real PostgreSQL schema.
+"""Fixtures shared by every test area.
 
-PostgreSQL comes from $TEST_DATABASE_URL (e.g. postgresql://postgres@127.0.0.1:5432/postgres): one database is
-created for the session and dropped at the end; each test gets its own empty schema. Without the variable the
-Postgres cases are skipped with the reason, unless REQUIRE_POSTGRES=1 (CI), which makes them fail instead.
+Backend tests run against a real SQLite file and a real PostgreSQL schema. PostgreSQL comes from $TEST_DATABASE_URL
+(e.g. postgresql://postgres@127.0.0.1:5432/postgres): one database is created for the session and dropped at the end;
+each test gets its own empty schema. Without the variable the Postgres cases are skipped with the reason, unless
+REQUIRE_POSTGRES=1 (set by .ci/run), which makes them fail instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,12 +32,12 @@ def postgres_database_url() -> Iterator[str]:
         if postgres_required():
             pytest.fail(f"{REQUIRE_POSTGRES_ENV}=1 but {reason}")
         pytest.skip(reason)
-    with temporary_database(admin_url, prefix="hw_queue_test") as url:
+    with temporary_database(admin_url, prefix="hw_test") as url:
         yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def queue_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'tasks.db'}"
         return
