@@ -35,6 +35,16 @@ class TaskStatus(StrEnum):
     def is_terminal(self) -> bool:
         return self in (TaskStatus.COMPLETE, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
+    @classmethod
+    def parse(cls, text: str) -> TaskStatus:
+        """The stored spelling and the ones people type (`queued`, `in_progress`, `in-progress`, `canceled`); an
+        unknown one is an error listing the known statuses."""
+        status = cls._missing_(text.replace("-", " ")) if isinstance(text, str) else None
+        if status is None:
+            known = ", ".join(status.value for status in cls)
+            raise ValueError(f"status: expected one of {known}; got {text!r}")
+        return status
+
 
 class TaskRow(BaseModel):
     """One task row. `params` is the JSON payload (a JSON string, as SQLite stores it, is parsed). Extra columns that

@@ -8,35 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
-
-class TaskStatus(StrEnum):
-    """The Reigh status strings, stored verbatim in the `status` column."""
-
-    QUEUED = "Queued"
-    IN_PROGRESS = "In Progress"
-    COMPLETE = "Complete"
-    FAILED = "Failed"
-    CANCELLED = "Cancelled"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL_STATUSES
-
-    @classmethod
-    def parse(cls, text: str) -> TaskStatus:
-        """Accepts the stored spelling and the ones people type: `queued`, `in_progress`, `in-progress`, `canceled`."""
-        wanted = text.strip().lower().replace("_", " ").replace("-", " ")
-        if wanted == "canceled":
-            wanted = "cancelled"
-        for status in cls:
-            if status.value.lower() == wanted:
-                return status
-        known = ", ".join(status.value for status in cls)
-        raise ValueError(f"status: expected one of {known}; got {text!r}")
-
+# One status type for payload models and queue rows (the Reigh strings, stored verbatim in `status`).
+from source.params.task_row import TaskStatus
 
 TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETE, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
