@@ -3,7 +3,7 @@ straight to the engine. Lets an app queue a single clip without a travel run."""
 
 from __future__ import annotations
 
-from source.params.generation import GenerationTaskParams
+from source.params.payloads import GenerationTaskParams
 from source.tasks.context import TaskContext, TaskOutcome
 from source.tasks.travel_support import (
     fetch_input,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from source.params import PayloadError, parse_model
-from source.params.generation import GenerationTaskParams
+from source.params.payloads import GenerationTaskParams
 from source.params.travel import (
     GenerationSpec,
     SegmentTaskParams,
