@@ -32,10 +32,15 @@ def handle_travel_segment(ctx: TaskContext) -> TaskOutcome:
     width, height = (int(v) for v in params.parsed_resolution_wh.split("x"))
     work_dir = ctx.work_dir
 
+    # Separate folders: two keyframe URLs may share a file name (".../a/image.png", ".../b/image.png").
     start_image = (
-        fetch_input(params.start_image_url, work_dir, field="start_image_url") if params.start_image_url else None
+        fetch_input(params.start_image_url, work_dir / "start", field="start_image_url")
+        if params.start_image_url
+        else None
     )
-    end_image = fetch_input(params.end_image_url, work_dir, field="end_image_url") if params.end_image_url else None
+    end_image = (
+        fetch_input(params.end_image_url, work_dir / "end", field="end_image_url") if params.end_image_url else None
+    )
     generation = params.generation
     lora_paths = fetch_loras(list(generation.lora_names), ctx.settings.lora_dir, field="generation.lora_names")
 

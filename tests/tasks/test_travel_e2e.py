@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from source.queue import TaskStatus, open_queue
+from source.queue import TaskStatus
 from source.tasks.context import TaskContext
 from source.tasks.services import build_services
 from source.tasks.travel_orchestrator import handle_travel_orchestrator
