@@ -528,6 +528,9 @@ class SqlTaskQueue(ABC):
                 for child in children
             },
             "output_from": final.id if final else None,
+            # What the final child reported about its output (a stitch: frames, size, fps), so the parent row says
+            # what the run produced without another lookup.
+            "output": final.result if final else None,
         }
         tx.run(
             "complete_parent",

@@ -87,6 +87,7 @@ def _assert_final_video(queue, orchestrator_id: str, expected_frames: int, size:
     assert all(child.status == TaskStatus.COMPLETE for child in children)
     stitch = next(child for child in children if child.role == "stitch")
     assert orchestrator.output_location == stitch.output_location
+    assert orchestrator.result["output"]["frames"] == expected_frames
     probe = _ffprobe(orchestrator.output_location)
     assert int(probe["nb_read_frames"]) == expected_frames
     assert (probe["width"], probe["height"]) == size
