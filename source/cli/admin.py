@@ -167,7 +167,11 @@ def _enqueue(args: argparse.Namespace, queue: TaskQueue) -> None:
         raise CommandError(
             f"{args.file}: expected a JSON object (params, or {{task_type, params, ...}}); got {type(data).__name__}"
         )
-    row_like = isinstance(data.get("params"), dict) and set(data) <= ROW_KEYS
+    # A row (exported from a tasks table, or a reproducer file) may carry other columns or a description; a params
+    # object never holds both a "params" object and a "task_type" string at its top level.
+    row_like = isinstance(data.get("params"), dict) and (
+        set(data) <= ROW_KEYS or isinstance(data.get("task_type"), str)
+    )
     if row_like:
         params = data["params"]
         file_type = data.get("task_type")

@@ -146,3 +146,17 @@ def test_default_database_comes_from_the_environment_and_tables_render(cli, queu
     # no --db and no environment: the worker's default, ./tasks.db
     assert cli("migrate").returncode == 0
     assert (tmp_path / "tasks.db").exists()
+
+
+def test_enqueue_row_file_with_extra_columns_takes_its_params(cli, tmp_path: Path) -> None:
+    # tests/reproducers/*.json and rows exported from a tasks table carry a description or other columns.
+    queue_url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    row_file = write_json(
+        tmp_path / "row.json",
+        {"task_type": "debug_sleep", "description": "a note", "status": "Complete", "params": {"seconds": 0}},
+    )
+    enqueued = cli("enqueue", row_file, "--db", queue_url)
+    assert enqueued.returncode == 0, enqueued.stderr
+    (row,) = cli("list", "--json", "--db", queue_url).json()
+    assert (row["id"], row["task_type"], row["status"]) == (enqueued.last_line, "debug_sleep", "Queued")
+    assert row["params"] == {"seconds": 0}
