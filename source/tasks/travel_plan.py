@@ -119,13 +119,6 @@ def plan_travel(
         if value < 0:
             raise TravelPlanError(f"orchestrator_details.frame_overlap_expanded[{i}]", f"expected >= 0, got {value}")
     quantized_overlaps = quantize_overlaps(frames, raw_overlaps)
-    # An overlap that fills a whole segment would leave nothing to generate between the pinned frames.
-    for i, overlap in enumerate(quantized_overlaps):
-        if overlap >= frames[i + 1] - 1:
-            raise TravelPlanError(
-                f"orchestrator_details.frame_overlap_expanded[{i}]",
-                f"expected an overlap shorter than segment {i + 1} minus its end keyframe ({frames[i + 1] - 1}), got {overlap}",
-            )
     chained = mode == "vace" and chain_segments
 
     segments = []
