@@ -73,11 +73,15 @@ def resolve_weights_dir(definition: ModelDefinition, cache_dir: Path) -> Path:
         return ensure_tiny_model(folder, definition.architecture, definition.experts, source.tiny_seed)
     if source.local_dir is not None:
         folder = source.local_dir if source.local_dir.is_absolute() else cache_dir / source.local_dir
-        missing = [name for name in needed_subfolders(definition) if not (folder / name).is_dir()]
+        missing = _missing_subfolders(definition, folder)
         if missing:
             raise ModelLoadError(f"model {definition.id}: {folder} lacks the subfolder(s) {', '.join(missing)}")
         return folder
     return _download(definition)
+
+
+def _missing_subfolders(definition: ModelDefinition, folder: Path) -> list[str]:
+    return [name for name in needed_subfolders(definition) if not (folder / name).is_dir()]
 
 
 def _download(definition: ModelDefinition) -> Path:
@@ -88,11 +92,20 @@ def _download(definition: ModelDefinition) -> Path:
     logger.info("Fetching {} ({}@{}): {}", definition.id, source.repo_id, source.revision, ", ".join(patterns))
     try:
         # Uses the standard Hugging Face cache (HF_HOME), so pods share downloads with other tools.
-        return Path(snapshot_download(repo_id=source.repo_id, revision=source.revision, allow_patterns=patterns))
+        folder = Path(snapshot_download(repo_id=source.repo_id, revision=source.revision, allow_patterns=patterns))
     except Exception as error:  # huggingface_hub raises many types (HTTP, offline, auth); report them as one
         raise ModelLoadError(
             f"model {definition.id}: cannot fetch {source.repo_id}@{source.revision}: {error}"
         ) from error
+    # A repo without a needed subfolder (not diffusers-format, or one expert short) downloads "successfully";
+    # say so here instead of letting from_pretrained report a config.json missing from the snapshot root.
+    missing = _missing_subfolders(definition, folder)
+    if missing:
+        raise ModelLoadError(
+            f"model {definition.id}: {source.repo_id}@{source.revision} lacks the subfolder(s) {', '.join(missing)}"
+            " (expected a diffusers-format repo)"
+        )
+    return folder
 
 
 def load_components(definition: ModelDefinition, weights_dir: Path, device: torch.device) -> LoadedModel:

@@ -4,14 +4,21 @@ Backend tests run against a real SQLite file and a real PostgreSQL schema. Postg
 (e.g. postgresql://postgres@127.0.0.1:5432/postgres): one database is created for the session and dropped at the end;
 each test gets its own empty schema. Without the variable the Postgres cases are skipped with the reason, unless
 REQUIRE_POSTGRES=1 (set by .ci/run), which makes them fail instead.
+
+HTTP tests talk to real servers on 127.0.0.1 (`http_server`, `fake_hub`; see tests/local_http.py). The real Hugging
+Face Hub cannot be reached here: `fake_hub` is a local server that speaks its API, and the real `huggingface_hub`
+client is pointed at it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from huggingface_hub import constants as hf_constants
+from local_http import FakeHub, LocalServer
 
 from source.queue import TaskQueue, open_queue
 from source.queue.testing import (
@@ -52,3 +59,43 @@ def queue(queue_url: str) -> Iterator[TaskQueue]:
     opened.migrate()
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def http_server() -> Iterator[LocalServer]:
+    server = LocalServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]:
+    """The Hugging Face Hub client pointed at a `FakeHub` on 127.0.0.1 (HF_ENDPOINT), because the real Hub cannot be
+    reached here. Online whatever the developer's settings, with an empty Hub cache and no token of its own."""
+    hub = FakeHub()
+    hf_home = tmp_path_factory.mktemp("hf_home")
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    # huggingface_hub reads these variables once, at import; the client consults the module constants at call time.
+    monkeypatch.setattr(hf_constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(
+        hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HOME", str(hf_home))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(hf_home / "token"))
+    # The client fetches a registry of AI-agent harnesses (for its User-Agent) before its first request in a process,
+    # from the endpoint, unless a copy under HF_HOME is under a day old: give it an empty copy so that the fake Hub
+    # only sees the requests the code under test makes.
+    harness_registry = hf_home / ".agent_harnesses.json"
+    harness_registry.write_text(json.dumps({"standardEnvVars": [], "harnesses": {}}))
+    monkeypatch.setattr(hf_constants, "AGENT_HARNESSES_PATH", str(harness_registry))
+    try:
+        yield hub
+    finally:
+        hub.stop()

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from huggingface_hub import constants as hf_constants
 from safetensors.numpy import save as save_safetensors
 
 from source.storage import (
@@ -212,15 +211,6 @@ def test_local_lora_paths_and_names_in_the_lora_dir(tmp_path: Path) -> None:
         fetch_lora(str(tmp_path / "bad.safetensors"), tmp_path)
     with pytest.raises(DownloadError, match="no such local file"):
         fetch_lora("absent.safetensors", tmp_path)
-
-
-@pytest.fixture
-def fake_hub(http_server, monkeypatch: pytest.MonkeyPatch):
-    """Point the Hub client at the local server (HF_ENDPOINT), online regardless of the developer's settings."""
-    monkeypatch.setenv("HF_ENDPOINT", http_server.url)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    return http_server
 
 
 def _serve_hub_file(server, repo_path: str, body: bytes) -> None:
