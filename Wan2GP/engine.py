@@ -39,7 +39,14 @@ from Wan2GP.conditioning import (
 from Wan2GP.loading import LoadedModel, ModelLoadError, load_model
 from Wan2GP.lora_files import LoraDownloadError
 from Wan2GP.request import GenerationRequest, InvalidGenerationParams, check_param_names, resolve_request
-from Wan2GP.sampler import Conditioning, DenoiseResult, GenerationCancelled, denoise, needs_negative_prompt
+from Wan2GP.sampler import (
+    Conditioning,
+    DenoiseResult,
+    GenerationCancelled,
+    denoise,
+    expert_for_step,
+    needs_negative_prompt,
+)
 from Wan2GP.schedule import GenerationPlan, StepPlan
 from Wan2GP.text import WAN_DEFAULT_NEGATIVE_PROMPT, PromptEncoder, first_prompt_line
 from Wan2GP.video_io import VideoReadError, pixels_to_uint8, read_video, write_mp4
@@ -286,14 +293,25 @@ class WanEngine:
         if not request.lora_sources:
             return None  # no LoRA requested: the LoRA runtime (and peft) is not even imported
         from Wan2GP.lora_files import resolve_lora_file
-        from Wan2GP.loras import LoraError, LoraRuntime  # imported only when LoRAs are asked for (peft is heavy)
+        from Wan2GP.loras import (  # imported only when LoRAs are asked for (peft is heavy)
+            LoraError,
+            LoraRuntime,
+            forward_spans,
+        )
 
         paths = [
             resolve_lora_file(source, self.lora_dir, field=f"activated_loras[{index}]")
             for index, source in enumerate(request.lora_sources)
         ]
+        # Which mode is cheaper depends on how many forwards each set of strengths holds for (bench/README.md).
+        spans = forward_spans(
+            [
+                (expert_for_step(step, model.transformers), 1 if step.guidance == 1.0 else 2, step.lora_multipliers)
+                for step in request.plan.steps
+            ]
+        )
         try:
-            return LoraRuntime(model.transformers, paths)
+            return LoraRuntime(model.transformers, paths, spans=spans)
         except LoraError as error:
             raise InvalidGenerationParams(["activated_loras"], f"activated_loras: {error}") from None
 

@@ -48,6 +48,48 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 # re-merge 1.3 ms from pinned / 3.5 ms from pageable CPU memory (0.3 ms from a GPU copy we do not keep).
 CPU_AUTO_MODE: Literal["merged", "unmerged"] = "merged"
 
+
+@dataclass(frozen=True)
+class ModeCosts:
+    """What each mode costs on a GPU, in transformer forwards. Measured on an H100 at the Wan 2.2 A14B layer size with
+    2 LoRAs of rank 32 on every attention and ffn Linear (bench/README.md; ratios from one run)."""
+
+    unmerged_per_forward: float  # the extra LoRA matmuls of every forward
+    first_merge: float  # per expert: the exact host copy of every targeted weight, then the merge
+    re_merge: float  # per strength change of a merged expert
+    unmerge: float  # per merged expert at close()
+
+
+CUDA_MODE_COSTS = ModeCosts(unmerged_per_forward=0.176, first_merge=7.9, re_merge=3.3, unmerge=1.1)
+
+
+def forward_spans(steps: Sequence[tuple[str, int, tuple[float, ...]]]) -> dict[str, list[int]]:
+    """Per expert, how many forwards run under each constant set of strengths, in order. `steps` holds one
+    (expert, forwards, strengths) per denoising step."""
+    spans: dict[str, list[int]] = {}
+    previous: tuple[str, tuple[float, ...]] | None = None
+    for expert, forwards, strengths in steps:
+        if previous == (expert, strengths):
+            spans[expert][-1] += forwards
+        else:
+            spans.setdefault(expert, []).append(forwards)
+        previous = (expert, strengths)
+    return spans
+
+
+def choose_mode(
+    spans: Mapping[str, Sequence[int]], costs: ModeCosts = CUDA_MODE_COSTS
+) -> Literal["merged", "unmerged"]:
+    """The cheaper mode for a run whose strengths hold for `spans` forwards (forward_spans). Merging pays once per
+    strength change; unmerged pays on every forward. On the H100 merging wins only from ~20 forwards between changes,
+    which few-step (Lightning) schedules never reach."""
+    unmerged = costs.unmerged_per_forward * sum(sum(runs) for runs in spans.values())
+    merged = sum(
+        costs.first_merge + costs.re_merge * (len(runs) - 1) + costs.unmerge for runs in spans.values() if runs
+    )
+    return "merged" if merged < unmerged else "unmerged"
+
+
 ADAPTER_NAME_PREFIX = "lora"
 
 # Parameter suffixes of the keys `load_lora_state_dict` returns.
@@ -400,8 +442,9 @@ class LoraRuntime:
     the transformers behave as their base model. Always `close()` (or use `with`) to give the transformers back with
     their base weights and without adapter layers.
 
-    mode: "unmerged", "merged", or "auto": merged on CUDA and on CPU (measured faster, see CPU_AUTO_MODE) unless a
-    LoRA-targeted layer holds non-float (quantized) weights, which can only run unmerged. Raises LoraError for a file
+    mode: "unmerged", "merged", or "auto": on CPU merged (measured faster, see CPU_AUTO_MODE); on CUDA the cheaper of
+    the two for the run's `spans` (forward_spans of the plan; choose_mode), unmerged when no spans are given; always
+    unmerged when a LoRA-targeted layer holds non-float (quantized) weights. Raises LoraError for a file
     that cannot be read or does not fit the transformers; nothing stays attached then.
     """
 
@@ -411,7 +454,9 @@ class LoraRuntime:
         lora_paths: Sequence[Path],
         *,
         mode: str = "auto",
+        spans: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
+        self._spans = spans
         if mode not in ("auto", "merged", "unmerged"):
             raise ValueError(f"mode: expected 'auto', 'merged' or 'unmerged', got {mode!r}")
         if not transformers:
@@ -551,11 +596,13 @@ class LoraRuntime:
             if name not in attached.original_weights:
                 attached.original_weights[name] = _exact_copy(base)
             original_weight, original_bias = attached.original_weights[name]
-            # One fp32 sum from the pristine copy, rounded once: no drift however often strengths change.
-            weight = original_weight.to(device=base.weight.device, dtype=torch.float32, copy=True)
+            # One fp32 sum from the pristine copy, rounded once: no drift however often strengths change. The copy
+            # travels in its own dtype and widens on the device: converting on the host first sends twice the bytes
+            # (bf16 -> fp32) through a pageable-memory path (bench/README.md measured ~3 GB/s that way).
+            weight = original_weight.to(device=base.weight.device, copy=True).float()
             bias = None
             if original_bias is not None:
-                bias = original_bias.to(device=base.weight.device, dtype=torch.float32, copy=True)
+                bias = original_bias.to(device=base.weight.device, copy=True).float()
             for adapter, value in terms:
                 scale = value * layer.lora_alpha[adapter] / layer.r[adapter]
                 lora_a = layer.lora_A[adapter].weight.to(device=weight.device, dtype=torch.float32)
@@ -586,7 +633,9 @@ class LoraRuntime:
         devices = {
             parameter.device.type for attached in self._attached for parameter in attached.transformer.parameters()
         }
-        return "merged" if "cuda" in devices else CPU_AUTO_MODE
+        if "cuda" not in devices:
+            return CPU_AUTO_MODE
+        return choose_mode(self._spans) if self._spans else "unmerged"
 
 
 def _attach(

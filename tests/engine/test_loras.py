@@ -470,3 +470,42 @@ def test_modes_and_arguments_are_checked(transformer, spec, tmp_path: Path) -> N
     with LoraRuntime({"high": transformer}, []) as runtime:  # no LoRAs: a no-op runtime
         runtime.set_step_strengths("high", [])
         assert not any(isinstance(module, LoraLayer) for module in transformer.modules())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Choosing merged vs unmerged on a GPU from the measured costs (bench/README.md)
+
+
+def test_forward_spans_group_constant_strengths_per_expert() -> None:
+    from Wan2GP.loras import forward_spans
+
+    # The seed-001 run-2 shape: 6 steps, CFG 3 on the first 2, high lora 0.75 -> 1.0 -> 0, expert switch at step 4.
+    steps = [
+        ("high", 2, (0.75, 0.0)),
+        ("high", 2, (0.75, 0.0)),
+        ("high", 1, (1.0, 0.0)),
+        ("high", 1, (1.0, 0.0)),
+        ("low", 1, (0.0, 1.0)),
+        ("low", 1, (0.0, 1.0)),
+    ]
+    assert forward_spans(steps) == {"high": [4, 2], "low": [2]}
+
+
+def test_few_step_runs_stay_unmerged_and_long_constant_runs_merge() -> None:
+    from Wan2GP.loras import CUDA_MODE_COSTS, choose_mode
+
+    assert choose_mode({"high": [4, 2], "low": [2]}) == "unmerged"  # Lightning: 8 forwards in all
+    long_constant = {"high": [200], "low": [200]}  # e.g. 100 CFG steps per expert at one strength
+    assert choose_mode(long_constant) == "merged"
+    # The break-even follows the costs: merging one expert pays first_merge + unmerge once.
+    per_expert = CUDA_MODE_COSTS.first_merge + CUDA_MODE_COSTS.unmerge
+    threshold = int(per_expert / CUDA_MODE_COSTS.unmerged_per_forward)
+    assert choose_mode({"high": [threshold - 1]}) == "unmerged"
+    assert choose_mode({"high": [threshold + 1]}) == "merged"
+
+
+def test_auto_on_cpu_merges_regardless_of_spans(tmp_path: Path) -> None:
+    transformer = tiny_transformer(seed=3)
+    path = write_diffusers(make_lora_spec(transformer, seed=4), tmp_path / "l.safetensors")
+    with LoraRuntime({"high": transformer}, [path], spans={"high": [1]}) as runtime:
+        assert runtime.mode == "merged"
