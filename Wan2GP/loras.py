@@ -44,8 +44,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 #   6 layers x dim 384: base 613 ms, unmerged 776 ms, merged 625 ms; change: unmerged 2 ms, merged re-merge 33 ms
 #   8 layers x dim 512: base 1298 ms, unmerged 1581 ms, merged 1273 ms; change: unmerged 3 ms, merged re-merge 43 ms
 # Unmerged LoRA matmuls cost ~20-25% of every forward, a re-merge ~3% of one, so "auto" merges on CPU too.
-# One H200, bf16, one 5120x5120 layer at 32760 tokens, 2 LoRAs rank 32: base 2.1 ms, unmerged 3.2 ms per forward;
-# re-merge 1.3 ms from pinned / 3.5 ms from pageable CPU memory (0.3 ms from a GPU copy we do not keep).
 CPU_AUTO_MODE: Literal["merged", "unmerged"] = "merged"
 
 
@@ -60,7 +58,7 @@ class ModeCosts:
     unmerge: float  # per merged expert at close()
 
 
-CUDA_MODE_COSTS = ModeCosts(unmerged_per_forward=0.176, first_merge=7.9, re_merge=3.3, unmerge=1.1)
+CUDA_MODE_COSTS = ModeCosts(unmerged_per_forward=0.170, first_merge=6.26, re_merge=0.89, unmerge=1.12)
 
 
 def forward_spans(steps: Sequence[tuple[str, int, tuple[float, ...]]]) -> dict[str, list[int]]:
@@ -81,8 +79,8 @@ def choose_mode(
     spans: Mapping[str, Sequence[int]], costs: ModeCosts = CUDA_MODE_COSTS
 ) -> Literal["merged", "unmerged"]:
     """The cheaper mode for a run whose strengths hold for `spans` forwards (forward_spans). Merging pays once per
-    strength change; unmerged pays on every forward. On the H100 merging wins only from ~20 forwards between changes,
-    which few-step (Lightning) schedules never reach."""
+    strength change; unmerged pays on every forward. On the H100 merging wins from ~5 forwards between changes and ~45
+    per expert with constant strengths, which few-step (Lightning) schedules do not reach."""
     unmerged = costs.unmerged_per_forward * sum(sum(runs) for runs in spans.values())
     merged = sum(
         costs.first_merge + costs.re_merge * (len(runs) - 1) + costs.unmerge for runs in spans.values() if runs
