@@ -3,6 +3,9 @@ tiny models built once per session."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,18 @@ def worker_env(tmp_path, model_cache):
     env.queue, env.settings, env.tmp = queue, settings, tmp_path
     yield env
     queue.close()
+
+
+@pytest.fixture(scope="session")
+def ffprobe() -> Callable[[str], dict]:
+    """The video stream of an mp4 as ffprobe decodes it: exact frame count, size, codec, pixel format."""
+
+    def probe(path: str) -> dict:
+        command = [
+            "ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+            "stream=nb_read_frames,width,height,codec_name,pix_fmt", "-of", "json", str(path),
+        ]  # fmt: skip
+        out = subprocess.run(command, check=True, capture_output=True, text=True)
+        return json.loads(out.stdout)["streams"][0]
+
+    return probe

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,28 +18,6 @@ def test_every_default_model_is_in_the_catalog():
     catalog = load_catalog()
     for task_type, model in DEFAULT_MODEL_BY_TASK_TYPE.items():
         assert catalog.get(model).id == model, task_type
-
-
-def _probe(path: str) -> dict:
-    out = subprocess.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-count_frames",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=nb_read_frames,width,height",
-            "-of",
-            "json",
-            path,
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout)["streams"][0]
 
 
 @pytest.mark.parametrize(
@@ -61,7 +37,7 @@ def _probe(path: str) -> dict:
         ),
     ],
 )
-def test_generation_task_writes_its_video_under_outputs(worker_env, task_type, params, expected):
+def test_generation_task_writes_its_video_under_outputs(worker_env, ffprobe, task_type, params, expected):
     task_id = worker_env.queue.enqueue(task_type, params)
     assert worker_env.drain() == 0
     task = worker_env.queue.get(task_id)
@@ -69,7 +45,7 @@ def test_generation_task_writes_its_video_under_outputs(worker_env, task_type, p
     location = Path(task.output_location)
     assert location.parent == worker_env.settings.output_dir / task_type
     assert location.name.startswith(task_id)
-    probe = _probe(str(location))
+    probe = ffprobe(str(location))
     assert (int(probe["nb_read_frames"]), probe["width"], probe["height"]) == expected
     assert task.result["frames"] == expected[0]
     assert Path(task.result["thumbnail"]).is_file()

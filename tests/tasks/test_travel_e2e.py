@@ -34,28 +34,6 @@ def _reproducer(name: str) -> dict:
     return json.loads((REPRODUCERS / name).read_text())["params"]
 
 
-def _ffprobe(path: str) -> dict:
-    out = subprocess.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-count_frames",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=nb_read_frames,width,height,codec_name,pix_fmt",
-            "-of",
-            "json",
-            path,
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout)["streams"][0]
-
-
 def _tiny_lora(model_id: str, cache: Path, path: Path, seed: int) -> str:
     """An original-Wan-format LoRA on every block's self-attention query of the tiny model."""
     loaded = load_model(load_catalog().get(model_id), cache, torch.device("cpu"))
@@ -80,7 +58,7 @@ def _run1_payload(model: str) -> dict:
     return params
 
 
-def _assert_final_video(queue, orchestrator_id: str, expected_frames: int, size: tuple[int, int]) -> dict:
+def _assert_final_video(queue, ffprobe, orchestrator_id: str, expected_frames: int, size: tuple[int, int]) -> dict:
     orchestrator = queue.get(orchestrator_id)
     assert orchestrator.status == TaskStatus.COMPLETE, orchestrator.error_message
     children = queue.children(orchestrator_id)
@@ -88,7 +66,7 @@ def _assert_final_video(queue, orchestrator_id: str, expected_frames: int, size:
     stitch = next(child for child in children if child.role == "stitch")
     assert orchestrator.output_location == stitch.output_location
     assert orchestrator.result["output"]["frames"] == expected_frames
-    probe = _ffprobe(orchestrator.output_location)
+    probe = ffprobe(orchestrator.output_location)
     assert int(probe["nb_read_frames"]) == expected_frames
     assert (probe["width"], probe["height"]) == size
     assert (probe["codec_name"], probe["pix_fmt"]) == ("h264", "yuv420p")
@@ -96,11 +74,11 @@ def _assert_final_video(queue, orchestrator_id: str, expected_frames: int, size:
 
 
 @pytest.mark.slow
-def test_run1_shape_i2v_without_phase_config(worker_env):
+def test_run1_shape_i2v_without_phase_config(worker_env, ffprobe):
     # Seed 001 run 1: segments [61, 61], overlap 6, no phase_config, no LoRAs -> 116 frames (upstream wrote 120).
     orchestrator_id = worker_env.queue.enqueue("travel_orchestrator", _run1_payload("wan_tiny_i2v_2_2"), project_id="p")
     assert worker_env.drain() == 0
-    _assert_final_video(worker_env.queue, orchestrator_id, 61 + 61 - 6, (64, 64))
+    _assert_final_video(worker_env.queue, ffprobe, orchestrator_id, 61 + 61 - 6, (64, 64))
     segments = [c for c in worker_env.queue.children(orchestrator_id) if c.role == "segment"]
     assert [c.result["frames"] for c in segments] == [61, 61]
     # i2v segments are independent, so several workers could take them at once; only the stitch waits for both.
@@ -108,7 +86,7 @@ def test_run1_shape_i2v_without_phase_config(worker_env):
 
 
 @pytest.mark.slow
-def test_run2_shape_vace_three_phases_two_loras(worker_env, model_cache):
+def test_run2_shape_vace_three_phases_two_loras(worker_env, model_cache, ffprobe):
     params = copy.deepcopy(_reproducer("seed_001_run2_3phase.json"))
     details = params["orchestrator_details"]
     high = _tiny_lora("wan_tiny_vace", model_cache, worker_env.tmp / "high_noise_model.safetensors", seed=1)
@@ -121,7 +99,7 @@ def test_run2_shape_vace_three_phases_two_loras(worker_env, model_cache):
     orchestrator_id = worker_env.queue.enqueue("travel_orchestrator", params, project_id="p")
     assert worker_env.drain() == 0
     # [53, 45] with overlap 6 -> 92 frames (upstream wrote 96 while logging 92).
-    _assert_final_video(worker_env.queue, orchestrator_id, 53 + 45 - 6, (64, 48))
+    _assert_final_video(worker_env.queue, ffprobe, orchestrator_id, 53 + 45 - 6, (64, 48))
     segments = sorted(
         (c for c in worker_env.queue.children(orchestrator_id) if c.role == "segment"), key=lambda c: c.segment_index
     )
@@ -202,7 +180,7 @@ def test_rerunning_a_crashed_orchestrator_creates_no_duplicates(worker_env):
 
 
 @pytest.mark.slow
-def test_cli_enqueue_and_worker_once_black_box(tmp_path, model_cache):
+def test_cli_enqueue_and_worker_once_black_box(tmp_path, model_cache, ffprobe):
     """What an operator types: enqueue a travel payload with the CLI, run `python worker.py --once`."""
     payload = _run1_payload("wan_tiny_i2v_2_2")
     payload["orchestrator_details"].update(segment_frames_expanded=[13, 17], frame_overlap_expanded=[4])
@@ -258,4 +236,4 @@ def test_cli_enqueue_and_worker_once_black_box(tmp_path, model_cache):
     )
     rows = {row["id"]: row for row in json.loads(listed.stdout)}
     assert rows[orchestrator_id]["status"] == "Complete", rows[orchestrator_id]["error_message"]
-    assert int(_ffprobe(rows[orchestrator_id]["output_location"])["nb_read_frames"]) == 13 + 17 - 4
+    assert int(ffprobe(rows[orchestrator_id]["output_location"])["nb_read_frames"]) == 13 + 17 - 4
