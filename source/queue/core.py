@@ -662,6 +662,18 @@ class SqlTaskQueue(ABC):
                 if task.parent_id:
                     related.append(self._get_locked(tx, task.parent_id))
                 pending.extend(related)
+            # A reset task whose dependency stays Failed/Cancelled would wait forever: the dependency must be retried.
+            resetting = {task.id for task in order}
+            for task in order:
+                for dependency_id in _unique([task.dependant_on, *task.depends_on]):
+                    if dependency_id in resetting:
+                        continue
+                    dependency = tx.one("get_task", task_id=dependency_id)
+                    if dependency is not None and dependency["status"] in ("Failed", "Cancelled"):
+                        raise TaskStateError(
+                            f"cannot retry task {task_id}: task {task.id} depends on {dependency_id}, which is "
+                            f"{dependency['status']}; retry {dependency_id} instead (that resets its dependents too)"
+                        )
             for task in order:
                 # An orchestrator that had already enqueued its children goes back to waiting for them.
                 status = TaskStatus.IN_PROGRESS if task.awaiting_children else TaskStatus.QUEUED

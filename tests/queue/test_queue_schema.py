@@ -4,6 +4,7 @@ named-statement loader and database URLs."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -205,5 +206,42 @@ def test_a_reigh_style_postgres_table_with_uuid_ids_is_adopted(postgres_database
             assert queue.get(parent_id).status is TaskStatus.FAILED
             queue.upsert_worker("w1", status="idle", current_task_id=None, metadata={})
             assert [worker.id for worker in queue.list_workers()] == ["w1"]
+        finally:
+            queue.close()
+
+
+@pytest.mark.postgres
+def test_a_reigh_table_with_an_enum_status_column_lists_and_reclaims(postgres_database_url: str) -> None:
+    import psycopg
+
+    from source.queue.testing import temporary_schema
+
+    with temporary_schema(postgres_database_url) as url:
+        with psycopg.connect(url, autocommit=True) as connection:  # Reigh may type `status` as an enum
+            connection.execute(
+                "CREATE TYPE task_status AS ENUM ('Queued', 'In Progress', 'Complete', 'Failed', 'Cancelled')"
+            )
+            connection.execute(
+                "CREATE TABLE tasks (id uuid PRIMARY KEY, task_type text NOT NULL, params jsonb NOT NULL, "
+                "status task_status NOT NULL DEFAULT 'Queued', dependant_on uuid NULL, output_location text, "
+                "project_id uuid, created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz, "
+                "generation_started_at timestamptz, generation_processed_at timestamptz)"
+            )
+        queue = open_queue(url)
+        try:
+            assert queue.migrate() == 2
+            retried = queue.enqueue("t", {}, max_attempts=2)
+            assert [task.id for task in queue.list_tasks(status="Queued")] == [retried]
+            assert queue.claim("w1", lease_seconds=0.05) is not None
+            time.sleep(0.2)
+            assert queue.reclaim_expired() == 1
+            task = queue.get(retried)
+            assert (task.status, task.attempts, task.worker_id) == (TaskStatus.QUEUED, 1, None)
+            assert queue.claim("w1", lease_seconds=0.05) is not None
+            time.sleep(0.2)
+            assert queue.reclaim_expired() == 1
+            task = queue.get(retried)
+            assert (task.status, task.attempts) == (TaskStatus.FAILED, 2)
+            assert task.error_message == "lease expired on worker w1; gave up after 2 attempts"
         finally:
             queue.close()

@@ -234,6 +234,20 @@ def test_retry_resets_the_task_and_what_failed_with_it(queue: TaskQueue) -> None
     assert task is not None and task.id == root
 
 
+def test_retry_of_a_dependent_refuses_while_its_dependency_stays_failed(queue: TaskQueue) -> None:
+    root = queue.enqueue("seg", {})
+    child = queue.enqueue("seg", {}, dependant_on=root)
+    assert claim(queue) is not None
+    queue.fail(root, "w1", "bad prompt")
+    assert queue.get(child).status is TaskStatus.FAILED
+
+    # Resetting only the child would leave it Queued behind a Failed dependency, never claimable.
+    with pytest.raises(TaskStateError, match=f"depends on {root}, which is Failed; retry {root}"):
+        queue.retry(child)
+    assert queue.get(child).status is TaskStatus.FAILED
+    assert set(queue.retry(root)) == {root, child}
+
+
 def test_release_puts_the_task_back_without_an_attempt_penalty(queue: TaskQueue) -> None:
     task_id = queue.enqueue("t", {})
     assert claim(queue, "w1") is not None

@@ -69,7 +69,7 @@ SELECT t.*, ARRAY(
     SELECT l.depends_on_id FROM task_dependencies l WHERE l.task_id = t.id::text ORDER BY l.position
 ) AS depends_on_list
 FROM tasks t
-WHERE (%(status)s::text IS NULL OR t.status = %(status)s::text)
+WHERE (%(status)s::text IS NULL OR t.status::text = %(status)s::text)
   AND (%(task_type)s::text IS NULL OR t.task_type = %(task_type)s::text)
 ORDER BY t.created_at DESC, t.seq DESC
 LIMIT %(limit)s
@@ -175,29 +175,35 @@ RETURNING id
 
 -- name: reclaim_expired
 -- Expired leases (or every task of %(of_worker)s, a worker that restarted): one more attempt used; Failed past the
--- cap. SKIP LOCKED: rows another transaction is finishing right now are not expired for long.
-UPDATE tasks
-SET attempts = attempts + 1,
-    status = CASE WHEN attempts + 1 >= max_attempts THEN 'Failed' ELSE 'Queued' END,
-    error_message = CASE
-        WHEN attempts + 1 >= max_attempts
-        THEN 'lease expired on worker ' || COALESCE(worker_id, '?') || '; gave up after '
-             || (attempts + 1) || ' attempts'
-        ELSE 'lease expired on worker ' || COALESCE(worker_id, '?') || ' (attempt '
-             || (attempts + 1) || ' of ' || max_attempts || ')'
-        END,
-    lease_expires_at = NULL, heartbeat_at = NULL, available_at = NULL,
-    generation_started_at = CASE WHEN attempts + 1 >= max_attempts THEN generation_started_at ELSE NULL END,
-    worker_id = CASE WHEN attempts + 1 >= max_attempts THEN worker_id ELSE NULL END,
-    updated_at = now()
-WHERE id IN (
+-- cap. SKIP LOCKED: rows another transaction is finishing right now are not expired for long. Two UPDATEs with
+-- literal statuses rather than one CASE: a CASE is typed text, which a Reigh table's enum `status` column rejects.
+WITH expired AS (
     SELECT t.id FROM tasks t
     WHERE t.status = 'In Progress' AND NOT t.awaiting_children
       AND ((%(of_worker)s::text IS NULL AND t.lease_expires_at IS NOT NULL AND t.lease_expires_at < now())
            OR (%(of_worker)s::text IS NOT NULL AND t.worker_id = %(of_worker)s::text))
     FOR UPDATE OF t SKIP LOCKED
-) AND status = 'In Progress'
-RETURNING id, status, error_message
+), gave_up AS (
+    UPDATE tasks
+    SET attempts = attempts + 1, status = 'Failed',
+        error_message = 'lease expired on worker ' || COALESCE(worker_id, '?') || '; gave up after '
+            || (attempts + 1) || ' attempts',
+        lease_expires_at = NULL, heartbeat_at = NULL, available_at = NULL, updated_at = now()
+    WHERE id IN (SELECT id FROM expired) AND status = 'In Progress' AND attempts + 1 >= max_attempts
+    RETURNING id, status::text AS status, error_message
+), requeued AS (
+    UPDATE tasks
+    SET attempts = attempts + 1, status = 'Queued',
+        error_message = 'lease expired on worker ' || COALESCE(worker_id, '?') || ' (attempt '
+            || (attempts + 1) || ' of ' || max_attempts || ')',
+        lease_expires_at = NULL, heartbeat_at = NULL, available_at = NULL, generation_started_at = NULL,
+        worker_id = NULL, updated_at = now()
+    WHERE id IN (SELECT id FROM expired) AND status = 'In Progress' AND attempts + 1 < max_attempts
+    RETURNING id, status::text AS status, error_message
+)
+SELECT id, status, error_message FROM gave_up
+UNION ALL
+SELECT id, status, error_message FROM requeued
 
 -- name: reset_task
 -- retry: a Failed or Cancelled task starts over (awaiting orchestrators go back to waiting for their children).
