@@ -37,7 +37,8 @@ def handle_generation(ctx: TaskContext) -> TaskOutcome:
     request["model"] = model.id
     for name in _INPUT_FILES:
         if request.get(name):
-            request[name] = str(fetch_input(str(request[name]), ctx.work_dir, field=name))
+            # One folder per input: two URLs may end in the same file name.
+            request[name] = str(fetch_input(str(request[name]), ctx.work_dir / name, field=name))
     if params.lora_sources():
         request["activated_loras"] = [
             str(p) for p in fetch_loras(params.lora_sources(), ctx.settings.lora_dir, field="activated_loras")

@@ -43,16 +43,25 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
     for warning in warnings:
         logger.warning(warning)
 
+    if details.segment_count <= 0:  # upstream §3.1: nothing to generate, the task succeeds vacuously
+        return TaskOutcome(message="num_new_segments_to_generate <= 0: nothing to generate", result={"segments": 0})
+
     seed = details.seed_base if details.seed_base is not None else 12345
     if seed < 0:
         seed = random.randint(0, 999_999_999)
+    # Upstream generates num_new_segments_to_generate segments and reads the per-segment lists by index, so longer
+    # lists are allowed; the payload model has already checked that they are not shorter.
+    count = details.segment_count
+    overlaps = details.frame_overlap_expanded
+    if isinstance(overlaps, list) and len(overlaps) > 1:
+        overlaps = overlaps[: count - 1]
     try:
         plan = plan_travel(
             mode=mode,
             chain_segments=details.chain_segments is not False,
             images=list(details.input_image_paths_resolved or []),
-            segment_frames=list(details.segment_frames_expanded),
-            overlaps=details.frame_overlap_expanded,
+            segment_frames=list(details.segment_frames_expanded)[:count],
+            overlaps=overlaps,
             base_prompt=details.base_prompt or "",
             base_prompts=list(details.base_prompts_expanded or []),
             enhanced_prompts=list(details.enhanced_prompts_expanded or []),
@@ -64,11 +73,6 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
         )
     except TravelPlanError as error:
         raise TaskInputError(str(error)) from error
-    if details.num_new_segments_to_generate is not None and details.num_new_segments_to_generate != len(plan.segments):
-        raise TaskInputError(
-            "orchestrator_details.num_new_segments_to_generate: expected "
-            f"{len(plan.segments)} (the length of segment_frames_expanded), got {details.num_new_segments_to_generate}"
-        )
     if details.enhance_prompt and not any(details.enhanced_prompts_expanded or []):
         logger.warning("enhance_prompt is set but this worker has no VLM prompt enhancer; using the base prompts")
 

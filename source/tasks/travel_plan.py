@@ -33,8 +33,14 @@ def quantize_frames(frames: int) -> int:
 
 def quantize_overlaps(frames: list[int], overlaps: list[int]) -> list[int]:
     """Overlaps become even (rounded down) and never longer than either neighbour. Upstream clamped after rounding,
-    which could hand back an odd overlap (a 4n+1 neighbour); here the clamp comes first so the result stays even."""
-    return [max(0, (min(overlap, frames[i], frames[i + 1]) // 2) * 2) for i, overlap in enumerate(overlaps)]
+    which could hand back an odd overlap (a 4n+1 neighbour); here the clamp comes first so the result stays even.
+    A segment's two overlaps together never exceed its frames either (the stitch keeps frames[O_prev : L - O_next] of
+    it), so an overlap is also clamped to what the previous join left of its first segment."""
+    quantized: list[int] = []
+    for i, overlap in enumerate(overlaps):
+        left_free = frames[i] - (quantized[i - 1] if i > 0 else 0)
+        quantized.append(max(0, (min(overlap, left_free, frames[i + 1]) // 2) * 2))
+    return quantized
 
 
 @dataclass(frozen=True)

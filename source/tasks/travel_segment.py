@@ -56,7 +56,10 @@ def handle_travel_segment(ctx: TaskContext) -> TaskOutcome:
         "loras_multipliers": list(generation.lora_multipliers),
     }
     if params.travel_mode == "vace":
-        previous_tail = _previous_tail(ctx, params) if params.frame_overlap_from_previous else None
+        # Only a chained segment carries the previous tail (the plan then gives it no start keyframe); independent
+        # segments also overlap their neighbours, but only the stitch uses that.
+        carries_tail = params.frame_overlap_from_previous > 0 and start_image is None
+        previous_tail = _previous_tail(ctx, params) if carries_tail else None
         guide = build_vace_guide(
             frames=frames,
             width=width,

@@ -115,6 +115,31 @@ def test_run2_shape_vace_three_phases_two_loras(worker_env, model_cache, ffprobe
 
 
 @pytest.mark.slow
+def test_independent_vace_segments_with_overlap_stitch_to_the_contract(worker_env, ffprobe):
+    # chain_segments=false: each VACE segment starts at its own keyframe and reads no predecessor, yet still overlaps
+    # its neighbour in the stitch (segment 1 used to fail: "carries 2 frames but depends on no previous segment").
+    params = _run1_payload("wan_tiny_vace")
+    details = params["orchestrator_details"]
+    details.update(segment_frames_expanded=[9, 13], frame_overlap_expanded=[2], chain_segments=False)
+    orchestrator_id = worker_env.queue.enqueue("travel_orchestrator", params, project_id="p")
+    assert worker_env.drain() == 0
+    _assert_final_video(worker_env.queue, ffprobe, orchestrator_id, 9 + 13 - 2, (64, 64))
+    segments = [c for c in worker_env.queue.children(orchestrator_id) if c.role == "segment"]
+    assert all(c.dependant_on is None for c in segments)
+
+
+def test_zero_segments_to_generate_succeeds_vacuously(worker_env):
+    # upstream_worker_spec §3.1: num_new_segments_to_generate <= 0 completes the orchestrator with nothing enqueued.
+    params = _run1_payload("wan_tiny_i2v_2_2")
+    params["orchestrator_details"].update(num_new_segments_to_generate=0, segment_frames_expanded=[])
+    orchestrator_id = worker_env.queue.enqueue("travel_orchestrator", params, project_id="p")
+    assert worker_env.drain() == 0
+    orchestrator = worker_env.queue.get(orchestrator_id)
+    assert orchestrator.status == TaskStatus.COMPLETE, orchestrator.error_message
+    assert worker_env.queue.children(orchestrator_id) == []
+
+
+@pytest.mark.slow
 def test_segment_failure_fails_stitch_and_orchestrator_with_the_reason(worker_env):
     params = _run1_payload("wan_tiny_i2v_2_2")
     details = params["orchestrator_details"]
@@ -237,3 +262,34 @@ def test_cli_enqueue_and_worker_once_black_box(tmp_path, model_cache, ffprobe):
     rows = {row["id"]: row for row in json.loads(listed.stdout)}
     assert rows[orchestrator_id]["status"] == "Complete", rows[orchestrator_id]["error_message"]
     assert int(ffprobe(rows[orchestrator_id]["output_location"])["nb_read_frames"]) == 13 + 17 - 4
+
+
+def test_num_new_segments_to_generate_takes_the_first_entries_of_longer_lists(worker_env):
+    # Upstream reads the per-segment lists by index, so a payload may carry more entries than segments.
+    params = _run1_payload("wan_tiny_i2v_2_2")
+    details = params["orchestrator_details"]
+    details.update(
+        num_new_segments_to_generate=2,
+        segment_frames_expanded=[13, 17, 21],
+        frame_overlap_expanded=[4, 6],
+        input_image_paths_resolved=[*KEYFRAMES, KEYFRAMES[0]],
+    )
+    orchestrator_id = worker_env.queue.enqueue("travel_orchestrator", params, project_id="p")
+    task = worker_env.queue.claim("w", lease_seconds=60)
+    work_dir = worker_env.tmp / "work"
+    work_dir.mkdir()
+    outcome = handle_travel_orchestrator(
+        TaskContext(
+            task=task,
+            queue=worker_env.queue,
+            worker_id="w",
+            output_dir=worker_env.tmp,
+            work_dir=work_dir,
+            settings=worker_env.settings,
+            services=build_services(worker_env.settings),
+        )
+    )
+    assert outcome.result["segment_frames"] == [13, 17]
+    assert outcome.result["expected_final_frames"] == 13 + 17 - 4
+    children = worker_env.queue.children(orchestrator_id)
+    assert sorted(c.role for c in children) == ["segment", "segment", "stitch"]

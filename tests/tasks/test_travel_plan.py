@@ -76,6 +76,14 @@ def test_per_segment_prompts_win_and_negative_prompts_are_not_clobbered():
     assert [s.negative_prompt for s in plan.segments] == ["blurry", "neg"]
 
 
+def test_overlaps_of_a_middle_segment_never_exceed_its_frames():
+    # [9, 9, 9] with overlap 8 passed the planner, generated every segment, then failed the stitch (8 + 8 > 9).
+    plan = _plan(segment_frames=[9, 9, 9], overlaps=[8, 8], images=["a", "b", "c", "d"])
+    assert plan.overlaps == (8, 0) and plan.final_frames == 19
+    for index, segment in enumerate(plan.segments):
+        assert segment.overlap_from_previous + segment.overlap_with_next <= segment.frames, index
+
+
 def test_longest_overlap_leaves_only_the_end_keyframe():
     # Even overlaps never exceed a 4n+1 neighbour, so at least the end keyframe of the next segment stays its own.
     plan = _plan(segment_frames=[9, 9], overlaps=[9])
@@ -113,4 +121,5 @@ def test_contract_holds_for_any_valid_shape(frames, overlap):
     assert all(o % 2 == 0 for o in plan.overlaps)
     assert plan.final_frames == sum(s.frames for s in plan.segments) - sum(plan.overlaps)
     assert all(o < s.frames for o, s in zip(plan.overlaps, plan.segments[1:], strict=True))
+    assert all(s.overlap_from_previous + s.overlap_with_next <= s.frames for s in plan.segments)
     assert plan.final_frames > 0
