@@ -12,7 +12,13 @@ from pydantic import BaseModel
 
 from source.params.errors import PayloadError, parse_model
 from source.storage.downloads import DownloadError, fetch_lora, fetch_to
-from source.tasks.context import TaskCancelled, TaskContext, TaskInputError, TransientTaskError
+from source.tasks.context import (
+    FatalWorkerError,
+    TaskCancelled,
+    TaskContext,
+    TaskInputError,
+    TransientTaskError,
+)
 from Wan2GP.catalog import CatalogError, ModelDefinition, load_catalog
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -83,6 +89,39 @@ def run_engine(ctx: TaskContext, request: dict[str, Any]) -> Any:
         raise TaskCancelled(str(error)) from error
     except (ModelLoadError, LoraDownloadError) as error:
         raise TransientTaskError(str(error)) from error
+    except Exception as error:
+        gpu_failure = classify_gpu_failure(error)
+        if gpu_failure is None:
+            raise
+        raise gpu_failure from error
+
+
+# After these the process's CUDA context is unusable: the task goes back to the queue and the worker exits so the pod
+# restarts (upstream kept polling with a broken GPU, §10.4). Out-of-memory is different: retried, like upstream.
+FATAL_GPU_MESSAGES = (
+    "illegal memory access",
+    "unspecified launch failure",
+    "fallen off the bus",
+    "cuda driver",
+    "no cuda-capable device",
+    "nvml",
+    "device-side assert",
+    "uncorrectable ecc error",
+)
+
+
+def classify_gpu_failure(error: BaseException) -> Exception | None:
+    """FatalWorkerError for a broken GPU, TransientTaskError for running out of GPU memory, None for anything else."""
+    import torch  # already imported by the engine that raised
+
+    if isinstance(error, torch.OutOfMemoryError):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return TransientTaskError(f"out of GPU memory: {error}")
+    message = str(error).lower()
+    if isinstance(error, RuntimeError) and any(pattern in message for pattern in FATAL_GPU_MESSAGES):
+        return FatalWorkerError(f"the GPU is unusable: {error}")
+    return None
 
 
 def engine_progress(ctx: TaskContext) -> Callable[[Any], None]:
