@@ -22,6 +22,7 @@ from source.tasks.travel_support import (
     load_model_definition,
     parse_payload,
     run_engine,
+    travel_mode_for,
 )
 
 
@@ -55,7 +56,9 @@ def handle_travel_segment(ctx: TaskContext) -> TaskOutcome:
         "activated_loras": [str(p) for p in lora_paths],
         "loras_multipliers": list(generation.lora_multipliers),
     }
-    if params.travel_mode == "vace":
+    # Rows written by our orchestrator say the mode; a segment row from elsewhere gets it from what the model is.
+    mode = params.travel_mode or travel_mode_for(model, requested=None)
+    if mode == "vace":
         # Only a chained segment carries the previous tail (the plan then gives it no start keyframe); independent
         # segments also overlap their neighbours, but only the stitch uses that.
         carries_tail = params.frame_overlap_from_previous > 0 and start_image is None
