@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -32,9 +31,9 @@ import diffusers
 import torch
 import transformers
 from diffusers import WanTransformer3DModel
-from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from loguru import logger
-from transformers import UMT5Config, UMT5EncoderModel
+from random_models import build_text_encoder, build_transformer
+from transformers import UMT5EncoderModel
 
 from Wan2GP.sampler import Conditioning, DenoiseResult, denoise
 from Wan2GP.schedule import GenerationPlan, StepPlan, build_plan, phase_thresholds
@@ -132,54 +131,6 @@ def flop_per_forward(size: Size) -> float:
 # --------------------------------------------------------------------------------------------------------------------
 # Random-weight models made on the device
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _fill_random(model: torch.nn.Module, generator: torch.Generator) -> None:
-    """In place, on the model's device: weights N(0, 1/fan_in), norm weights 1, biases and tables small.
-
-    Random (never zeros: zeros can time faster than real data) and scaled so activations stay O(1).
-    """
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("scale_shift_table"):
-                param.normal_(0.0, 1.0 / math.sqrt(param.shape[-1]), generator=generator)
-            elif param.ndim >= 2 and "embed_tokens" not in name and name != "shared.weight":
-                param.normal_(0.0, 1.0 / math.sqrt(math.prod(param.shape[1:])), generator=generator)
-            elif param.ndim >= 2:  # token embedding table
-                param.normal_(0.0, 1.0, generator=generator)
-            elif "norm" in name and name.endswith("weight"):
-                param.fill_(1.0)
-            else:
-                param.normal_(0.0, 0.02, generator=generator)
-
-
-def build_transformer(config: dict[str, Any], device: torch.device, seed: int) -> WanTransformer3DModel:
-    """Like from_pretrained(torch_dtype=bf16): bf16, but diffusers' _keep_in_fp32_modules stay fp32."""
-    with torch.device("meta"):
-        model = WanTransformer3DModel(**config)
-    keep_fp32 = set(model._keep_in_fp32_modules or [])
-    for module_name, module in model.named_modules():
-        for param_name, param in list(module._parameters.items()):
-            if param is None:
-                continue
-            full_name = f"{module_name}.{param_name}" if module_name else param_name
-            dtype = torch.float32 if keep_fp32 & set(full_name.split(".")) else torch.bfloat16
-            module._parameters[param_name] = torch.nn.Parameter(param.to(dtype), requires_grad=False)
-    model.to_empty(device=device)
-    _fill_random(model, torch.Generator(device=device).manual_seed(seed))
-    # rope's non-persistent tables were made on the meta device: compute them for real (fp32, like the loader)
-    rope = WanRotaryPosEmbed(model.config.attention_head_dim, model.config.patch_size, model.config.rope_max_seq_len)
-    model.rope.freqs_cos = rope.freqs_cos.to(device=device, dtype=torch.float32)
-    model.rope.freqs_sin = rope.freqs_sin.to(device=device, dtype=torch.float32)
-    return model.eval().requires_grad_(False)
-
-
-def build_text_encoder(config: dict[str, Any], device: torch.device, seed: int) -> UMT5EncoderModel:
-    with torch.device("meta"):
-        model = UMT5EncoderModel(UMT5Config(**config))
-    model = model.to(torch.bfloat16).to_empty(device=device)
-    _fill_random(model, torch.Generator(device=device).manual_seed(seed))
-    return model.eval().requires_grad_(False)
 
 
 def parameter_gib(model: torch.nn.Module) -> float:

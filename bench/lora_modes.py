@@ -30,8 +30,8 @@ import diffusers
 import peft
 import torch
 from diffusers import WanTransformer3DModel
-from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from loguru import logger
+from random_models import build_transformer
 from safetensors.torch import save_file
 
 from Wan2GP.loras import LoraRuntime
@@ -88,45 +88,6 @@ class Timings:
 # --------------------------------------------------------------------------------------------------------------------
 # Model, inputs and LoRA files
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def build_transformer(config: dict[str, object], device: torch.device) -> WanTransformer3DModel:
-    """Random-weight transformer made on the meta device and filled in place on `device` (no slow CPU init of GBs).
-
-    bf16 like the real loader (from_pretrained(torch_dtype=bf16)), which keeps diffusers' _keep_in_fp32_modules
-    (rope, time_embedder, scale_shift_table, norm1/2/3) in fp32.
-    """
-    with torch.device("meta"):
-        model = WanTransformer3DModel(**config)
-    keep_fp32 = set(model._keep_in_fp32_modules or [])
-    for module_name, module in model.named_modules():
-        for param_name, param in list(module._parameters.items()):
-            if param is None:
-                continue
-            full_name = f"{module_name}.{param_name}" if module_name else param_name
-            dtype = torch.float32 if keep_fp32 & set(full_name.split(".")) else torch.bfloat16
-            module._parameters[param_name] = torch.nn.Parameter(param.to(dtype), requires_grad=False)
-    model.to_empty(device=device)
-
-    generator = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.ndim >= 2:  # Linear / Conv3d weights: std 1/sqrt(fan_in) keeps activations O(1)
-                fan_in = math.prod(param.shape[1:])
-                param.copy_(torch.randn(param.shape, generator=generator, device=device) / math.sqrt(fan_in))
-            elif "norm" in name and name.endswith("weight"):
-                param.fill_(1.0)
-            else:  # biases and the (1-D) shift/scale tables: small random values
-                param.copy_(0.02 * torch.randn(param.shape, generator=generator, device=device))
-        for table in (p for n, p in model.named_parameters() if n.endswith("scale_shift_table")):
-            table.copy_(torch.randn(table.shape, generator=generator, device=device) / math.sqrt(table.shape[-1]))
-        # rope's non-persistent buffers were made on the meta device: compute them for real (fp32, like the loader)
-        rope = WanRotaryPosEmbed(
-            model.config.attention_head_dim, model.config.patch_size, model.config.rope_max_seq_len
-        )
-        model.rope.freqs_cos = rope.freqs_cos.to(device=device, dtype=torch.float32)
-        model.rope.freqs_sin = rope.freqs_sin.to(device=device, dtype=torch.float32)
-    return model.eval().requires_grad_(False)
 
 
 def latent_shape_for(tokens: int) -> tuple[int, int, int]:
@@ -271,7 +232,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     )
 
     began = time.perf_counter()
-    model = build_transformer(config, device)
+    model = build_transformer(config, device, seed=0)
     inputs = make_inputs(config, args.tokens, device, seed=1)
     synchronize(device)
     print(
