@@ -32,7 +32,7 @@ import torch
 import transformers
 from diffusers import WanTransformer3DModel
 from loguru import logger
-from random_models import build_text_encoder, build_transformer
+from random_models import A14B_CONFIG, TINY_OVERRIDES, build_text_encoder, build_transformer
 from transformers import UMT5EncoderModel
 
 from Wan2GP.sampler import Conditioning, DenoiseResult, denoise
@@ -47,26 +47,8 @@ ANCHOR_FLOP_PER_FORWARD = 1.678e15
 ANCHOR_IDEAL_SECONDS = 2.12
 ANCHOR_RATE = 790e12
 
-I2V_A14B_CONFIG: dict[str, Any] = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=40,
-    attention_head_dim=128,
-    in_channels=36,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    ffn_dim=13824,
-    num_layers=40,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-    image_dim=None,  # Wan 2.2 i2v has no CLIP image branch
-    added_kv_proj_dim=None,
-    rope_max_seq_len=1024,
-)
-TINY_TRANSFORMER_CONFIG: dict[str, Any] = dict(
-    I2V_A14B_CONFIG, num_attention_heads=2, attention_head_dim=16, text_dim=32, ffn_dim=64, num_layers=2
-)
+I2V_A14B_CONFIG: dict[str, Any] = dict(A14B_CONFIG, in_channels=36)  # Wan 2.2 i2v: no CLIP image branch
+TINY_TRANSFORMER_CONFIG: dict[str, Any] = dict(I2V_A14B_CONFIG, **TINY_OVERRIDES, num_layers=2)
 UMT5_XXL_CONFIG: dict[str, Any] = dict(
     vocab_size=256384,
     d_model=4096,

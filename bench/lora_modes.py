@@ -31,7 +31,7 @@ import peft
 import torch
 from diffusers import WanTransformer3DModel
 from loguru import logger
-from random_models import build_transformer
+from random_models import A14B_CONFIG, TINY_OVERRIDES, build_transformer
 from safetensors.torch import save_file
 
 from Wan2GP.loras import LoraRuntime
@@ -46,22 +46,7 @@ TEXT_TOKENS = 512  # Wan pads the T5 prompt embedding to 512 tokens
 STRENGTHS_A = (1.0, 0.7)
 STRENGTHS_B = (0.8, 0.5)
 
-A14B_CONFIG: dict[str, object] = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=40,
-    attention_head_dim=128,
-    in_channels=16,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    ffn_dim=13824,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-)
-TINY_CONFIG: dict[str, object] = dict(
-    A14B_CONFIG, num_attention_heads=2, attention_head_dim=16, text_dim=32, ffn_dim=64, rope_max_seq_len=64
-)
+TINY_CONFIG: dict[str, object] = dict(A14B_CONFIG, **TINY_OVERRIDES, rope_max_seq_len=64)
 
 
 @dataclass

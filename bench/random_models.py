@@ -11,6 +11,24 @@ from diffusers import WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from transformers import UMT5Config, UMT5EncoderModel
 
+# One Wan 2.2 A14B expert in diffusers' WanTransformer3DModel names (t2v: 16 input channels; i2v: 36).
+A14B_CONFIG: dict[str, Any] = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=40,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=13824,
+    num_layers=40,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+)
+# The same model shrunk for a CPU smoke test of a benchmark's logic.
+TINY_OVERRIDES: dict[str, Any] = dict(num_attention_heads=2, attention_head_dim=16, text_dim=32, ffn_dim=64)
+
 
 def fill_random(model: torch.nn.Module, generator: torch.Generator) -> None:
     """In place, on the model's device: weights N(0, 1/fan_in), norm weights 1, biases and tables small.
