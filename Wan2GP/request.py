@@ -18,6 +18,7 @@ import PIL.Image
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from Wan2GP import limits
 from Wan2GP.catalog import ModelDefinition
 from Wan2GP.schedule import GenerationPlan, PlanError, build_plan
 
@@ -99,9 +100,9 @@ class _WgpParams(BaseModel):
     prompt: str
     negative_prompt: str
     resolution: str
-    video_length: int = Field(ge=1)
-    num_inference_steps: int = Field(ge=1)
-    seed: int | None = None
+    video_length: int = Field(ge=1, le=limits.MAX_FRAMES)
+    num_inference_steps: int = Field(ge=1, le=limits.MAX_STEPS)
+    seed: int | None = Field(default=None, le=limits.MAX_SEED)  # negative: draw one
     guidance_scale: float
     guidance2_scale: float | None = None
     guidance3_scale: float | None = None
@@ -118,7 +119,7 @@ class _WgpParams(BaseModel):
     video_guide: Path | None = None
     video_mask: Path | None = None
     video_prompt_type: str = ""
-    control_net_weight: float = 1.0
+    control_net_weight: float = Field(default=1.0, ge=limits.CONTROL_NET_WEIGHT.low, le=limits.CONTROL_NET_WEIGHT.high)
     output_dir: Path | None = None
     output_filename: str | None = None
 
@@ -185,9 +186,9 @@ def check_param_names(params: Mapping[str, Any]) -> None:
 
 def parse_resolution(value: str) -> tuple[int, int]:
     parts = value.lower().split("x")
-    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+    if len(parts) != 2 or not all(part.strip().isdigit() and len(part.strip()) <= 6 for part in parts):
         raise InvalidGenerationParams(
-            ["resolution"], f'resolution: expected "WIDTHxHEIGHT" like "832x480", got {value!r}'
+            ["resolution"], f'resolution: expected "WIDTHxHEIGHT" like "832x480", got {value[:40]!r}'
         )
     width, height = (int(part) for part in parts)
     floored = (width // SIZE_BLOCK * SIZE_BLOCK, height // SIZE_BLOCK * SIZE_BLOCK)
@@ -237,7 +238,8 @@ def _validation_error(error: ValidationError) -> InvalidGenerationParams:
         location = ".".join(str(part) for part in item["loc"])
         fields.append(str(item["loc"][0]) if item["loc"] else "")
         message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{location}: {message} (got {item.get('input')!r})")
+        shown = repr(item.get("input"))
+        lines.append(f"{location}: {message} (got {shown if len(shown) <= 120 else shown[:117] + '...'})")
     return InvalidGenerationParams(fields, "; ".join(lines))
 
 
@@ -266,6 +268,9 @@ def resolve_request(
 
     width, height = parse_resolution(wgp.resolution)
     num_frames = frame_count(wgp.video_length, definition)
+    too_big = limits.check_geometry(width, height, num_frames)
+    if too_big is not None:
+        raise InvalidGenerationParams(["resolution"], f"resolution: {too_big}")
     seed = wgp.seed
     if seed is None or seed < 0:
         seed = (rng or random.Random()).randint(0, MAX_SEED)

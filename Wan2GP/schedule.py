@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from Wan2GP import limits
+
 SOLVERS: tuple[str, ...] = ("euler", "unipc", "dpm++", "dpm++_sde")
 _SOLVER_ALIASES = {"": "unipc"}
 
@@ -234,16 +236,18 @@ def build_plan(
     phases = _check_int("guidance_phases", guidance_phases)
     if not 1 <= phases <= 3:
         raise PlanError("guidance_phases", f"expected 1, 2 or 3, got {guidance_phases!r}")
-    g1 = _check_number("guidance_scale", guidance_scale)
-    g2 = g1 if guidance2_scale is None else _check_number("guidance2_scale", guidance2_scale)
-    g3 = g2 if guidance3_scale is None else _check_number("guidance3_scale", guidance3_scale)
+    g1 = _check_bounded("guidance_scale", guidance_scale, limits.GUIDANCE)
+    g2 = g1 if guidance2_scale is None else _check_bounded("guidance2_scale", guidance2_scale, limits.GUIDANCE)
+    g3 = g2 if guidance3_scale is None else _check_bounded("guidance3_scale", guidance3_scale, limits.GUIDANCE)
     switch_phase = (
         default_model_switch_phase(phases)
         if model_switch_phase is None
         else _check_int("model_switch_phase", model_switch_phase)
     )
-    if switch_phase < 1:
-        raise PlanError("model_switch_phase", f"expected an integer >= 1, got {model_switch_phase!r}")
+    if not 1 <= switch_phase <= max(phases, 1):
+        raise PlanError(
+            "model_switch_phase", f"expected a phase from 1 to {max(phases, 1)}, got {model_switch_phase!r}"
+        )
     if phases >= 2 and switch_phase >= phases:
         notes.append(
             f"model_switch_phase={switch_phase} with {phases} guidance phases: the low-noise expert is never used"
@@ -347,8 +351,10 @@ def _parse_values(field: str, text: str) -> float | list[float]:
             value = float(part)
         except ValueError:
             raise PlanError(field, f"expected a number or a comma list of numbers, got {text!r}") from None
-        if not math.isfinite(value):
-            raise PlanError(field, f"expected a finite number, got {text!r}")
+        if not limits.LORA_MULTIPLIER.contains(value):  # NaN and infinities fail the range too
+            raise PlanError(
+                field, f"expected numbers {limits.LORA_MULTIPLIER.expected.removeprefix('a number ')}, got {text!r}"
+            )
         values.append(value)
     return values[0] if len(parts) == 1 else values
 
@@ -417,10 +423,17 @@ def _check_int(field: str, value: Any) -> int:
     return int(number)
 
 
+def _check_bounded(field: str, value: Any, bound: limits.Bound) -> float:
+    number = _check_number(field, value)
+    if not bound.contains(number):
+        raise PlanError(field, f"expected {bound.expected}, got {value!r}")
+    return number
+
+
 def _check_steps(value: Any) -> int:
     steps = _check_int("num_inference_steps", value)
-    if steps < 1:
-        raise PlanError("num_inference_steps", f"expected an integer >= 1, got {value!r}")
+    if not limits.STEPS.contains(steps):
+        raise PlanError("num_inference_steps", f"expected {limits.STEPS.expected}, got {value!r}")
     return steps
 
 
@@ -432,14 +445,11 @@ def _check_count(field: str, value: Any) -> int:
 
 
 def _check_shift(value: Any) -> float:
-    shift = _check_number("flow_shift", value)
-    if shift <= 0:
-        raise PlanError("flow_shift", f"expected a number > 0, got {value!r}")
-    return shift
+    return _check_bounded("flow_shift", value, limits.FLOW_SHIFT)
 
 
 def _check_threshold(field: str, value: Any) -> float | None:
     if value is None:
         return None
-    threshold = _check_number(field, value)
+    threshold = _check_bounded(field, value, limits.SWITCH_THRESHOLD)
     return None if threshold == 0 else threshold

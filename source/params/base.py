@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, model_validator
 
 from source.params.errors import Expected
+from Wan2GP import limits
+from Wan2GP.limits import Bound
 
 
 class PayloadModel(BaseModel):
@@ -34,6 +37,24 @@ def _not_bool(value: Any) -> Any:
     return value
 
 
+def _finite(value: float) -> float:
+    # NaN and infinities pass every comparison check that follows (NaN > 0 is False, but so is NaN <= 0).
+    if not math.isfinite(value):
+        raise Expected("a finite number")
+    return value
+
+
+def within(bound: Bound) -> AfterValidator:
+    """A validator keeping a number inside `bound` (Wan2GP.limits, the one home of the bounds)."""
+
+    def check(value: float) -> float:
+        if not bound.contains(value):
+            raise Expected(bound.expected)
+        return value
+
+    return AfterValidator(check)
+
+
 def _positive_int(value: int) -> int:
     if value < 1:
         raise Expected("an integer >= 1")
@@ -44,17 +65,49 @@ def _resolution(value: Any) -> Any:
     if not isinstance(value, str):
         raise Expected('a resolution "WIDTHxHEIGHT" such as "768x576"')
     parts = value.lower().replace(" ", "").split("x")
-    if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
+    if len(parts) != 2 or not all(part.isdigit() and len(part) <= 6 and int(part) > 0 for part in parts):
         raise Expected('a resolution "WIDTHxHEIGHT" such as "768x576"')
-    return f"{int(parts[0])}x{int(parts[1])}"
+    width, height = int(parts[0]), int(parts[1])
+    problem = limits.check_geometry(width, height, 1)
+    if problem is not None:
+        raise Expected(f'a resolution "WIDTHxHEIGHT" within the limits ({problem})')
+    return f"{width}x{height}"
 
 
 def _text_or_empty(value: Any) -> Any:
     return "" if value is None else value
 
 
-Number = Annotated[float, BeforeValidator(_not_bool)]
+def _bounded_text(max_length: int) -> AfterValidator:
+    def check(value: str) -> str:
+        if len(value) > max_length:
+            raise Expected(f"a text of at most {max_length} characters (got {len(value)})")
+        return value
+
+    return AfterValidator(check)
+
+
+Number = Annotated[float, BeforeValidator(_not_bool), AfterValidator(_finite)]
 Integer = Annotated[int, BeforeValidator(_not_bool)]
 PositiveInt = Annotated[int, BeforeValidator(_not_bool), AfterValidator(_positive_int)]
 Resolution = Annotated[str, BeforeValidator(_resolution)]
 TextOrEmpty = Annotated[str, BeforeValidator(_text_or_empty)]  # list entries where null means ""
+
+# Bounded numbers (each range lives in Wan2GP.limits).
+Steps = Annotated[Integer, within(limits.STEPS)]
+Frames = Annotated[Integer, within(limits.FRAMES)]
+Overlap = Annotated[Integer, within(limits.OVERLAP)]
+Seed = Annotated[Integer, within(limits.SEED)]
+Fps = Annotated[Integer, within(limits.FPS)]
+SegmentCount = Annotated[Integer, within(limits.SEGMENTS)]
+PhaseIndex = Annotated[Integer, within(limits.PHASES)]
+Guidance = Annotated[Number, within(limits.GUIDANCE)]
+FlowShift = Annotated[Number, within(limits.FLOW_SHIFT)]
+SwitchThreshold = Annotated[Number, within(limits.SWITCH_THRESHOLD)]
+ControlNetWeight = Annotated[Number, within(limits.CONTROL_NET_WEIGHT)]
+LoraStrength = Annotated[Number, within(limits.LORA_MULTIPLIER)]
+Strength = Annotated[Number, within(limits.STRENGTH)]
+
+# A URL or a path: long signed URLs run to a few hundred characters; nothing real needs more than this.
+MAX_LOCATION_LENGTH = 4096
+Location = Annotated[str, _bounded_text(MAX_LOCATION_LENGTH)]

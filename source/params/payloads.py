@@ -11,25 +11,56 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
-from source.params.base import Integer, Number, PayloadModel, PositiveInt, Resolution, TextOrEmpty
+from source.params.base import (
+    ControlNetWeight,
+    FlowShift,
+    Fps,
+    Frames,
+    Guidance,
+    Integer,
+    Location,
+    LoraStrength,
+    Number,
+    Overlap,
+    PayloadModel,
+    PhaseIndex,
+    Resolution,
+    Seed,
+    SegmentCount,
+    Steps,
+    Strength,
+    SwitchThreshold,
+    TextOrEmpty,
+    within,
+)
 from source.params.errors import Expected
-from source.params.phase_config import FlowShift, PhaseConfig, SolverName
+from source.params.phase_config import PhaseConfig, SolverName
+from Wan2GP import limits
+
+MAX_LORAS = 64  # LoRAs in one generation (real runs use up to a handful)
 
 
 def _wgp_multiplier_token(value: Any) -> str:
     """One LoRA's WGP multiplier token: a number, "a;b[;c]" per phase, each part a number or a comma list."""
-    expected = 'a LoRA multiplier: a number, or per-phase values such as "0.75;1.0;0" (each may be a comma list)'
+    expected = (
+        'a LoRA multiplier: a number, or per-phase values such as "0.75;1.0;0" (each may be a comma list), '
+        f"every value {limits.LORA_MULTIPLIER.expected.removeprefix('a number ')}"
+    )
     if isinstance(value, bool):
         raise Expected(expected)
     if isinstance(value, int | float):
+        if not limits.LORA_MULTIPLIER.contains(value):
+            raise Expected(expected)
         return str(value)
-    if not isinstance(value, str) or not value.strip() or " " in value.strip():
+    if not isinstance(value, str) or not value.strip() or " " in value.strip() or len(value) > 4096:
         raise Expected(expected)
     for part in value.strip().replace(";", ",").split(","):
         try:
-            float(part)
+            number = float(part)
         except ValueError:
             raise Expected(expected) from None
+        if not limits.LORA_MULTIPLIER.contains(number):
+            raise Expected(expected)
     return value.strip()
 
 
@@ -72,30 +103,33 @@ class WgpGenerationFields(PayloadModel):
     prompt: str | None = None
     negative_prompt: str | None = None
     resolution: Resolution | None = None
-    video_length: PositiveInt | None = None
-    seed: Integer | None = None
-    num_inference_steps: PositiveInt | None = None
-    guidance_scale: Number | None = None
-    guidance2_scale: Number | None = None
-    guidance3_scale: Number | None = None
+    video_length: Frames | None = None
+    seed: Seed | None = None
+    num_inference_steps: Steps | None = None
+    guidance_scale: Guidance | None = None
+    guidance2_scale: Guidance | None = None
+    guidance3_scale: Guidance | None = None
     guidance_phases: GuidancePhases | None = None
-    switch_threshold: Number | None = None
-    switch_threshold2: Number | None = None
-    model_switch_phase: PositiveInt | None = None
+    switch_threshold: SwitchThreshold | None = None
+    switch_threshold2: SwitchThreshold | None = None
+    model_switch_phase: PhaseIndex | None = None
     flow_shift: FlowShift | None = None
     sample_solver: SolverName | None = None
-    activated_loras: list[str] | None = None
+    activated_loras: Annotated[list[Location], Field(max_length=MAX_LORAS)] | None = None
     loras_multipliers: MultiplierString | None = None
-    lora_names: list[str] | None = None  # Reigh's name for activated_loras
-    lora_multipliers: list[MultiplierToken] | None = None  # Reigh's per-LoRA list form of loras_multipliers
-    additional_loras: dict[str, Number] | None = None  # {url: multiplier}
+    lora_names: Annotated[list[Location], Field(max_length=MAX_LORAS)] | None = None  # Reigh's name for activated_loras
+    # Reigh's per-LoRA list form of loras_multipliers
+    lora_multipliers: Annotated[list[MultiplierToken], Field(max_length=MAX_LORAS)] | None = None
+    additional_loras: Annotated[dict[Location, LoraStrength], Field(max_length=MAX_LORAS)] | None = (
+        None  # {url: multiplier}
+    )
     video_prompt_type: str | None = None
-    control_net_weight: Number | None = None
-    control_net_weight2: Number | None = None
-    image_start: str | None = None
-    image_end: str | None = None
-    video_guide: str | None = None
-    video_mask: str | None = None
+    control_net_weight: ControlNetWeight | None = None
+    control_net_weight2: ControlNetWeight | None = None
+    image_start: Location | None = None
+    image_end: Location | None = None
+    video_guide: Location | None = None
+    video_mask: Location | None = None
     phase_config: PhaseConfig | None = None
 
 
@@ -119,19 +153,19 @@ class GenerationSpec(PayloadModel):
     """Generation knobs given by the payload (None: the engine uses the model definition's setting), the LoRAs
     (URLs or files, one multiplier token each) and where each value came from."""
 
-    num_inference_steps: PositiveInt | None = None
-    guidance_scale: Number | None = None
-    guidance2_scale: Number | None = None
-    guidance3_scale: Number | None = None
-    guidance_phases: PositiveInt | None = None
-    switch_threshold: Number | None = None
-    switch_threshold2: Number | None = None
-    model_switch_phase: PositiveInt | None = None
-    flow_shift: Number | None = None
-    sample_solver: str | None = None
-    control_net_weight: Number | None = None
-    lora_names: list[str] = Field(default_factory=list)
-    lora_multipliers: list[str] = Field(default_factory=list)
+    num_inference_steps: Steps | None = None
+    guidance_scale: Guidance | None = None
+    guidance2_scale: Guidance | None = None
+    guidance3_scale: Guidance | None = None
+    guidance_phases: GuidancePhases | None = None
+    switch_threshold: SwitchThreshold | None = None
+    switch_threshold2: SwitchThreshold | None = None
+    model_switch_phase: PhaseIndex | None = None
+    flow_shift: FlowShift | None = None
+    sample_solver: SolverName | None = None
+    control_net_weight: ControlNetWeight | None = None
+    lora_names: Annotated[list[Location], Field(max_length=MAX_LORAS)] = Field(default_factory=list)
+    lora_multipliers: Annotated[list[MultiplierToken], Field(max_length=MAX_LORAS)] = Field(default_factory=list)
     sources: dict[str, str] = Field(default_factory=dict)
 
     def wgp_params(self) -> dict[str, Any]:
@@ -141,8 +175,8 @@ class GenerationSpec(PayloadModel):
 
 class VaceImageRef(PayloadModel):
     segment_idx_for_naming: Integer | None = None
-    original_path: str | None = None
-    strength_to_apply: Number | None = None
+    original_path: Location | None = None
+    strength_to_apply: Strength | None = None
     type: str | None = None
 
 
@@ -150,11 +184,15 @@ class OrchestratorDetails(WgpGenerationFields):
     """`params.orchestrator_details` of a travel_orchestrator task (every field of upstream_worker_spec §3.1)."""
 
     # Segments and frames (num_new_segments_to_generate defaults to the length of segment_frames_expanded)
-    num_new_segments_to_generate: Integer | None = None
-    segment_frames_expanded: list[PositiveInt]
+    num_new_segments_to_generate: SegmentCount | None = None
+    segment_frames_expanded: Annotated[list[Frames], Field(max_length=limits.MAX_SEGMENTS)]
     # One overlap per join (an int means the same for every join); required when there are 2+ segments.
-    frame_overlap_expanded: list[NonNegativeInt] = Field(default_factory=list, validate_default=True)
-    input_image_paths_resolved: list[str] = Field(default_factory=list)
+    frame_overlap_expanded: Annotated[list[Overlap], Field(max_length=limits.MAX_SEGMENTS)] = Field(
+        default_factory=list, validate_default=True
+    )
+    input_image_paths_resolved: Annotated[list[Location], Field(max_length=limits.MAX_SEGMENTS + 1)] = Field(
+        default_factory=list
+    )
     # Prompts
     base_prompts_expanded: list[TextOrEmpty] = Field(default_factory=list)
     negative_prompts_expanded: list[TextOrEmpty] = Field(default_factory=list)
@@ -169,44 +207,44 @@ class OrchestratorDetails(WgpGenerationFields):
     model_name: str
     model_type: Literal["vace", "i2v"] | None = None  # upstream's default was "vace"; the model's architecture decides
     parsed_resolution_wh: Resolution | None = None  # the model's default resolution when absent
-    seed_base: Integer = 12345  # the same seed for every segment (upstream commit 69527a5)
-    fps_helpers: PositiveInt = 16
-    fps_final_video: PositiveInt | None = None  # the stitched video's fps (default fps_helpers)
+    seed_base: Seed = 12345  # the same seed for every segment (upstream commit 69527a5)
+    fps_helpers: Fps = 16
+    fps_final_video: Fps | None = None  # the stitched video's fps (default fps_helpers)
     steps: Integer | None = None  # the UI's "timeline steps": deliberately NOT the diffusion steps
     chain_segments: bool = True
-    continue_from_video_resolved_path: str | None = None
+    continue_from_video_resolved_path: Location | None = None
     # Stable Video Infinity
     use_svi: bool = False
-    svi_strength: Number | None = None
-    svi_strength_1: Number | None = None
-    svi_strength_2: Number | None = None
-    svi_predecessor_video_url: str | None = None
+    svi_strength: Strength | None = None
+    svi_strength_1: Strength | None = None
+    svi_strength_2: Strength | None = None
+    svi_predecessor_video_url: Location | None = None
     # Run bookkeeping
     run_id: str | None = None
     main_output_dir_for_run: str | None = None
     parent_generation_id: str | None = None
     # Post-processing of segments and of the overlap frames in the guide
-    after_first_post_generation_saturation: Number | None = None
-    after_first_post_generation_brightness: Number | None = None
-    subsequent_starting_strength_adjustment: Number = 0.0
-    desaturate_subsequent_starting_frames: Number = 0.0
-    adjust_brightness_subsequent_starting_frames: Number = 0.0
+    after_first_post_generation_saturation: Strength | None = None
+    after_first_post_generation_brightness: Strength | None = None
+    subsequent_starting_strength_adjustment: Strength = 0.0
+    desaturate_subsequent_starting_frames: Strength = 0.0
+    adjust_brightness_subsequent_starting_frames: Strength = 0.0
     # Stitch
-    crossfade_sharp_amt: Number = 0.3
+    crossfade_sharp_amt: Strength = 0.3
     regenerate_anchors: bool = False
-    upscale_factor: Number = 0.0
+    upscale_factor: Strength = 0.0
     upscale_model_name: str | None = None
     vace_image_refs_to_prepare_by_worker: list[VaceImageRef] = Field(default_factory=list)
     # Structure / motion guidance (new form and legacy keys); uni3c_* keys are kept as extras
     structure_guidance: dict[str, Any] | None = None
-    structure_video_path: str | None = None
+    structure_video_path: Location | None = None
     structure_videos: list[dict[str, Any]] | None = None
     structure_type: str | None = None
     structure_video_type: str | None = None
     structure_video_treatment: Literal["adjust", "clip"] | None = None
-    structure_video_motion_strength: Number | None = None
-    structure_canny_intensity: Number | None = None
-    structure_depth_contrast: Number | None = None
+    structure_video_motion_strength: Strength | None = None
+    structure_canny_intensity: Strength | None = None
+    structure_depth_contrast: Strength | None = None
     # Debugging and pass-through values
     debug_mode_enabled: bool = False
     skip_cleanup_enabled: bool = False
@@ -287,14 +325,14 @@ class TravelOrchestratorParams(WgpGenerationFields):
 class IndividualSegmentParams(WgpGenerationFields):
     """`individual_segment_params`: per-segment overrides from the UI, highest precedence (upstream §4.1, §4.3)."""
 
-    start_image_url: str | None = None
-    end_image_url: str | None = None
-    input_image_paths_resolved: list[str] | None = None
-    num_frames: PositiveInt | None = None
-    seed_to_use: Integer | None = None
+    start_image_url: Location | None = None
+    end_image_url: Location | None = None
+    input_image_paths_resolved: Annotated[list[Location], Field(max_length=limits.MAX_SEGMENTS + 1)] | None = None
+    num_frames: Frames | None = None
+    seed_to_use: Seed | None = None
     base_prompt: str | None = None
-    frame_overlap_from_previous: NonNegativeInt | None = None
-    frame_overlap_with_next: NonNegativeInt | None = None
+    frame_overlap_from_previous: Overlap | None = None
+    frame_overlap_with_next: Overlap | None = None
 
 
 class TravelSegmentParams(WgpGenerationFields):
@@ -305,35 +343,35 @@ class TravelSegmentParams(WgpGenerationFields):
     orchestrator_run_id: str | None = None
     project_id: str | None = None
     parent_generation_id: str | None = None
-    segment_index: NonNegativeInt = 0
+    segment_index: Annotated[Integer, within(limits.SEGMENT_INDEX)] = 0
     is_first_segment: bool | None = None
     is_last_segment: bool | None = None
     current_run_base_output_dir: str | None = None
     # Prompts and frames
     base_prompt: str | None = None
-    segment_frames_target: PositiveInt | None = None
-    frame_overlap_from_previous: NonNegativeInt = 0
-    frame_overlap_with_next: NonNegativeInt = 0
+    segment_frames_target: Frames | None = None
+    frame_overlap_from_previous: Overlap = 0
+    frame_overlap_with_next: Overlap = 0
     vace_image_refs_to_prepare_by_worker: list[VaceImageRef] = Field(default_factory=list)
     parsed_resolution_wh: Resolution | None = None
     model_name: str | None = None
     # Generation
-    seed_to_use: Integer | None = None
+    seed_to_use: Seed | None = None
     cfg_star_switch: Integer = 0
     cfg_zero_step: Integer = -1
     params_json_str_override: str | None = None
-    fps_helpers: PositiveInt = 16
+    fps_helpers: Fps = 16
     # Guide and post-processing adjustments
-    subsequent_starting_strength_adjustment: Number = 0.0
-    desaturate_subsequent_starting_frames: Number = 0.0
-    adjust_brightness_subsequent_starting_frames: Number = 0.0
-    after_first_post_generation_saturation: Number | None = None
-    after_first_post_generation_brightness: Number | None = None
+    subsequent_starting_strength_adjustment: Strength = 0.0
+    desaturate_subsequent_starting_frames: Strength = 0.0
+    adjust_brightness_subsequent_starting_frames: Strength = 0.0
+    after_first_post_generation_saturation: Strength | None = None
+    after_first_post_generation_brightness: Strength | None = None
     # Flags
     segment_image_download_dir: str | None = None
     debug_mode_enabled: bool = False
     skip_cleanup_enabled: bool = False
-    continue_from_video_resolved_path_for_guide: str | None = None
+    continue_from_video_resolved_path_for_guide: Location | None = None
     consolidated_end_anchor_idx: Integer | None = None
     consolidated_keyframe_positions: list[Integer] | None = None
     use_svi: bool = False
@@ -356,18 +394,20 @@ class TravelStitchParams(PayloadModel):
     orchestrator_run_id: str | None = None
     project_id: str | None = None
     parent_generation_id: str | None = None
-    num_total_segments_generated: NonNegativeInt
+    num_total_segments_generated: SegmentCount
     current_run_base_output_dir: str | None = None
-    frame_overlap_settings_expanded: list[NonNegativeInt] = Field(default_factory=list)
-    crossfade_sharp_amt: Number = 0.3
+    frame_overlap_settings_expanded: Annotated[list[Overlap], Field(max_length=limits.MAX_SEGMENTS)] = Field(
+        default_factory=list
+    )
+    crossfade_sharp_amt: Strength = 0.3
     parsed_resolution_wh: Resolution | None = None
-    fps_final_video: PositiveInt = 16
-    upscale_factor: Number = 0.0
+    fps_final_video: Fps = 16
+    upscale_factor: Strength = 0.0
     upscale_model_name: str | None = None
-    seed_for_upscale: Integer | None = None
+    seed_for_upscale: Seed | None = None
     debug_mode_enabled: bool = False
     skip_cleanup_enabled: bool = False
-    initial_continued_video_path: str | None = None
+    initial_continued_video_path: Location | None = None
     final_stitched_output_path: str | None = None
     poll_interval_from_orchestrator: Number = 15
     poll_timeout_from_orchestrator: Number = 1800
@@ -387,8 +427,8 @@ class GenerationTaskParams(WgpGenerationFields):
     """`params` of a plain generation task (t2v, i2v, vace, generate_video ...): WGP's parameter names."""
 
     model_name: str | None = None  # Reigh's name for `model` (copied into `model` when that is absent)
-    steps: PositiveInt | None = None  # legacy: num_inference_steps when that is not given (upstream §7)
-    image_refs: list[str] | None = None
+    steps: Steps | None = None  # legacy: num_inference_steps when that is not given (upstream §7)
+    image_refs: Annotated[list[Location], Field(max_length=MAX_LORAS)] | None = None
     output_filename: str | None = None
     task_id: str | None = None
     project_id: str | None = None
@@ -427,7 +467,7 @@ class GenerationTaskParams(WgpGenerationFields):
 class OrchestratorOverrides(WgpGenerationFields):
     model_name: str | None = None
     parsed_resolution_wh: Resolution | None = None
-    seed_base: Integer | None = None
+    seed_base: Seed | None = None
     base_prompt: str | None = None
 
 
@@ -436,8 +476,8 @@ class GenerationOverrides(WgpGenerationFields):
 
     model_name: str | None = None
     parsed_resolution_wh: Resolution | None = None
-    seed_to_use: Integer | None = None
-    segment_frames_target: PositiveInt | None = None
+    seed_to_use: Seed | None = None
+    segment_frames_target: Frames | None = None
     base_prompt: str | None = None
     orchestrator_details: OrchestratorOverrides | None = None
     full_orchestrator_payload: OrchestratorOverrides | None = None

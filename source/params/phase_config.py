@@ -21,8 +21,9 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from source.params.base import Integer, Number, PayloadModel
+from source.params.base import FlowShift, Guidance, Location, PayloadModel, PhaseIndex, Steps
 from source.params.errors import Expected, PayloadError, join_path
+from Wan2GP import limits
 from Wan2GP.schedule import GenerationPlan as GenerationPlan  # re-exported for callers of plan_for
 from Wan2GP.schedule import (
     PlanError,
@@ -35,7 +36,10 @@ from Wan2GP.schedule import (
 DEFAULT_PHASE_SOLVER = "euler"  # upstream parse_phase_config's default
 DEFAULT_PHASE_FLOW_SHIFT = 5.0
 DEFAULT_STEPS_PER_PHASE = (2, 2, 2)
-_MULTIPLIER_EXPECTED = 'a number or a comma list of numbers such as "0.9,0.8"'
+_MULTIPLIER_EXPECTED = (
+    'a number or a comma list of numbers such as "0.9,0.8", '
+    f"each {limits.LORA_MULTIPLIER.expected.removeprefix('a number ')}"
+)
 
 
 def _multiplier(value: Any) -> str:
@@ -43,10 +47,10 @@ def _multiplier(value: Any) -> str:
     if isinstance(value, bool):
         raise Expected(_MULTIPLIER_EXPECTED)
     if isinstance(value, int | float):
-        if value != value or value in (float("inf"), float("-inf")):
+        if not limits.LORA_MULTIPLIER.contains(value):  # NaN and infinities fail the range check too
             raise Expected(_MULTIPLIER_EXPECTED)
         return str(value)
-    if not isinstance(value, str):
+    if not isinstance(value, str) or len(value) > 4096:
         raise Expected(_MULTIPLIER_EXPECTED)
     parts = [part.strip() for part in value.split(",")]
     for part in parts:
@@ -54,7 +58,7 @@ def _multiplier(value: Any) -> str:
             number = float(part)
         except ValueError:
             raise Expected(_MULTIPLIER_EXPECTED) from None
-        if number != number or number in (float("inf"), float("-inf")):
+        if not limits.LORA_MULTIPLIER.contains(number):
             raise Expected(_MULTIPLIER_EXPECTED)
     # Spaces would split the WGP string into extra LoRA tokens, so they are dropped here.
     return ",".join(parts)
@@ -69,44 +73,40 @@ def _solver(value: Any) -> str:
         raise Expected('one of "euler", "unipc", "dpm++", "dpm++_sde" or "" (= unipc)') from None
 
 
-def _step_count(value: int) -> int:
-    if value < 1:
-        raise Expected("a step count >= 1")
-    return value
-
-
-def _positive(value: float) -> float:
-    if not value > 0:
-        raise Expected("a number > 0")
+def _steps_per_phase(value: list[int]) -> list[int]:
+    # An empty list used to mean "the default 2,2,2" silently; a list that is there must say something.
+    if not 1 <= len(value) <= limits.MAX_PHASES:
+        raise Expected(f"1 to {limits.MAX_PHASES} step counts, one per phase")
+    if sum(value) > limits.MAX_STEPS:
+        raise Expected(f"step counts adding up to at most {limits.MAX_STEPS} (they add up to {sum(value)})")
     return value
 
 
 Multiplier = Annotated[str, BeforeValidator(_multiplier)]
 SolverName = Annotated[str, BeforeValidator(_solver)]
-StepCount = Annotated[Integer, AfterValidator(_step_count)]
-FlowShift = Annotated[Number, AfterValidator(_positive)]
+StepsPerPhase = Annotated[list[Steps], AfterValidator(_steps_per_phase)]
 
 
 class PhaseLora(PayloadModel):
-    url: str
+    url: Location
     multiplier: Multiplier
 
 
 class PhaseSpec(PayloadModel):
-    phase: Integer | None = None
-    guidance_scale: Number | None = None
-    loras: list[PhaseLora] = Field(default_factory=list)
+    phase: PhaseIndex | None = None
+    guidance_scale: Guidance | None = None
+    loras: Annotated[list[PhaseLora], Field(max_length=64)] = Field(default_factory=list)
 
 
 class PhaseConfig(PayloadModel):
-    num_phases: Integer | None = None
-    steps_per_phase: list[StepCount] | None = None
+    num_phases: PhaseIndex | None = None
+    steps_per_phase: StepsPerPhase | None = None
     flow_shift: FlowShift | None = None
     sample_solver: SolverName | None = None
-    model_switch_phase: Annotated[Integer, AfterValidator(_step_count)] | None = None
+    model_switch_phase: PhaseIndex | None = None
     svi2pro: bool | None = None
     mode: str | None = None
-    phases: list[PhaseSpec] = Field(default_factory=list)
+    phases: Annotated[list[PhaseSpec], Field(max_length=limits.MAX_PHASES)] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -182,6 +182,12 @@ def phase_config_to_wgp(phase_config: PhaseConfig, *, root: str = "phase_config"
     solver = phase_config.sample_solver if phase_config.sample_solver is not None else DEFAULT_PHASE_SOLVER
     flow_shift = phase_config.flow_shift if phase_config.flow_shift is not None else DEFAULT_PHASE_FLOW_SHIFT
     switch_phase = phase_config.model_switch_phase or default_model_switch_phase(count)
+    if switch_phase > count:
+        raise PayloadError(
+            join_path(root, "model_switch_phase"),
+            f"a phase from 1 to {count} (the phase whose end switches to the low-noise expert; {count} = never)",
+            switch_phase,
+        )
     threshold, threshold2 = phase_thresholds(solver, total, flow_shift, steps)
 
     lora_names, lora_multipliers = _lora_strings(phases, steps, root)

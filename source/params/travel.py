@@ -8,22 +8,22 @@ model's plan) into a `GenerationSpec` that every segment row carries, so segment
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from source.params.base import PositiveInt, Resolution
+from source.params.base import Frames, Integer, Overlap, Resolution, within
 from source.params.errors import PayloadError
 from source.params.payloads import (
     GENERATION_KNOBS,
     GenerationSpec,
-    NonNegativeInt,
     OrchestratorDetails,
     TravelOrchestratorParams,
     TravelSegmentParams,
     TravelStitchParams,
 )
 from source.params.resolve import PayloadLevels, payload_layers, plan_from_resolved, resolve_generation, resolve_layers
+from Wan2GP import limits
 from Wan2GP.catalog import ModelDefinition
 
 __all__ = [
@@ -41,7 +41,7 @@ class SegmentTaskParams(TravelSegmentParams):
     model_name: str
     travel_mode: Literal["vace", "i2v"] | None = None
     parsed_resolution_wh: Resolution
-    segment_frames_target: PositiveInt
+    segment_frames_target: Frames
     start_image_url: str | None = None
     end_image_url: str | None = None
     base_prompt: str = ""
@@ -54,10 +54,13 @@ class StitchTaskParams(TravelStitchParams):
 
     orchestrator_task_id_ref: str
     orchestrator_run_id: str
-    segment_frames: list[PositiveInt] | None = None  # the frames each segment generates (4n+1)
-    expected_final_frames: PositiveInt | None = None  # Σ segment_frames − Σ overlaps, asserted by the stitch
+    segment_frames: Annotated[list[Frames], Field(max_length=limits.MAX_SEGMENTS)] | None = None  # 4n+1 each
+    # Σ segment_frames − Σ overlaps, asserted by the stitch
+    expected_final_frames: Annotated[Integer, within(limits.STITCHED_FRAMES)] | None = None
     regenerate_anchors: bool = False
-    frame_overlap_settings_expanded: list[NonNegativeInt] = Field(default_factory=list)
+    frame_overlap_settings_expanded: Annotated[list[Overlap], Field(max_length=limits.MAX_SEGMENTS)] = Field(
+        default_factory=list
+    )
 
 
 def generation_params_from_details(

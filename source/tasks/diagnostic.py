@@ -36,8 +36,8 @@ HARD_EXIT_CODE = 70  # what a deliberate crash exits with (os._exit: no cleanup,
 class DebugSleepParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seconds: float = Field(1.0, ge=0, description="total time to sleep")
-    steps: int = Field(10, ge=1, description="progress steps the sleep is split into")
+    seconds: float = Field(1.0, ge=0, le=3600, description="total time to sleep")
+    steps: int = Field(10, ge=1, le=10_000, description="progress steps the sleep is split into")
     fail: Literal["input", "transient", "fatal", "error"] | None = Field(
         None,
         description="raise this kind of failure halfway: TaskInputError, TransientTaskError, FatalWorkerError "
@@ -50,7 +50,7 @@ class DebugSleepParams(BaseModel):
         "walk-away at shutdown",
     )
     misbehave_attempts: int | None = Field(
-        None, ge=1, description="fail / exit_hard only on the first N attempts (None: always)"
+        None, ge=1, le=1000, description="fail / exit_hard only on the first N attempts (None: always)"
     )
 
 
@@ -58,10 +58,10 @@ class DebugOrchestratorParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     segments: int = Field(2, ge=0, le=1000)
-    segment_seconds: float = Field(0.0, ge=0)
+    segment_seconds: float = Field(0.0, ge=0, le=3600)
     chain: bool = Field(False, description="each segment waits for the previous one (like VACE chaining)")
     stitch: bool = Field(True, description="add a stitch child that waits for every segment and completes the parent")
-    fail_segment: int | None = Field(None, ge=0, description="this segment fails with a TaskInputError")
+    fail_segment: int | None = Field(None, ge=0, le=1000, description="this segment fails with a TaskInputError")
     exit_hard_after_enqueue: bool = Field(
         False, description="on the first attempt, crash right after enqueuing the children (before waiting)"
     )

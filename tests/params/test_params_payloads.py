@@ -85,7 +85,7 @@ def test_single_overlap_int_is_expanded_and_legacy_independent_segments():
     [
         ({"segment_frames_expanded": [61]}, "segment_frames_expanded", "at least 2 entries"),
         ({"frame_overlap_expanded": []}, "frame_overlap_expanded", "at least 1 entries"),
-        ({"frame_overlap_expanded": [-2]}, "frame_overlap_expanded[0]", "an integer >= 0"),
+        ({"frame_overlap_expanded": [-2]}, "frame_overlap_expanded[0]", "an integer from 0 to 1025"),
         ({"parsed_resolution_wh": "big"}, "parsed_resolution_wh", "WIDTHxHEIGHT"),
         ({"model_type": "t2v"}, "model_type", "one of 'vace' or 'i2v'"),
         ({"phase_config": {"phases": [{"guidance_scale": "x"}]}}, "phase_config.phases[0].guidance_scale", "a number"),

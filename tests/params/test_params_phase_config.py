@@ -135,7 +135,7 @@ def test_nested_root_is_used_in_messages():
         convert(config, root="orchestrator_details.phase_config")
     assert str(error.value) == (
         "orchestrator_details.phase_config.phases[0].loras[1].multiplier: expected a number or a comma list of "
-        'numbers such as "0.9,0.8", got "lots"'
+        'numbers such as "0.9,0.8", each from -10 to 10, got "lots"'
     )
 
 
