@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from source.params.redact import REDACTED, is_secret_key
+from source.params.redact import REDACTED, is_secret_key, redact
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -66,10 +66,13 @@ def show_value(value: Any, *, secret: bool = False) -> str:
     """The offending value as JSON (so strings show in double quotes), shortened; secrets are never shown."""
     if secret:
         return f'"{REDACTED}"'
+    if isinstance(value, str) and len(value) > _MAX_SHOWN:
+        value = value[:_MAX_SHOWN]  # never serialise a 10 MB string only to cut it
     try:
-        text = json.dumps(value, ensure_ascii=False, default=repr)
-    except (TypeError, ValueError):
-        text = repr(value)
+        text = json.dumps(redact(value), ensure_ascii=False, default=repr)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(type(value).__name__)
+    text = text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate must not break the writer
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
 
 
@@ -97,6 +100,9 @@ def payload_error_from(error: ValidationError, root: str = "") -> PayloadError:
     given = first.get("input", _NOTHING)
     if first["type"] == "missing":
         return PayloadError(path, "a value (required field)", detail=detail)
+    if first["type"] == "extra_forbidden":
+        suffix = f" ({detail})" if detail else ""
+        return PayloadError.at(path, f"unknown field: this payload does not take it{suffix}")
     return PayloadError(path, _expected_text(first), given, detail=detail)
 
 

@@ -14,7 +14,9 @@ at shutdown after the grace period, or when the task was cancelled or reclaimed 
 from __future__ import annotations
 
 import math
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,10 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from loguru import logger
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from source.params.redact import REDACTED, is_secret_key, redact
+from source.params.errors import PayloadError, parse_model
 from source.queue import ChildSpec, QueueError, TaskQueue, TaskRecord
+from source.storage.paths import safe_component
 
 if TYPE_CHECKING:
     from source.worker.settings import WorkerSettings
@@ -172,23 +175,41 @@ class TaskContext:
         return self.queue.enqueue_children(self.task.id, children)
 
 
+STALE_WORK_DIR_SECONDS = 24 * 3600  # no task runs this long; a folder this old was left by a killed worker
+
+
+def make_work_dir(work_root: Path, task_id: str) -> Path:
+    """A new, empty scratch folder for one run of a task, inside `work_root` whatever the task id holds (ids come
+    from rows other apps write: "../../x" must not name a folder outside). Unique per run, so two workers on one
+    host never share one, even for the same task."""
+    work_root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{safe_component(task_id, max_length=60)}-", dir=work_root))
+
+
+def remove_stale_work_dirs(work_root: Path, *, older_than_seconds: float = STALE_WORK_DIR_SECONDS) -> int:
+    """Removes scratch folders left by killed workers (every other end of a task removes its own)."""
+    if not work_root.is_dir():
+        return 0
+    cutoff = time.time() - older_than_seconds
+    removed = 0
+    for entry in work_root.iterdir():
+        try:
+            if entry.is_dir() and not entry.is_symlink() and entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+        except OSError:
+            continue
+    if removed:
+        logger.info(
+            "removed {} scratch folder(s) older than {:.0f} h from {}", removed, older_than_seconds / 3600, work_root
+        )
+    return removed
+
+
 def parse_params(model: type[ModelT], params: Any, *, prefix: str = "params") -> ModelT:
-    """Validates a payload into `model`; a bad one raises TaskInputError naming each wrong field and what was
-    expected, e.g. "params.seconds: Input should be greater than or equal to 0 (got -1)"."""
+    """Validates a payload into `model`; a bad one raises TaskInputError naming the wrong field and what was
+    expected, e.g. "params.seconds: expected a number >= 0, got -1" (source.params.errors formats it)."""
     try:
-        return model.model_validate(params)
-    except ValidationError as error:
-        problems = []
-        for issue in error.errors():
-            path = ".".join([prefix, *(str(part) for part in issue["loc"])])
-            got = "" if issue["type"] == "missing" else f" (got {_shown_input(issue['loc'], issue['input'])})"
-            problems.append(f"{path}: {issue['msg']}{got}")
-        raise TaskInputError("; ".join(problems)) from None
-
-
-def _shown_input(location: tuple[int | str, ...], value: Any, limit: int = 120) -> str:
-    """The offending value as an error message may show it: secrets masked, long values cut."""
-    if location and is_secret_key(location[-1]):
-        return repr(REDACTED)
-    text = repr(redact(value))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+        return parse_model(model, params, root=prefix)
+    except PayloadError as error:
+        raise TaskInputError(str(error)) from None

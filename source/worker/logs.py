@@ -4,8 +4,12 @@ tasks). `--log-json` writes one JSON object per line (loguru's serialize format:
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Record
 
 NO_TASK = "-"
 _HUMAN_FORMAT = (
@@ -20,10 +24,19 @@ def _write_above_progress_bar(message: str) -> None:
     tqdm.write(message, end="", file=sys.stderr)
 
 
+MAX_MESSAGE_CHARS = 4000  # a 10 MB value echoed by some library must not become a 10 MB log line
+
+
+def _bounded(record: Record) -> None:
+    message = record["message"]
+    if len(message) > MAX_MESSAGE_CHARS:
+        record["message"] = f"{message[:MAX_MESSAGE_CHARS]}... ({len(message) - MAX_MESSAGE_CHARS} more characters)"
+
+
 def configure_logging(*, level: str, json_lines: bool, worker_id: str) -> None:
     """Replaces loguru's sinks (called once at start-up by the worker entry point)."""
     logger.remove()
-    logger.configure(extra={"task_id": NO_TASK, "worker_id": worker_id})
+    logger.configure(extra={"task_id": NO_TASK, "worker_id": worker_id}, patcher=_bounded)
     if json_lines:
         logger.add(sys.stderr, level=level.upper(), serialize=True, backtrace=False, diagnose=False)
         return

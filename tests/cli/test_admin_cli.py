@@ -73,9 +73,18 @@ def test_show_redacts_secrets_and_lists_children(cli, queue_url: str) -> None:
     queue = open_queue(queue_url)
     try:
         queue.migrate()
-        parent_id = queue.enqueue(
-            "travel_orchestrator", {"orchestrator_details": {"openai_api_key": "sk-LEAK", "prompt": "a fox"}}
-        )
+        # The key names and values the redaction once missed: apikey, credentials, bearer, signed URLs, auth headers.
+        details = {
+            "openai_api_key": "sk-LEAK",
+            "prompt": "a fox",
+            "apikey": "LEAK-1",
+            "credentials": {"user": "LEAK-2"},
+            "headers": {"Bearer": "LEAK-3", "Authorization": "Basic LEAK-4"},
+            "image": "https://store.example/a.png?token=LEAK-5&width=5",
+            "note": "Bearer LEAK-6",
+            "keyframe_count": 3,
+        }
+        parent_id = queue.enqueue("travel_orchestrator", {"orchestrator_details": details})
         assert queue.claim("w1", lease_seconds=30) is not None
         seg_id, stitch_id = queue.enqueue_children(
             parent_id,
@@ -85,7 +94,8 @@ def test_show_redacts_secrets_and_lists_children(cli, queue_url: str) -> None:
             ],
         )
         queue.await_children(parent_id, "w1", "waiting for 2 children")
-        queue.upsert_worker("w1", status="idle", current_task_id=None, metadata={"gpu": "H100"})
+        queue.register_worker("w1", session_id="s", metadata={"gpu": "H100"}, stale_seconds=30)
+        queue.beat_worker("w1", session_id="s", status="idle", current_task_id=None, metadata={"gpu": "H100"})
     finally:
         queue.close()
 
@@ -93,7 +103,16 @@ def test_show_redacts_secrets_and_lists_children(cli, queue_url: str) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "LEAK" not in shown.stdout
     detail = shown.json()
-    assert detail["params"]["orchestrator_details"] == {"openai_api_key": "***", "prompt": "a fox"}
+    assert detail["params"]["orchestrator_details"] == {
+        "openai_api_key": "***",
+        "prompt": "a fox",
+        "apikey": "***",
+        "credentials": "***",
+        "headers": {"Bearer": "***", "Authorization": "***"},
+        "image": "https://store.example/a.png?token=***&width=5",
+        "note": "***",
+        "keyframe_count": 3,
+    }
     assert detail["status"] == "In Progress" and detail["awaiting_children"] is True
     assert detail["progress"] == {"message": "waiting for 2 children"}
     assert [(child["id"], child["role"]) for child in detail["children"]] == [
@@ -117,8 +136,16 @@ def test_show_redacts_secrets_and_lists_children(cli, queue_url: str) -> None:
 
 def test_errors_exit_1_with_a_message(cli, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'errors.db'}"
+    typo = cli("list", "--db", f"sqlite:///{tmp_path / 'typo.db'}")
+    assert typo.returncode == 1 and "no queue database at" in typo.stderr
+    assert not (tmp_path / "typo.db").exists(), "a read-only command must not create a database"
+    assert cli("migrate", "--db", url).returncode == 0
     missing = cli("show", "no-such-id", "--db", url)
     assert missing.returncode == 1 and "no task with id 'no-such-id'" in missing.stderr
+    escaping = cli(
+        "enqueue", write_json(tmp_path / "q.json", {}), "--type", "t", "--id", "../../tmp/x/victim", "--db", url
+    )
+    assert escaping.returncode == 1 and "task_id: expected 1 to 128 characters" in escaping.stderr
     untyped = cli("enqueue", write_json(tmp_path / "p.json", {"seconds": 1}), "--db", url)
     assert untyped.returncode == 1 and "no task type" in untyped.stderr
     (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
@@ -135,7 +162,7 @@ def test_errors_exit_1_with_a_message(cli, tmp_path: Path) -> None:
 @pytest.mark.parametrize("queue_url", ["sqlite"], indirect=True)
 def test_default_database_comes_from_the_environment_and_tables_render(cli, queue_url: str, tmp_path: Path) -> None:
     env = {"HW_DB_URL": queue_url}
-    assert cli("migrate", extra_env=env).stdout.strip() == "schema version 2"
+    assert cli("migrate", extra_env=env).stdout.strip() == "schema version 3"
     created = cli("enqueue", write_json(tmp_path / "p.json", {"seconds": 0}), "--type", "debug_sleep", extra_env=env)
     assert created.returncode == 0, created.stderr
     table = cli("list", extra_env=env)
