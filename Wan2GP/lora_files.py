@@ -1,18 +1,15 @@
-"""Where a LoRA named in a request lives on disk: a local path, a name in the LoRA folder, or a URL fetched once.
+"""Where a LoRA named in a request lives on disk: a local path, a name in the LoRA folder, or a Hugging Face file.
 
-Upstream resolves LoRA names against the model's LoRA dir by basename and downloads URLs there first; so do we.
-Hugging Face URLs go through huggingface_hub (its cache, resumable, auth from the environment); other URLs are
-streamed with httpx into the LoRA folder.
+The engine fetches no payload URLs (the worker hands it local files, downloaded within its caps by its LoRA store).
+Hugging Face URLs are the exception, because model definitions name their built-in LoRAs that way: they come through
+huggingface_hub (its cache, resumable, auth from the environment), like model weights.
 """
 
 from __future__ import annotations
 
 import re
-import tempfile
 from pathlib import Path
-from urllib.parse import unquote, urlparse
-
-from loguru import logger
+from urllib.parse import unquote
 
 from Wan2GP.request import InvalidGenerationParams
 
@@ -21,13 +18,20 @@ _HF_URL = re.compile(r"^https?://huggingface\.co/(?P<repo>[^/]+/[^/]+)/(?:resolv
 
 
 class LoraDownloadError(RuntimeError):
-    """A LoRA URL could not be fetched (network, auth): transient, unlike a bad name."""
+    """A Hugging Face LoRA could not be fetched (network, auth): transient, unlike a bad name."""
 
 
 def resolve_lora_file(source: str, lora_dir: Path, *, field: str) -> Path:
-    """A local .safetensors file for ``source`` (path, name in ``lora_dir``, or http(s) URL)."""
+    """A local .safetensors file for ``source`` (path, name in ``lora_dir``, or Hugging Face URL)."""
     if source.startswith(("http://", "https://")):
-        return _fetch(source, lora_dir)
+        match = _HF_URL.match(source.split("?", 1)[0])
+        if match is None:
+            raise InvalidGenerationParams(
+                [field.split("[")[0]],
+                f"{field}: the engine takes local LoRA files, names in its LoRA folder or Hugging Face URLs; "
+                f"download other URLs first (the worker's LoRA store does, within its size and time caps)",
+            )
+        return _from_hub(match, source)
     path = Path(source).expanduser()
     if path.is_file():
         return path
@@ -40,40 +44,10 @@ def resolve_lora_file(source: str, lora_dir: Path, *, field: str) -> Path:
     )
 
 
-def _fetch(url: str, lora_dir: Path) -> Path:
-    match = _HF_URL.match(url.split("?", 1)[0])
+def _from_hub(match: re.Match[str], url: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
     try:
-        if match is not None:
-            from huggingface_hub import hf_hub_download
-
-            return Path(hf_hub_download(repo_id=match["repo"], filename=unquote(match["path"]), revision=match["rev"]))
-        return _download_plain(url, lora_dir)
-    except LoraDownloadError:
-        raise
+        return Path(hf_hub_download(repo_id=match["repo"], filename=unquote(match["path"]), revision=match["rev"]))
     except Exception as error:  # HTTP, offline, auth, disk: one transient failure type for the caller
-        raise LoraDownloadError(f"cannot fetch LoRA {url}: {error}") from error
-
-
-def _download_plain(url: str, lora_dir: Path) -> Path:
-    import httpx
-
-    name = Path(unquote(urlparse(url).path)).name
-    if not name:
-        raise LoraDownloadError(f"cannot fetch LoRA {url}: the URL names no file")
-    target = lora_dir / name
-    if target.is_file():
-        return target
-    lora_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("Downloading LoRA {} -> {}", url, target)
-    with tempfile.NamedTemporaryFile(dir=lora_dir, prefix=f".{name}.", delete=False) as partial:
-        partial_path = Path(partial.name)
-        try:
-            with httpx.stream("GET", url, follow_redirects=True, timeout=60.0) as response:
-                response.raise_for_status()
-                for chunk in response.iter_bytes():
-                    partial.write(chunk)
-        except BaseException:
-            partial_path.unlink(missing_ok=True)
-            raise
-    partial_path.rename(target)  # only a complete file ever carries the final name
-    return target
+        raise LoraDownloadError(f"cannot fetch LoRA {url.split('?', 1)[0]}: {type(error).__name__}") from error

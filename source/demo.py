@@ -83,7 +83,9 @@ def run_demo(
         watcher = threading.Thread(target=_show_progress, args=(queue, orchestrator_id, done, console), daemon=True)
         watcher.start()
         try:
-            exit_code = run(replace(settings, once=True), registry=registry, services=services)
+            # The bundled keyframes are local files: the one folder this run may read besides its URLs.
+            demo_settings = replace(settings, once=True, input_roots=(*settings.input_roots, KEYFRAMES_DIR.resolve()))
+            exit_code = run(demo_settings, registry=registry, services=services)
         finally:
             done.set()
             watcher.join(timeout=5)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,6 +31,10 @@ class Reply:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     hang: bool = False  # never answer: hold the connection until the server stops (a stalled peer)
+    # The body sent piece by piece as the iterable yields (called afresh for each reply): chunked unless `headers`
+    # give a Content-Length. With `raw`, the pieces are the whole response, status line and headers included.
+    stream: Callable[[], Iterable[bytes]] | None = None
+    raw: bool = False
 
 
 Route = Callable[[Request], Reply]
@@ -67,6 +71,9 @@ class LocalServer:
                 if reply.hang:
                     server.release.wait(timeout=30)
                     return
+                if reply.stream is not None:
+                    self._send_streamed(reply)
+                    return
                 self.send_response(reply.status)
                 headers = {"Content-Length": str(len(reply.body)), **reply.headers}
                 for key, value in headers.items():
@@ -74,6 +81,30 @@ class LocalServer:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(reply.body)
+
+            def _send_streamed(self, reply: Reply) -> None:
+                assert reply.stream is not None
+                self.close_connection = True  # a body cut short must not leave the connection reusable
+                chunked = not reply.raw and not any(key.lower() == "content-length" for key in reply.headers)
+                try:
+                    if not reply.raw:
+                        self.send_response(reply.status)
+                        for key, value in reply.headers.items():
+                            self.send_header(key, value)
+                        if chunked:
+                            self.send_header("Transfer-Encoding", "chunked")
+                        self.end_headers()
+                        if self.command == "HEAD":
+                            return
+                    for piece in reply.stream():
+                        if server.release.is_set():
+                            return
+                        if piece:
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                    if chunked:
+                        self.wfile.write(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up: what streams test for
+                    return
 
             do_GET = do_HEAD = do_POST = do_PUT = _handle
 
@@ -86,6 +117,41 @@ class LocalServer:
     @staticmethod
     def reply(body: bytes = b"", status: int = 200, *, hang: bool = False, **headers: str) -> Reply:
         return Reply(status=status, body=body, headers=headers, hang=hang)
+
+    @staticmethod
+    def redirect(location: str, status: int = 302, **headers: str) -> Reply:
+        return Reply(status=status, headers={"Location": location, **headers})
+
+    @staticmethod
+    def streamed(
+        pieces: Callable[[], Iterable[bytes]], status: int = 200, *, raw: bool = False, **headers: str
+    ) -> Reply:
+        """A reply whose body is sent as `pieces()` yields (chunked unless a Content-Length header is given); with
+        `raw`, the pieces are the whole response, status line and headers included."""
+        return Reply(status=status, headers=headers, stream=pieces, raw=raw)
+
+    def endless(self, piece: bytes = b"\0" * 65536) -> Callable[[], Iterator[bytes]]:
+        """Pieces for `streamed`: `piece` again and again until the client hangs up or the server stops."""
+
+        def pieces() -> Iterator[bytes]:
+            while not self.release.is_set():
+                yield piece
+
+        return pieces
+
+    def drip(self, data: bytes, every: float, *, then_hang: bool = False) -> Callable[[], Iterator[bytes]]:
+        """Pieces for `streamed`: `data` one byte every `every` seconds (then, with `then_hang`, silence until the
+        server stops), the way a hostile or broken server holds a client."""
+
+        def pieces() -> Iterator[bytes]:
+            for value in data:
+                if self.release.wait(every):
+                    return
+                yield bytes([value])
+            if then_hang:
+                self.release.wait(timeout=30)
+
+        return pieces
 
     def route(self, method: str, path: str, handler: Route) -> None:
         self.routes[(method, path)] = handler

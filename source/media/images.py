@@ -9,6 +9,24 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from source.media.video import MediaError
 
+MAX_IMAGE_PIXELS = 64_000_000  # a keyframe is at most a few megapixels; this is far above any real one
+
+
+def check_image(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file, read from its header and checked by decoding it; MediaError when the file
+    is not an image this worker can read, or is larger than MAX_IMAGE_PIXELS (a decompression bomb)."""
+    try:
+        with Image.open(path) as opened:
+            width, height = opened.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise MediaError(f"image is {width}x{height}; at most {MAX_IMAGE_PIXELS} pixels are accepted")
+            opened.load()
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        raise MediaError("not an image file this worker can read (PNG, JPEG, WebP, ...)") from None
+    except OSError as error:
+        raise MediaError(f"image file is damaged or truncated ({error})") from None
+    return width, height
+
 
 def load_image(path: Path, size: tuple[int, int] | None = None) -> Image.Image:
     """Open an image as RGB, upright per its EXIF orientation, LANCZOS-resized to `size` = (width, height) if given."""

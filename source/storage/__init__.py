@@ -1,4 +1,5 @@
-"""Where inputs come from and outputs go: downloads, a local output folder, or a Supabase Storage bucket.
+"""Where inputs come from and outputs go: bounded downloads and local inputs confined to their roots, the LoRA store,
+a local output folder, or a Supabase Storage bucket.
 
 Knows nothing about tasks or the queue; imports neither torch nor the engine.
 """
@@ -17,15 +18,20 @@ from source.storage.base import (
 )
 from source.storage.bucket import SupabaseStorage
 from source.storage.downloads import (
+    DownloadedFile,
     DownloadError,
-    fetch_lora,
-    fetch_to,
+    DownloadLimits,
+    HubFile,
+    download,
+    fetch_input,
     is_valid_safetensors,
-    lora_filename,
     parse_hub_url,
     redact_url,
 )
 from source.storage.local import LocalStorage
+from source.storage.lora_store import LoraStore
+from source.storage.network import AddressNotAllowed, NetworkPolicy, guarded_client
+from source.storage.paths import PathOutsideRoot, confine, safe_component, safe_file_name, within_roots
 
 DEFAULT_BUCKET = "image_uploads"
 
@@ -50,19 +56,30 @@ def storage_from_settings(
 __all__ = [
     "DEFAULT_BUCKET",
     "VIDEO_SUFFIXES",
+    "AddressNotAllowed",
     "DownloadError",
+    "DownloadLimits",
+    "DownloadedFile",
+    "HubFile",
     "LocalStorage",
+    "LoraStore",
+    "NetworkPolicy",
     "OutputStorage",
+    "PathOutsideRoot",
     "StorageError",
     "StoredOutput",
     "SupabaseStorage",
+    "confine",
     "content_type_for",
-    "fetch_lora",
-    "fetch_to",
+    "download",
+    "fetch_input",
+    "guarded_client",
     "is_valid_safetensors",
     "is_video",
-    "lora_filename",
     "parse_hub_url",
     "redact_url",
+    "safe_component",
+    "safe_file_name",
     "storage_from_settings",
+    "within_roots",
 ]

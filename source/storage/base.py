@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import mimetypes
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from source.storage.paths import safe_component, safe_file_name
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
 
@@ -24,9 +25,6 @@ _CONTENT_TYPES = {
     ".gif": "image/gif",
     ".json": "application/json",
 }
-
-# Object keys and file names keep to a conservative alphabet: storage backends and URLs treat the rest differently.
-_UNSAFE_NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class StorageError(RuntimeError):
@@ -57,16 +55,8 @@ def content_type_for(path: Path) -> str:
     return guessed or "application/octet-stream"
 
 
-def safe_name(text: str) -> str:
-    """`text` with every run of characters outside [A-Za-z0-9._-] replaced by '_' (never empty, never '.'/'..')."""
-    cleaned = _UNSAFE_NAME_CHARACTERS.sub("_", text).strip("_")
-    if cleaned in ("", ".", ".."):
-        return "_"
-    return cleaned
-
-
 def output_name(local_path: Path, task_id: str) -> str:
     """`<task_id>_<file name>`, unless the file name already starts with the task id."""
-    task_part = safe_name(task_id)
-    name = safe_name(local_path.name)
+    task_part = safe_component(task_id)
+    name = safe_file_name(local_path.name)
     return name if name.startswith(f"{task_part}_") else f"{task_part}_{name}"

@@ -15,7 +15,8 @@ from supabase_auth import SyncMemoryStorage
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from source.media.video import MediaError, write_thumbnail
-from source.storage.base import StorageError, StoredOutput, content_type_for, is_video, safe_name
+from source.storage.base import StorageError, StoredOutput, content_type_for, is_video
+from source.storage.paths import safe_component, safe_file_name
 
 _REDACTED = "[redacted]"
 
@@ -105,12 +106,12 @@ class SupabaseStorage:
         local_path = Path(local_path)
         if not local_path.is_file():
             raise StorageError(f"output to store does not exist: {local_path}")
-        object_dir = f"{safe_name(task_type)}/{safe_name(task_id)}"
-        location = self._upload(local_path, f"{object_dir}/{safe_name(local_path.name)}")
+        object_dir = f"{safe_component(task_type)}/{safe_component(task_id)}"
+        location = self._upload(local_path, f"{object_dir}/{safe_file_name(local_path.name)}")
         thumbnail: str | None = None
         if is_video(local_path):
             with tempfile.TemporaryDirectory(prefix="thumb-") as scratch:
-                thumbnail_name = f"{safe_name(local_path.stem)}_thumb.jpg"
+                thumbnail_name = f"{safe_component(local_path.stem)}_thumb.jpg"
                 try:
                     thumbnail_path = write_thumbnail(local_path, Path(scratch) / thumbnail_name)
                     thumbnail = self._upload(thumbnail_path, f"{object_dir}/{thumbnail_name}")

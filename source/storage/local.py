@@ -9,7 +9,8 @@ from pathlib import Path
 from loguru import logger
 
 from source.media.video import MediaError, write_thumbnail
-from source.storage.base import StorageError, StoredOutput, is_video, output_name, safe_name
+from source.storage.base import StorageError, StoredOutput, is_video, output_name
+from source.storage.paths import safe_component
 
 
 class LocalStorage:
@@ -26,7 +27,7 @@ class LocalStorage:
         local_path = Path(local_path)
         if not local_path.is_file():
             raise StorageError(f"output to store does not exist: {local_path}")
-        target_dir = self.root / safe_name(task_type)
+        target_dir = self.root / safe_component(task_type)
         target = target_dir / output_name(local_path, task_id)
         try:
             target_dir.mkdir(parents=True, exist_ok=True)

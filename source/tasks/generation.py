@@ -26,7 +26,7 @@ DEFAULT_MODEL_BY_TASK_TYPE: dict[str, str] = {
     "vace_22": "wan_2_2_vace_lightning_baseline_2_2_2",
 }
 
-_INPUT_FILES = ("image_start", "image_end", "video_guide", "video_mask")
+_INPUT_FILES = {"image_start": "image", "image_end": "image", "video_guide": "video", "video_mask": "video"}
 
 
 def handle_generation(ctx: TaskContext) -> TaskOutcome:
@@ -35,14 +35,11 @@ def handle_generation(ctx: TaskContext) -> TaskOutcome:
     model = load_model_definition(model_name, field="model")
     request = params.wgp_params()
     request["model"] = model.id
-    for name in _INPUT_FILES:
+    for name, kind in _INPUT_FILES.items():
         if request.get(name):
-            # One folder per input: two URLs may end in the same file name.
-            request[name] = str(fetch_input(str(request[name]), ctx.work_dir / name, field=name))
+            request[name] = str(fetch_input(ctx, str(request[name]), ctx.work_dir / name, field=name, kind=kind))
     if params.lora_sources():
-        request["activated_loras"] = [
-            str(p) for p in fetch_loras(params.lora_sources(), ctx.settings.lora_dir, field="activated_loras")
-        ]
+        request["activated_loras"] = [str(p) for p in fetch_loras(ctx, params.lora_sources(), field="activated_loras")]
     result = run_engine(ctx, request)
     stored = ctx.services.storage().store(result.path, task_type=ctx.task.task_type, task_id=ctx.task.id)
     return TaskOutcome(

@@ -34,16 +34,23 @@ def handle_travel_segment(ctx: TaskContext) -> TaskOutcome:
     work_dir = ctx.work_dir
 
     # Separate folders: two keyframe URLs may share a file name (".../a/image.png", ".../b/image.png").
+    if (frames - 1) % 4:
+        # The engine makes 4n+1 frames; any other count would come out shorter than planned, every attempt.
+        raise TaskInputError(
+            f"segment_frames_target: expected a frame count of the form 4n+1 (5, 9, ... 81), got {frames}"
+        )
     start_image = (
-        fetch_input(params.start_image_url, work_dir / "start", field="start_image_url")
+        fetch_input(ctx, params.start_image_url, work_dir / "start", field="start_image_url", kind="image")
         if params.start_image_url
         else None
     )
     end_image = (
-        fetch_input(params.end_image_url, work_dir / "end", field="end_image_url") if params.end_image_url else None
+        fetch_input(ctx, params.end_image_url, work_dir / "end", field="end_image_url", kind="image")
+        if params.end_image_url
+        else None
     )
     generation = params.generation
-    lora_paths = fetch_loras(list(generation.lora_names), ctx.settings.lora_dir, field="generation.lora_names")
+    lora_paths = fetch_loras(ctx, list(generation.lora_names), field="generation.lora_names")
 
     request: dict = {
         "model": model.id,
@@ -117,7 +124,14 @@ def _previous_tail(ctx: TaskContext, params: SegmentTaskParams):
     previous = ctx.queue.get(previous_id)
     if not previous.output_location:
         raise TransientTaskError(f"previous segment {previous_id} has no output yet")
-    video = fetch_input(previous.output_location, ctx.work_dir / "previous", field="previous segment output")
+    video = fetch_input(
+        ctx,
+        previous.output_location,
+        ctx.work_dir / "previous",
+        field="previous segment output",
+        kind="video",
+        own_output=True,
+    )
     frames = read_frames(Path(video))
     overlap = params.frame_overlap_from_previous
     if len(frames) < overlap:

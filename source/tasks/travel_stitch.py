@@ -11,6 +11,7 @@ from source.media.stitch import stitch_videos
 from source.media.video import probe_video
 from source.params.travel import StitchTaskParams
 from source.queue import TaskStatus
+from source.storage.paths import safe_component
 from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, TransientTaskError
 from source.tasks.travel_support import fetch_input, parse_payload
 
@@ -49,11 +50,19 @@ def handle_travel_stitch(ctx: TaskContext) -> TaskOutcome:
     for child in segments:
         ctx.report_progress(child.segment_index, expected_count + 1, f"fetching segment {child.segment_index}")
         videos.append(
-            fetch_input(child.output_location, ctx.work_dir / "segments", field=f"segment {child.segment_index} output")
+            fetch_input(
+                ctx,
+                child.output_location,
+                ctx.work_dir / "segments" / str(child.segment_index),
+                field=f"segment {child.segment_index} output",
+                kind="video",
+                own_output=True,
+            )
         )
 
     fps = params.fps_final_video
-    out_path = ctx.work_dir / f"travel_{params.orchestrator_run_id}_final.mp4"
+    # The run id comes from the payload: it names a file only through safe_component.
+    out_path = ctx.work_dir / f"travel_{safe_component(params.orchestrator_run_id)}_final.mp4"
     stitched = stitch_videos(
         videos,
         overlaps,

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from loguru import logger
 from pydantic import BaseModel
 
+from source.media.images import check_image
+from source.media.video import MediaError, probe_video
 from source.params.errors import PayloadError, parse_model
-from source.storage.downloads import DownloadError, fetch_lora, fetch_to
+from source.storage import downloads
+from source.storage.downloads import DownloadError, DownloadLimits, hub_endpoint_host
+from source.storage.lora_store import LoraStore
+from source.storage.network import NetworkPolicy
 from source.tasks.context import (
     FatalWorkerError,
     TaskCancelled,
@@ -20,6 +26,9 @@ from source.tasks.context import (
     TransientTaskError,
 )
 from Wan2GP.catalog import CatalogError, ModelDefinition, load_catalog
+
+if TYPE_CHECKING:
+    from source.worker.settings import WorkerSettings
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -52,26 +61,80 @@ def travel_mode_for(model: ModelDefinition, requested: str | None) -> str:
     return mode
 
 
-def fetch_input(source: str, work_dir: Path, *, field: str, timeout: float = 60.0) -> Path:
-    """Download (or locate) an input file; an unreachable one fails the task naming the field and the URL."""
+MEGABYTE = 1024 * 1024
+InputKind = Literal["image", "video"]
+
+
+def network_policy(settings: WorkerSettings) -> NetworkPolicy:
+    """Where payload URLs may lead: public addresses, plus the hosts the operator configured (a Hub mirror in
+    HF_ENDPOINT, the Supabase project our own outputs are uploaded to), plus private ones with --allow-private-urls."""
+    hosts = [hub_endpoint_host(), urlsplit(settings.supabase_url).hostname if settings.supabase_url else None]
+    return NetworkPolicy(
+        allow_private=settings.allow_private_urls, trusted_hosts=frozenset(host for host in hosts if host)
+    )
+
+
+def input_limits(settings: WorkerSettings, *, max_mb: float) -> DownloadLimits:
+    return DownloadLimits(
+        max_bytes=int(max_mb * MEGABYTE),
+        total_seconds=settings.download_seconds,
+        stall_seconds=settings.stall_seconds,
+    )
+
+
+def fetch_input(
+    ctx: TaskContext, source: str, dest_dir: Path, *, field: str, kind: InputKind, own_output: bool = False
+) -> Path:
+    """An input file named by the payload (or, `own_output`, by a row this queue wrote: a segment's stored output),
+    downloaded within the caps or found inside the allowed input roots, then checked to be the image or video it
+    should be. Fails the task naming the field; a server that may recover makes it transient."""
+    settings = ctx.settings
+    roots = (*settings.input_roots, settings.output_dir) if own_output else settings.input_roots
     try:
-        return fetch_to(source, work_dir, timeout=timeout)
+        path = downloads.fetch_input(
+            source,
+            dest_dir,
+            roots=roots,
+            limits=input_limits(settings, max_mb=settings.max_input_mb),
+            network=network_policy(settings),
+            cancel=ctx.cancel_event,
+        )
     except DownloadError as error:
-        raise _download_failure(field, error) from error
+        raise _download_failure(ctx, field, error) from error
+    try:
+        if kind == "image":
+            check_image(path)
+        else:
+            probe_video(path)
+    except MediaError as error:
+        raise TaskInputError(f"{field}: {error}") from None
+    return path
 
 
-def fetch_loras(sources: list[str], lora_dir: Path, *, field: str) -> list[Path]:
+def fetch_loras(ctx: TaskContext, sources: list[str], *, field: str) -> list[Path]:
+    """Local LoRA files for the payload's LoRA URLs or names, through the one LoRA store (keyed by URL, checked by
+    content, downloads capped like every other input)."""
+    settings = ctx.settings
+    store = LoraStore(
+        settings.lora_dir,
+        limits=input_limits(settings, max_mb=settings.max_lora_mb),
+        network=network_policy(settings),
+        input_roots=settings.input_roots,
+    )
     paths = []
     for index, source in enumerate(sources):
         try:
-            paths.append(fetch_lora(source, lora_dir))
+            paths.append(store.fetch(source, cancel=ctx.cancel_event))
         except DownloadError as error:
-            raise _download_failure(f"{field}[{index}]", error) from error
+            raise _download_failure(ctx, f"{field}[{index}]", error) from error
     return paths
 
 
-def _download_failure(field: str, error: DownloadError) -> Exception:
-    """A server that timed out or answered 5xx may recover (retried up to the attempt cap); a 404 will not."""
+def _download_failure(ctx: TaskContext, field: str, error: DownloadError) -> Exception:
+    """A server that timed out or answered 5xx may recover (retried up to the attempt cap); a 404, a refused address
+    or a file over the cap will not. A download stopped because the worker asked the task to stop is a cancel."""
+    if ctx.cancel_event.is_set():
+        return TaskCancelled(f"{field}: download stopped: the task was asked to stop")
     message = f"{field}: {error}"
     return TransientTaskError(message) if error.transient else TaskInputError(message)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from source.demo import KEYFRAMES_DIR
 from source.queue import open_queue
 from source.tasks import default_registry
 from source.tasks.services import build_services
@@ -37,6 +38,8 @@ def worker_env(tmp_path, model_cache):
             "model_cache_dir": str(model_cache),
             "device": "cpu",
             "retry_delay": 0.0,
+            # Payloads here name local files: the bundled keyframes and files a test writes (README: Hostile input).
+            "input_roots": [str(KEYFRAMES_DIR), str(tmp_path)],
         },
         environ={},
     )

@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from source.demo import KEYFRAMES_DIR
 from source.queue import TaskStatus
 from source.tasks.context import TaskContext
 from source.tasks.services import build_services
@@ -243,6 +244,8 @@ def test_cli_enqueue_and_worker_once_black_box(tmp_path, model_cache, ffprobe):
             str(tmp_path / "out"),
             "--retry-delay",
             "0",
+            "--input-root",
+            str(KEYFRAMES_DIR),
         ],
         check=True,
         capture_output=True,
