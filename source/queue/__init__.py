@@ -27,6 +27,7 @@ from source.queue.models import (
     TaskRecord,
     TaskStateError,
     TaskStatus,
+    WorkerIdInUse,
     WorkerRecord,
 )
 from source.queue.urls import DEFAULT_DB_URL, parse_db_url, redact_url, resolve_db_url
@@ -43,6 +44,7 @@ __all__ = [
     "TaskRecord",
     "TaskStateError",
     "TaskStatus",
+    "WorkerIdInUse",
     "WorkerRecord",
     "open_queue",
     "redact_url",
@@ -82,6 +84,8 @@ class TaskQueue(Protocol):
 
     def count_ready(self, *, task_types: Sequence[str] | None = None) -> int: ...
 
+    def refresh_readiness(self) -> None: ...
+
     def renew_lease(self, task_id: str, worker_id: str, lease_seconds: float) -> bool: ...
 
     def report_progress(self, task_id: str, worker_id: str, *, step: int, total: int, message: str = "") -> None: ...
@@ -120,24 +124,34 @@ class TaskQueue(Protocol):
 
     def stats(self) -> dict[str, Any]: ...
 
-    def upsert_worker(
-        self, worker_id: str, *, status: str, current_task_id: str | None, metadata: dict[str, Any]
+    def register_worker(
+        self, worker_id: str, *, session_id: str, metadata: dict[str, Any], stale_seconds: float
     ) -> None: ...
+
+    def beat_worker(
+        self, worker_id: str, *, session_id: str, status: str, current_task_id: str | None, metadata: dict[str, Any]
+    ) -> bool: ...
 
     def list_workers(self) -> list[WorkerRecord]: ...
 
     def close(self) -> None: ...
 
 
-def open_queue(url: str, *, pool_size: int = 4, connect_timeout: float = 15.0) -> TaskQueue:
+def open_queue(url: str, *, pool_size: int = 4, connect_timeout: float = 15.0, create: bool = True) -> TaskQueue:
     """Opens (but does not migrate) the queue at `url`: "sqlite:///path" (relative, or "sqlite:////abs/path") or
     "postgresql://...". Raises InvalidQueueUrl for anything else, and QueueUnavailable if PostgreSQL cannot be
-    reached within `connect_timeout` seconds."""
+    reached within `connect_timeout` seconds. `create=False`: a SQLite file that does not exist is an error instead
+    of a new empty queue (a command that only reads must not turn a typo into a database)."""
     parsed = parse_db_url(url)
     if parsed.backend == "sqlite":
         from source.queue.sqlite import SqliteTaskQueue
 
         assert parsed.sqlite_path is not None
+        if not create and not parsed.sqlite_path.is_file():
+            raise QueueUnavailable(
+                f"no queue database at {parsed.sqlite_path} ({parsed.url}); check --db, or create it with "
+                f"`python -m source.cli migrate --db {parsed.url}`"
+            )
         return SqliteTaskQueue(parsed.url, parsed.sqlite_path)
     from source.queue.postgres import PostgresTaskQueue  # psycopg is only imported for Postgres URLs
 

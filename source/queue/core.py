@@ -8,6 +8,8 @@ other's writes instead of both missing the moment the last child completes.
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from abc import ABC, abstractmethod
 from collections import deque
@@ -26,14 +28,24 @@ from source.queue.models import (
     TaskRecord,
     TaskStateError,
     TaskStatus,
+    WorkerIdInUse,
     WorkerRecord,
     child_key,
+)
+from source.queue.rows import (
+    MAX_JSON_BYTES,
+    RowDecodeError,
+    UndecodableText,
+    check_json_value,
+    clean_message,
+    decode_json,
 )
 from source.queue.sqlfiles import load_migrations, load_queries
 
 T = TypeVar("T")
 
-_JSON_COLUMNS = ("params", "progress", "result")
+_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+CLASSIFY_BATCH = 1000  # the LIMIT of the classify_unclassified statement
 _CLAIM_RETRIES = 3  # a claim that finds nothing while tasks are ready lost a race: try again, not more than this
 _WRITE_RETRIES = 5  # PostgreSQL deadlock / serialization conflicts are retried as a whole transaction
 
@@ -93,7 +105,8 @@ class SqlTaskQueue(ABC):
     def _transaction(self, *, write: bool) -> AbstractContextManager[Transaction]: ...
 
     @abstractmethod
-    def _decode_json(self, value: Any) -> Any: ...
+    def _json_text(self, value: Any) -> str | bytes | None:
+        """A JSON column as the backend returned it -> its text (decoded by rows.decode_json, never here)."""
 
     @abstractmethod
     def _decode_time(self, value: Any) -> datetime | None: ...
@@ -133,42 +146,86 @@ class SqlTaskQueue(ABC):
         raise AssertionError("unreachable")
 
     def _task_from_row(self, row: Mapping[str, Any]) -> TaskRecord:
-        status_text = row["status"]
+        """The row as a TaskRecord. Never raises on bad data (rows.py): what cannot be decoded is named in
+        `decode_error`, and defaults stand in for it so the row can still be listed, shown, cancelled or failed."""
+        problems: list[str] = []
+
+        def text(name: str) -> Any:
+            value = row.get(name)
+            if isinstance(value, UndecodableText):
+                problems.append(f"{name}: not valid UTF-8 text")
+            return value
+
+        def json_column(name: str) -> Any:
+            try:
+                return decode_json(self._json_text(row.get(name)), name)
+            except RowDecodeError as error:
+                problems.append(str(error))
+                return None
+
+        def number(name: str, default: int) -> int:
+            value = row.get(name)
+            if value is None:
+                return default
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                problems.append(f"{name}: expected an integer")
+                return default
+
+        def moment(name: str) -> datetime | None:
+            try:
+                return self._decode_time(row.get(name))
+            except (TypeError, ValueError):
+                problems.append(f"{name}: expected a timestamp")
+                return None
+
+        status_text = text("status")
         try:
             status = TaskStatus.parse(status_text)
         except ValueError:
             if str(status_text).strip().lower() != "error":  # legacy upstream spelling of a failure
-                raise
+                problems.append(f"status: {str(status_text)[:40]!r} is not a known status")
             status = TaskStatus.FAILED
+        params = json_column("params")
+        if params is not None and not isinstance(params, dict):
+            problems.append(f"params: expected a JSON object, got a JSON {type(params).__name__}")
+            params = None
+        try:
+            depends_on = tuple(self._decode_list(row.get("depends_on_list")))
+        except (TypeError, ValueError):
+            problems.append("dependencies: cannot be read")
+            depends_on = ()
         segment_index = row.get("segment_index")
         return TaskRecord(
-            id=row["id"],
-            task_type=row["task_type"],
-            params=self._decode_json(row["params"]) or {},
+            id=str(text("id")),
+            task_type=str(text("task_type")),
+            params=params or {},
             status=status,
-            dependant_on=row["dependant_on"],
-            depends_on=tuple(self._decode_list(row.get("depends_on_list"))),
-            output_location=row["output_location"],
-            project_id=row["project_id"],
-            worker_id=row["worker_id"],
-            attempts=int(row["attempts"] or 0),
-            max_attempts=int(row["max_attempts"]),
-            priority=int(row["priority"]),
-            error_message=row["error_message"],
-            progress=self._decode_json(row["progress"]),
-            result=self._decode_json(row["result"]),
-            parent_id=row["parent_id"],
-            role=row["role"],
-            segment_index=None if segment_index is None else int(segment_index),
-            created_at=self._decode_time(row["created_at"]),
-            updated_at=self._decode_time(row["updated_at"]),
-            generation_started_at=self._decode_time(row["generation_started_at"]),
-            generation_processed_at=self._decode_time(row["generation_processed_at"]),
-            lease_expires_at=self._decode_time(row["lease_expires_at"]),
-            heartbeat_at=self._decode_time(row["heartbeat_at"]),
-            awaiting_children=bool(row["awaiting_children"]),
-            completes_parent=bool(row["completes_parent"]),
-            available_at=self._decode_time(row["available_at"]),
+            dependant_on=text("dependant_on"),
+            depends_on=depends_on,
+            output_location=text("output_location"),
+            project_id=text("project_id"),
+            worker_id=text("worker_id"),
+            attempts=number("attempts", 0),
+            max_attempts=number("max_attempts", 3),
+            priority=number("priority", 0),
+            error_message=text("error_message"),
+            progress=_dict_or_none(json_column("progress")),
+            result=_dict_or_none(json_column("result")),
+            parent_id=text("parent_id"),
+            role=text("role"),
+            segment_index=None if segment_index is None else number("segment_index", 0),
+            created_at=moment("created_at"),
+            updated_at=moment("updated_at"),
+            generation_started_at=moment("generation_started_at"),
+            generation_processed_at=moment("generation_processed_at"),
+            lease_expires_at=moment("lease_expires_at"),
+            heartbeat_at=moment("heartbeat_at"),
+            awaiting_children=bool(row.get("awaiting_children")),
+            completes_parent=bool(row.get("completes_parent")),
+            available_at=moment("available_at"),
+            decode_error="; ".join(problems) or None,
         )
 
     def _get_locked(self, tx: Transaction, task_id: str, *, where: str = "task id") -> TaskRecord:
@@ -228,6 +285,8 @@ class SqlTaskQueue(ABC):
         _check_task_type(task_type, "task_type")
         _check_params(params, "params")
         _check_max_attempts(max_attempts)
+        if task_id is not None:
+            _check_task_id(task_id, "task_id")
         dependencies = _unique([dependant_on, *depends_on] if dependant_on else list(depends_on))
         new_id = task_id or str(uuid.uuid4())
 
@@ -281,9 +340,12 @@ class SqlTaskQueue(ABC):
             role=role,
             segment_index=segment_index,
             completes_parent=completes_parent,
+            blocked=bool(dependencies),
         )
         for position, dependency in enumerate(dependencies):
             tx.run("insert_dependency", task_id=task_id, depends_on_id=dependency, position=position)
+        if dependencies:
+            tx.run("unblock_task", task_id=task_id)
 
     def _fail_if_dependency_already_failed(self, tx: Transaction, task_id: str) -> None:
         """A task enqueued after its dependency failed would otherwise wait forever: it fails (or is cancelled)
@@ -373,16 +435,33 @@ class SqlTaskQueue(ABC):
         types = list(task_types) if task_types else None
 
         def take(tx: Transaction) -> TaskRecord | None:
+            # Rows another app inserted since the last poll (a full batch means there may be more).
+            while len(tx.all("classify_unclassified")) >= CLASSIFY_BATCH:
+                pass
             row = tx.one("claim_next", worker_id=worker_id, lease_seconds=float(lease_seconds), task_types=types)
-            return None if row is None else self._get_locked(tx, row["id"])
+            if row is None:
+                return None
+            found = tx.one("lock_task", task_id=row["id"])
+            if found is None:
+                # Only an id that does not survive the round trip (invalid UTF-8 in SQLite) gets here: leave the row
+                # to its lease, whose expiry fails it after max_attempts, rather than stop the worker.
+                logger.error("claimed a task whose id cannot be read back ({!r}); leaving it to its lease", row["id"])
+                return None
+            return self._task_from_row(found)
 
         for _ in range(_CLAIM_RETRIES):
             task = self._write(take)
             if task is not None:
                 return task
-            if self.count_ready(task_types=types) == 0:
-                return None
+            if self._read(lambda tx: tx.one("any_ready", task_types=types)) is None:
+                return None  # idle, not a lost race
         return None
+
+    def refresh_readiness(self) -> None:
+        """Re-checks every waiting task's dependencies (the `blocked` flag the claim reads). Only needed when
+        something other than this queue completes tasks in the same table; the worker runs it at start-up and every
+        few minutes. It reads every waiting row: ~0.5 s for 100k of them on PostgreSQL."""
+        self._write(lambda tx: tx.run("classify_blocked"))
 
     def count_ready(self, *, task_types: Sequence[str] | None = None) -> int:
         types = list(task_types) if task_types else None
@@ -399,7 +478,7 @@ class SqlTaskQueue(ABC):
 
     def report_progress(self, task_id: str, worker_id: str, *, step: int, total: int, message: str = "") -> None:
         percent = round(100.0 * step / total, 1) if total > 0 else 0.0
-        progress = {"step": step, "total": total, "percent": percent, "message": message}
+        progress = {"step": step, "total": total, "percent": percent, "message": clean_message(message, 200)}
         self._write(lambda tx: tx.run("set_progress", task_id=task_id, worker_id=worker_id, progress=progress))
 
     def reclaim_expired(self, *, of_worker: str | None = None) -> int:
@@ -410,8 +489,9 @@ class SqlTaskQueue(ABC):
             rows = tx.all("reclaim_expired", of_worker=of_worker)
             for row in rows:
                 logger.warning("reclaimed task {}: {}", row["id"], row["error_message"])
-                if row["status"] == TaskStatus.FAILED.value:
-                    task = self._get_locked(tx, row["id"])
+                found = tx.one("lock_task", task_id=row["id"]) if row["status"] == TaskStatus.FAILED.value else None
+                if found is not None:
+                    task = self._task_from_row(found)
                     self._cascade_from(tx, task, TaskStatus.FAILED, task.error_message or "lease expired")
             return len(rows)
 
@@ -453,6 +533,7 @@ class SqlTaskQueue(ABC):
             task = self._lock_parent_then_task(tx, task_id)
             self._check_owner(task, worker_id, "complete")
             tx.run("mark_complete", task_id=task_id, output_location=output_location, result=result)
+            tx.run("classify_dependents_of", task_id=task_id)
             if task.parent_id:
                 self._complete_parent_if_done(tx, task.parent_id)
 
@@ -469,6 +550,7 @@ class SqlTaskQueue(ABC):
     ) -> TaskStatus:
         """retryable and attempts left -> Queued again (not claimable for `retry_delay_seconds`); otherwise Failed,
         and everything that depends on it (and its orchestrator) fails too. Returns the task's new status."""
+        error_message = clean_message(error_message)
 
         def finish(tx: Transaction) -> TaskStatus:
             task = self._lock_parent_then_task(tx, task_id)
@@ -501,7 +583,8 @@ class SqlTaskQueue(ABC):
         def wait(tx: Transaction) -> None:
             task = self._get_locked(tx, task_id)
             self._check_owner(task, worker_id, "mark as awaiting children")
-            tx.run("mark_awaiting_children", task_id=task_id, worker_id=worker_id, progress={"message": message})
+            progress = {"message": clean_message(message)}
+            tx.run("mark_awaiting_children", task_id=task_id, worker_id=worker_id, progress=progress)
             # The children may all have finished already (a re-run after a crash): complete now.
             self._complete_parent_if_done(tx, task_id)
 
@@ -538,6 +621,7 @@ class SqlTaskQueue(ABC):
             output_location=final.output_location if final else None,
             result=result,
         )
+        tx.run("classify_dependents_of", task_id=parent_id)
         logger.info("orchestrator {} complete: all {} children complete", parent_id, len(children))
         if parent.parent_id:  # orchestrators can nest
             self._complete_parent_if_done(tx, parent.parent_id)
@@ -562,6 +646,7 @@ class SqlTaskQueue(ABC):
     def _terminate_and_cascade(
         self, tx: Transaction, task: TaskRecord, status: TaskStatus, message: str, *, cause: tuple[str, str]
     ) -> list[str]:
+        message = clean_message(message)
         if tx.one("terminate_task", task_id=task.id, status=status.value, error_message=message) is None:
             return []
         node = _CascadeNode(
@@ -581,8 +666,9 @@ class SqlTaskQueue(ABC):
         pending: deque[_CascadeNode] = deque([root])
 
         def terminate(row: Mapping[str, Any], status: TaskStatus, message: str, cause: tuple[str, str]) -> None:
-            if TaskStatus.parse(row["status"]).is_terminal:
+            if row["status"] not in (TaskStatus.QUEUED.value, TaskStatus.IN_PROGRESS.value):
                 return
+            message = clean_message(message)
             if tx.one("terminate_task", task_id=row["id"], status=status.value, error_message=message) is None:
                 return
             touched.append(row["id"])
@@ -626,6 +712,8 @@ class SqlTaskQueue(ABC):
     def cancel(self, task_id: str, reason: str = "cancelled by admin") -> list[str]:
         """Cancels a Queued or In Progress task and everything that depends on it; returns the ids it touched. A task
         that is already Cancelled is left alone (returns [])."""
+
+        reason = clean_message(reason)
 
         def stop(tx: Transaction) -> list[str]:
             task = self._lock_parent_then_task(tx, task_id)
@@ -678,6 +766,7 @@ class SqlTaskQueue(ABC):
                 # An orchestrator that had already enqueued its children goes back to waiting for them.
                 status = TaskStatus.IN_PROGRESS if task.awaiting_children else TaskStatus.QUEUED
                 tx.run("reset_task", task_id=task.id, status=status.value)
+                tx.run("unblock_task", task_id=task.id)
             for task in order:
                 if task.awaiting_children:
                     self._complete_parent_if_done(tx, task.id)
@@ -732,28 +821,70 @@ class SqlTaskQueue(ABC):
 
     # ---------------------------------------------------------------------------------------------- workers
 
-    def upsert_worker(
-        self, worker_id: str, *, status: str, current_task_id: str | None, metadata: dict[str, Any]
+    def register_worker(
+        self, worker_id: str, *, session_id: str, metadata: dict[str, Any], stale_seconds: float
     ) -> None:
-        self._write(
-            lambda tx: tx.run(
-                "upsert_worker", worker_id=worker_id, status=status, current_task_id=current_task_id, metadata=metadata
+        """Takes `worker_id` for this process. Raises WorkerIdInUse while another process holds it and its heartbeat
+        is younger than `stale_seconds`."""
+        _check_positive(stale_seconds, "stale_seconds")
+
+        def take(tx: Transaction) -> WorkerRecord | None:
+            taken = tx.one(
+                "register_worker",
+                worker_id=worker_id,
+                session_id=session_id,
+                metadata=metadata,
+                stale_seconds=float(stale_seconds),
+            )
+            if taken is not None:
+                return None
+            row = tx.one("get_worker", worker_id=worker_id)
+            return None if row is None else self._worker_from_row(row)
+
+        holder = self._write(take)
+        if holder is not None:
+            raise WorkerIdInUse(holder)
+
+    def beat_worker(
+        self, worker_id: str, *, session_id: str, status: str, current_task_id: str | None, metadata: dict[str, Any]
+    ) -> bool:
+        """The worker's heartbeat; False once another process has taken the id (this one was stale)."""
+        row = self._write(
+            lambda tx: tx.one(
+                "beat_worker",
+                worker_id=worker_id,
+                session_id=session_id,
+                status=status,
+                current_task_id=current_task_id,
+                metadata=metadata,
             )
         )
+        return row is not None
+
+    def _worker_from_row(self, row: Mapping[str, Any]) -> WorkerRecord:
+        return WorkerRecord(
+            id=str(row["id"]),
+            status=str(row["status"]),
+            last_heartbeat=self._decode_time(row["last_heartbeat"]),
+            current_task_id=row["current_task_id"],
+            metadata=self._worker_metadata(row.get("metadata")),
+            started_at=self._decode_time(row["started_at"]),
+        )
+
+    def _worker_metadata(self, value: Any) -> dict[str, Any]:
+        try:
+            return _dict_or_none(decode_json(self._json_text(value), "metadata")) or {}
+        except RowDecodeError as error:
+            return {"decode_error": str(error)}
 
     def list_workers(self) -> list[WorkerRecord]:
         rows = self._read(lambda tx: tx.all("list_workers"))
-        return [
-            WorkerRecord(
-                id=row["id"],
-                status=row["status"],
-                last_heartbeat=self._decode_time(row["last_heartbeat"]),
-                current_task_id=row["current_task_id"],
-                metadata=self._decode_json(row["metadata"]) or {},
-                started_at=self._decode_time(row["started_at"]),
-            )
-            for row in rows
-        ]
+        return [self._worker_from_row(row) for row in rows]
+
+
+def _dict_or_none(value: Any) -> dict[str, Any] | None:
+    """Our own JSON columns (progress, result, metadata) hold objects; anything else reads as absent."""
+    return value if isinstance(value, dict) else None
 
 
 def _verb(status: TaskStatus) -> str:
@@ -773,9 +904,28 @@ def _check_task_type(task_type: Any, where: str) -> None:
         raise ValueError(f"{where}: expected a non-empty string; got {task_type!r}")
 
 
+def _check_task_id(task_id: Any, where: str) -> None:
+    # Ids name folders and objects downstream; the worker confines them anyway, but an id like "../../x" is never
+    # what anyone meant.
+    if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
+        raise ValueError(
+            f"{where}: expected 1 to 128 characters of letters, digits and . _ : - starting with a letter or digit; "
+            f"got {str(task_id)[:60]!r}"
+        )
+
+
 def _check_params(params: Any, where: str) -> None:
     if not isinstance(params, dict):
         raise ValueError(f"{where}: expected a JSON object (dict); got {type(params).__name__}")
+    try:
+        check_json_value(params, where)
+        size = len(json.dumps(params, default=str))
+    except (RowDecodeError, RecursionError, ValueError) as error:
+        raise ValueError(
+            str(error) if isinstance(error, RowDecodeError) else f"{where}: not JSON-serialisable"
+        ) from None
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"{where}: {size} bytes of JSON; at most {MAX_JSON_BYTES} are accepted")
 
 
 def _check_max_attempts(max_attempts: Any) -> None:

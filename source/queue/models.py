@@ -48,6 +48,8 @@ class TaskRecord:
     awaiting_children: bool = False
     completes_parent: bool = False
     available_at: datetime | None = None
+    # Set when a column of the row could not be decoded (source.queue.rows): the worker fails such a task at once.
+    decode_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (timestamps as ISO-8601 strings)."""
@@ -138,3 +140,17 @@ class QueueUnavailable(QueueError):
 
 class InvalidQueueUrl(QueueError, ValueError):
     """A database URL the queue cannot open."""
+
+
+class WorkerIdInUse(QueueError):
+    """Another live process holds this worker id (its heartbeat is recent)."""
+
+    def __init__(self, holder: WorkerRecord) -> None:
+        beat = holder.last_heartbeat.isoformat() if holder.last_heartbeat else "never"
+        host = holder.metadata.get("hostname", "?")
+        pid = holder.metadata.get("pid", "?")
+        super().__init__(
+            f"worker id {holder.id!r} is held by a live worker (host {host}, pid {pid}, status {holder.status}, last "
+            f"heartbeat {beat}); give this worker another --worker-id, or stop the other one"
+        )
+        self.holder = holder

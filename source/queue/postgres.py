@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -13,7 +14,7 @@ from uuid import UUID
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from source.queue.core import RetryableConflict, SqlTaskQueue, Transaction
@@ -31,6 +32,23 @@ def _encode(value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
     return value
+
+
+@dataclass(frozen=True)
+class _RawJson:
+    """A json/jsonb value as the server sent it. Decoded by source.queue.rows, where a hostile value (nested 2000
+    deep, megabytes long) becomes a decode error of that row instead of a RecursionError inside psycopg."""
+
+    text: str | bytes
+
+
+def _configure(connection: psycopg.Connection[Any]) -> None:
+    """Every pooled connection: JSON stays text until rows.py decodes it, and no JIT compilation (it costs ~250 ms
+    per statement whenever stale statistics make a queue statement look expensive, and never pays back on
+    statements that touch a handful of rows)."""
+    set_json_loads(_RawJson, connection)
+    connection.execute("SET jit = off")
+    connection.commit()
 
 
 class _PostgresTransaction(Transaction):
@@ -68,6 +86,7 @@ class PostgresTaskQueue(SqlTaskQueue):
             min_size=1,
             max_size=pool_size,
             kwargs={"row_factory": dict_row},
+            configure=_configure,
             open=False,
             name="hw-queue",
         )
@@ -95,8 +114,8 @@ class PostgresTaskQueue(SqlTaskQueue):
         except (psycopg.OperationalError, PoolTimeout) as error:
             raise QueueUnavailable(f"PostgreSQL {self.redacted_url} is unavailable: {error}") from error
 
-    def _decode_json(self, value: Any) -> Any:
-        return value
+    def _json_text(self, value: Any) -> str | bytes | None:
+        return value.text if isinstance(value, _RawJson) else value
 
     def _decode_time(self, value: Any) -> datetime | None:
         if value is None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from source.queue.core import SqlTaskQueue, Transaction
 from source.queue.models import QueueUnavailable
+from source.queue.rows import sqlite_text
 
 BUSY_TIMEOUT_MS = 30_000
 _ADD_COLUMN = re.compile(r"^\s*ALTER\s+TABLE\s+(?P<table>\w+)\s+ADD\s+COLUMN\s+(?P<column>\w+)", re.IGNORECASE)
@@ -83,6 +84,8 @@ class SqliteTaskQueue(SqlTaskQueue):
                 self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
             )
             connection.row_factory = sqlite3.Row
+            # Invalid UTF-8 in any text column would otherwise make the row unreadable for everyone (rows.py).
+            connection.text_factory = sqlite_text
             connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")
@@ -124,10 +127,8 @@ class SqliteTaskQueue(SqlTaskQueue):
         existing = {row["name"] for row in tx.all("table_columns", table_name=match.group("table"))}
         return match.group("column") not in existing
 
-    def _decode_json(self, value: Any) -> Any:
-        if value is None or isinstance(value, dict | list):
-            return value
-        return json.loads(value)
+    def _json_text(self, value: Any) -> str | bytes | None:
+        return value
 
     def _decode_time(self, value: Any) -> datetime | None:
         if value is None or value == "":

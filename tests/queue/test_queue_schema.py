@@ -18,9 +18,9 @@ def test_migrate_is_idempotent_and_reports_the_version(queue_url: str) -> None:
     first = open_queue(queue_url)
     second = open_queue(queue_url)
     try:
-        assert first.migrate() == 2
-        assert second.migrate() == 2
-        assert first.migrate() == 2
+        assert first.migrate() == 3
+        assert second.migrate() == 3
+        assert first.migrate() == 3
     finally:
         first.close()
         second.close()
@@ -61,7 +61,7 @@ def test_a_v1_database_is_upgraded_in_place(queue_url: str) -> None:
 
     queue = open_queue(queue_url)
     try:
-        assert queue.migrate() == 2
+        assert queue.migrate() == 3
         b = queue.get("b")
         assert (b.params, b.status, b.dependant_on, b.project_id) == ({"prompt": "second"}, TaskStatus.QUEUED, "a", "p")
         assert (b.priority, b.max_attempts, b.attempts, b.parent_id) == (0, 3, 0, None)
@@ -91,7 +91,7 @@ def test_a_legacy_upstream_sqlite_file_gains_the_missing_columns(tmp_path: Path)
         )
     queue = open_queue(f"sqlite:///{path}")
     try:
-        assert queue.migrate() == 2
+        assert queue.migrate() == 3
         task = queue.claim("w1", lease_seconds=30)
         assert task is not None and task.id == "old" and task.attempts == 0
         queue.complete("old", "w1", output_location="done.mp4")
@@ -103,7 +103,9 @@ def test_a_legacy_upstream_sqlite_file_gains_the_missing_columns(tmp_path: Path)
 def test_both_backends_define_the_same_statements() -> None:
     sqlite_queries, postgres_queries = load_queries("sqlite"), load_queries("postgres")
     assert set(sqlite_queries) == set(postgres_queries)
-    assert [m.version for m in load_migrations("sqlite")] == [m.version for m in load_migrations("postgres")] == [1, 2]
+    assert (
+        [m.version for m in load_migrations("sqlite")] == [m.version for m in load_migrations("postgres")] == [1, 2, 3]
+    )
 
 
 def test_named_statement_parser() -> None:
@@ -185,7 +187,7 @@ def test_a_reigh_style_postgres_table_with_uuid_ids_is_adopted(postgres_database
             )
         queue = open_queue(url)
         try:
-            assert queue.migrate() == 2
+            assert queue.migrate() == 3
             project = str(uuid.uuid4())
             parent_id = queue.enqueue("travel_orchestrator", {}, project_id=project)
             task = queue.claim("w1", lease_seconds=30)
@@ -204,7 +206,8 @@ def test_a_reigh_style_postgres_table_with_uuid_ids_is_adopted(postgres_database
             queue.fail(segment, "w1", "boom")
             assert queue.get(stitch).error_message == f"dependency {segment} failed: boom"
             assert queue.get(parent_id).status is TaskStatus.FAILED
-            queue.upsert_worker("w1", status="idle", current_task_id=None, metadata={})
+            queue.register_worker("w1", session_id="s1", metadata={}, stale_seconds=30)
+            assert queue.beat_worker("w1", session_id="s1", status="idle", current_task_id=None, metadata={})
             assert [worker.id for worker in queue.list_workers()] == ["w1"]
         finally:
             queue.close()
@@ -229,7 +232,7 @@ def test_a_reigh_table_with_an_enum_status_column_lists_and_reclaims(postgres_da
             )
         queue = open_queue(url)
         try:
-            assert queue.migrate() == 2
+            assert queue.migrate() == 3
             retried = queue.enqueue("t", {}, max_attempts=2)
             assert [task.id for task in queue.list_tasks(status="Queued")] == [retried]
             assert queue.claim("w1", lease_seconds=0.05) is not None

@@ -409,9 +409,9 @@ def test_threads_claiming_at_once_never_share_a_task(queue: TaskQueue) -> None:
 
 
 def test_workers_table_and_stats(queue: TaskQueue) -> None:
-    queue.upsert_worker("gpu-1", status="starting", current_task_id=None, metadata={"gpu": "H100"})
+    queue.register_worker("gpu-1", session_id="one", metadata={"gpu": "H100"}, stale_seconds=30)
     first_start = queue.list_workers()[0].started_at
-    queue.upsert_worker("gpu-1", status="busy", current_task_id="abc", metadata={"gpu": "H100"})
+    assert queue.beat_worker("gpu-1", session_id="one", status="busy", current_task_id="abc", metadata={"gpu": "H100"})
     (worker,) = queue.list_workers()
     assert (worker.id, worker.status, worker.current_task_id, worker.metadata) == (
         "gpu-1",

@@ -26,10 +26,10 @@ SELECT name FROM pragma_table_info(:table_name)
 -- name: insert_task
 INSERT INTO tasks (
     id, task_type, params, status, dependant_on, project_id, priority, max_attempts, attempts,
-    parent_id, role, segment_index, completes_parent, created_at, updated_at
+    parent_id, role, segment_index, completes_parent, blocked, created_at, updated_at
 ) VALUES (
     :task_id, :task_type, :params, 'Queued', :dependant_on, :project_id, :priority, :max_attempts, 0,
-    :parent_id, :role, :segment_index, :completes_parent, utc_now(), utc_now()
+    :parent_id, :role, :segment_index, :completes_parent, :blocked, utc_now(), utc_now()
 )
 
 -- name: insert_dependency
@@ -77,36 +77,93 @@ ORDER BY t.created_at DESC, t.rowid DESC
 LIMIT :limit
 
 -- name: claim_next
--- One statement inside BEGIN IMMEDIATE: the oldest ready task (highest priority first) whose dependencies, the
--- Reigh column and every link, are Complete. A dependency that does not exist keeps the task waiting.
+-- One statement: the oldest claimable task (highest priority first). Readiness comes from `blocked` (kept by the
+-- classify_* statements below), so the claim reads one partial index however many tasks wait for others.
+-- BEGIN IMMEDIATE makes it atomic across processes.
 UPDATE tasks
 SET status = 'In Progress', worker_id = :worker_id, lease_expires_at = utc_after(:lease_seconds),
     heartbeat_at = utc_now(), generation_started_at = utc_now(), updated_at = utc_now(), progress = NULL
 WHERE id = (
     SELECT t.id FROM tasks t
-    WHERE t.status = 'Queued'
+    WHERE t.status = 'Queued' AND t.blocked = 0
       AND (t.available_at IS NULL OR t.available_at <= utc_now())
       AND (:task_types IS NULL OR t.task_type IN (SELECT value FROM json_each(:task_types)))
-      AND (t.dependant_on IS NULL
-           OR EXISTS (SELECT 1 FROM tasks d WHERE d.id = t.dependant_on AND d.status = 'Complete'))
-      AND NOT EXISTS (
-          SELECT 1 FROM task_dependencies l LEFT JOIN tasks d ON d.id = l.depends_on_id
-          WHERE l.task_id = t.id AND (d.status IS NULL OR d.status <> 'Complete'))
     ORDER BY t.priority DESC, t.created_at ASC, t.rowid ASC
     LIMIT 1
 ) AND status = 'Queued'
 RETURNING id
 
--- name: count_ready
-SELECT COUNT(*) AS n FROM tasks t
-WHERE t.status = 'Queued'
+-- name: any_ready
+-- Whether a claim that found nothing lost a race (something is ready) or the queue is idle.
+SELECT t.id FROM tasks t
+WHERE t.status = 'Queued' AND t.blocked = 0
   AND (t.available_at IS NULL OR t.available_at <= utc_now())
   AND (:task_types IS NULL OR t.task_type IN (SELECT value FROM json_each(:task_types)))
-  AND (t.dependant_on IS NULL
-       OR EXISTS (SELECT 1 FROM tasks d WHERE d.id = t.dependant_on AND d.status = 'Complete'))
-  AND NOT EXISTS (
-      SELECT 1 FROM task_dependencies l LEFT JOIN tasks d ON d.id = l.depends_on_id
-      WHERE l.task_id = t.id AND (d.status IS NULL OR d.status <> 'Complete'))
+ORDER BY t.priority DESC, t.created_at ASC, t.rowid ASC
+LIMIT 1
+
+-- name: count_ready
+SELECT COUNT(*) AS n FROM tasks t
+WHERE t.status = 'Queued' AND t.blocked = 0
+  AND (t.available_at IS NULL OR t.available_at <= utc_now())
+  AND (:task_types IS NULL OR t.task_type IN (SELECT value FROM json_each(:task_types)))
+
+-- name: classify_unclassified
+-- Queued rows nobody has classified yet (inserted by another app, or before schema version 3): decide whether they
+-- wait for a dependency that is not Complete (a dependency that does not exist keeps a task waiting). The index
+-- holds only such rows, so this is free when there are none. Batches of 1000 (core.CLASSIFY_BATCH), taken in index
+-- order; the caller repeats a full batch.
+UPDATE tasks AS t SET blocked = NOT (
+    (t.dependant_on IS NULL
+     OR EXISTS (SELECT 1 FROM tasks d WHERE d.id = t.dependant_on AND d.status = 'Complete'))
+    AND NOT EXISTS (
+        SELECT 1 FROM task_dependencies l LEFT JOIN tasks d ON d.id = l.depends_on_id
+        WHERE l.task_id = t.id AND (d.status IS NULL OR d.status <> 'Complete')))
+WHERE t.id IN (
+    -- INDEXED BY: the planner would otherwise walk idx_status_created over every Queued row
+    SELECT u.id FROM tasks u INDEXED BY idx_tasks_unclassified WHERE u.status = 'Queued' AND u.blocked IS NULL
+    ORDER BY u.created_at LIMIT 1000)
+RETURNING id
+
+-- name: unblock_task
+-- A task just inserted (or retried) as waiting, whose dependencies may all be Complete already (a child of a re-run
+-- orchestrator depending on a finished sibling). Writes nothing in the usual case.
+UPDATE tasks AS t SET blocked = 0
+WHERE t.id = :task_id AND t.status = 'Queued' AND t.blocked = 1
+  AND (
+    (t.dependant_on IS NULL
+     OR EXISTS (SELECT 1 FROM tasks d WHERE d.id = t.dependant_on AND d.status = 'Complete'))
+    AND NOT EXISTS (
+        SELECT 1 FROM task_dependencies l LEFT JOIN tasks d ON d.id = l.depends_on_id
+        WHERE l.task_id = t.id AND (d.status IS NULL OR d.status <> 'Complete')))
+
+-- name: classify_dependents_of
+-- :task_id has just completed: those of its waiting dependents whose every dependency is Complete now become
+-- claimable.
+UPDATE tasks AS t SET blocked = 0
+WHERE t.id IN (
+    SELECT w.id FROM tasks w WHERE w.dependant_on = :task_id
+    UNION
+    SELECT l.task_id FROM task_dependencies l WHERE l.depends_on_id = :task_id)
+  AND t.status = 'Queued' AND t.blocked = 1
+  AND (
+    (t.dependant_on IS NULL
+     OR EXISTS (SELECT 1 FROM tasks d WHERE d.id = t.dependant_on AND d.status = 'Complete'))
+    AND NOT EXISTS (
+        SELECT 1 FROM task_dependencies l LEFT JOIN tasks d ON d.id = l.depends_on_id
+        WHERE l.task_id = t.id AND (d.status IS NULL OR d.status <> 'Complete')))
+
+-- name: classify_blocked
+-- The safety net, run at worker start-up and now and then: waiting rows whose dependencies were completed by
+-- something other than this queue (an app writing the table directly). Only rows that became ready are written.
+UPDATE tasks AS t SET blocked = 0
+WHERE t.status = 'Queued' AND t.blocked = 1
+  AND (
+    (t.dependant_on IS NULL
+     OR EXISTS (SELECT 1 FROM tasks d WHERE d.id = t.dependant_on AND d.status = 'Complete'))
+    AND NOT EXISTS (
+        SELECT 1 FROM task_dependencies l LEFT JOIN tasks d ON d.id = l.depends_on_id
+        WHERE l.task_id = t.id AND (d.status IS NULL OR d.status <> 'Complete')))
 
 -- name: renew_lease
 UPDATE tasks SET lease_expires_at = utc_after(:lease_seconds), heartbeat_at = utc_now(), updated_at = utc_now()
@@ -194,7 +251,7 @@ RETURNING id, status, error_message
 -- name: reset_task
 -- retry: a Failed or Cancelled task starts over (awaiting orchestrators go back to waiting for their children).
 UPDATE tasks
-SET status = :status, attempts = 0, error_message = NULL, worker_id = NULL, lease_expires_at = NULL,
+SET status = :status, attempts = 0, blocked = 1, error_message = NULL, worker_id = NULL, lease_expires_at = NULL,
     heartbeat_at = NULL, available_at = NULL, progress = NULL, output_location = NULL, result = NULL,
     generation_started_at = NULL, generation_processed_at = NULL, updated_at = utc_now()
 WHERE id = :task_id AND status IN ('Failed', 'Cancelled')
@@ -206,14 +263,29 @@ SELECT task_type, status, COUNT(*) AS n FROM tasks GROUP BY task_type, status OR
 -- name: oldest_queued
 SELECT MIN(created_at) AS created_at FROM tasks WHERE status = 'Queued'
 
--- name: upsert_worker
-INSERT INTO workers (id, status, last_heartbeat, current_task_id, metadata, started_at)
-VALUES (:worker_id, :status, utc_now(), :current_task_id, :metadata, utc_now())
+-- name: register_worker
+-- Takes a worker id for one process (:session_id): when the id is new, its last holder stopped, or the holder's
+-- heartbeat is older than :stale_seconds (a crashed process: its leases have expired too). A live holder keeps
+-- it: nothing is returned, and the caller must not run (it would reclaim the live holder's tasks as its own).
+INSERT INTO workers (id, status, last_heartbeat, current_task_id, metadata, started_at, session_id)
+VALUES (:worker_id, 'starting', utc_now(), NULL, :metadata, utc_now(), :session_id)
 ON CONFLICT (id) DO UPDATE SET
-    status = excluded.status, last_heartbeat = excluded.last_heartbeat,
-    current_task_id = excluded.current_task_id, metadata = excluded.metadata,
-    -- a worker id that registers again (a restarted pod with a fixed id) starts a new life
-    started_at = CASE WHEN excluded.status = 'starting' THEN excluded.started_at ELSE workers.started_at END
+    status = 'starting', last_heartbeat = excluded.last_heartbeat, current_task_id = NULL,
+    metadata = excluded.metadata, started_at = excluded.started_at, session_id = excluded.session_id
+WHERE workers.status IN ('stopped', 'error') OR workers.last_heartbeat IS NULL
+   OR workers.last_heartbeat < utc_after(-:stale_seconds)
+   OR workers.session_id = excluded.session_id
+RETURNING id
+
+-- name: beat_worker
+-- A heartbeat, only while this process still holds the id.
+UPDATE workers
+SET status = :status, last_heartbeat = utc_now(), current_task_id = :current_task_id, metadata = :metadata
+WHERE id = :worker_id AND session_id = :session_id
+RETURNING id
+
+-- name: get_worker
+SELECT id, status, last_heartbeat, current_task_id, metadata, started_at FROM workers WHERE id = :worker_id
 
 -- name: list_workers
 SELECT id, status, last_heartbeat, current_task_id, metadata, started_at FROM workers ORDER BY started_at, id
