@@ -99,6 +99,43 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "(key from env SUPABASE_SERVICE_ROLE_KEY) [env SUPABASE_URL; default: local --output-dir]",
     )
     engine.add_argument("--supabase-bucket", metavar="NAME", help="[env SUPABASE_BUCKET; default image_uploads]")
+    inputs = parser.add_argument_group("what payloads may make the worker read (README: Hostile input)")
+    inputs.add_argument(
+        "--input-root",
+        dest="input_roots",
+        action="append",
+        metavar="DIR",
+        help="a local folder whose files payloads may name as inputs (repeat for more) "
+        "[env HW_INPUT_ROOTS, separated by ':'; default none: inputs are http(s) URLs]",
+    )
+    inputs.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        default=None,
+        help="let payload URLs reach loopback, private and link-local addresses (refused by default) "
+        "[env HW_ALLOW_PRIVATE_URLS]",
+    )
+    inputs.add_argument(
+        "--max-input-mb",
+        type=float,
+        metavar="MB",
+        help="largest image or video input [env HW_MAX_INPUT_MB; default 512]",
+    )
+    inputs.add_argument(
+        "--max-lora-mb", type=float, metavar="MB", help="largest LoRA file [env HW_MAX_LORA_MB; default 4096]"
+    )
+    inputs.add_argument(
+        "--download-seconds",
+        type=float,
+        metavar="S",
+        help="deadline for one file, retries and redirects included [env HW_DOWNLOAD_SECONDS; default 900]",
+    )
+    inputs.add_argument(
+        "--stall-seconds",
+        type=float,
+        metavar="S",
+        help="give a download up after this long without a byte [env HW_STALL_SECONDS; default 30]",
+    )
     demo = parser.add_argument_group("demo")
     demo.add_argument(
         "--demo",

@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     enqueue.add_argument("--priority", type=int, metavar="N", help="higher runs first (default 0)")
     enqueue.add_argument("--max-attempts", type=int, metavar="N", help="attempt cap (default 3)")
     enqueue.add_argument("--id", dest="task_id", metavar="ID", help="use this id instead of a new uuid")
-    enqueue.set_defaults(func=_command(_enqueue))
+    enqueue.set_defaults(func=_command(_enqueue, creates=True))
 
     listing = subparsers.add_parser("list", parents=[database, as_json], help="list tasks, newest first")
     listing.add_argument(
@@ -99,19 +99,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     workers.set_defaults(func=_command(_workers))
 
     migrate = subparsers.add_parser("migrate", parents=[database], help="create or upgrade the schema")
-    migrate.set_defaults(func=_command(_migrate))
+    migrate.set_defaults(func=_command(_migrate, creates=True))
 
 
 # ---------------------------------------------------------------------------------------------------- plumbing
 
 
-def _command(body: Callable[[argparse.Namespace, TaskQueue], int | None]) -> Callable[[argparse.Namespace], int]:
+def _command(
+    body: Callable[[argparse.Namespace, TaskQueue], int | None], *, creates: bool = False
+) -> Callable[[argparse.Namespace], int]:
+    """`creates`: the command may make a new SQLite queue (enqueue, migrate); the others need an existing one."""
+
     def run(args: argparse.Namespace) -> int:
         # stdout is for results; the queue's own info lines (migrations, cascades) would only be noise here
         logger.remove()
         logger.add(sys.stderr, level="WARNING", format="{level}: {message}")
         try:
-            with _open(args.db) as queue:
+            with _open(args.db, create=creates) as queue:
                 return int(body(args, queue) or 0)
         except (CommandError, QueueError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
@@ -121,8 +125,8 @@ def _command(body: Callable[[argparse.Namespace, TaskQueue], int | None]) -> Cal
 
 
 @contextmanager
-def _open(url: str | None) -> Iterator[TaskQueue]:
-    queue = open_queue(resolve_db_url(url), pool_size=1)
+def _open(url: str | None, *, create: bool) -> Iterator[TaskQueue]:
+    queue = open_queue(resolve_db_url(url), pool_size=1, create=create)
     try:
         queue.migrate()
         yield queue
@@ -222,9 +226,13 @@ def _list(args: argparse.Namespace, queue: TaskQueue) -> None:
             ", ".join(_short(dep) for dep in task.depends_on or ((task.dependant_on,) if task.dependant_on else ())),
             f"{task.attempts}/{task.max_attempts}",
             task.created_at.strftime("%Y-%m-%d %H:%M:%S") if task.created_at else "",
-            task.error_message
-            if task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
-            else task.output_location or "",
+            _one_line(
+                f"row cannot be read: {task.decode_error}"
+                if task.decode_error
+                else task.error_message
+                if task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
+                else task.output_location or ""
+            ),
         )
     _console().print(table)
 
@@ -343,6 +351,12 @@ def _migrate(args: argparse.Namespace, queue: TaskQueue) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- formatting
+
+
+def _one_line(text: str | None, limit: int = 160) -> str:
+    """A table cell: the first line, cut (`show ID` prints the whole message)."""
+    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _short(task_id: str) -> str:

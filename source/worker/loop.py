@@ -15,14 +15,25 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from loguru import logger
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from source.queue import QueueError, QueueUnavailable, TaskNotOwned, TaskQueue, TaskRecord, TaskStatus, open_queue
+from source.queue import (
+    QueueError,
+    QueueUnavailable,
+    TaskNotOwned,
+    TaskQueue,
+    TaskRecord,
+    TaskStatus,
+    WorkerIdInUse,
+    open_queue,
+)
 from source.tasks.context import (
     FatalWorkerError,
     TaskCancelled,
@@ -31,12 +42,15 @@ from source.tasks.context import (
     TaskOutcome,
     TransientTaskError,
     WorkerServices,
+    make_work_dir,
+    remove_stale_work_dirs,
 )
 from source.tasks.registry import TaskRegistry, UnknownTaskType
 from source.worker.logs import configure_logging
 from source.worker.settings import WorkerSettings
 from source.worker.shutdown import ShutdownController
 
+READINESS_REFRESH_SECONDS = 300.0  # re-check waiting tasks' dependencies (queue.refresh_readiness) this often
 EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_STARTUP_FAILED = 2
@@ -106,8 +120,15 @@ class Worker:
         self.services = services
         self.shutdown = shutdown
         self._metadata: dict[str, Any] = {}
+        self._session_id = uuid.uuid4().hex  # this process's claim on the worker id (workers.session_id)
+        self.lost_worker_id = threading.Event()
         self.supervisor = Supervisor(
-            queue=queue, settings=settings, shutdown=shutdown, beat=self._beat, on_abandon=self._abandon
+            queue=queue,
+            settings=settings,
+            shutdown=shutdown,
+            beat=self._beat,
+            on_abandon=self._abandon,
+            worker_id_lost=self.lost_worker_id,
         )
 
     # ------------------------------------------------------------------------------------------ the loop
@@ -131,12 +152,19 @@ class Worker:
         exit_code = EXIT_OK
         final_status = "stopped"
         try:
-            self._beat("starting", None)
+            if not self._take_worker_id():
+                return EXIT_STARTUP_FAILED
+        except QueueError as error:
+            logger.error("cannot start: {}", error)
+            return EXIT_STARTUP_FAILED
+        try:
             recovered = self.queue.reclaim_expired(of_worker=settings.worker_id)
             if recovered:
                 logger.warning(
                     "put back {} task(s) a previous run of worker id {} left In Progress", recovered, settings.worker_id
                 )
+            self.queue.refresh_readiness()
+            remove_stale_work_dirs(settings.work_root)
             self.supervisor.start()
             try:
                 exit_code = self._loop()
@@ -148,19 +176,23 @@ class Worker:
             logger.error("stopping: the queue failed: {}", error)
             exit_code, final_status = EXIT_FATAL, "error"
         finally:
-            self._beat(final_status, None, quiet=True)
+            self._beat(final_status, None)
             logger.info("worker {} {} (exit code {})", settings.worker_id, final_status, exit_code)
         return exit_code
 
     def _loop(self) -> int:
         settings = self.settings
         processed = 0
+        next_refresh = time.monotonic() + READINESS_REFRESH_SECONDS
         while not self.shutdown.requested:
             if settings.max_tasks is not None and processed >= settings.max_tasks:
                 logger.info("processed {} task(s) (--max-tasks): stopping", processed)
                 break
             try:
                 self.queue.reclaim_expired()
+                if time.monotonic() >= next_refresh:
+                    self.queue.refresh_readiness()
+                    next_refresh = time.monotonic() + READINESS_REFRESH_SECONDS
                 task = self.queue.claim(
                     settings.worker_id, lease_seconds=settings.lease_seconds, task_types=settings.task_types
                 )
@@ -189,36 +221,51 @@ class Worker:
             logger.info(
                 "claimed task {} ({}), attempt {} of {}", task.id, task.task_type, task.attempts + 1, task.max_attempts
             )
-            self._beat("busy", task.id, quiet=True)
+            self._beat("busy", task.id)
+            work_dir: Path | None = None
             try:
-                handler = self.registry.get(task.task_type)
-            except UnknownTaskType as error:
-                self._finish(task, _Finish("fail", error_message=str(error)))
-                return _Outcome.DONE
-            work_dir = self.settings.work_root / task.id
-            work_dir.mkdir(parents=True, exist_ok=True)
-            context = TaskContext(
-                task=task,
-                queue=self.queue,
-                worker_id=self.settings.worker_id,
-                output_dir=self.settings.output_dir,
-                work_dir=work_dir,
-                settings=self.settings,
-                services=self.services,
-            )
-            watch = self.supervisor.watch(task, context.cancel_event)
-            started = time.monotonic()
-            try:
-                finish = self._run_handler(handler, context, watch)
+                finish = self._reject(task)
+                if finish is None:
+                    work_dir = make_work_dir(self.settings.work_root, task.id)
+                    finish = self._run(task, work_dir)
+            except Exception as error:  # the worker's own plumbing failed around this task: the task fails, not us
+                logger.error("could not run task {}: {}", task.id, _traceback_summary(error))
+                finish = _Finish("fail", error_message=f"worker error: {type(error).__name__}: {error}", retryable=True)
             finally:
-                self.supervisor.unwatch()
-                context.close_progress()
-            logger.info("handler finished in {:.1f} s: {}", time.monotonic() - started, finish.kind)
+                if work_dir is not None:
+                    shutil.rmtree(work_dir, ignore_errors=True)  # downloads and partial outputs, whatever the end
             self._finish(task, finish)
-            if finish.kind == "complete" or finish.kind == "await_children":
-                shutil.rmtree(work_dir, ignore_errors=True)
-            self._beat("idle", None, quiet=True)
+            self._beat("idle", None)
             return _Outcome.FATAL if finish.fatal else _Outcome.DONE
+
+    def _reject(self, task: TaskRecord) -> _Finish | None:
+        """Rows that fail before any handler runs: an undecodable row, an unknown task type."""
+        if task.decode_error is not None:
+            return _Finish("fail", error_message=f"the task row cannot be read: {task.decode_error}")
+        if task.task_type not in self.registry:
+            return _Finish("fail", error_message=str(UnknownTaskType(task.task_type, self.registry.known_types())))
+        return None
+
+    def _run(self, task: TaskRecord, work_dir: Path) -> _Finish:
+        handler = self.registry.get(task.task_type)
+        context = TaskContext(
+            task=task,
+            queue=self.queue,
+            worker_id=self.settings.worker_id,
+            output_dir=self.settings.output_dir,
+            work_dir=work_dir,
+            settings=self.settings,
+            services=self.services,
+        )
+        watch = self.supervisor.watch(task, context.cancel_event)
+        started = time.monotonic()
+        try:
+            finish = self._run_handler(handler, context, watch)
+        finally:
+            self.supervisor.unwatch()
+            context.close_progress()
+        logger.info("handler finished in {:.1f} s: {}", time.monotonic() - started, finish.kind)
+        return finish
 
     def _run_handler(
         self, handler: Callable[[TaskContext], TaskOutcome], context: TaskContext, watch: _Watch
@@ -304,15 +351,52 @@ class Worker:
 
     # ------------------------------------------------------------------------------------------ heartbeats
 
-    def _beat(self, status: str, task_id: str | None, *, quiet: bool = False) -> None:
+    def _take_worker_id(self) -> bool:
+        """Registers this process under its worker id. A live holder of the id (another process started with the
+        same --worker-id) keeps it: wait until its heartbeat goes stale (a crashed holder), else give up."""
+        settings = self.settings
+        give_up_at = time.monotonic() + settings.lease_seconds + settings.heartbeat_seconds
+        waiting_said = False
+        while True:
+            try:
+                self.queue.register_worker(
+                    settings.worker_id,
+                    session_id=self._session_id,
+                    metadata=self._metadata,
+                    stale_seconds=settings.lease_seconds,
+                )
+                return True
+            except WorkerIdInUse as error:
+                if time.monotonic() >= give_up_at or self.shutdown.requested:
+                    logger.error("cannot start: {}", error)
+                    return False
+                if not waiting_said:
+                    logger.warning("{}; waiting up to {:.0f} s for it to go stale", error, settings.lease_seconds)
+                    waiting_said = True
+                self.shutdown.wait(min(settings.heartbeat_seconds, 2.0))
+
+    def _beat(self, status: str, task_id: str | None) -> bool:
+        """A heartbeat. False when it could not be written; once another process has taken this worker id (this one
+        was stopped long enough to look dead), the worker stops at once: its tasks may be running elsewhere now."""
         try:
-            self.queue.upsert_worker(
-                self.settings.worker_id, status=status, current_task_id=task_id, metadata=self._metadata
+            held = self.queue.beat_worker(
+                self.settings.worker_id,
+                session_id=self._session_id,
+                status=status,
+                current_task_id=task_id,
+                metadata=self._metadata,
             )
         except QueueError as error:
-            if not quiet:
-                raise
             logger.warning("could not update the workers row: {}", error)
+            return False
+        if not held and not self.lost_worker_id.is_set():
+            logger.error(
+                "worker id {} was taken over by another process while this one looked dead; stopping",
+                self.settings.worker_id,
+            )
+            self.lost_worker_id.set()
+            self.shutdown.request("worker id taken over", immediate=True)
+        return held
 
     def _abandon(self, task: TaskRecord) -> None:
         """Called by the supervisor when a stop was requested and the handler ignored its cancel_event: put the task
@@ -326,7 +410,7 @@ class Worker:
             self.queue.release(task.id, self.settings.worker_id)
         except QueueError as error:
             logger.error("could not put task {} back ({}); its lease will expire instead", task.id, error)
-        self._beat("stopped", None, quiet=True)
+        self._beat("stopped", None)
         sys.stderr.flush()
         os._exit(EXIT_OK)
 
@@ -361,9 +445,11 @@ class Supervisor:
         queue: TaskQueue,
         settings: WorkerSettings,
         shutdown: ShutdownController,
-        beat: Callable[..., None],
+        beat: Callable[..., bool],
         on_abandon: Callable[[TaskRecord], None],
+        worker_id_lost: threading.Event,
     ) -> None:
+        self.worker_id_lost = worker_id_lost
         self.queue = queue
         self.settings = settings
         self.shutdown = shutdown
@@ -399,7 +485,7 @@ class Supervisor:
             now = time.monotonic()
             if watch is None:
                 if now >= next_idle_beat:
-                    self.beat("idle", None, quiet=True)
+                    self.beat("idle", None)
                     next_idle_beat = now + self.settings.heartbeat_seconds
                 continue
             with logger.contextualize(task_id=watch.task.id):
@@ -421,12 +507,17 @@ class Supervisor:
 
     def _renew(self, watch: _Watch) -> None:
         settings = self.settings
+        self.beat("busy", watch.task.id)
+        if self.worker_id_lost.is_set():  # another process holds our id now: never renew a lease under it
+            if not watch.lease_lost.is_set():
+                watch.lease_lost.set()
+                watch.cancel_event.set()
+            return
         try:
             still_ours = self.queue.renew_lease(watch.task.id, settings.worker_id, settings.lease_seconds)
         except QueueError as error:
             logger.warning("could not renew the lease: {}", error)
             return
-        self.beat("busy", watch.task.id, quiet=True)
         if not still_ours and not watch.lease_lost.is_set():
             logger.warning("lost the lease (the task was cancelled or reclaimed): asking the handler to stop")
             watch.lease_lost.set()

@@ -55,6 +55,13 @@ class WorkerSettings:
     supabase_url: str | None = None
     supabase_key: str | None = field(default=None, repr=False)  # a secret: kept out of reprs and logs
     supabase_bucket: str | None = None
+    # What a payload may make the worker read (README "Hostile input"):
+    input_roots: tuple[Path, ...] = ()  # local folders payload paths may name; none by default (URLs only)
+    allow_private_urls: bool = False  # fetch from loopback/private/link-local addresses (a local test server)
+    max_input_mb: float = 512.0  # one image or video input
+    max_lora_mb: float = 4096.0  # one LoRA file
+    download_seconds: float = 900.0  # one file, all attempts and redirects together
+    stall_seconds: float = 30.0  # no byte for this long: the server is gone
     extra: Mapping[str, Any] = field(default_factory=dict)  # settings added by start-up hooks (e.g. --model)
 
     def __post_init__(self) -> None:
@@ -75,6 +82,20 @@ class WorkerSettings:
             raise SettingsError(f"log_level: expected one of {', '.join(LOG_LEVELS)}; got {self.log_level!r}")
         if not self.worker_id.strip():
             raise SettingsError("worker_id: expected a non-empty string")
+        for name in ("max_input_mb", "max_lora_mb", "download_seconds", "stall_seconds"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{name}: expected a positive number; got {getattr(self, name)!r}")
+        if bool(self.supabase_url) != bool(self.supabase_key):
+            given, missing = (
+                ("--supabase-url / SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY")
+                if self.supabase_url
+                else ("SUPABASE_SERVICE_ROLE_KEY", "--supabase-url / SUPABASE_URL")
+            )
+            # Found now, not after the first video is generated and cannot be stored.
+            raise SettingsError(f"{given} is set but {missing} is not: Supabase storage needs both (or neither)")
+        for root in self.input_roots:
+            if not root.is_dir():
+                raise SettingsError(f"input_roots: {root} is not a folder")
 
     @property
     def work_root(self) -> Path:
@@ -143,7 +164,20 @@ def settings_from_values(values: Mapping[str, Any], environ: Mapping[str, str] |
         # the key comes from the environment only: a command-line secret shows up in process listings
         supabase_key=_from_env("SUPABASE_SERVICE_ROLE_KEY", str, env) or _from_env("SUPABASE_KEY", str, env),
         supabase_bucket=pick("supabase_bucket", "SUPABASE_BUCKET", str, None),
+        input_roots=tuple(
+            _path(text) for text in (values.get("input_roots") or _from_env("HW_INPUT_ROOTS", _path_list, env) or ())
+        ),
+        allow_private_urls=bool(values.get("allow_private_urls"))
+        or bool(_from_env("HW_ALLOW_PRIVATE_URLS", _parse_bool, env)),
+        max_input_mb=pick("max_input_mb", "HW_MAX_INPUT_MB", float, 512.0),
+        max_lora_mb=pick("max_lora_mb", "HW_MAX_LORA_MB", float, 4096.0),
+        download_seconds=pick("download_seconds", "HW_DOWNLOAD_SECONDS", float, 900.0),
+        stall_seconds=pick("stall_seconds", "HW_STALL_SECONDS", float, 30.0),
     )
+
+
+def _path_list(text: str) -> tuple[str, ...]:
+    return tuple(part for part in text.split(os.pathsep) if part.strip())
 
 
 def _path(text: str | None) -> Path | None:

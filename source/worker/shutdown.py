@@ -37,8 +37,11 @@ class ShutdownController:
     def requested(self) -> bool:
         return self._event.is_set()
 
-    def request(self, reason: str) -> None:
+    def request(self, reason: str, *, immediate: bool = False) -> None:
+        """Stop claiming. `immediate`: the current task is asked to stop now, without a grace period."""
         with self._lock:
+            if immediate:
+                self._immediate = True
             if self._requested_at is None:
                 self._requested_at = time.monotonic()
                 logger.warning(

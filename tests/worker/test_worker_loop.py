@@ -92,7 +92,8 @@ def test_outcomes_are_mapped_to_queue_transitions(sqlite_queue: TaskQueue, sqlit
         1,
         "params.bad: expected nothing",
     )
-    assert (seen_dirs[bad] / "scratch.bin").exists(), "scratch is kept after a failure, for debugging"
+    assert not seen_dirs[bad].exists(), "scratch (downloads included) is removed after a failure too"
+    assert list((tmp_path / "outputs" / ".work").iterdir()) == []
     assert sqlite_queue.get(wrong).error_message == "the handler returned dict, expected a TaskOutcome"
     assert sqlite_queue.get(quitting).status is TaskStatus.FAILED
     assert sqlite_queue.get(quitting).attempts == 1
