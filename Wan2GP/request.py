@@ -299,10 +299,13 @@ def resolve_request(
         if path is not None and not path.is_file():
             raise InvalidGenerationParams([field], f"{field}: file not found: {path}")
     if wgp.output_filename is not None and (
-        not wgp.output_filename.strip() or Path(wgp.output_filename).name != wgp.output_filename
+        not wgp.output_filename.strip()
+        or Path(wgp.output_filename).name != wgp.output_filename
+        or len(wgp.output_filename.encode()) > 200  # file systems stop at 255 bytes; ".mp4" and "(2)" come on top
     ):
         raise InvalidGenerationParams(
-            ["output_filename"], f"output_filename: expected a plain file name, got {wgp.output_filename!r}"
+            ["output_filename"],
+            f"output_filename: expected a plain file name of at most 200 bytes, got {wgp.output_filename[:60]!r}",
         )
 
     lora_sources = tuple(definition.loras) + tuple(str(item) for item in wgp.activated_loras)

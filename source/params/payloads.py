@@ -69,7 +69,7 @@ def _wgp_multiplier_string(value: Any) -> str:
     if isinstance(value, list | tuple):
         return " ".join(_wgp_multiplier_token(item) for item in value)
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
+        return _wgp_multiplier_token(value)
     if not isinstance(value, str):
         raise Expected("a multiplier string with one token per LoRA, or a list of them")
     for token in value.replace("|", " ").split():

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from source.params.base import Frames, Integer, Overlap, Resolution, within
+from source.params.base import Frames, Integer, Location, Overlap, Resolution, within
 from source.params.errors import PayloadError
 from source.params.payloads import (
     GENERATION_KNOBS,
@@ -42,8 +42,8 @@ class SegmentTaskParams(TravelSegmentParams):
     travel_mode: Literal["vace", "i2v"] | None = None
     parsed_resolution_wh: Resolution
     segment_frames_target: Frames
-    start_image_url: str | None = None
-    end_image_url: str | None = None
+    start_image_url: Location | None = None
+    end_image_url: Location | None = None
     base_prompt: str = ""
     negative_prompt: str = ""
     generation: GenerationSpec = Field(default_factory=GenerationSpec)

@@ -49,6 +49,8 @@ def decode_json(text: str | bytes | None, column: str) -> Any:
     if isinstance(text, UndecodableText):
         raise RowDecodeError(f"{column}: not valid UTF-8 text")
     size = len(text)
+    if isinstance(text, str) and size > MAX_JSON_BYTES // 4:  # only then can the UTF-8 form exceed the cap
+        size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_JSON_BYTES:
         raise RowDecodeError(f"{column}: {size} bytes of JSON; at most {MAX_JSON_BYTES} are accepted")
     if not (text.strip() if isinstance(text, str) else text.strip()):

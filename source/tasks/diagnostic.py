@@ -18,6 +18,7 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from source.queue import ChildSpec
+from source.storage.paths import safe_component
 from source.tasks.context import (
     FatalWorkerError,
     TaskContext,
@@ -102,7 +103,7 @@ def debug_sleep(ctx: TaskContext) -> TaskOutcome:
         "attempt": ctx.task.attempts + 1,
         "slept_seconds": params.seconds,
     }
-    output = Path(ctx.output_dir) / "debug" / f"{ctx.task.id}.json"
+    output = Path(ctx.output_dir) / "debug" / f"{safe_component(ctx.task.id)}.json"  # ids come from rows
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(record), encoding="utf-8")
     return TaskOutcome(output_location=str(output), result=record, message="slept")

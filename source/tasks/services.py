@@ -12,6 +12,8 @@ def build_services(settings: WorkerSettings) -> WorkerServices:
     def make_engine():
         from Wan2GP.engine import WanEngine  # torch is imported here, not at worker start-up
 
+        _library_logs_into_the_worker_log()
+
         return WanEngine(device=settings.device, cache_dir=settings.model_cache_dir, lora_dir=settings.lora_dir)
 
     def make_storage():
@@ -20,3 +22,14 @@ def build_services(settings: WorkerSettings) -> WorkerServices:
         )
 
     return WorkerServices(engine_factory=make_engine, storage_factory=make_storage)
+
+
+def _library_logs_into_the_worker_log() -> None:
+    """transformers and diffusers print through stderr handlers of their own; their records go up to the root logger
+    instead, which the worker routes into its log format (source/worker/logs.py)."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    for library in (diffusers.utils.logging, transformers.utils.logging):
+        library.disable_default_handler()
+        library.enable_propagation()

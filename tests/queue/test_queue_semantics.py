@@ -431,3 +431,80 @@ def test_workers_table_and_stats(queue: TaskQueue) -> None:
     assert stats["ready"] == 2
     assert stats["workers"] == {"busy": 1}
     assert queue.list_tasks(status="queued", task_type="seg", limit=1)[0].task_type == "seg"
+
+
+def _foreign_sql(queue_url: str, statements: list[tuple[str, tuple[object, ...]]]) -> None:
+    """Writes as another app would, straight into the tables (`?` placeholders on both backends)."""
+    if queue_url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(queue_url.removeprefix("sqlite:///")) as connection:
+            for sql, args in statements:
+                connection.execute(sql.replace("now()", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"), args)
+        return
+    import psycopg
+
+    with psycopg.connect(queue_url, autocommit=True) as connection:
+        for sql, args in statements:
+            connection.execute(sql.replace("?", "%s"), args)
+
+
+def test_rows_written_by_another_app_wait_for_their_dependencies(queue: TaskQueue, queue_url: str) -> None:
+    dependency = queue.enqueue("t", {})
+    insert = "INSERT INTO tasks (id, task_type, params, status, dependant_on, created_at) VALUES (?, 't', '{}', 'Queued', ?, now())"
+    _foreign_sql(
+        queue_url,
+        [
+            (insert, ("via-column", dependency)),
+            (insert, ("via-link", None)),
+            (
+                "INSERT INTO task_dependencies (task_id, depends_on_id, position) VALUES (?, ?, 0)",
+                ("via-link", dependency),
+            ),
+            (insert, ("free", None)),
+            (insert, ("on-a-ghost", "no-such-task")),
+        ],
+    )
+    assert {claim(queue).id, claim(queue).id} == {dependency, "free"}
+    assert claim(queue) is None, "the other three wait"
+    queue.complete(dependency, "w1", output_location=None)
+    assert {claim(queue).id, claim(queue).id} == {"via-column", "via-link"}
+    assert claim(queue) is None, "a dependency that does not exist keeps its task waiting"
+
+
+def test_a_dependency_completed_behind_the_queues_back_is_noticed_by_refresh(queue: TaskQueue, queue_url: str) -> None:
+    dependency = queue.enqueue("t", {})
+    waiting = queue.enqueue("t", {}, dependant_on=dependency)
+    assert claim(queue).id == dependency
+    _foreign_sql(queue_url, [("UPDATE tasks SET status = 'Complete' WHERE id = ?", (dependency,))])
+    assert claim(queue) is None, "the cached flag still says waiting"
+    queue.refresh_readiness()
+    assert claim(queue).id == waiting
+
+
+def test_a_retried_task_waits_again_for_a_dependency_that_is_not_complete(queue: TaskQueue) -> None:
+    first = queue.enqueue("t", {})
+    second = queue.enqueue("t", {}, dependant_on=first)
+    assert claim(queue).id == first
+    queue.fail(first, "w1", "boom")
+    assert queue.get(second).status is TaskStatus.FAILED
+    assert set(queue.retry(first)) == {first, second}
+    assert claim(queue).id == first
+    assert claim(queue) is None, "the retried dependent waits for its retried dependency"
+    queue.complete(first, "w1", output_location=None)
+    assert claim(queue).id == second
+
+
+def test_enqueue_refuses_params_no_worker_could_read_back(queue: TaskQueue) -> None:
+    with pytest.raises(ValueError, match=r"params.guidance: NaN is not a JSON number"):
+        queue.enqueue("t", {"guidance": float("nan")})
+    nested: object = 1
+    for _ in range(70):
+        nested = [nested]
+    with pytest.raises(ValueError, match="params: JSON nested deeper than 64 levels"):
+        queue.enqueue("t", {"a": nested})
+    with pytest.raises(ValueError, match=r"params.prompt: text contains a lone surrogate"):
+        queue.enqueue("t", {"prompt": "\ud800"})
+    with pytest.raises(ValueError, match=r"params: \d+ bytes of JSON; at most 2097152"):
+        queue.enqueue("t", {"prompt": "x" * (3 * 1024 * 1024)})
+    assert queue.list_tasks() == []

@@ -230,6 +230,23 @@ def test_settings_errors_name_the_setting() -> None:
         settings_from_values({"log_level": "LOUD"}, {})
 
 
+def test_misconfigured_storage_and_input_settings_stop_the_worker_at_start(tmp_path: Path) -> None:
+    # A service key without its project URL used to start fine and fail every task after generating it.
+    with pytest.raises(
+        SettingsError, match="SUPABASE_SERVICE_ROLE_KEY is set but --supabase-url / SUPABASE_URL is not"
+    ):
+        settings_from_values({}, {"SUPABASE_SERVICE_ROLE_KEY": "secret"})
+    with pytest.raises(SettingsError, match="--supabase-url / SUPABASE_URL is set but SUPABASE_SERVICE_ROLE_KEY"):
+        settings_from_values({"supabase_url": "https://p.supabase.co"}, {})
+    with pytest.raises(SettingsError, match="input_roots: .* is not a folder"):
+        settings_from_values({"input_roots": [str(tmp_path / "missing")]}, {})
+    with pytest.raises(SettingsError, match="max_input_mb: expected a positive number"):
+        settings_from_values({"max_input_mb": 0.0}, {})
+    roots = settings_from_values({}, {"HW_INPUT_ROOTS": f"{tmp_path}:{tmp_path}", "HW_ALLOW_PRIVATE_URLS": "yes"})
+    assert roots.input_roots == (tmp_path, tmp_path) and roots.allow_private_urls is True
+    assert settings_from_values({}, {}).input_roots == (), "no local reads unless the operator names a folder"
+
+
 def test_default_registry_has_the_diagnostic_types_and_a_clear_unknown_type_error() -> None:
     registry = default_registry()
     assert {"debug_sleep", "debug_orchestrator"} <= set(registry.known_types())
@@ -237,3 +254,25 @@ def test_default_registry_has_the_diagnostic_types_and_a_clear_unknown_type_erro
         registry.get("nope")
     with pytest.raises(ValueError, match="already has a handler"):
         registry.register("debug_sleep", lambda ctx: TaskOutcome())
+
+
+def test_log_lines_are_bounded_and_library_warnings_share_the_format(capfd: pytest.CaptureFixture[str]) -> None:
+    import logging
+    import sys
+
+    from loguru import logger
+
+    from source.worker.logs import MAX_MESSAGE_CHARS, configure_logging
+
+    # What huggingface_hub does at import: a stderr handler on its own logger (made here, on this test's stderr).
+    logging.getLogger("huggingface_hub").addHandler(logging.StreamHandler(sys.stderr))
+    configure_logging(level="INFO", json_lines=False, worker_id="log-test")
+    logger.info("value: {}", "v" * 10_000_000)
+    logging.getLogger("huggingface_hub.file_download").warning("Retrying in 1s [Retry 1/5]")
+    logging.getLogger("httpx").info("HTTP Request: GET https://x.example/a.png?token=SECRET")
+    lines = capfd.readouterr().err.splitlines()
+    (long_line,) = [line for line in lines if "value: " in line]
+    assert len(long_line) < MAX_MESSAGE_CHARS + 200 and long_line.endswith("more characters)")
+    (hub_line,) = [line for line in lines if "Retrying in 1s" in line]  # once, never also raw
+    assert "| log-test | task - | huggingface_hub.file_download: Retrying" in hub_line
+    assert not any("SECRET" in line for line in lines)
