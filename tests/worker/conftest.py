@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from loguru import logger
 
+from source.queue import TaskQueue, open_queue
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER_SCRIPT = REPO_ROOT / "worker.py"
 
@@ -22,6 +24,14 @@ WORKER_SCRIPT = REPO_ROOT / "worker.py"
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'tasks.db'}"
+
+
+@pytest.fixture
+def sqlite_queue(sqlite_url: str) -> Iterator[TaskQueue]:
+    queue = open_queue(sqlite_url)
+    queue.migrate()
+    yield queue
+    queue.close()
 
 
 @pytest.fixture

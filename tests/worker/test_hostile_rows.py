@@ -16,33 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loop_helpers import in_process_settings
 
 from source.queue import TaskQueue, TaskStatus, WorkerIdInUse, open_queue
 from source.tasks import WorkerServices, default_registry
 from source.tasks.context import make_work_dir, remove_stale_work_dirs
-from source.worker import EXIT_STARTUP_FAILED, WorkerSettings, run
+from source.worker import EXIT_STARTUP_FAILED, run
 
 pytestmark = pytest.mark.usefixtures("restore_loguru")
 
 
-def _settings(url: str, tmp_path: Path, **overrides: Any) -> WorkerSettings:
-    values: dict[str, Any] = dict(
-        db_url=url,
-        worker_id="hostile-test",
-        poll_interval=0.05,
-        output_dir=tmp_path / "outputs",
-        once=True,
-        lease_seconds=5.0,
-        heartbeat_seconds=0.1,
-        retry_delay_seconds=0.0,
-    )
-    values.update(overrides)
-    return WorkerSettings(**values)
-
-
 def _run(url: str, tmp_path: Path, **overrides: Any) -> int:
     return run(
-        _settings(url, tmp_path, **overrides),
+        in_process_settings(url, tmp_path, **overrides),
         registry=default_registry(),
         services=WorkerServices(),
         install_signal_handlers=False,
@@ -57,14 +43,6 @@ def _insert_sqlite(url: str, task_id: str, params_sql: str, *, task_type: str = 
             f"VALUES (?, ?, {params_sql}, 'Queued', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), NULL)",
             (task_id, task_type),
         )
-
-
-@pytest.fixture
-def sqlite_queue(sqlite_url: str) -> TaskQueue:
-    queue = open_queue(sqlite_url)
-    queue.migrate()
-    yield queue
-    queue.close()
 
 
 SQLITE_POISON = {

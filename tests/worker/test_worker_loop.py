@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loop_helpers import in_process_settings
 
-from source.queue import TaskQueue, TaskStatus, open_queue
+from source.queue import TaskQueue, TaskStatus
 from source.tasks import (
     TaskCancelled,
     TaskContext,
@@ -19,32 +20,9 @@ from source.tasks import (
     WorkerServices,
     default_registry,
 )
-from source.worker import SettingsError, WorkerSettings, run, settings_from_values
+from source.worker import SettingsError, run, settings_from_values
 
 pytestmark = pytest.mark.usefixtures("restore_loguru")
-
-
-def _settings(url: str, tmp_path: Path, **overrides: Any) -> WorkerSettings:
-    values: dict[str, Any] = dict(
-        db_url=url,
-        worker_id="in-process",
-        poll_interval=0.05,
-        output_dir=tmp_path / "outputs",
-        once=True,
-        lease_seconds=5.0,
-        heartbeat_seconds=0.1,
-        retry_delay_seconds=0.0,
-    )
-    values.update(overrides)
-    return WorkerSettings(**values)
-
-
-@pytest.fixture
-def sqlite_queue(sqlite_url: str) -> TaskQueue:
-    queue = open_queue(sqlite_url)
-    queue.migrate()
-    yield queue
-    queue.close()
 
 
 def test_outcomes_are_mapped_to_queue_transitions(sqlite_queue: TaskQueue, sqlite_url: str, tmp_path: Path) -> None:
@@ -78,7 +56,13 @@ def test_outcomes_are_mapped_to_queue_transitions(sqlite_queue: TaskQueue, sqlit
     quitting = sqlite_queue.enqueue("quits", {})
 
     assert (
-        run(_settings(sqlite_url, tmp_path), registry=registry, services=services, install_signal_handlers=False) == 0
+        run(
+            in_process_settings(sqlite_url, tmp_path),
+            registry=registry,
+            services=services,
+            install_signal_handlers=False,
+        )
+        == 0
     )
 
     assert engine_builds == [1], "the engine is built once, on first use, and reused"
@@ -126,7 +110,7 @@ def test_progress_is_throttled_but_the_last_step_is_written(
         worker_id="in-process",
         output_dir=tmp_path,
         work_dir=tmp_path,
-        settings=_settings(sqlite_url, tmp_path),
+        settings=in_process_settings(sqlite_url, tmp_path),
         services=WorkerServices(),
         progress_write_interval_seconds=60.0,
     )
@@ -162,7 +146,7 @@ def test_a_task_cancelled_while_running_is_stopped_and_left_cancelled(
 
     canceller = threading.Thread(target=cancel_when_started)
     canceller.start()
-    assert run(_settings(sqlite_url, tmp_path), registry=registry, install_signal_handlers=False) == 0
+    assert run(in_process_settings(sqlite_url, tmp_path), registry=registry, install_signal_handlers=False) == 0
     canceller.join()
     assert stopped == [True], "the heartbeat noticed the lost lease and asked the handler to stop"
     task = sqlite_queue.get(task_id)
@@ -171,7 +155,7 @@ def test_a_task_cancelled_while_running_is_stopped_and_left_cancelled(
 
 def test_max_tasks_stops_the_worker(sqlite_queue: TaskQueue, sqlite_url: str, tmp_path: Path) -> None:
     ids = [sqlite_queue.enqueue("debug_sleep", {"seconds": 0, "steps": 1}) for _ in range(3)]
-    settings = _settings(sqlite_url, tmp_path, once=False, max_tasks=2)
+    settings = in_process_settings(sqlite_url, tmp_path, once=False, max_tasks=2)
     assert run(settings, registry=default_registry(), install_signal_handlers=False) == 0
     assert [sqlite_queue.get(task_id).status for task_id in ids] == [
         TaskStatus.COMPLETE,
@@ -181,7 +165,7 @@ def test_max_tasks_stops_the_worker(sqlite_queue: TaskQueue, sqlite_url: str, tm
 
 
 def test_a_bad_database_url_is_a_startup_failure(tmp_path: Path) -> None:
-    settings = _settings("mysql://nowhere/db", tmp_path)
+    settings = in_process_settings("mysql://nowhere/db", tmp_path)
     assert run(settings, registry=TaskRegistry(), install_signal_handlers=False) == 2
 
 
