@@ -116,10 +116,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "[env HW_ALLOW_PRIVATE_URLS]",
     )
     inputs.add_argument(
-        "--max-input-mb",
-        type=float,
-        metavar="MB",
-        help="largest image or video input [env HW_MAX_INPUT_MB; default 512]",
+        "--max-image-mb", type=float, metavar="MB", help="largest image input [env HW_MAX_IMAGE_MB; default 64]"
+    )
+    inputs.add_argument(
+        "--max-video-mb", type=float, metavar="MB", help="largest video input [env HW_MAX_VIDEO_MB; default 1024]"
     )
     inputs.add_argument(
         "--max-lora-mb", type=float, metavar="MB", help="largest LoRA file [env HW_MAX_LORA_MB; default 4096]"

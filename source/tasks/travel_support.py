@@ -95,7 +95,7 @@ def fetch_input(
             source,
             dest_dir,
             roots=roots,
-            limits=input_limits(settings, max_mb=settings.max_input_mb),
+            limits=input_limits(settings, max_mb=settings.max_image_mb if kind == "image" else settings.max_video_mb),
             network=network_policy(settings),
             cancel=ctx.cancel_event,
         )

@@ -58,7 +58,8 @@ class WorkerSettings:
     # What a payload may make the worker read (README "Hostile input"):
     input_roots: tuple[Path, ...] = ()  # local folders payload paths may name; none by default (URLs only)
     allow_private_urls: bool = False  # fetch from loopback/private/link-local addresses (a local test server)
-    max_input_mb: float = 512.0  # one image or video input
+    max_image_mb: float = 64.0  # one image input (a keyframe is a few MB at most)
+    max_video_mb: float = 1024.0  # one video input (a guide, a mask, a segment's stored output)
     max_lora_mb: float = 4096.0  # one LoRA file
     download_seconds: float = 900.0  # one file, all attempts and redirects together
     stall_seconds: float = 30.0  # no byte for this long: the server is gone
@@ -82,7 +83,7 @@ class WorkerSettings:
             raise SettingsError(f"log_level: expected one of {', '.join(LOG_LEVELS)}; got {self.log_level!r}")
         if not self.worker_id.strip():
             raise SettingsError("worker_id: expected a non-empty string")
-        for name in ("max_input_mb", "max_lora_mb", "download_seconds", "stall_seconds"):
+        for name in ("max_image_mb", "max_video_mb", "max_lora_mb", "download_seconds", "stall_seconds"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name}: expected a positive number; got {getattr(self, name)!r}")
         if bool(self.supabase_url) != bool(self.supabase_key):
@@ -169,7 +170,8 @@ def settings_from_values(values: Mapping[str, Any], environ: Mapping[str, str] |
         ),
         allow_private_urls=bool(values.get("allow_private_urls"))
         or bool(_from_env("HW_ALLOW_PRIVATE_URLS", _parse_bool, env)),
-        max_input_mb=pick("max_input_mb", "HW_MAX_INPUT_MB", float, 512.0),
+        max_image_mb=pick("max_image_mb", "HW_MAX_IMAGE_MB", float, 64.0),
+        max_video_mb=pick("max_video_mb", "HW_MAX_VIDEO_MB", float, 1024.0),
         max_lora_mb=pick("max_lora_mb", "HW_MAX_LORA_MB", float, 4096.0),
         download_seconds=pick("download_seconds", "HW_DOWNLOAD_SECONDS", float, 900.0),
         stall_seconds=pick("stall_seconds", "HW_STALL_SECONDS", float, 30.0),

@@ -81,7 +81,7 @@ def test_a_redirect_to_a_local_file_is_a_permanent_failure(worker_env, http_serv
 def test_an_image_over_the_size_cap_is_refused_without_retries(worker_env, http_server):
     http_server.serve("GET", "/big.png", http_server.reply(KEYFRAME.read_bytes()))
     task_id = worker_env.queue.enqueue("i2v_22", _i2v(f"{http_server.url}/big.png"))
-    assert _drain(worker_env, allow_private_urls=True, max_input_mb=0.0001) == 0
+    assert _drain(worker_env, allow_private_urls=True, max_image_mb=0.0001) == 0
     task = worker_env.queue.get(task_id)
     assert (task.status, task.attempts) == (TaskStatus.FAILED, 1), task.error_message
     assert task.error_message.startswith("image_start: cannot download") and "104 bytes" in task.error_message

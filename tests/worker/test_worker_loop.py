@@ -224,8 +224,8 @@ def test_misconfigured_storage_and_input_settings_stop_the_worker_at_start(tmp_p
         settings_from_values({"supabase_url": "https://p.supabase.co"}, {})
     with pytest.raises(SettingsError, match="input_roots: .* is not a folder"):
         settings_from_values({"input_roots": [str(tmp_path / "missing")]}, {})
-    with pytest.raises(SettingsError, match="max_input_mb: expected a positive number"):
-        settings_from_values({"max_input_mb": 0.0}, {})
+    with pytest.raises(SettingsError, match="max_image_mb: expected a positive number"):
+        settings_from_values({"max_image_mb": 0.0}, {})
     roots = settings_from_values({}, {"HW_INPUT_ROOTS": f"{tmp_path}:{tmp_path}", "HW_ALLOW_PRIVATE_URLS": "yes"})
     assert roots.input_roots == (tmp_path, tmp_path) and roots.allow_private_urls is True
     assert settings_from_values({}, {}).input_roots == (), "no local reads unless the operator names a folder"
