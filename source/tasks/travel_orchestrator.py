@@ -28,6 +28,7 @@ from source.queue import ChildSpec
 from source.tasks.context import TaskContext, TaskInputError, TaskOutcome
 from source.tasks.travel_plan import TravelPlanError, plan_travel
 from source.tasks.travel_support import load_model_definition, parse_payload, travel_mode_for
+from Wan2GP import limits
 
 
 def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
@@ -77,6 +78,9 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
         logger.warning("enhance_prompt is set but this worker has no VLM prompt enhancer; using the base prompts")
 
     width, height = _resolution(details.parsed_resolution_wh or model.settings.get("resolution", "832x480"))
+    too_big = limits.check_geometry(width, height, max(segment.frames for segment in plan.segments))
+    if too_big is not None:  # found here, before any segment is enqueued, not by every segment's engine call
+        raise TaskInputError(f"orchestrator_details.parsed_resolution_wh: {too_big}")
     fps = details.fps_helpers or model.fps
     run_id = details.run_id or ctx.task.id
     children: list[ChildSpec] = []

@@ -173,6 +173,18 @@ def test_bad_payload_fails_the_orchestrator_naming_the_field(worker_env):
     assert worker_env.queue.children(orchestrator_id) == []
 
 
+def test_a_run_too_large_to_generate_fails_before_enqueuing_any_segment(worker_env):
+    params = _run1_payload("wan_tiny_i2v_2_2")
+    # Each bound alone passes (2048x2048 per frame, 1025 frames); together they are 4.3 billion pixels.
+    params["orchestrator_details"].update(parsed_resolution_wh="2048x2048", segment_frames_expanded=[1025, 1025])
+    orchestrator_id = worker_env.queue.enqueue("travel_orchestrator", params)
+    assert worker_env.drain() == 0
+    orchestrator = worker_env.queue.get(orchestrator_id)
+    assert (orchestrator.status, orchestrator.attempts) == (TaskStatus.FAILED, 1)
+    assert orchestrator.error_message.startswith("orchestrator_details.parsed_resolution_wh: 2048x2048 x 1025 frames")
+    assert worker_env.queue.children(orchestrator_id) == []
+
+
 def test_rerunning_a_crashed_orchestrator_creates_no_duplicates(worker_env):
     # The worker died after enqueueing the children but before marking the orchestrator: a re-run must find them.
     orchestrator_id = worker_env.queue.enqueue("travel_orchestrator", _run1_payload("wan_tiny_i2v_2_2"), project_id="p")
