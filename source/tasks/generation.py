@@ -4,12 +4,11 @@ straight to the engine. Lets an app queue a single clip without a travel run."""
 from __future__ import annotations
 
 from source.params.payloads import GenerationTaskParams
-from source.tasks.context import TaskContext, TaskOutcome
+from source.tasks.context import TaskContext, TaskOutcome, parse_params
 from source.tasks.travel_support import (
     fetch_input,
     fetch_loras,
     load_model_definition,
-    parse_payload,
     run_engine,
 )
 
@@ -30,7 +29,7 @@ _INPUT_FILES = {"image_start": "image", "image_end": "image", "video_guide": "vi
 
 
 def handle_generation(ctx: TaskContext) -> TaskOutcome:
-    params = parse_payload(GenerationTaskParams, ctx.task.params)
+    params = parse_params(GenerationTaskParams, ctx.task.params, prefix="")
     model_name = params.model or DEFAULT_MODEL_BY_TASK_TYPE[ctx.task.task_type]
     model = load_model_definition(model_name, field="model")
     request = params.wgp_params()

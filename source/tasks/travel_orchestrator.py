@@ -25,14 +25,14 @@ from source.params.travel import (
     generation_params_from_details,
 )
 from source.queue import ChildSpec
-from source.tasks.context import TaskContext, TaskInputError, TaskOutcome
+from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, parse_params
 from source.tasks.travel_plan import TravelPlanError, plan_travel
-from source.tasks.travel_support import load_model_definition, parse_payload, travel_mode_for
+from source.tasks.travel_support import load_model_definition, travel_mode_for
 from Wan2GP import limits
 
 
 def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
-    params = parse_payload(TravelOrchestratorParams, ctx.task.params)
+    params = parse_params(TravelOrchestratorParams, ctx.task.params, prefix="")
     details = params.orchestrator_details
     model_name = details.model_name
     model = load_model_definition(model_name, field="orchestrator_details.model_name")

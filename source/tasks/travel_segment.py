@@ -15,19 +15,18 @@ from loguru import logger
 from source.media.guide import build_vace_guide
 from source.media.video import probe_video, read_frames
 from source.params.travel import SegmentTaskParams
-from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, TransientTaskError
+from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, TransientTaskError, parse_params
 from source.tasks.travel_support import (
     fetch_input,
     fetch_loras,
     load_model_definition,
-    parse_payload,
     run_engine,
     travel_mode_for,
 )
 
 
 def handle_travel_segment(ctx: TaskContext) -> TaskOutcome:
-    params = parse_payload(SegmentTaskParams, ctx.task.params)
+    params = parse_params(SegmentTaskParams, ctx.task.params, prefix="")
     model = load_model_definition(params.model_name, field="model_name")
     frames = params.segment_frames_target
     width, height = (int(v) for v in params.parsed_resolution_wh.split("x"))

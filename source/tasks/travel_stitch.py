@@ -12,12 +12,12 @@ from source.media.video import probe_video
 from source.params.travel import StitchTaskParams
 from source.queue import TaskStatus
 from source.storage.paths import safe_component
-from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, TransientTaskError
-from source.tasks.travel_support import fetch_input, parse_payload
+from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, TransientTaskError, parse_params
+from source.tasks.travel_support import fetch_input
 
 
 def handle_travel_stitch(ctx: TaskContext) -> TaskOutcome:
-    params = parse_payload(StitchTaskParams, ctx.task.params)
+    params = parse_params(StitchTaskParams, ctx.task.params, prefix="")
     parent_id = params.orchestrator_task_id_ref
     segments = sorted(
         (child for child in ctx.queue.children(parent_id) if child.role == "segment"),

@@ -3,7 +3,7 @@ and the bridge from the engine's progress events to the task row."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -13,7 +13,6 @@ from pydantic import BaseModel
 
 from source.media.images import check_image
 from source.media.video import MediaError, probe_video
-from source.params.errors import PayloadError, parse_model
 from source.storage import downloads
 from source.storage.downloads import DownloadError, DownloadLimits, hub_endpoint_host
 from source.storage.lora_store import LoraStore
@@ -31,14 +30,6 @@ if TYPE_CHECKING:
     from source.worker.settings import WorkerSettings
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-def parse_payload(model: type[ModelT], params: Mapping[str, Any]) -> ModelT:
-    """Parse a row's params once; a bad payload fails the task at once with the field named."""
-    try:
-        return parse_model(model, dict(params))
-    except PayloadError as error:
-        raise TaskInputError(str(error)) from error
 
 
 def load_model_definition(model_name: str, *, field: str) -> ModelDefinition:
