@@ -20,10 +20,13 @@ class Bound:
     what: str  # "an integer" / "a number"
 
     @property
+    def span(self) -> str:
+        """ "from -10 to 10": the range alone, for messages that already say what kind of value it is."""
+        return f"from {_show(self.low)} to {_show(self.high)}"
+
+    @property
     def expected(self) -> str:
-        low = _show(self.low)
-        high = _show(self.high)
-        return f"{self.what} from {low} to {high}"
+        return f"{self.what} {self.span}"
 
     def contains(self, value: float) -> bool:
         return self.low <= value <= self.high

@@ -352,9 +352,7 @@ def _parse_values(field: str, text: str) -> float | list[float]:
         except ValueError:
             raise PlanError(field, f"expected a number or a comma list of numbers, got {text!r}") from None
         if not limits.LORA_MULTIPLIER.contains(value):  # NaN and infinities fail the range too
-            raise PlanError(
-                field, f"expected numbers {limits.LORA_MULTIPLIER.expected.removeprefix('a number ')}, got {text!r}"
-            )
+            raise PlanError(field, f"expected numbers {limits.LORA_MULTIPLIER.span}, got {text!r}")
         values.append(value)
     return values[0] if len(parts) == 1 else values
 

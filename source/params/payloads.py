@@ -44,7 +44,7 @@ def _wgp_multiplier_token(value: Any) -> str:
     """One LoRA's WGP multiplier token: a number, "a;b[;c]" per phase, each part a number or a comma list."""
     expected = (
         'a LoRA multiplier: a number, or per-phase values such as "0.75;1.0;0" (each may be a comma list), '
-        f"every value {limits.LORA_MULTIPLIER.expected.removeprefix('a number ')}"
+        f"every value {limits.LORA_MULTIPLIER.span}"
     )
     if isinstance(value, bool):
         raise Expected(expected)

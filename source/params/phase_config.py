@@ -36,10 +36,7 @@ from Wan2GP.schedule import (
 DEFAULT_PHASE_SOLVER = "euler"  # upstream parse_phase_config's default
 DEFAULT_PHASE_FLOW_SHIFT = 5.0
 DEFAULT_STEPS_PER_PHASE = (2, 2, 2)
-_MULTIPLIER_EXPECTED = (
-    'a number or a comma list of numbers such as "0.9,0.8", '
-    f"each {limits.LORA_MULTIPLIER.expected.removeprefix('a number ')}"
-)
+_MULTIPLIER_EXPECTED = f'a number or a comma list of numbers such as "0.9,0.8", each {limits.LORA_MULTIPLIER.span}'
 
 
 def _multiplier(value: Any) -> str:
