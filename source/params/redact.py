@@ -33,6 +33,8 @@ _SECRET_NAMES = frozenset({"key", "auth", "jwt", "signature", "sig", "pwd"})
 _AUTH_VALUE = re.compile(r"^\s*(bearer|basic|token)\s+\S+", re.IGNORECASE)
 _JWT_VALUE = re.compile(r"^eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*$")
 _URL_VALUE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+# A URL inside free text (an exception message, a log line): up to the first space or quote.
+URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
 def is_secret_key(key: object) -> bool:

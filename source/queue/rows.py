@@ -15,13 +15,12 @@ import json
 import re
 from typing import Any
 
-from source.params.redact import redact_text
+from source.params.redact import URL_IN_TEXT, redact_text
 
 MAX_JSON_BYTES = 2 * 1024 * 1024  # a Reigh travel payload with 50 signed image URLs is ~50 KB
 MAX_JSON_DEPTH = 64  # payloads nest 4-5 deep (orchestrator_details.phase_config.phases[i].loras[j])
 MAX_MESSAGE_CHARS = 2000  # error_message and progress text: enough for a field path and a reason
 _BAD_CHARACTER = re.compile("[\x00\ud800-\udfff]")
-_URL_IN_TEXT = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 
 
 class RowDecodeError(ValueError):
@@ -108,7 +107,7 @@ def clean_message(text: object, limit: int = MAX_MESSAGE_CHARS) -> str:
     if len(message) > limit * 4:
         message = message[: limit * 4]  # never run the URL scrubber over megabytes
     message = message.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
-    message = _URL_IN_TEXT.sub(lambda match: redact_text(match.group(0)), message)
+    message = URL_IN_TEXT.sub(lambda match: redact_text(match.group(0)), message)
     if len(message) > limit:
         message = f"{message[: limit - 40]}... ({len(str(text)) - limit + 40} more characters)"
     return message

@@ -16,7 +16,6 @@ import errno
 import hashlib
 import json
 import os
-import re
 import threading
 import time
 import uuid
@@ -38,6 +37,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from source.params.redact import URL_IN_TEXT
 from source.storage.network import ALLOWED_SCHEMES, AddressNotAllowed, NetworkPolicy, guarded_client
 from source.storage.paths import PathOutsideRoot, confine, safe_file_name, within_roots
 
@@ -46,7 +46,6 @@ MAX_REDIRECTS = 5
 _PROGRESS_EVERY_SECONDS = 5.0
 # Never sent to another origin after a redirect, whatever the caller says.
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _HF_HOSTS = frozenset({"huggingface.co", "www.huggingface.co", "hf.co"})
 # safetensors refuses headers above 100 MB; anything larger is not a safetensors file.
 _MAX_SAFETENSORS_HEADER_BYTES = 100_000_000
@@ -127,7 +126,7 @@ def redact_url(url: str) -> str:
 
 def _without_urls(text: str) -> str:
     # Transport messages may quote a request URL, token and all.
-    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group()), text)
+    return URL_IN_TEXT.sub(lambda match: redact_url(match.group()), text)
 
 
 def _shown(source: str) -> str:
