@@ -45,7 +45,7 @@ from source.tasks.context import (
     make_work_dir,
     remove_stale_work_dirs,
 )
-from source.tasks.registry import TaskRegistry, UnknownTaskType
+from source.tasks.registry import TaskRegistry
 from source.worker.logs import configure_logging
 from source.worker.settings import WorkerSettings
 from source.worker.shutdown import ShutdownController
@@ -70,6 +70,14 @@ def run(
     configure_logging(level=settings.log_level, json_lines=settings.log_json, worker_id=settings.worker_id)
     shutdown = shutdown or ShutdownController(settings.grace_seconds)
     services = services or WorkerServices()
+    unhandled = sorted(set(settings.task_types or ()) - set(registry.known_types()))
+    if unhandled:
+        logger.error(
+            "cannot start: --task-types names {} that this worker has no handler for (it handles: {})",
+            ", ".join(unhandled),
+            ", ".join(registry.known_types()),
+        )
+        return EXIT_STARTUP_FAILED
     try:
         queue = open_queue(settings.db_url)
     except QueueError as error:
@@ -121,6 +129,9 @@ class Worker:
         self.shutdown = shutdown
         self._metadata: dict[str, Any] = {}
         self._session_id = uuid.uuid4().hex  # this process's claim on the worker id (workers.session_id)
+        # Only rows this worker can run are ever claimed: on a shared database (Reigh's) other types belong to other
+        # workers and must stay untouched.
+        self.claim_types: tuple[str, ...] = settings.task_types or tuple(registry.known_types())
         self.lost_worker_id = threading.Event()
         self.supervisor = Supervisor(
             queue=queue,
@@ -138,7 +149,7 @@ class Worker:
         self._metadata = {
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
-            "handles": list(settings.task_types or self.registry.known_types()),
+            "handles": list(self.claim_types),
             "schema_version": schema_version,
             "python": sys.version.split()[0],
         }
@@ -194,7 +205,7 @@ class Worker:
                     self.queue.refresh_readiness()
                     next_refresh = time.monotonic() + READINESS_REFRESH_SECONDS
                 task = self.queue.claim(
-                    settings.worker_id, lease_seconds=settings.lease_seconds, task_types=settings.task_types
+                    settings.worker_id, lease_seconds=settings.lease_seconds, task_types=self.claim_types
                 )
             except QueueUnavailable as error:
                 if settings.once:
@@ -239,11 +250,9 @@ class Worker:
             return _Outcome.FATAL if finish.fatal else _Outcome.DONE
 
     def _reject(self, task: TaskRecord) -> _Finish | None:
-        """Rows that fail before any handler runs: an undecodable row, an unknown task type."""
+        """Rows that fail before any handler runs: an undecodable row (the claim only takes handled task types)."""
         if task.decode_error is not None:
             return _Finish("fail", error_message=f"the task row cannot be read: {task.decode_error}")
-        if task.task_type not in self.registry:
-            return _Finish("fail", error_message=str(UnknownTaskType(task.task_type, self.registry.known_types())))
         return None
 
     def _run(self, task: TaskRecord, work_dir: Path) -> _Finish:

@@ -188,18 +188,18 @@ def test_a_failing_child_fails_its_orchestrator_and_cascades(queue: TaskQueue, q
 
 
 @pytest.mark.parametrize("queue_url", ["sqlite"], indirect=True)
-def test_unknown_types_fail_clearly_and_every_log_line_names_its_task(
+def test_foreign_types_stay_untouched_and_every_log_line_names_its_task(
     queue: TaskQueue, queue_url: str, spawn_worker
 ) -> None:
-    unknown = queue.enqueue("no_such_type", {})
+    # On a shared database another worker handles `no_such_type`: this one never claims, fails or touches it.
+    foreign = queue.enqueue("no_such_type", {})
     known = queue.enqueue("debug_sleep", {"seconds": 0, "steps": 2})
     secret = queue.enqueue("debug_sleep", {"seconds": 0, "replicate_api_key": "sk-never-logged"})
     flaky = queue.enqueue("debug_sleep", {"seconds": 0, "steps": 1, "fail": "transient", "misbehave_attempts": 1})
+    before = queue.get(foreign)
     worker = spawn_worker(queue_url, "--once")
     assert worker.wait(timeout=30) == 0
-    failed = queue.get(unknown)
-    assert failed.status is TaskStatus.FAILED
-    assert "unknown task_type 'no_such_type'" in failed.error_message and "debug_sleep" in failed.error_message
+    assert queue.get(foreign) == before and before.status is TaskStatus.QUEUED
     assert queue.get(known).status is TaskStatus.COMPLETE
     rejected = queue.get(secret)
     assert rejected.status is TaskStatus.FAILED
@@ -213,3 +213,15 @@ def test_unknown_types_fail_clearly_and_every_log_line_names_its_task(
     assert {r["extra"]["task_id"] for r in step_lines} == {known, flaky}
     assert any(r["message"] == "step 1/2 (50%)" for r in step_lines)
     assert "sk-never-logged" not in worker.log_text()
+
+
+@pytest.mark.parametrize("queue_url", ["sqlite"], indirect=True)
+def test_task_types_only_narrow_what_the_worker_handles(queue: TaskQueue, queue_url: str, spawn_worker) -> None:
+    sleeper = queue.enqueue("debug_sleep", {"seconds": 0})
+    worker = spawn_worker(queue_url, "--once", "--task-types", "debug_sleep,no_such_type")
+    assert worker.wait(timeout=30) == 2
+    assert "--task-types names no_such_type that this worker has no handler for" in worker.log_text()
+    assert queue.get(sleeper).status is TaskStatus.QUEUED
+    narrowed = spawn_worker(queue_url, "--once", "--task-types", "debug_orchestrator")
+    assert narrowed.wait(timeout=30) == 0
+    assert queue.get(sleeper).status is TaskStatus.QUEUED  # not among the narrowed types
