@@ -3,7 +3,8 @@
 Backend tests run against a real SQLite file and a real PostgreSQL schema. PostgreSQL comes from $TEST_DATABASE_URL
 (e.g. postgresql://postgres@127.0.0.1:5432/postgres): one database is created for the session and dropped at the end;
 each test gets its own empty schema. Without the variable the Postgres cases are skipped with the reason, unless
-REQUIRE_POSTGRES=1 (set by .ci/run), which makes them fail instead.
+REQUIRE_POSTGRES=1 (set by .ci/run), which makes them fail instead. `reigh_db` is a fresh database per test holding
+Reigh's schema (tests/reigh_schema.sql, written from Reigh's migrations; tests/reigh_app.py inserts rows as its app does).
 
 HTTP tests talk to real servers on 127.0.0.1 (`http_server`, `fake_hub`; see tests/local_http.py). The real Hugging
 Face Hub cannot be reached here: `fake_hub` is a local server that speaks its API, and the real `huggingface_hub`
@@ -13,12 +14,14 @@ client is pointed at it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from huggingface_hub import constants as hf_constants
 from local_http import FakeHub, LocalServer
+from reigh_app import ReighDatabase, reigh_database
 
 from source.queue import TaskQueue, open_queue
 from source.queue.testing import (
@@ -41,6 +44,25 @@ def postgres_database_url() -> Iterator[str]:
         pytest.skip(reason)
     with temporary_database(admin_url, prefix="hw_test") as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One model cache per test session: the tiny random-weight models are built into it once."""
+    return tmp_path_factory.mktemp("wan2gp_cache")
+
+
+@pytest.fixture
+def reigh_db() -> Iterator[ReighDatabase]:
+    """A fresh database per test with Reigh's schema (tests/reigh_schema.sql), a user and a project."""
+    admin_url = postgres_admin_url()
+    if admin_url is None:
+        reason = f"Reigh schema tests need {TEST_DATABASE_URL_ENV} (a PostgreSQL server)"
+        if postgres_required():
+            pytest.fail(f"{REQUIRE_POSTGRES_ENV}=1 but {reason}")
+        pytest.skip(reason)
+    with reigh_database(admin_url) as database:
+        yield database
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -99,3 +121,18 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathF
         yield hub
     finally:
         hub.stop()
+
+
+@pytest.fixture(scope="session")
+def ffprobe() -> Callable[[str], dict]:
+    """The video stream of an mp4 as ffprobe decodes it: exact frame count, size, codec, pixel format."""
+
+    def probe(path: str) -> dict:
+        command = [
+            "ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+            "stream=nb_read_frames,width,height,codec_name,pix_fmt", "-of", "json", str(path),
+        ]  # fmt: skip
+        out = subprocess.run(command, check=True, capture_output=True, text=True)
+        return json.loads(out.stdout)["streams"][0]
+
+    return probe

@@ -126,9 +126,20 @@ def _command(
 
 @contextmanager
 def _open(url: str | None, *, create: bool) -> Iterator[TaskQueue]:
+    """Only the commands that create (enqueue, migrate) create or upgrade the schema; the others read what is there,
+    and say what to run when it is missing or older than this code (a read never alters anyone's database)."""
     queue = open_queue(resolve_db_url(url), pool_size=1, create=create)
     try:
-        queue.migrate()
+        if create:
+            queue.migrate()
+        else:
+            version = queue.schema_version()
+            if version < queue.latest_version:
+                state = "has no queue schema" if version == 0 else f"has queue schema version {version}"
+                raise CommandError(
+                    f"{queue.redacted_url} {state}; this code needs version {queue.latest_version}: run "
+                    f"`python -m source.cli migrate --db URL` (or start a worker on it) first"
+                )
         yield queue
     finally:
         queue.close()

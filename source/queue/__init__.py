@@ -1,4 +1,5 @@
-"""The database queue: one schema, two backends (an embedded SQLite file, PostgreSQL for fleets).
+"""The database queue: two backends (an embedded SQLite file, PostgreSQL for fleets), and on PostgreSQL either our
+own schema or Reigh's (its tables used as they are, our extra state in the `headless` schema; see postgres.py).
 
     queue = open_queue("sqlite:///tasks.db")      # or "postgresql://user:pw@host/db"
     queue.migrate()
@@ -19,9 +20,12 @@ from typing import Any, Protocol, runtime_checkable
 
 from source.queue.models import (
     ChildSpec,
+    IncompatibleSchema,
     InvalidQueueUrl,
     QueueError,
+    QueueRefused,
     QueueUnavailable,
+    RowRefused,
     TaskNotFound,
     TaskNotOwned,
     TaskRecord,
@@ -35,9 +39,12 @@ from source.queue.urls import DEFAULT_DB_URL, parse_db_url, redact_url, resolve_
 __all__ = [
     "DEFAULT_DB_URL",
     "ChildSpec",
+    "IncompatibleSchema",
     "InvalidQueueUrl",
     "QueueError",
+    "QueueRefused",
     "QueueUnavailable",
+    "RowRefused",
     "TaskNotFound",
     "TaskNotOwned",
     "TaskQueue",
@@ -57,11 +64,17 @@ class TaskQueue(Protocol):
     """What the worker, the task handlers and the admin CLI use. Implemented by `SqlTaskQueue` for both backends."""
 
     url: str
+    dialect: str  # "sqlite", "postgres" (our schema) or "reigh" (Reigh's schema, untouched)
 
     @property
     def redacted_url(self) -> str: ...
 
+    @property
+    def latest_version(self) -> int: ...
+
     def migrate(self, *, target_version: int | None = None) -> int: ...
+
+    def schema_version(self) -> int: ...
 
     def enqueue(
         self,
@@ -139,8 +152,9 @@ class TaskQueue(Protocol):
 
 def open_queue(url: str, *, pool_size: int = 4, connect_timeout: float = 15.0, create: bool = True) -> TaskQueue:
     """Opens (but does not migrate) the queue at `url`: "sqlite:///path" (relative, or "sqlite:////abs/path") or
-    "postgresql://...". Raises InvalidQueueUrl for anything else, and QueueUnavailable if PostgreSQL cannot be
-    reached within `connect_timeout` seconds. `create=False`: a SQLite file that does not exist is an error instead
+    "postgresql://...". Raises InvalidQueueUrl for anything else, QueueRefused at once when the server refuses the
+    URL (no such database, bad credentials), and QueueUnavailable if PostgreSQL cannot be reached within
+    `connect_timeout` seconds. `create=False`: a SQLite file that does not exist is an error instead
     of a new empty queue (a command that only reads must not turn a typo into a database)."""
     parsed = parse_db_url(url)
     if parsed.backend == "sqlite":

@@ -90,14 +90,19 @@ class _CascadeNode:
 
 
 class SqlTaskQueue(ABC):
-    """The TaskQueue protocol over SQL; subclasses provide transactions and value decoding."""
+    """The TaskQueue protocol over SQL; subclasses provide transactions and value decoding. `dialect` names the
+    statement files: "sqlite", "postgres" (our own schema) or "reigh" (Reigh's tables, untouched, plus ours in the
+    `headless` schema)."""
 
     backend: ClassVar[str]
+    # Reigh's tasks table keys rows by uuid: any other id names no task there (and must not reach a uuid cast).
+    task_ids_are_uuids: bool = False
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, dialect: str) -> None:
         self.url = url
-        self._queries = load_queries(self.backend)
-        self._migrations = load_migrations(self.backend)
+        self.dialect = dialect
+        self._queries = load_queries(dialect)
+        self._migrations = load_migrations(dialect)
 
     # ---------------------------------------------------------------------------------------------- backend hooks
 
@@ -247,9 +252,9 @@ class SqlTaskQueue(ABC):
             for migration in wanted:
                 if migration.version in applied:
                     continue
-                for _name, sql in migration.statements:
-                    if self._migration_statement_applies(tx, sql):
-                        tx.execute_script_statement(sql)
+                for statement in migration.statements:
+                    if self._migration_statement_applies(tx, statement.sql):
+                        tx.execute_script_statement(statement.sql)
                 tx.run("record_migration", version=migration.version, title=migration.title)
                 applied.add(migration.version)
                 logger.info("queue schema migrated to version {} ({})", migration.version, migration.title)
@@ -267,6 +272,22 @@ class SqlTaskQueue(ABC):
     @property
     def latest_version(self) -> int:
         return len(self._migrations)
+
+    def schema_version(self) -> int:
+        """The applied schema version, 0 for none; reads only (read-only commands check it instead of migrating)."""
+
+        def read(tx: Transaction) -> int:
+            if tx.one("schema_version_exists") is None:
+                return 0
+            return max((int(row["version"]) for row in tx.all("applied_versions")), default=0)
+
+        return self._read(read)
+
+    def _known_id(self, task_id: str, where: str = "task id") -> str:
+        """An id given from outside, checked before it reaches SQL: on a uuid-keyed table anything else is no task."""
+        if self.task_ids_are_uuids and not _is_uuid(task_id):
+            raise TaskNotFound(task_id, where)
+        return task_id
 
     # ---------------------------------------------------------------------------------------------- enqueue
 
@@ -287,13 +308,15 @@ class SqlTaskQueue(ABC):
         _check_max_attempts(max_attempts)
         if task_id is not None:
             _check_task_id(task_id, "task_id")
+            if self.task_ids_are_uuids and not _is_uuid(task_id):
+                raise ValueError(f"task_id: this tasks table keys rows by UUID; got {task_id[:60]!r}")
         dependencies = _unique([dependant_on, *depends_on] if dependant_on else list(depends_on))
         new_id = task_id or str(uuid.uuid4())
 
         def insert(tx: Transaction) -> str:
             for position, dependency in enumerate(dependencies):
-                if tx.one("get_task", task_id=dependency) is None:
-                    where = "dependant_on" if dependency == dependant_on else f"depends_on[{position}]"
+                where = "dependant_on" if dependency == dependant_on else f"depends_on[{position}]"
+                if tx.one("get_task", task_id=self._known_id(dependency, where)) is None:
                     raise TaskNotFound(dependency, where)
             self._insert_task(
                 tx,
@@ -331,8 +354,10 @@ class SqlTaskQueue(ABC):
             task_id=task_id,
             task_type=task_type,
             params=params,
-            # Reigh reads one predecessor: the first dependency (the link table holds them all).
+            # Our schema's single column holds the first dependency (the link table holds them all); Reigh's uuid[]
+            # column holds them all.
             dependant_on=dependencies[0] if dependencies else None,
+            dependencies=list(dependencies),
             project_id=project_id,
             priority=priority,
             max_attempts=max_attempts,
@@ -375,7 +400,7 @@ class SqlTaskQueue(ABC):
             raise ValueError("children: at most one child may have completes_parent=True")
 
         def insert(tx: Transaction) -> list[str]:
-            parent = self._get_locked(tx, parent_id, where="parent_id")
+            parent = self._get_locked(tx, self._known_id(parent_id, "parent_id"), where="parent_id")
             existing = {
                 child_key(child.role or "", child.segment_index): child.id for child in self._children(tx, parent_id)
             }
@@ -419,7 +444,7 @@ class SqlTaskQueue(ABC):
     def _resolve_dependency(self, tx: Transaction, ref: str, siblings: Mapping[str, str], where: str) -> str:
         if ref in siblings:
             return siblings[ref]
-        if tx.one("get_task", task_id=ref) is not None:
+        if (not self.task_ids_are_uuids or _is_uuid(ref)) and tx.one("get_task", task_id=ref) is not None:
             return ref
         raise TaskNotFound(
             ref,
@@ -716,7 +741,7 @@ class SqlTaskQueue(ABC):
         reason = clean_message(reason)
 
         def stop(tx: Transaction) -> list[str]:
-            task = self._lock_parent_then_task(tx, task_id)
+            task = self._lock_parent_then_task(tx, self._known_id(task_id))
             if task.status is TaskStatus.CANCELLED:
                 return []
             if task.status.is_terminal:
@@ -731,7 +756,7 @@ class SqlTaskQueue(ABC):
         orchestrator's other children. Returns the ids reset."""
 
         def reset(tx: Transaction) -> list[str]:
-            root = self._get_locked(tx, task_id)
+            root = self._get_locked(tx, self._known_id(task_id))
             if root.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
                 raise TaskStateError(
                     f"cannot retry task {task_id}: it is {root.status.value} (only Failed or Cancelled tasks can be retried)"
@@ -777,7 +802,7 @@ class SqlTaskQueue(ABC):
     # ---------------------------------------------------------------------------------------------- reading
 
     def get(self, task_id: str) -> TaskRecord:
-        row = self._read(lambda tx: tx.one("get_task", task_id=task_id))
+        row = self._read(lambda tx: tx.one("get_task", task_id=self._known_id(task_id)))
         if row is None:
             raise TaskNotFound(task_id)
         return self._task_from_row(row)
@@ -786,6 +811,8 @@ class SqlTaskQueue(ABC):
         return [self._task_from_row(row) for row in tx.all("children_of", parent_id=parent_id)]
 
     def children(self, parent_id: str) -> list[TaskRecord]:
+        if self.task_ids_are_uuids and not _is_uuid(parent_id):
+            return []
         return self._read(lambda tx: self._children(tx, parent_id))
 
     def list_tasks(
@@ -902,6 +929,14 @@ def _unique(values: Sequence[str | None]) -> list[str]:
 def _check_task_type(task_type: Any, where: str) -> None:
     if not isinstance(task_type, str) or not task_type.strip():
         raise ValueError(f"{where}: expected a non-empty string; got {task_type!r}")
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True
 
 
 def _check_task_id(task_id: Any, where: str) -> None:

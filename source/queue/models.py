@@ -138,6 +138,20 @@ class QueueUnavailable(QueueError):
     """The database could not be reached (or stayed locked); the caller may try again later."""
 
 
+class QueueRefused(QueueError):
+    """The server answered and refused (no such database, unknown role, wrong password, a malformed URL): trying
+    again cannot help, so it is reported at once instead of retried."""
+
+
+class IncompatibleSchema(QueueError):
+    """The database holds a `tasks` table this code cannot work with as it is (and must not alter)."""
+
+
+class RowRefused(QueueError, ValueError):
+    """The database's own constraints refused a row the queue wrote (on Reigh's schema: a task_type that is not a row
+    of task_types, a missing project_id). The message names the column or constraint."""
+
+
 class InvalidQueueUrl(QueueError, ValueError):
     """A database URL the queue cannot open."""
 

@@ -21,6 +21,7 @@ from typing import Any
 from source.queue.core import SqlTaskQueue, Transaction
 from source.queue.models import QueueUnavailable
 from source.queue.rows import sqlite_text
+from source.queue.sqlfiles import Statement
 
 BUSY_TIMEOUT_MS = 30_000
 _ADD_COLUMN = re.compile(r"^\s*ALTER\s+TABLE\s+(?P<table>\w+)\s+ADD\s+COLUMN\s+(?P<column>\w+)", re.IGNORECASE)
@@ -51,12 +52,14 @@ def _encode(value: Any) -> Any:
 
 
 class _SqliteTransaction(Transaction):
-    def __init__(self, connection: sqlite3.Connection, queries: Mapping[str, str]) -> None:
+    def __init__(self, connection: sqlite3.Connection, queries: Mapping[str, Statement]) -> None:
         self._connection = connection
         self._queries = queries
 
     def rows(self, name: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        cursor = self._connection.execute(self._queries[name], {key: _encode(value) for key, value in params.items()})
+        cursor = self._connection.execute(
+            self._queries[name].sql, {key: _encode(value) for key, value in params.items()}
+        )
         return [dict(row) for row in cursor.fetchall()]
 
     def execute_script_statement(self, sql: str) -> None:
@@ -67,7 +70,7 @@ class SqliteTaskQueue(SqlTaskQueue):
     backend = "sqlite"
 
     def __init__(self, url: str, path: Path) -> None:
-        super().__init__(url)
+        super().__init__(url, "sqlite")
         self.path = path.resolve()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from source.queue import InvalidQueueUrl, TaskStatus, open_queue, redact_url, resolve_db_url
-from source.queue.sqlfiles import load_migrations, load_queries, parse_named_statements
+from source.queue.sqlfiles import Statement, load_migrations, load_queries, parse_named_statements
 from source.queue.urls import parse_db_url
 
 
@@ -109,8 +109,16 @@ def test_both_backends_define_the_same_statements() -> None:
 
 
 def test_named_statement_parser() -> None:
-    text = "-- header comment\n\n-- name: first\n-- what it does\nSELECT 1;\n\n-- name: second\nSELECT\n  2\n"
-    assert parse_named_statements(text, source="x.sql") == [("first", "SELECT 1"), ("second", "SELECT\n  2")]
+    text = (
+        "-- header comment\n\n-- name: first\n-- what it does\nSELECT 1;\n\n-- name: second\n"
+        "-- application_name: claim_task\nSELECT\n  2\n"
+    )
+    assert parse_named_statements(text, source="x.sql") == [
+        Statement("first", "SELECT 1", None),
+        Statement("second", "SELECT\n  2", "claim_task"),
+    ]
+    with pytest.raises(ValueError, match="more than once"):
+        parse_named_statements("-- name: a\n-- application_name: x\n-- application_name: y\nSELECT 1", source="x.sql")
     with pytest.raises(ValueError, match="defined twice"):
         parse_named_statements("-- name: a\nSELECT 1\n-- name: a\nSELECT 2", source="x.sql")
     with pytest.raises(ValueError, match="before the first"):
@@ -165,6 +173,24 @@ def test_unreachable_postgres_fails_fast_without_leaking_the_password() -> None:
 
 
 @pytest.mark.postgres
+def test_a_database_that_refuses_the_url_fails_at_once_naming_it_without_the_password(
+    postgres_database_url: str,
+) -> None:
+    from source.queue import QueueRefused
+    from source.queue.testing import with_credentials, with_database
+
+    missing = with_credentials(with_database(postgres_database_url, "hw_no_such_database"), "postgres", "topsecret")
+    unknown_role = with_credentials(postgres_database_url, "no_such_role", "topsecret")
+    for url, reason in ((missing, 'database "hw_no_such_database" does not exist'), (unknown_role, "no_such_role")):
+        started = time.monotonic()
+        with pytest.raises(QueueRefused) as error:
+            open_queue(url, connect_timeout=15.0)
+        assert time.monotonic() - started < 2.0  # not retried for connect_timeout: it cannot get better
+        assert reason in str(error.value) and "topsecret" not in str(error.value)
+        assert "\n" not in str(error.value)
+
+
+@pytest.mark.postgres
 def test_a_reigh_style_postgres_table_with_uuid_ids_is_adopted(postgres_database_url: str) -> None:
     import uuid
 
@@ -214,37 +240,30 @@ def test_a_reigh_style_postgres_table_with_uuid_ids_is_adopted(postgres_database
 
 
 @pytest.mark.postgres
-def test_a_reigh_table_with_an_enum_status_column_lists_and_reclaims(postgres_database_url: str) -> None:
+def test_a_reigh_table_from_before_uuid_array_dependencies_is_refused_not_altered(postgres_database_url: str) -> None:
     import psycopg
 
+    from source.queue import IncompatibleSchema
     from source.queue.testing import temporary_schema
 
     with temporary_schema(postgres_database_url) as url:
-        with psycopg.connect(url, autocommit=True) as connection:  # Reigh may type `status` as an enum
+        with psycopg.connect(url, autocommit=True) as connection:  # Reigh before 20260121000000: one uuid
             connection.execute(
                 "CREATE TYPE task_status AS ENUM ('Queued', 'In Progress', 'Complete', 'Failed', 'Cancelled')"
             )
             connection.execute(
                 "CREATE TABLE tasks (id uuid PRIMARY KEY, task_type text NOT NULL, params jsonb NOT NULL, "
-                "status task_status NOT NULL DEFAULT 'Queued', dependant_on uuid NULL, output_location text, "
-                "project_id uuid, created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz, "
-                "generation_started_at timestamptz, generation_processed_at timestamptz)"
+                "status task_status NOT NULL DEFAULT 'Queued', dependant_on uuid NULL, project_id uuid NOT NULL, "
+                "created_at timestamptz NOT NULL DEFAULT now())"
             )
-        queue = open_queue(url)
-        try:
-            assert queue.migrate() == 3
-            retried = queue.enqueue("t", {}, max_attempts=2)
-            assert [task.id for task in queue.list_tasks(status="Queued")] == [retried]
-            assert queue.claim("w1", lease_seconds=0.05) is not None
-            time.sleep(0.2)
-            assert queue.reclaim_expired() == 1
-            task = queue.get(retried)
-            assert (task.status, task.attempts, task.worker_id) == (TaskStatus.QUEUED, 1, None)
-            assert queue.claim("w1", lease_seconds=0.05) is not None
-            time.sleep(0.2)
-            assert queue.reclaim_expired() == 1
-            task = queue.get(retried)
-            assert (task.status, task.attempts) == (TaskStatus.FAILED, 2)
-            assert task.error_message == "lease expired on worker w1; gave up after 2 attempts"
-        finally:
-            queue.close()
+        with pytest.raises(IncompatibleSchema, match=r"dependant_on is uuid, not uuid\[\].*20260121000000"):
+            open_queue(url)
+        with psycopg.connect(url) as connection:
+            columns = connection.execute(
+                "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = 'tasks'"
+            ).fetchone()
+            tables = connection.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()"
+            ).fetchone()
+        assert columns == (7,) and tables == (1,)

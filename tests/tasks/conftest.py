@@ -3,11 +3,6 @@ tiny models built once per session."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-from collections.abc import Callable
-from pathlib import Path
-
 import pytest
 
 from source.demo import KEYFRAMES_DIR
@@ -15,11 +10,6 @@ from source.queue import open_queue
 from source.tasks import default_registry
 from source.tasks.services import build_services
 from source.worker import run, settings_from_values
-
-
-@pytest.fixture(scope="session")
-def model_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("wan2gp_cache")
 
 
 @pytest.fixture
@@ -52,18 +42,3 @@ def worker_env(tmp_path, model_cache):
     env.queue, env.settings, env.tmp = queue, settings, tmp_path
     yield env
     queue.close()
-
-
-@pytest.fixture(scope="session")
-def ffprobe() -> Callable[[str], dict]:
-    """The video stream of an mp4 as ffprobe decodes it: exact frame count, size, codec, pixel format."""
-
-    def probe(path: str) -> dict:
-        command = [
-            "ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
-            "stream=nb_read_frames,width,height,codec_name,pix_fmt", "-of", "json", str(path),
-        ]  # fmt: skip
-        out = subprocess.run(command, check=True, capture_output=True, text=True)
-        return json.loads(out.stdout)["streams"][0]
-
-    return probe

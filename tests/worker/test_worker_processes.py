@@ -225,3 +225,19 @@ def test_task_types_only_narrow_what_the_worker_handles(queue: TaskQueue, queue_
     narrowed = spawn_worker(queue_url, "--once", "--task-types", "debug_orchestrator")
     assert narrowed.wait(timeout=30) == 0
     assert queue.get(sleeper).status is TaskStatus.QUEUED  # not among the narrowed types
+
+
+@pytest.mark.postgres
+def test_a_database_url_the_server_refuses_stops_the_worker_at_once_with_one_line(
+    postgres_database_url: str, spawn_worker
+) -> None:
+    from source.queue.testing import with_credentials, with_database
+
+    url = with_credentials(with_database(postgres_database_url, "hw_no_such_database"), "postgres", "topsecret")
+    started = time.monotonic()
+    worker = spawn_worker(url, "--once")
+    assert worker.wait(timeout=30) == 2
+    assert time.monotonic() - started < 10  # the interpreter's start-up, not 16 s of retries
+    errors = [record for record in worker.records() if record["level"]["name"] == "ERROR"]
+    assert len(errors) == 1 and 'database "hw_no_such_database" does not exist' in errors[0]["message"]
+    assert "topsecret" not in worker.log_text()

@@ -10,6 +10,10 @@ CREATE TABLE IF NOT EXISTS schema_version (
     applied_at timestamptz NOT NULL DEFAULT now()
 )
 
+-- name: schema_version_exists
+-- Whether this database has a queue schema at all (read-only commands never create one).
+SELECT to_regclass('schema_version')::text AS name WHERE to_regclass('schema_version') IS NOT NULL
+
 -- name: applied_versions
 SELECT version FROM schema_version ORDER BY version
 

@@ -10,6 +10,10 @@ CREATE TABLE IF NOT EXISTS schema_version (
     applied_at TEXT NOT NULL
 )
 
+-- name: schema_version_exists
+-- Whether this database has a queue schema at all (read-only commands never create one).
+SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'
+
 -- name: applied_versions
 SELECT version FROM schema_version ORDER BY version
 
