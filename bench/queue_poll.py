@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/queue_poll.py                      # PostgreSQL from $TEST_DATABASE_URL (or the default)
     .venv/bin/python bench/queue_poll.py --backend sqlite --rows 100000
+    .venv/bin/python bench/queue_poll.py --backend reigh     # Reigh's schema (tests/reigh_schema.sql) on PostgreSQL
 
 Three phases, each on a fresh database:
 
@@ -19,6 +20,10 @@ The rows are inserted with one INSERT ... SELECT generate_series (not 100k enque
 time with rows written as another app would (`blocked` NULL): the first poll classifies them all, and the polls after
 it are timed before any vacuum.
 Times are wall-clock seconds on the client, network round trips included (loopback): an upper bound on database time.
+
+On Reigh's schema (`--backend reigh`) the waiting rows all wait through `dependant_on` (uuid[]), ids are uuids, and
+there is no readiness cache to classify: the claim checks dependencies itself, as Reigh's own claim does, so the
+second idle phase does not apply.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from source.queue import TaskQueue, open_queue
 from source.queue.testing import temporary_database
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+REIGH_SCHEMA_SQL = Path(__file__).resolve().parents[1] / "tests" / "reigh_schema.sql"
+BLOCKER = {"postgres": "blocker", "sqlite": "blocker", "reigh": "00000000-0000-4000-8000-000000000001"}
 
 
 def _populate_postgres(url: str, rows: int, ready_fraction: float, classified: bool) -> None:
@@ -78,6 +85,37 @@ def _populate_postgres(url: str, rows: int, ready_fraction: float, classified: b
         )
         connection.execute("VACUUM ANALYZE tasks")
         connection.execute("VACUUM ANALYZE task_dependencies")
+
+
+def _populate_reigh(url: str, rows: int, ready_fraction: float) -> None:
+    """Reigh's schema with one user and project; the rows as Reigh's app writes them (no state row of ours)."""
+    import psycopg
+
+    waiting = rows - int(rows * ready_fraction)
+    ready = rows - waiting
+    project = "00000000-0000-4000-8000-0000000000aa"
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(REIGH_SCHEMA_SQL.read_text())
+        connection.execute("INSERT INTO users (id, name, credits) VALUES (%s, 'bench', 1)", (project,))
+        connection.execute("INSERT INTO projects (id, name, user_id) VALUES (%s, 'bench', %s)", (project, project))
+        connection.execute("INSERT INTO workers (id, instance_type) VALUES ('elsewhere', 'server')")
+        connection.execute(
+            "INSERT INTO tasks (id, task_type, params, status, worker_id, project_id) "
+            "VALUES (%s, 'travel_segment', '{}', 'In Progress', 'elsewhere', %s)",
+            (BLOCKER["reigh"], project),
+        )
+        connection.execute(
+            "INSERT INTO tasks (task_type, params, status, dependant_on, project_id) "
+            "SELECT 'travel_segment', '{}', 'Queued', ARRAY[%s::uuid], %s FROM generate_series(1, %s)",
+            (BLOCKER["reigh"], project, waiting),
+        )
+        connection.execute(
+            "INSERT INTO tasks (task_type, params, status, project_id, created_at) "
+            "SELECT 'travel_segment', '{\"ready\": true}', 'Queued', %s, now() + interval '1 minute' "
+            "FROM generate_series(1, %s)",
+            (project, ready),
+        )
+        connection.execute("VACUUM ANALYZE tasks")
 
 
 def _populate_sqlite(path: Path, rows: int, ready_fraction: float, classified: bool) -> None:
@@ -125,6 +163,18 @@ def _populate_sqlite(path: Path, rows: int, ready_fraction: float, classified: b
 def _fresh_queue(backend: str, rows: int, ready_fraction: float, *, classified: bool = True) -> Iterator[TaskQueue]:
     """A queue holding `rows` Queued tasks. `classified`: as `enqueue()` writes them (the `blocked` flag set); else as
     another app writing the table directly would (NULL: the next poll classifies them)."""
+    if backend == "reigh":
+        admin = os.environ.get("TEST_DATABASE_URL") or DEFAULT_ADMIN_URL
+        with temporary_database(admin, prefix="hw_bench") as url:
+            _populate_reigh(url, rows, ready_fraction)
+            queue = open_queue(url)
+            try:
+                queue.migrate()
+                queue.register_worker("bench", session_id="bench", metadata={}, stale_seconds=60)
+                yield queue
+            finally:
+                queue.close()
+        return
     if backend == "postgres":
         admin = os.environ.get("TEST_DATABASE_URL") or DEFAULT_ADMIN_URL
         with temporary_database(admin, prefix="hw_bench") as url:
@@ -183,6 +233,8 @@ def _idle(backend: str, rows: int, polls: int) -> dict[str, object]:
     with _fresh_queue(backend, rows, ready_fraction=0.0) as queue:
         steady = _idle_polls(queue, polls)
         refresh, _ = _timed(queue.refresh_readiness)
+    if backend == "reigh":  # no readiness cache, nothing to classify
+        return {"idle_poll": steady}
     with _fresh_queue(backend, rows, ready_fraction=0.0, classified=False) as queue:
         first, _ = _timed(lambda: _poll(queue))
         after_backlog = _idle_polls(queue, polls)
@@ -199,7 +251,7 @@ def _claims(backend: str, rows: int, claims: int) -> dict[str, object]:
         claim_times, complete_times = [], []
         for _ in range(claims):
             seconds, task = _timed(lambda: queue.claim("bench", lease_seconds=60))
-            assert task is not None and task.id.startswith("ready-"), task
+            assert task is not None and (task.id.startswith("ready-") or task.params.get("ready")), task
             claim_times.append(seconds)
             seconds, _ = _timed(lambda task=task: queue.complete(task.id, "bench", output_location=None))
             complete_times.append(seconds)
@@ -210,7 +262,8 @@ def _unblock(backend: str, rows: int) -> dict[str, object]:
     """The worst case of a completion: the one task all 100k wait for completes, and all become claimable."""
     with _fresh_queue(backend, rows, ready_fraction=0.0) as queue:
         assert queue.claim("bench", lease_seconds=60) is None
-        complete_seconds, _ = _timed(lambda: queue.complete("blocker", "elsewhere", output_location=None))
+        blocker = BLOCKER[backend]
+        complete_seconds, _ = _timed(lambda: queue.complete(blocker, "elsewhere", output_location=None))
         claim_seconds, task = _timed(lambda: queue.claim("bench", lease_seconds=60))
         assert task is not None, "the blocker completed: its dependents must be claimable"
         return {
@@ -221,7 +274,7 @@ def _unblock(backend: str, rows: int) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=("postgres", "sqlite"), default="postgres")
+    parser.add_argument("--backend", choices=("postgres", "sqlite", "reigh"), default="postgres")
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--polls", type=int, default=200)
     parser.add_argument("--claims", type=int, default=1000)
