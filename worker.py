@@ -95,10 +95,28 @@ def build_arg_parser() -> argparse.ArgumentParser:
     engine.add_argument(
         "--supabase-url",
         metavar="URL",
-        help="store outputs in this Supabase project's bucket "
-        "(key from env SUPABASE_SERVICE_ROLE_KEY) [env SUPABASE_URL; default: local --output-dir]",
+        help="a Supabase project: with SUPABASE_SERVICE_ROLE_KEY in the environment, outputs go to its bucket; with "
+        "--supabase-access-token and no --db, Reigh's edge functions are the queue [env SUPABASE_URL; default: "
+        "local --output-dir]",
     )
     engine.add_argument("--supabase-bucket", metavar="NAME", help="[env SUPABASE_BUCKET; default image_uploads]")
+    reigh = parser.add_argument_group(
+        "Reigh's edge API as the queue (a pod with no database URL; README: Running for Reigh)"
+    )
+    reigh.add_argument(
+        "--supabase-access-token",
+        "--reigh-access-token",
+        dest="supabase_access_token",
+        metavar="TOKEN",
+        help="with --supabase-url and no --db: claim, complete and upload through Reigh's edge functions "
+        "(prefer the environment: a flag shows in process listings) [env SUPABASE_ACCESS_TOKEN, REIGH_ACCESS_TOKEN]",
+    )
+    reigh.add_argument(
+        "--edge-timeout",
+        type=float,
+        metavar="S",
+        help="one edge function call; 5xx and timeouts are retried a few times [env HW_EDGE_TIMEOUT; default 30]",
+    )
     inputs = parser.add_argument_group("what payloads may make the worker read (README: Hostile input)")
     inputs.add_argument(
         "--input-root",

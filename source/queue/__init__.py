@@ -1,5 +1,6 @@
-"""The database queue: two backends (an embedded SQLite file, PostgreSQL for fleets), and on PostgreSQL either our
-own schema or Reigh's (its tables used as they are, our extra state in the `headless` schema; see postgres.py).
+"""The queue: two database backends (an embedded SQLite file, PostgreSQL for fleets; on PostgreSQL either our own
+schema or Reigh's, its tables used as they are and our extra state in the `headless` schema, see postgres.py), and
+Reigh's edge functions for a pod that has a Supabase URL and a token but no database (`open_reigh_edge`, edge.py).
 
     queue = open_queue("sqlite:///tasks.db")      # or "postgresql://user:pw@host/db"
     queue.migrate()
@@ -54,6 +55,7 @@ __all__ = [
     "WorkerIdInUse",
     "WorkerRecord",
     "open_queue",
+    "open_reigh_edge",
     "redact_url",
     "resolve_db_url",
 ]
@@ -170,3 +172,11 @@ def open_queue(url: str, *, pool_size: int = 4, connect_timeout: float = 15.0, c
     from source.queue.postgres import PostgresTaskQueue  # psycopg is only imported for Postgres URLs
 
     return PostgresTaskQueue(parsed.url, pool_size=pool_size, connect_timeout=connect_timeout)
+
+
+def open_reigh_edge(supabase_url: str, token: str, *, timeout: float = 30.0) -> TaskQueue:
+    """The queue behind Reigh's edge functions (a pod with a Supabase URL and an access token, no database URL).
+    Raises QueueRefused when the token is refused, QueueUnavailable when the functions cannot be reached."""
+    from source.queue.edge import ReighEdgeQueue  # the supabase client is only imported for this backend
+
+    return ReighEdgeQueue(supabase_url, token, timeout=timeout)

@@ -17,6 +17,8 @@ def build_services(settings: WorkerSettings) -> WorkerServices:
         return WanEngine(device=settings.device, cache_dir=settings.model_cache_dir, lora_dir=settings.lora_dir)
 
     def make_storage():
+        if settings.uses_reigh_edge:  # outputs stay local; the queue uploads them through Reigh's signed URLs
+            return storage_from_settings(settings.output_dir, None, None, None)
         return storage_from_settings(
             settings.output_dir, settings.supabase_url, settings.supabase_key, settings.supabase_bucket
         )

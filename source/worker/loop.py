@@ -33,6 +33,7 @@ from source.queue import (
     TaskStatus,
     WorkerIdInUse,
     open_queue,
+    open_reigh_edge,
 )
 from source.tasks.context import (
     FatalWorkerError,
@@ -79,7 +80,7 @@ def run(
         )
         return EXIT_STARTUP_FAILED
     try:
-        queue = open_queue(settings.db_url)
+        queue = open_worker_queue(settings)
     except QueueError as error:
         logger.error("cannot start: {}", error)
         return EXIT_STARTUP_FAILED
@@ -99,6 +100,16 @@ def run(
             shutdown.uninstall_signal_handlers()
         services.close()
         queue.close()
+
+
+def open_worker_queue(settings: WorkerSettings) -> TaskQueue:
+    """The database at --db, or, with no database URL, Reigh's edge functions."""
+    if settings.db_url is None:
+        assert settings.supabase_url and settings.supabase_access_token  # WorkerSettings checks the pair
+        return open_reigh_edge(
+            settings.supabase_url, settings.supabase_access_token, timeout=settings.edge_timeout_seconds
+        )
+    return open_queue(settings.db_url)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from source.queue import resolve_db_url
+from source.queue.urls import DB_URL_ENV_VARS
 
 T = TypeVar("T")
 
@@ -34,7 +35,7 @@ def default_worker_id() -> str:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    db_url: str
+    db_url: str | None  # None: the queue is Reigh's edge API (supabase_url + supabase_access_token)
     worker_id: str
     poll_interval: float = 5.0
     output_dir: Path = Path("outputs")
@@ -55,6 +56,9 @@ class WorkerSettings:
     supabase_url: str | None = None
     supabase_key: str | None = field(default=None, repr=False)  # a secret: kept out of reprs and logs
     supabase_bucket: str | None = None
+    # Reigh's edge functions as the queue (a pod without a database URL); a secret like the key above
+    supabase_access_token: str | None = field(default=None, repr=False)
+    edge_timeout_seconds: float = 30.0  # one edge function call; 5xx and timeouts are retried a few times
     # What a payload may make the worker read (README "Hostile input"):
     input_roots: tuple[Path, ...] = ()  # local folders payload paths may name; none by default (URLs only)
     allow_private_urls: bool = False  # fetch from loopback/private/link-local addresses (a local test server)
@@ -86,17 +90,29 @@ class WorkerSettings:
         for name in ("max_image_mb", "max_video_mb", "max_lora_mb", "download_seconds", "stall_seconds"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name}: expected a positive number; got {getattr(self, name)!r}")
-        if bool(self.supabase_url) != bool(self.supabase_key):
-            given, missing = (
-                ("--supabase-url / SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY")
-                if self.supabase_url
-                else ("SUPABASE_SERVICE_ROLE_KEY", "--supabase-url / SUPABASE_URL")
+        if self.db_url is None and not (self.supabase_url and self.supabase_access_token):
+            raise SettingsError("no queue: give --db URL, or --supabase-url with --supabase-access-token")
+        if not self.edge_timeout_seconds > 0:
+            raise SettingsError(f"edge_timeout_seconds: expected a positive number; got {self.edge_timeout_seconds!r}")
+        if self.supabase_key and not self.supabase_url:
+            raise SettingsError(
+                "SUPABASE_SERVICE_ROLE_KEY is set but --supabase-url / SUPABASE_URL is not: Supabase storage needs both "
+                "(or neither)"
             )
+        if self.supabase_url and not (self.supabase_key or self.supabase_access_token):
             # Found now, not after the first video is generated and cannot be stored.
-            raise SettingsError(f"{given} is set but {missing} is not: Supabase storage needs both (or neither)")
+            raise SettingsError(
+                "--supabase-url / SUPABASE_URL is set but neither SUPABASE_SERVICE_ROLE_KEY (outputs to its bucket) "
+                "nor --supabase-access-token / SUPABASE_ACCESS_TOKEN (Reigh's edge API as the queue) is"
+            )
         for root in self.input_roots:
             if not root.is_dir():
                 raise SettingsError(f"input_roots: {root} is not a folder")
+
+    @property
+    def uses_reigh_edge(self) -> bool:
+        """No database URL: tasks come from Reigh's edge functions, outputs go up through them."""
+        return self.db_url is None
 
     @property
     def work_root(self) -> Path:
@@ -143,8 +159,17 @@ def settings_from_values(values: Mapping[str, Any], environ: Mapping[str, str] |
         return default if from_env is None else from_env
 
     model_cache_dir = _path(pick("model_cache_dir", "HW_MODEL_CACHE_DIR", str, None))
+    supabase_url = pick("supabase_url", "SUPABASE_URL", str, None)
+    access_token = (
+        values.get("supabase_access_token")
+        or _from_env("SUPABASE_ACCESS_TOKEN", str, env)
+        or _from_env("REIGH_ACCESS_TOKEN", str, env)  # the upstream worker's name
+    )
+    # Reigh's edge API is the queue when no database is named anywhere and a Supabase URL comes with a token.
+    database_named = values.get("db") or any(env.get(name, "").strip() for name in DB_URL_ENV_VARS)
+    db_url = None if (supabase_url and access_token and not database_named) else resolve_db_url(values.get("db"), env)
     return WorkerSettings(
-        db_url=resolve_db_url(values.get("db"), env),
+        db_url=db_url,
         worker_id=pick("worker_id", "HW_WORKER_ID", str, default_worker_id()),
         poll_interval=pick("poll_interval", "HW_POLL_INTERVAL", float, 5.0),
         output_dir=Path(pick("output_dir", "HW_OUTPUT_DIR", str, "outputs")).expanduser().resolve(),
@@ -161,7 +186,9 @@ def settings_from_values(values: Mapping[str, Any], environ: Mapping[str, str] |
         device=pick("device", "HW_DEVICE", str, None),
         model_cache_dir=model_cache_dir,
         lora_dir=_path(pick("lora_dir", "HW_LORA_DIR", str, None)) or default_lora_dir(model_cache_dir, env),
-        supabase_url=pick("supabase_url", "SUPABASE_URL", str, None),
+        supabase_url=supabase_url,
+        supabase_access_token=access_token,
+        edge_timeout_seconds=pick("edge_timeout", "HW_EDGE_TIMEOUT", float, 30.0),
         # the key comes from the environment only: a command-line secret shows up in process listings
         supabase_key=_from_env("SUPABASE_SERVICE_ROLE_KEY", str, env) or _from_env("SUPABASE_KEY", str, env),
         supabase_bucket=pick("supabase_bucket", "SUPABASE_BUCKET", str, None),

@@ -74,16 +74,20 @@ class WorkerProcess:
 def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Starts `python worker.py --db URL --log-json ...` with its own log file; kills leftovers at teardown."""
     started: list[WorkerProcess] = []
-    env = {key: value for key, value in os.environ.items() if not key.startswith("HW_") and key != "DATABASE_URL"}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("HW_", "SUPABASE_", "REIGH_")) and key != "DATABASE_URL"
+    }
 
-    def spawn(db_url: str, *args: str, worker_id: str | None = None) -> WorkerProcess:
+    def spawn(db_url: str | None, *args: str, worker_id: str | None = None) -> WorkerProcess:
+        """`db_url` None: no --db at all (Reigh's edge API, given through `args`)."""
         worker_id = worker_id or f"test-worker-{len(started)}"
         log_path = tmp_path / f"{worker_id}.log"
         command = [
             sys.executable,
             str(WORKER_SCRIPT),
-            "--db",
-            db_url,
+            *(("--db", db_url) if db_url else ()),
             "--worker-id",
             worker_id,
             "--log-json",

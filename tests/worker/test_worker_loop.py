@@ -220,8 +220,17 @@ def test_misconfigured_storage_and_input_settings_stop_the_worker_at_start(tmp_p
         SettingsError, match="SUPABASE_SERVICE_ROLE_KEY is set but --supabase-url / SUPABASE_URL is not"
     ):
         settings_from_values({}, {"SUPABASE_SERVICE_ROLE_KEY": "secret"})
-    with pytest.raises(SettingsError, match="--supabase-url / SUPABASE_URL is set but SUPABASE_SERVICE_ROLE_KEY"):
+    with pytest.raises(
+        SettingsError, match="--supabase-url / SUPABASE_URL is set but neither SUPABASE_SERVICE_ROLE_KEY .* nor"
+    ):
         settings_from_values({"supabase_url": "https://p.supabase.co"}, {})
+    # A URL and an access token with no database anywhere: Reigh's edge API is the queue; a database URL wins.
+    edge = settings_from_values({"supabase_url": "https://p.supabase.co"}, {"REIGH_ACCESS_TOKEN": "t0ken"})
+    assert edge.uses_reigh_edge and edge.supabase_access_token == "t0ken" and "t0ken" not in repr(edge)
+    named = settings_from_values(
+        {"supabase_url": "https://p.supabase.co", "supabase_access_token": "t"}, {"DATABASE_URL": "sqlite:///x.db"}
+    )
+    assert named.db_url == "sqlite:///x.db" and not named.uses_reigh_edge
     with pytest.raises(SettingsError, match="input_roots: .* is not a folder"):
         settings_from_values({"input_roots": [str(tmp_path / "missing")]}, {})
     with pytest.raises(SettingsError, match="max_image_mb: expected a positive number"):

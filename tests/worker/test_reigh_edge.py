@@ -1,0 +1,167 @@
+"""The worker as a Reigh pod runs it: no database URL, only a Supabase URL and a token, every claim, status change,
+upload and child through Reigh's edge functions. Reigh's functions cannot run here: `tests/reigh_edge.py` is a local
+server of ours that speaks their API (written from reigh-app's supabase/functions sources) over a real PostgreSQL
+holding Reigh's schema, and the real worker (`python worker.py`, the supabase client, httpx) talks to it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from local_http import LocalServer
+from reigh_app import ReighDatabase, insert_as_app, task_row, travel_params
+from reigh_edge import ReighEdgeServer
+
+from source.demo import KEYFRAMES_DIR
+
+SERVICE_KEY = "sb-service-role-key-for-tests-0123456789abcdef"
+KEYFRAMES = sorted(KEYFRAMES_DIR.glob("*.png"))
+
+
+@pytest.fixture
+def edge(reigh_db: ReighDatabase) -> Iterator[ReighEdgeServer]:
+    server = ReighEdgeServer(reigh_db.url, service_key=SERVICE_KEY)
+    yield server
+    server.stop()
+
+
+def _edge_args(edge: ReighEdgeServer, *more: str, token: str = SERVICE_KEY) -> tuple[str, ...]:
+    return ("--supabase-url", edge.url, "--supabase-access-token", token, "--once", *more)
+
+
+def _register_debug_sleep(reigh_db: ReighDatabase) -> None:
+    with psycopg.connect(reigh_db.url, autocommit=True) as connection:
+        # An operator registers the diagnostic type in Reigh's task_types (its foreign key allows no other).
+        connection.execute(
+            "INSERT INTO task_types (name, category, display_name, base_cost_per_second) "
+            "VALUES ('debug_sleep', 'utility', 'Sleep', 0)"
+        )
+
+
+def _all_rows_text(url: str) -> str:
+    with psycopg.connect(url) as connection:
+        rows = connection.execute("SELECT t::text FROM tasks t UNION ALL SELECT w::text FROM workers w").fetchall()
+    return "\n".join(row[0] for row in rows)
+
+
+@pytest.mark.slow
+def test_a_travel_run_through_reighs_edge_api_ends_in_an_uploaded_stitched_video(
+    reigh_db: ReighDatabase, edge: ReighEdgeServer, spawn_worker, http_server, model_cache: Path, ffprobe, tmp_path
+) -> None:
+    for keyframe in KEYFRAMES:
+        body = keyframe.read_bytes()
+        http_server.route("GET", f"/storage/{keyframe.name}", lambda _request, body=body: http_server.reply(body))
+    urls = [f"{http_server.url}/storage/{keyframe.name}" for keyframe in KEYFRAMES]
+    foreign_id = insert_as_app(reigh_db.url, reigh_db.project_id, "single_image", {"prompt": "not ours"})
+    foreign_before = task_row(reigh_db.url, foreign_id)
+    params = travel_params(
+        urls,
+        model_name="wan_tiny_i2v_2_2",
+        resolution="64x48",
+        segment_frames=[9, 13],
+        frame_overlap=[4],
+        base_prompts=["a lighthouse at dawn", "the same lighthouse at dusk"],
+    )
+    orchestrator_id = insert_as_app(reigh_db.url, reigh_db.project_id, "travel_orchestrator", params)
+
+    worker = spawn_worker(
+        None,
+        *_edge_args(edge, "--device", "cpu", "--model-cache-dir", str(model_cache), "--allow-private-urls"),
+        worker_id="reigh-pod-1",
+    )
+    assert worker.wait(timeout=400) == 0, worker.log_text()[-3000:]
+
+    orchestrator = task_row(reigh_db.url, orchestrator_id)
+    assert orchestrator["status"] == "Complete", orchestrator["error_message"]
+    with psycopg.connect(reigh_db.url) as connection:
+        children = connection.execute(
+            "SELECT id::text, task_type, status::text, output_location, worker_id, dependant_on::text[] FROM tasks "
+            "WHERE params->>'orchestrator_task_id_ref' = %s ORDER BY created_at",
+            [orchestrator_id],
+        ).fetchall()
+    assert [child[1] for child in children] == ["travel_segment", "travel_segment", "travel_stitch"]
+    assert {child[2] for child in children} == {"Complete"} and {child[4] for child in children} == {"reigh-pod-1"}
+    stitch = children[2]
+    assert sorted(stitch[5]) == sorted(child[0] for child in children[:2])  # the stitch waited for both
+    # The final mp4 went up through a signed URL and is served at the row's output_location.
+    assert stitch[3].startswith(f"{edge.url}/storage/v1/object/public/image_uploads/")
+    final = tmp_path / "final.mp4"
+    final.write_bytes(httpx.get(stitch[3]).content)
+    probe = ffprobe(str(final))
+    assert (int(probe["nb_read_frames"]), probe["width"], probe["height"]) == (18, 64, 48)  # 9 + 13 - 4
+
+    # claim-next-task has no task-type filter: the older foreign row comes first on every poll and is given back.
+    assert edge.called("claim-next-task").count(200) >= 4 + 4  # orchestrator, 2 segments, stitch, each behind it
+    assert "a type this worker does not run: given back" in worker.log_text()
+    assert edge.called("complete_task").count(200) >= 3 and edge.called("create-task") == [200, 200, 200]
+    assert task_row(reigh_db.url, foreign_id) | {"updated_at": None} == foreign_before | {"updated_at": None}
+    assert any(line["message"].startswith("step ") for line in edge.worker_logs)  # progress reached Reigh's logs
+    assert SERVICE_KEY not in worker.log_text() and SERVICE_KEY not in _all_rows_text(reigh_db.url)
+
+
+def test_a_wrong_token_stops_the_worker_at_start_with_one_clear_line(
+    reigh_db: ReighDatabase, edge: ReighEdgeServer, spawn_worker
+) -> None:
+    wrong = "not-the-key-4b1d6f0e9a"
+    started = time.monotonic()
+    worker = spawn_worker(None, *_edge_args(edge, token=wrong))
+    assert worker.wait(timeout=60) == 2
+    assert time.monotonic() - started < 15
+    errors = [record["message"] for record in worker.records() if record["level"]["name"] == "ERROR"]
+    assert len(errors) == 1 and "refused the access token (403" in errors[0], errors
+    assert "Traceback" not in worker.log_text() and wrong not in worker.log_text()
+    assert edge.called("claim-next-task") == []
+
+
+def test_503_twice_then_200_is_retried_and_the_task_runs(
+    reigh_db: ReighDatabase, edge: ReighEdgeServer, spawn_worker
+) -> None:
+    _register_debug_sleep(reigh_db)
+    task_id = insert_as_app(reigh_db.url, reigh_db.project_id, "debug_sleep", {"seconds": 0, "steps": 2})
+    busy = LocalServer.reply(b"upstream busy", 503)
+    edge.fail_next("claim-next-task", busy, busy)
+    worker = spawn_worker(None, *_edge_args(edge), worker_id="reigh-pod-2")
+    assert worker.wait(timeout=60) == 0, worker.log_text()[-2000:]
+    assert edge.called("claim-next-task")[:3] == [503, 503, 200]
+    row = task_row(reigh_db.url, task_id)
+    assert (row["status"], row["worker_id"]) == ("Complete", "reigh-pod-2")
+    assert row["output_location"].startswith(f"{edge.url}/storage/v1/object/public/image_uploads/")
+    assert row["generation_started_at"] is not None and row["generation_processed_at"] is not None
+
+
+def test_a_server_that_hangs_past_the_timeout_is_a_bounded_failure(
+    reigh_db: ReighDatabase, edge: ReighEdgeServer, spawn_worker
+) -> None:
+    _register_debug_sleep(reigh_db)
+    task_id = insert_as_app(reigh_db.url, reigh_db.project_id, "debug_sleep", {"seconds": 0})
+    edge.fail_next("claim-next-task", *[LocalServer.reply(hang=True)] * 4)
+    started = time.monotonic()
+    worker = spawn_worker(None, *_edge_args(edge, "--edge-timeout", "1"))
+    assert worker.wait(timeout=60) == 1  # --once: an unreachable queue ends the run
+    assert time.monotonic() - started < 30
+    assert "claim-next-task did not answer within 1 s" in worker.log_text()
+    assert task_row(reigh_db.url, task_id)["status"] == "Queued"
+    assert SERVICE_KEY not in worker.log_text()
+
+
+def test_a_failing_segment_fails_through_update_task_status_and_reigh_cascades(
+    reigh_db: ReighDatabase, edge: ReighEdgeServer, spawn_worker
+) -> None:
+    _register_debug_sleep(reigh_db)
+    bad = insert_as_app(reigh_db.url, reigh_db.project_id, "debug_sleep", {"seconds": 0, "fail": "input"})
+    flaky = insert_as_app(
+        reigh_db.url,
+        reigh_db.project_id,
+        "debug_sleep",
+        {"seconds": 0, "fail": "transient", "misbehave_attempts": 1},
+    )
+    worker = spawn_worker(None, *_edge_args(edge), worker_id="reigh-pod-3")
+    assert worker.wait(timeout=60) == 0, worker.log_text()[-2000:]
+    failed = task_row(reigh_db.url, bad)
+    assert failed["status"] == "Failed" and failed["error_message"] and failed["attempts"] == 1
+    retried = task_row(reigh_db.url, flaky)
+    assert (retried["status"], retried["attempts"]) == ("Complete", 1)  # given back once, then done
