@@ -403,6 +403,19 @@ class ReighEdgeServer:
         keys = ("id", "task_type", "status", "params", "output_location")
         return 200, {"tasks": [dict(zip(keys, row, strict=True)) for row in rows]}
 
+    def _fn_update_worker_model(self, body: dict[str, Any]) -> tuple[int, Any]:
+        worker_id, model = str(body.get("worker_id") or "").strip(), str(body.get("current_model") or "").strip()
+        if not worker_id or not model:
+            return 400, f"Missing required field: {'worker_id' if not worker_id else 'current_model'}"
+        with self._connect() as connection:
+            updated = connection.execute(
+                "INSERT INTO workers (id, instance_type, status, last_heartbeat, current_model) "
+                "VALUES (%s, %s, 'active', now(), %s) ON CONFLICT (id) DO UPDATE SET "
+                "current_model = excluded.current_model, last_heartbeat = now(), status = 'active' RETURNING id",
+                [worker_id, body.get("instance_type") or "external", model],
+            ).fetchone()
+        return 200, {"success": True, "worker_id": updated[0], "current_model": model, "action": "updated"}
+
     # ------------------------------------------------------------------------------------------ the heartbeat RPC
 
     def _heartbeat(self, request: Request) -> Reply:

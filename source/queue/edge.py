@@ -110,6 +110,8 @@ class ReighEdgeQueue:
         self._failures: dict[str, int] = {}  # retryable failures seen per task (Reigh's claim does not say)
         self._pending_logs: list[dict[str, Any]] = []
         self._heartbeats_refused = False
+        self._reported_model: str | None = None  # what update-worker-model was last told (None: nothing yet)
+        self._model_reports_refused = False
         self._check_token()
 
     # ------------------------------------------------------------------------------------------ plumbing
@@ -598,7 +600,19 @@ class ReighEdgeQueue:
         self, worker_id: str, *, session_id: str, status: str, current_task_id: str | None, metadata: dict[str, Any]
     ) -> bool:
         self._heartbeat(worker_id, status, current_task_id)
+        model = metadata.get("current_model")
+        if isinstance(model, str) and model != self._reported_model and not self._model_reports_refused:
+            self._report_model(worker_id, model)
         return True
+
+    def _report_model(self, worker_id: str, model: str) -> None:
+        """update-worker-model: Reigh's claim prefers tasks for the model this worker has loaded."""
+        try:
+            self._invoke("update-worker-model", {"worker_id": worker_id, "current_model": model})
+            self._reported_model = model
+        except (QueueRefused, EdgeCallFailed) as error:  # it takes the service-role key
+            self._model_reports_refused = True
+            logger.warning("Reigh refused update-worker-model ({}); the loaded model goes unreported", error)
 
     # ------------------------------------------------------------------------------------------ not for workers
 

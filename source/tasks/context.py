@@ -88,6 +88,13 @@ class WorkerServices:
                 self._engine = self.engine_factory()
             return self._engine
 
+    def loaded_model(self) -> str | None:
+        """The model the engine holds now, if an engine exists (never creates one): Reigh's claim prefers tasks for
+        the model a worker already has, so the heartbeat reports it."""
+        engine = self._engine
+        loaded = getattr(engine, "loaded_model", None) if engine is not None else None
+        return loaded() if callable(loaded) else None
+
     def storage(self) -> Any:
         with self._lock:
             if self._storage is None:

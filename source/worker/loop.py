@@ -398,13 +398,17 @@ class Worker:
     def _beat(self, status: str, task_id: str | None) -> bool:
         """A heartbeat. False when it could not be written; once another process has taken this worker id (this one
         was stopped long enough to look dead), the worker stops at once: its tasks may be running elsewhere now."""
+        metadata = dict(self._metadata)
+        model = self.services.loaded_model()
+        if model:
+            metadata["current_model"] = model
         try:
             held = self.queue.beat_worker(
                 self.settings.worker_id,
                 session_id=self._session_id,
                 status=status,
                 current_task_id=task_id,
-                metadata=self._metadata,
+                metadata=metadata,
             )
         except QueueError as error:
             logger.warning("could not update the workers row: {}", error)

@@ -1,7 +1,10 @@
-"""Settings for running the worker loop in-process in tests: fast polls and heartbeats, --once, no retry delay."""
+"""Helpers for the worker tests: settings for running the loop in-process (fast polls and heartbeats, --once, no retry
+delay), and waiting for a condition with a deadline."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,3 +24,12 @@ def in_process_settings(url: str, tmp_path: Path, **overrides: Any) -> WorkerSet
     )
     values.update(overrides)
     return WorkerSettings(**values)
+
+
+def wait_until(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -80,9 +80,10 @@ def test_a_travel_row_built_by_reigh_runs_to_a_stitched_video_and_reighs_tables_
 
     with psycopg.connect(reigh_db.url) as connection:
         worker_row = connection.execute(
-            "SELECT instance_type, status, last_heartbeat IS NOT NULL FROM workers WHERE id = 'reigh-gpu-1'"
+            "SELECT instance_type, status, last_heartbeat IS NOT NULL, current_model FROM workers WHERE id = 'reigh-gpu-1'"
         ).fetchone()
-    assert worker_row == ("external", "inactive", True)  # Reigh's constraint: active | inactive | terminated
+    # Reigh's constraint: active | inactive | terminated; the loaded model feeds Reigh's model-affinity claim
+    assert worker_row == ("external", "inactive", True, "wan_tiny_i2v_2_2")
 
 
 def test_read_only_commands_never_create_anything_on_reighs_database(reigh_db: ReighDatabase) -> None:

@@ -5,6 +5,7 @@ holding Reigh's schema, and the real worker (`python worker.py`, the supabase cl
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import httpx
 import psycopg
 import pytest
 from local_http import LocalServer
+from loop_helpers import wait_until
 from reigh_app import ReighDatabase, insert_as_app, task_row, travel_params
 from reigh_edge import ReighEdgeServer
 
@@ -100,6 +102,10 @@ def test_a_travel_run_through_reighs_edge_api_ends_in_an_uploaded_stitched_video
     assert edge.called("complete_task").count(200) >= 3 and edge.called("create-task") == [200, 200, 200]
     assert task_row(reigh_db.url, foreign_id) | {"updated_at": None} == foreign_before | {"updated_at": None}
     assert any(line["message"].startswith("step ") for line in edge.worker_logs)  # progress reached Reigh's logs
+    with psycopg.connect(reigh_db.url) as connection:  # update-worker-model: for Reigh's model-affinity claim
+        assert connection.execute("SELECT current_model FROM workers WHERE id = 'reigh-pod-1'").fetchone() == (
+            "wan_tiny_i2v_2_2",
+        )
     assert SERVICE_KEY not in worker.log_text() and SERVICE_KEY not in _all_rows_text(reigh_db.url)
 
 
@@ -165,3 +171,86 @@ def test_a_failing_segment_fails_through_update_task_status_and_reigh_cascades(
     assert failed["status"] == "Failed" and failed["error_message"] and failed["attempts"] == 1
     retried = task_row(reigh_db.url, flaky)
     assert (retried["status"], retried["attempts"]) == ("Complete", 1)  # given back once, then done
+
+
+def test_plain_generation_uploads_its_video_and_thumbnail(
+    reigh_db: ReighDatabase, edge: ReighEdgeServer, spawn_worker, model_cache: Path, ffprobe, tmp_path
+) -> None:
+    with psycopg.connect(reigh_db.url, autocommit=True) as connection:
+        connection.execute(
+            "INSERT INTO task_types (name, category, display_name, base_cost_per_second) "
+            "VALUES ('t2v', 'generation', 'Text to video', 0.01)"
+        )
+    params = {"model": "wan_tiny_t2v", "prompt": "a red cat", "video_length": 13, "seed": 3}
+    task_id = insert_as_app(reigh_db.url, reigh_db.project_id, "t2v", params)
+    worker = spawn_worker(None, *_edge_args(edge, "--device", "cpu", "--model-cache-dir", str(model_cache)))
+    assert worker.wait(timeout=300) == 0, worker.log_text()[-2000:]
+    row = task_row(reigh_db.url, task_id)
+    assert row["status"] == "Complete", row["error_message"]
+    video = tmp_path / "t2v.mp4"
+    video.write_bytes(httpx.get(row["output_location"]).content)
+    probe = ffprobe(str(video))
+    assert (int(probe["nb_read_frames"]), probe["width"], probe["height"]) == (13, 64, 64)
+    thumbnails = [path for path in edge.objects if f"/tasks/{task_id}/thumbnails/" in path]
+    assert len(thumbnails) == 1 and edge.objects[thumbnails[0]][:3] == b"\xff\xd8\xff"  # a JPEG went up too
+
+
+def test_sigterm_gives_the_task_back_through_update_task_status(
+    reigh_db: ReighDatabase, edge: ReighEdgeServer, spawn_worker
+) -> None:
+    _register_debug_sleep(reigh_db)
+    task_id = insert_as_app(reigh_db.url, reigh_db.project_id, "debug_sleep", {"seconds": 60, "steps": 120})
+    worker = spawn_worker(
+        None, "--supabase-url", edge.url, "--supabase-access-token", SERVICE_KEY, "--grace-seconds", "0.5"
+    )
+    wait_until(lambda: task_row(reigh_db.url, task_id)["status"] == "In Progress", timeout=30, what="the claim")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0, worker.log_text()[-2000:]
+    row = task_row(reigh_db.url, task_id)
+    assert (row["status"], row["worker_id"], row["generation_started_at"]) == ("Queued", None, None)
+
+
+def test_a_task_the_app_cancels_stops_on_the_next_heartbeat(
+    reigh_db: ReighDatabase, edge: ReighEdgeServer, spawn_worker
+) -> None:
+    _register_debug_sleep(reigh_db)
+    task_id = insert_as_app(reigh_db.url, reigh_db.project_id, "debug_sleep", {"seconds": 60, "steps": 120})
+    worker = spawn_worker(None, *_edge_args(edge, "--heartbeat-seconds", "0.3"))
+    wait_until(lambda: task_row(reigh_db.url, task_id)["status"] == "In Progress", timeout=30, what="the claim")
+    started = time.monotonic()
+    with psycopg.connect(reigh_db.url, autocommit=True) as connection:  # the app's cancel (update-task-status)
+        connection.execute("UPDATE tasks SET status = 'Cancelled' WHERE id = %s", [task_id])
+    assert worker.wait(timeout=30) == 0, worker.log_text()[-2000:]
+    assert time.monotonic() - started < 15  # not the 60 s the task would have slept
+    assert task_row(reigh_db.url, task_id)["status"] == "Cancelled"
+    assert "was cancelled or reclaimed while it ran" in worker.log_text()
+
+
+def test_enqueuing_an_orchestrators_children_twice_creates_them_once(
+    reigh_db: ReighDatabase, edge: ReighEdgeServer
+) -> None:
+    from source.queue import ChildSpec, open_reigh_edge
+
+    parent_id = insert_as_app(reigh_db.url, reigh_db.project_id, "travel_orchestrator", {"orchestrator_details": {}})
+    with psycopg.connect(reigh_db.url, autocommit=True) as connection:
+        connection.execute("INSERT INTO workers (id, instance_type) VALUES ('w', 'external')")
+    queue = open_reigh_edge(edge.url, SERVICE_KEY, timeout=10)
+    try:
+        assert queue.claim("w", lease_seconds=30, task_types=["travel_orchestrator"]).id == parent_id
+        children = [
+            ChildSpec("travel_segment", {"segment_index": 0}, role="segment", segment_index=0),
+            ChildSpec("travel_stitch", {}, role="stitch", depends_on=("segment:0",), completes_parent=True),
+        ]
+        first = queue.enqueue_children(parent_id, children)
+        assert queue.enqueue_children(parent_id, children) == first  # a re-run orchestrator finds its children
+        assert edge.called("create-task") == [200, 200]
+        found = {child.id: child for child in queue.children(parent_id)}
+        assert set(found) == set(first)
+        assert (found[first[1]].role, found[first[1]].completes_parent, found[first[1]].depends_on) == (
+            "stitch",
+            True,
+            (first[0],),
+        )
+        assert task_row(reigh_db.url, first[1])["project_id"] == task_row(reigh_db.url, parent_id)["project_id"]
+    finally:
+        queue.close()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
 
 import pytest
+from loop_helpers import wait_until
 
 from source.queue import TaskQueue, TaskStatus
 from source.tasks.diagnostic import HARD_EXIT_CODE
@@ -16,15 +16,6 @@ from source.tasks.diagnostic import HARD_EXIT_CODE
 FLEET_SIZE = 4
 FLEET_TASKS = 240
 FLEET_ORCHESTRATORS = 6
-
-
-def wait_until(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _step(queue: TaskQueue, task_id: str) -> int:

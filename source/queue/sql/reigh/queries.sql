@@ -392,7 +392,8 @@ WITH taken AS (
 SELECT worker_id AS id FROM taken
 
 -- name: beat_worker
--- A heartbeat, only while this process still holds the id; Reigh's row says active until the worker stops.
+-- A heartbeat, only while this process still holds the id; Reigh's row says active until the worker stops, and
+-- names the loaded model (workers.current_model, which Reigh's claim uses for model affinity).
 WITH beat AS (
     UPDATE headless.worker_sessions
     SET status = %(status)s, last_heartbeat = now(), current_task_id = %(current_task_id)s
@@ -402,7 +403,8 @@ WITH beat AS (
     UPDATE workers w
     SET last_heartbeat = now(),
         status = CASE WHEN %(status)s::text IN ('stopped', 'error') THEN 'inactive' ELSE 'active' END,
-        metadata = COALESCE(w.metadata, '{}'::jsonb) || %(metadata)s
+        metadata = COALESCE(w.metadata, '{}'::jsonb) || %(metadata)s,
+        current_model = COALESCE(%(metadata)s->>'current_model', w.current_model)
     FROM beat WHERE w.id = beat.worker_id
 )
 SELECT worker_id AS id FROM beat
