@@ -112,6 +112,11 @@ def default_device() -> torch.device:
 
 
 class WanEngine:
+    """`reinject_start_frame` (i2v): Wan2GP puts the clean start-frame latent back, re-noised to the step's level,
+    before every forward and once more at the end (upstream_engine_spec §9.9), so frame 0 is exactly the start image;
+    diffusers' WanImageToVideoPipeline does not. True (the default) keeps Wan2GP's behaviour; False reproduces
+    diffusers', which is what the equivalence tests compare against."""
+
     def __init__(
         self,
         *,
@@ -119,7 +124,9 @@ class WanEngine:
         cache_dir: Path | None = None,
         catalog: Catalog | None = None,
         lora_dir: Path | None = None,
+        reinject_start_frame: bool = True,
     ) -> None:
+        self.reinject_start_frame = reinject_start_frame
         self.device = torch.device(device) if device is not None else default_device()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.catalog = catalog if catalog is not None else load_catalog()
@@ -332,7 +339,7 @@ class WanEngine:
                 prompt_embeds=prompt_embeds,
                 negative_embeds=negative_embeds,
                 image_channels=image.channels.to(model.transformer_dtype),
-                first_frame_latents=image.first_frame_latents,
+                first_frame_latents=image.first_frame_latents if self.reinject_start_frame else None,
             )
         if model.definition.is_vace:
             guide, mask = self._guide_and_mask(request)

@@ -40,10 +40,21 @@ TINY_T2V_2_2 = {
 }
 
 
+def _tiny(name: str, architecture: str, seed: int, experts: int, **settings: object) -> dict[str, object]:
+    model = {"name": name, "architecture": architecture, "weights": {"tiny": {"seed": seed}}, "experts": experts}
+    model.update(transformer_dtype="float32", vae_dtype="float32", fps=16)
+    return {"model": model, "resolution": "64x64", "video_length": 9, "num_inference_steps": 4, **settings}
+
+
+# For the comparisons with diffusers' VACE pipeline: the two-expert VACE the bundled tiny models lack.
+TINY_VACE_2_2 = _tiny("Tiny Wan2.2 VACE, two experts (tests only)", "vace_14B_2_2", 6789, 2, sample_solver="euler")
+
+
 @pytest.fixture(scope="session")
 def extra_catalog_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("extra_catalog")
     (folder / "wan_tiny_t2v_2_2.json").write_text(json.dumps(TINY_T2V_2_2))
+    (folder / "wan_tiny_vace_2_2.json").write_text(json.dumps(TINY_VACE_2_2))
     return folder
 
 
@@ -60,5 +71,13 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def engine(cache_dir: Path, catalog: Catalog) -> Iterator[WanEngine]:
     engine = WanEngine(device="cpu", cache_dir=cache_dir, catalog=catalog)
+    yield engine
+    engine.unload()
+
+
+@pytest.fixture(scope="session")
+def diffusers_like_engine(cache_dir: Path, catalog: Catalog) -> Iterator[WanEngine]:
+    """An engine with Wan2GP's i2v start-frame re-injection off: what diffusers' i2v pipeline does."""
+    engine = WanEngine(device="cpu", cache_dir=cache_dir, catalog=catalog, reinject_start_frame=False)
     yield engine
     engine.unload()

@@ -13,6 +13,7 @@ import imageio_ffmpeg
 import numpy as np
 import PIL.Image
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 from Wan2GP.video_io import read_video
 
@@ -97,3 +98,19 @@ def ffprobe(path: Path) -> dict[str, object]:
     ]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output)["streams"][0]
+
+
+class FixedSigmasEuler(FlowMatchEulerDiscreteScheduler):
+    """diffusers' flow-matching euler, fed explicit sigmas instead of computing its own grid."""
+
+    fixed_sigmas: np.ndarray
+
+    def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):  # noqa: ANN001, ANN201
+        super().set_timesteps(sigmas=self.fixed_sigmas, device=device)
+
+
+class FixedSigmasUniPC(UniPCMultistepScheduler):
+    fixed_sigmas: np.ndarray
+
+    def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):  # noqa: ANN001, ANN201
+        super().set_timesteps(sigmas=self.fixed_sigmas.copy(), device=device)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
-from engine_helpers import forward_log
+from diffusers import WanPipeline
+from engine_helpers import FixedSigmasEuler, FixedSigmasUniPC, forward_log
 
 from Wan2GP.engine import WanEngine
 from Wan2GP.loading import LoadedModel
@@ -17,22 +17,6 @@ from Wan2GP.text import TEXT_LENGTH
 PROMPT = "a dog runs through the forest at night"
 NEGATIVE = "blurry noise"
 ATOL = 1e-4  # reloaded/independently run models differ in the last bits (machine_feasibility §3)
-
-
-class FixedSigmasEuler(FlowMatchEulerDiscreteScheduler):
-    """diffusers' flow-matching euler, fed explicit sigmas instead of computing its own grid."""
-
-    fixed_sigmas: np.ndarray
-
-    def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):  # noqa: ANN001, ANN201
-        super().set_timesteps(sigmas=self.fixed_sigmas, device=device)
-
-
-class FixedSigmasUniPC(UniPCMultistepScheduler):
-    fixed_sigmas: np.ndarray
-
-    def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):  # noqa: ANN001, ANN201
-        super().set_timesteps(sigmas=self.fixed_sigmas.copy(), device=device)
 
 
 def pipeline_for(model: LoadedModel, scheduler, boundary_ratio: float | None = None) -> WanPipeline:  # noqa: ANN001
