@@ -154,6 +154,18 @@ def mask_values(video: DecodedVideo, num_frames: int, width: int, height: int, *
     return torch.from_numpy(binary).unsqueeze(0)
 
 
+def reference_pixels(image: PIL.Image.Image, width: int, height: int) -> torch.Tensor:
+    """A VACE reference image -> (3, 1, H, W) in [-1, 1]: scaled to fit inside W x H with its aspect ratio kept
+    (Lanczos), centred on a white canvas, as Wan's VACE (and diffusers') prepares references."""
+    scale = min(width / image.width, height / image.height)
+    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+    if size != image.size:
+        image = image.resize(size, PIL.Image.Resampling.LANCZOS)
+    canvas = PIL.Image.new("RGB", (width, height), (255, 255, 255))
+    canvas.paste(image, ((width - size[0]) // 2, (height - size[1]) // 2))
+    return image_to_pixels(canvas, width, height)
+
+
 def build_vace_context(
     codec: VaeCodec,
     *,
@@ -163,10 +175,13 @@ def build_vace_context(
     num_frames: int,
     width: int,
     height: int,
+    references: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The 96-channel VACE context (1, 96, T, h, w): [VAE(guide*(1-m)), VAE(guide*m), 8x8-unshuffled mask].
+    """The 96-channel VACE context (1, 96, R + T, h, w): [VAE(guide*(1-m)), VAE(guide*m), 8x8-unshuffled mask].
 
     Missing guide: all zeros (mid-grey). Missing mask: all ones (generate everything, the guide is only a hint).
+    Each reference image ((3, 1, H, W) pixels) comes first in time as one latent frame: [VAE(image), zeros] in the
+    32 latent channels and a zero mask (upstream_engine_spec §3.8); the sampler strips those frames at the end.
     """
     if guide is None:
         guide = torch.zeros(3, num_frames, height, width)
@@ -188,4 +203,9 @@ def build_vace_context(
         unshuffled.unsqueeze(0), size=(latent_frames(num_frames), latent_h, latent_w), mode="nearest-exact"
     )
     mask_latents = mask_latents.to(inactive.device)
-    return torch.cat([inactive, reactive, mask_latents], dim=1)
+    context = torch.cat([inactive, reactive, mask_latents], dim=1)
+    for reference in reversed(references or []):  # the first reference ends up first in time
+        latent = codec.encode(reference)
+        frame = torch.cat([latent, torch.zeros_like(latent), torch.zeros_like(mask_latents[:, :, :1])], dim=1)
+        context = torch.cat([frame, context], dim=2)
+    return context

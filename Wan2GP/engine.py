@@ -35,6 +35,7 @@ from Wan2GP.conditioning import (
     latent_frames,
     load_image,
     mask_values,
+    reference_pixels,
 )
 from Wan2GP.loading import LoadedModel, ModelLoadError, load_model
 from Wan2GP.lora_files import LoraDownloadError
@@ -277,7 +278,7 @@ class WanEngine:
         latent_shape = (
             1,
             int(model.vae.config.z_dim),
-            latent_frames(request.num_frames),
+            conditioning.reference_frames + latent_frames(request.num_frames),
             request.height // codec.spatial_factor,
             request.width // codec.spatial_factor,
         )
@@ -343,8 +344,16 @@ class WanEngine:
             )
         if model.definition.is_vace:
             guide, mask = self._guide_and_mask(request)
+            references = [
+                reference_pixels(load_image(image), request.width, request.height) for image in request.image_refs
+            ]
             context = build_vace_context(
-                codec, guide=guide, mask=mask, grey_masked_pixels=request.grey_masked_pixels, **size
+                codec,
+                guide=guide,
+                mask=mask,
+                grey_masked_pixels=request.grey_masked_pixels,
+                references=references,
+                **size,
             )
             vace_layers = model.transformers["high"].config.vace_layers
             scale = torch.full((len(vace_layers),), request.control_net_weight, device=self.device)
@@ -355,6 +364,7 @@ class WanEngine:
                     "control_hidden_states": context.to(model.transformer_dtype),
                     "control_hidden_states_scale": scale.to(model.transformer_dtype),
                 },
+                reference_frames=len(references),
             )
         return Conditioning(prompt_embeds=prompt_embeds, negative_embeds=negative_embeds)
 

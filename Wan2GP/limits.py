@@ -44,6 +44,7 @@ MAX_VIDEO_PIXELS = 1 << 30  # width x height x frames of one generation (1280x72
 MAX_SEED = (1 << 63) - 1  # fits the generator's int64; -1 means "draw one"
 MAX_SEGMENTS = 256  # segments in one travel run
 MAX_PHASES = 3
+MAX_IMAGE_REFS = 4  # VACE reference images in one generation (each adds a latent frame)
 
 STEPS = Bound(1, MAX_STEPS, "an integer")
 FRAMES = Bound(1, MAX_FRAMES, "an integer")

@@ -46,6 +46,7 @@ ACCEPTED_PARAMS: tuple[str, ...] = (
     "image_end",
     "video_guide",
     "video_mask",
+    "image_refs",
     "video_prompt_type",
     "control_net_weight",
     "output_dir",
@@ -77,8 +78,9 @@ SIZE_BLOCK = 16  # Wan 2.1/2.2 14B: VAE stride 8 x patch 2
 MIN_FRAMES = 5
 MIN_VACE_FRAMES = 17  # upstream's VACE minimum; the tiny VACE test model is allowed down to MIN_FRAMES
 # video_prompt_type letters we implement: V guide video, A mask video, M fill masked guide pixels with grey (inpaint),
-# U identity process, N negate the mask. Pose/depth/... processes need preprocessors we do not ship.
-SUPPORTED_VIDEO_PROMPT_LETTERS = frozenset("VAMUN")
+# U identity process, N negate the mask, I reference images (image_refs). Pose/depth/... processes need
+# preprocessors we do not ship.
+SUPPORTED_VIDEO_PROMPT_LETTERS = frozenset("VAMUNI")
 
 
 class InvalidGenerationParams(ValueError):
@@ -118,6 +120,7 @@ class _WgpParams(BaseModel):
     image_end: ImageInput | None = None
     video_guide: Path | None = None
     video_mask: Path | None = None
+    image_refs: tuple[ImageInput, ...] = Field(default=(), max_length=limits.MAX_IMAGE_REFS)
     video_prompt_type: str = ""
     control_net_weight: float = Field(default=1.0, ge=limits.CONTROL_NET_WEIGHT.low, le=limits.CONTROL_NET_WEIGHT.high)
     output_dir: Path | None = None
@@ -135,6 +138,13 @@ class _WgpParams(BaseModel):
     def _image(cls, value: Any) -> Any:
         if isinstance(value, str):
             return Path(value)
+        return value
+
+    @field_validator("image_refs", mode="before")
+    @classmethod
+    def _images(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return tuple(Path(item) if isinstance(item, str) else item for item in value)
         return value
 
 
@@ -161,6 +171,7 @@ class GenerationRequest:
     control_net_weight: float
     output_dir: Path | None
     output_filename: str | None
+    image_refs: tuple[ImageInput, ...] = ()  # VACE reference images ("I"), each a latent frame before the video
 
     @property
     def uses_guide_video(self) -> bool:
@@ -292,9 +303,21 @@ def resolve_request(
             f"video_prompt_type: letters {''.join(unsupported)!r} are not supported; "
             f"expected letters from {''.join(sorted(SUPPORTED_VIDEO_PROMPT_LETTERS))!r}",
         )
-    for field, path in (("image_start", wgp.image_start), ("image_end", wgp.image_end)):
+    if bool(wgp.image_refs) != ("I" in wgp.video_prompt_type):
+        raise InvalidGenerationParams(
+            ["image_refs"],
+            "image_refs: reference images go with an 'I' in video_prompt_type, and 'I' needs at least one; got "
+            f"{len(wgp.image_refs)} image(s) and video_prompt_type {wgp.video_prompt_type!r}",
+        )
+    if wgp.image_refs and not definition.is_vace:
+        raise InvalidGenerationParams(
+            ["image_refs"], f"image_refs: model {definition.id} ({definition.architecture}) is not a VACE model"
+        )
+    images = [("image_start", wgp.image_start), ("image_end", wgp.image_end)]
+    images += [(f"image_refs[{index}]", image) for index, image in enumerate(wgp.image_refs)]
+    for field, path in images:
         if isinstance(path, Path) and not path.is_file():
-            raise InvalidGenerationParams([field], f"{field}: file not found: {path}")
+            raise InvalidGenerationParams([field.split("[")[0]], f"{field}: file not found: {path}")
     for field, path in (("video_guide", wgp.video_guide), ("video_mask", wgp.video_mask)):
         if path is not None and not path.is_file():
             raise InvalidGenerationParams([field], f"{field}: file not found: {path}")
@@ -346,6 +369,7 @@ def resolve_request(
         image_end=wgp.image_end,
         video_guide=wgp.video_guide,
         video_mask=wgp.video_mask,
+        image_refs=wgp.image_refs,
         video_prompt_type=wgp.video_prompt_type,
         control_net_weight=wgp.control_net_weight,
         output_dir=wgp.output_dir,

@@ -111,6 +111,7 @@ class Conditioning:
     image_channels: torch.Tensor | None = None  # i2v: (1, 20, T, h, w), concatenated after the latents
     first_frame_latents: torch.Tensor | None = None  # i2v: clean start-frame latents, re-injected every step
     model_kwargs: Mapping[str, torch.Tensor] | None = None  # e.g. VACE control_hidden_states and their scale
+    reference_frames: int = 0  # VACE: leading latent frames that hold reference images, dropped from the result
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,8 @@ def denoise(
 
     if first_frame is not None:
         latents[:, :, : first_frame.shape[2]] = first_frame
+    if conditioning.reference_frames:
+        latents = latents[:, :, conditioning.reference_frames :]
     return DenoiseResult(latents=latents, forward_passes=forward_passes)
 
 

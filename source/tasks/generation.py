@@ -37,6 +37,15 @@ def handle_generation(ctx: TaskContext) -> TaskOutcome:
     for name, kind in _INPUT_FILES.items():
         if request.get(name):
             request[name] = str(fetch_input(ctx, str(request[name]), ctx.work_dir / name, field=name, kind=kind))
+    if request.get("image_refs"):  # VACE reference images: each fetched and checked like any other input image
+        request["image_refs"] = [
+            str(
+                fetch_input(
+                    ctx, str(source), ctx.work_dir / f"image_ref_{index}", field=f"image_refs[{index}]", kind="image"
+                )
+            )
+            for index, source in enumerate(request["image_refs"])
+        ]
     if params.lora_sources():
         request["activated_loras"] = [str(p) for p in fetch_loras(ctx, params.lora_sources(), field="activated_loras")]
     result = run_engine(ctx, request)

@@ -26,7 +26,7 @@ from engine_helpers import FixedSigmasEuler, forward_log, frames_video, gradient
 from lora_fixtures import make_lora_spec, write_original
 
 import Wan2GP.engine as engine_module
-from Wan2GP.conditioning import ImageCondition, VaeCodec
+from Wan2GP.conditioning import ImageCondition, VaeCodec, reference_pixels
 from Wan2GP.engine import WanEngine
 from Wan2GP.text import TEXT_LENGTH
 from Wan2GP.video_io import read_video
@@ -228,11 +228,12 @@ def _mask(tmp_path: Path) -> tuple[Path, list[PIL.Image.Image]]:
 
 
 VACE_CASES = [
-    # (model, boundary_ratio, guide?, mask?, control_net_weight). A mask without a guide has no diffusers
-    # counterpart (WanVACEPipeline: "`mask` can only be passed if `video` is passed as well").
-    ("wan_tiny_vace", None, True, True, 1.0),
-    ("wan_tiny_vace", None, True, False, 0.6),  # guide only (all generated), weaker control
-    ("wan_tiny_vace_2_2", 0.8, True, True, 1.3),
+    # (model, boundary_ratio, guide?, mask?, control_net_weight, reference images). A mask without a guide has no
+    # diffusers counterpart (WanVACEPipeline: "`mask` can only be passed if `video` is passed as well").
+    ("wan_tiny_vace", None, True, True, 1.0, 0),
+    ("wan_tiny_vace", None, True, False, 0.6, 0),  # guide only (all generated), weaker control
+    ("wan_tiny_vace", None, True, True, 1.0, 2),  # two reference images ("I"), each a latent frame before the video
+    ("wan_tiny_vace_2_2", 0.8, True, True, 1.3, 1),
 ]
 VACE_BREAKS = [
     None,
@@ -251,7 +252,9 @@ VACE_PAIRS = [
 ]
 
 
-@pytest.mark.parametrize(("model_id", "boundary_ratio", "with_guide", "with_mask", "weight", "kind"), VACE_PAIRS)
+@pytest.mark.parametrize(
+    ("model_id", "boundary_ratio", "with_guide", "with_mask", "weight", "references", "kind"), VACE_PAIRS
+)
 def test_vace_matches_wan_vace_pipeline(
     engine: WanEngine,
     tmp_path: Path,
@@ -260,11 +263,15 @@ def test_vace_matches_wan_vace_pipeline(
     with_guide: bool,
     with_mask: bool,
     weight: float,
+    references: int,
     kind: str | None,
 ) -> None:
     guide_path, guide_frames = _guide(tmp_path)
     mask_path, mask_frames = _mask(tmp_path)
-    letters = ("V" if with_guide else "") + ("A" if with_mask else "")  # no "M": grey fill is Wan2GP's, not diffusers'
+    # Images of the frame's size: both sides fit them unchanged (ours resize with Lanczos, diffusers bilinearly).
+    reference_images = [gradient_image(64, 64, phase=1.0 + index) for index in range(references)]
+    # no "M": grey fill is Wan2GP's, not diffusers'
+    letters = ("V" if with_guide else "") + ("A" if with_mask else "") + ("I" if references else "")
     params: dict[str, object] = dict(
         model=model_id,
         prompt=PROMPT,
@@ -283,6 +290,8 @@ def test_vace_matches_wan_vace_pipeline(
         params["video_guide"] = str(guide_path)
     if with_mask:
         params["video_mask"] = str(mask_path)
+    if references:
+        params["image_refs"] = reference_images
     if boundary_ratio is not None:
         params.update(guidance_phases=2, guidance2_scale=1.5, switch_threshold=800, model_switch_phase=1)
     else:
@@ -303,6 +312,9 @@ def test_vace_matches_wan_vace_pipeline(
     reference = pipe(
         video=guide_frames if with_guide else None,
         mask=mask_frames if with_mask else None,
+        # diffusers prepends each reference in turn, so its time order is the list reversed; Wan's (and ours) is
+        # the list's. (On the tiny model the order moves the latents by ~3e-4 only.)
+        reference_images=list(reversed(reference_images)) or None,
         conditioning_scale=weight,
         prompt=PROMPT,
         negative_prompt=NEGATIVE,
@@ -316,7 +328,16 @@ def test_vace_matches_wan_vace_pipeline(
         output_type="latent",
         max_sequence_length=TEXT_LENGTH,
     ).frames
-    _assert_matches(ours.latents, reference, kind)
+    # diffusers' latent output keeps the reference frames in front; ours drops them as the decoder would
+    _assert_matches(ours.latents, reference[:, :, references:], kind)
+
+
+def test_a_reference_image_is_fitted_and_padded_white() -> None:
+    wide = PIL.Image.new("RGB", (32, 8), (0, 0, 0))  # 4:1 into 64x64: 64x16, centred, white above and below
+    pixels = reference_pixels(wide, 64, 64)
+    assert pixels.shape == (3, 1, 64, 64)
+    assert torch.all(pixels[:, 0, :24] == 1.0) and torch.all(pixels[:, 0, 40:] == 1.0)
+    assert torch.all(pixels[:, 0, 24:40] == -1.0)
 
 
 def test_the_breaks_are_real_bugs(engine: WanEngine) -> None:

@@ -57,3 +57,17 @@ def test_unknown_engine_parameter_fails_the_task_naming_it(worker_env):
     task = worker_env.queue.get(task_id)
     assert task.status == TaskStatus.FAILED
     assert "guidance_scale" in task.error_message
+
+
+def test_vace_reference_images_are_fetched_like_every_input(worker_env, ffprobe, tmp_path):
+    params = {"model": "wan_tiny_vace", "prompt": "a lighthouse", "video_length": 9, "video_prompt_type": "I"}
+    with_refs = worker_env.queue.enqueue("vace", {**params, "image_refs": [KEYFRAME]})
+    outside = tmp_path.parent / "not_an_input_root.png"
+    outside.write_bytes(Path(KEYFRAME).read_bytes())
+    refused = worker_env.queue.enqueue("vace", {**params, "image_refs": [KEYFRAME, str(outside)]})
+    assert worker_env.drain() == 0
+    task = worker_env.queue.get(with_refs)
+    assert task.status == TaskStatus.COMPLETE, task.error_message
+    assert int(ffprobe(task.output_location)["nb_read_frames"]) == 9  # the reference frame is not in the video
+    failed = worker_env.queue.get(refused)
+    assert failed.status == TaskStatus.FAILED and failed.error_message.startswith("image_refs[1]"), failed.error_message
