@@ -34,15 +34,20 @@ from source.queue.testing import (
 )
 
 
-@pytest.fixture(scope="session")
-def postgres_database_url() -> Iterator[str]:
+def _postgres_server(what: str) -> str:
+    """$TEST_DATABASE_URL, or a skip saying why (a failure under REQUIRE_POSTGRES=1, as in CI)."""
     admin_url = postgres_admin_url()
     if admin_url is None:
-        reason = f"PostgreSQL tests need {TEST_DATABASE_URL_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/postgres)"
+        reason = f"{what} need {TEST_DATABASE_URL_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/postgres)"
         if postgres_required():
             pytest.fail(f"{REQUIRE_POSTGRES_ENV}=1 but {reason}")
         pytest.skip(reason)
-    with temporary_database(admin_url, prefix="hw_test") as url:
+    return admin_url
+
+
+@pytest.fixture(scope="session")
+def postgres_database_url() -> Iterator[str]:
+    with temporary_database(_postgres_server("PostgreSQL tests"), prefix="hw_test") as url:
         yield url
 
 
@@ -55,13 +60,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def reigh_db() -> Iterator[ReighDatabase]:
     """A fresh database per test with Reigh's schema (tests/reigh_schema.sql), a user and a project."""
-    admin_url = postgres_admin_url()
-    if admin_url is None:
-        reason = f"Reigh schema tests need {TEST_DATABASE_URL_ENV} (a PostgreSQL server)"
-        if postgres_required():
-            pytest.fail(f"{REQUIRE_POSTGRES_ENV}=1 but {reason}")
-        pytest.skip(reason)
-    with reigh_database(admin_url) as database:
+    with reigh_database(_postgres_server("Reigh schema tests")) as database:
         yield database
 
 

@@ -154,3 +154,26 @@ def travel_params(
         },
     }
     return {"tool_type": "travel-between-images", "orchestrator_details": payload}
+
+
+TINY_TRAVEL_FRAMES = 9 + 13 - 4  # what tiny_travel_params contracts: Σ segment frames − Σ overlaps
+
+
+def tiny_travel_params(http_server: Any) -> dict[str, Any]:
+    """A two-segment travel row for the tiny i2v model at 64x48, its keyframes served as URLs by `http_server` (a
+    tests/local_http.LocalServer standing in for Supabase Storage): the app hands the worker URLs, not paths."""
+    from source.demo import KEYFRAMES_DIR
+
+    urls = []
+    for keyframe in sorted(KEYFRAMES_DIR.glob("*.png")):
+        body = keyframe.read_bytes()
+        http_server.route("GET", f"/storage/{keyframe.name}", lambda _request, body=body: http_server.reply(body))
+        urls.append(f"{http_server.url}/storage/{keyframe.name}")
+    return travel_params(
+        urls,
+        model_name="wan_tiny_i2v_2_2",
+        resolution="64x48",
+        segment_frames=[9, 13],
+        frame_overlap=[4],
+        base_prompts=["a lighthouse at dawn", "the same lighthouse at dusk"],
+    )

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -27,7 +28,8 @@ from lora_fixtures import make_lora_spec, write_original
 
 import Wan2GP.engine as engine_module
 from Wan2GP.conditioning import ImageCondition, VaeCodec, reference_pixels
-from Wan2GP.engine import WanEngine
+from Wan2GP.engine import RenderedVideo, WanEngine
+from Wan2GP.loading import LoadedModel
 from Wan2GP.text import TEXT_LENGTH
 from Wan2GP.video_io import read_video
 
@@ -101,6 +103,39 @@ def _assert_matches(ours: torch.Tensor, reference: torch.Tensor, kind: str | Non
         assert gap > BROKEN_GAP, f"{kind}: still within {gap:.2e} of diffusers, so this comparison would not catch it"
 
 
+def _our_params(model_id: str, **specific: object) -> dict[str, object]:
+    """The engine's side of a comparison: what both sides share, then the case's own settings."""
+    shared = dict(prompt=PROMPT, negative_prompt=NEGATIVE, video_length=9, num_inference_steps=4, sample_solver="euler")
+    return {"model": model_id, **shared, "flow_shift": 5, **specific}
+
+
+def _pipeline(pipeline_class: type, model: LoadedModel, ours: RenderedVideo, boundary_ratio: float | None):  # noqa: ANN202
+    """diffusers' pipeline on the engine's own modules, fed the sigmas our plan used."""
+    return pipeline_class(
+        tokenizer=model.tokenizer,
+        text_encoder=model.text_encoder,
+        vae=model.vae,
+        scheduler=_scheduler(list(ours.request.plan.sigmas)),
+        transformer=model.transformers["high"],
+        transformer_2=model.transformers["low"] if boundary_ratio is not None else None,
+        boundary_ratio=boundary_ratio,
+    )
+
+
+def _reference_latents(pipe: Any, ours: RenderedVideo, **call: object) -> torch.Tensor:
+    """The pipeline's final latents for the case's own arguments, with the same prompt, frames, steps and seed."""
+    return pipe(
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        num_frames=9,
+        num_inference_steps=4,
+        generator=torch.Generator("cpu").manual_seed(ours.request.seed),
+        output_type="latent",
+        max_sequence_length=TEXT_LENGTH,
+        **call,
+    ).frames
+
+
 # -- image-to-video ---------------------------------------------------------------------------------------------------
 
 I2V_CASES = [
@@ -132,19 +167,7 @@ def test_i2v_matches_wan_image_to_video_pipeline(
     diffusers_like_engine: WanEngine, model_id: str, boundary_ratio: float | None, with_end: bool, kind: str | None
 ) -> None:
     start, end = gradient_image(64, 48), gradient_image(64, 48, phase=2.0)
-    params = dict(
-        model=model_id,
-        prompt=PROMPT,
-        negative_prompt=NEGATIVE,
-        resolution="64x48",
-        video_length=9,
-        num_inference_steps=4,
-        sample_solver="euler",
-        flow_shift=5,
-        guidance_scale=3.0,
-        image_start=start,
-        seed=21,
-    )
+    params = _our_params(model_id, resolution="64x48", guidance_scale=3.0, image_start=start, seed=21)
     if boundary_ratio is not None:
         params.update(guidance_phases=2, guidance2_scale=2.0, switch_threshold=812, model_switch_phase=1)
     else:
@@ -155,31 +178,18 @@ def test_i2v_matches_wan_image_to_video_pipeline(
         ours = diffusers_like_engine.render(diffusers_like_engine.resolve(params))
 
     model = diffusers_like_engine.load(model_id)
-    pipe = WanImageToVideoPipeline(
-        tokenizer=model.tokenizer,
-        text_encoder=model.text_encoder,
-        vae=model.vae,
-        scheduler=_scheduler(list(ours.request.plan.sigmas)),
-        transformer=model.transformers["high"],
-        transformer_2=model.transformers["low"] if boundary_ratio is not None else None,
-        boundary_ratio=boundary_ratio,
-    )
+    pipe = _pipeline(WanImageToVideoPipeline, model, ours, boundary_ratio)
     with forward_log(model.transformers) as log:
-        reference = pipe(
+        reference = _reference_latents(
+            pipe,
+            ours,
             image=start,
             last_image=end if with_end else None,
-            prompt=PROMPT,
-            negative_prompt=NEGATIVE,
             height=48,
             width=64,
-            num_frames=9,
-            num_inference_steps=4,
             guidance_scale=3.0,
             guidance_scale_2=2.0 if boundary_ratio is not None else None,
-            generator=torch.Generator("cpu").manual_seed(ours.request.seed),
-            output_type="latent",
-            max_sequence_length=TEXT_LENGTH,
-        ).frames
+        )
     if boundary_ratio is not None:  # both split the four steps 2 + 2 between the experts
         assert log.calls == ["high"] * 4 + ["low"] * 4 and ours.forward_passes == {"high": 4, "low": 4}
     else:
@@ -272,15 +282,9 @@ def test_vace_matches_wan_vace_pipeline(
     reference_images = [gradient_image(64, 64, phase=1.0 + index) for index in range(references)]
     # no "M": grey fill is Wan2GP's, not diffusers'
     letters = ("V" if with_guide else "") + ("A" if with_mask else "") + ("I" if references else "")
-    params: dict[str, object] = dict(
-        model=model_id,
-        prompt=PROMPT,
-        negative_prompt=NEGATIVE,
+    params = _our_params(
+        model_id,
         resolution="64x64",
-        video_length=9,
-        num_inference_steps=4,
-        sample_solver="euler",
-        flow_shift=5,
         guidance_scale=2.5,
         video_prompt_type=letters,
         control_net_weight=weight,
@@ -299,35 +303,21 @@ def test_vace_matches_wan_vace_pipeline(
     with broken(kind):
         ours = engine.render(engine.resolve(params))
 
-    model = engine.load(model_id)
-    pipe = WanVACEPipeline(
-        tokenizer=model.tokenizer,
-        text_encoder=model.text_encoder,
-        vae=model.vae,
-        scheduler=_scheduler(list(ours.request.plan.sigmas)),
-        transformer=model.transformers["high"],
-        transformer_2=model.transformers.get("low"),
-        boundary_ratio=boundary_ratio,
-    )
-    reference = pipe(
+    pipe = _pipeline(WanVACEPipeline, engine.load(model_id), ours, boundary_ratio)
+    reference = _reference_latents(
+        pipe,
+        ours,
         video=guide_frames if with_guide else None,
         mask=mask_frames if with_mask else None,
         # diffusers prepends each reference in turn, so its time order is the list reversed; Wan's (and ours) is
         # the list's. (On the tiny model the order moves the latents by ~3e-4 only.)
         reference_images=list(reversed(reference_images)) or None,
         conditioning_scale=weight,
-        prompt=PROMPT,
-        negative_prompt=NEGATIVE,
         height=64,
         width=64,
-        num_frames=9,
-        num_inference_steps=4,
         guidance_scale=2.5,
         guidance_scale_2=1.5 if boundary_ratio is not None else None,
-        generator=torch.Generator("cpu").manual_seed(ours.request.seed),
-        output_type="latent",
-        max_sequence_length=TEXT_LENGTH,
-    ).frames
+    )
     # diffusers' latent output keeps the reference frames in front; ours drops them as the decoder would
     _assert_matches(ours.latents, reference[:, :, references:], kind)
 
@@ -362,15 +352,9 @@ def test_a_constant_strength_lora_matches_diffusers_adapters(
     model = engine.load(model_id)
     spec = make_lora_spec(model.transformers["high"], seed=11, scale=0.4)
     path = write_original(spec, tmp_path / "style.safetensors")
-    params: dict[str, object] = dict(
-        model=model_id,
-        prompt=PROMPT,
-        negative_prompt=NEGATIVE,
+    params = _our_params(
+        model_id,
         resolution="64x64",
-        video_length=9,
-        num_inference_steps=4,
-        sample_solver="euler",
-        flow_shift=5,
         guidance_scale=3.0,
         seed=5,
         activated_loras=[str(path)],
@@ -382,33 +366,15 @@ def test_a_constant_strength_lora_matches_diffusers_adapters(
     ours = engine.render(engine.resolve(params))
     without = engine.render(engine.resolve({**params, "loras_multipliers": "0"}))
 
-    pipe = WanPipeline(
-        tokenizer=model.tokenizer,
-        text_encoder=model.text_encoder,
-        vae=model.vae,
-        scheduler=_scheduler(list(ours.request.plan.sigmas)),
-        transformer=model.transformers["high"],
-        transformer_2=model.transformers.get("low"),
-        boundary_ratio=0.8 if two_experts else None,
-    )
+    pipe = _pipeline(WanPipeline, model, ours, 0.8 if two_experts else None)
     try:
         pipe.load_lora_weights(str(path), adapter_name="style")
         if two_experts:
             pipe.load_lora_weights(str(path), adapter_name="style", load_into_transformer_2=True)
         pipe.set_adapters(["style"], [strength])
-        reference = pipe(
-            prompt=PROMPT,
-            negative_prompt=NEGATIVE,
-            height=64,
-            width=64,
-            num_frames=9,
-            num_inference_steps=4,
-            guidance_scale=3.0,
-            guidance_scale_2=3.0 if two_experts else None,
-            generator=torch.Generator("cpu").manual_seed(ours.request.seed),
-            output_type="latent",
-            max_sequence_length=TEXT_LENGTH,
-        ).frames
+        reference = _reference_latents(
+            pipe, ours, height=64, width=64, guidance_scale=3.0, guidance_scale_2=3.0 if two_experts else None
+        )
     finally:
         pipe.unload_lora_weights()  # the engine's session-wide transformers go back to their base modules
     assert (ours.latents - without.latents).abs().max() > BROKEN_GAP  # the LoRA matters at this strength

@@ -8,11 +8,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from reigh_app import ReighDatabase, insert_as_app, schema_dump, task_row, travel_params
-
-from source.demo import KEYFRAMES_DIR
-
-KEYFRAMES = sorted(KEYFRAMES_DIR.glob("*.png"))
+from reigh_app import TINY_TRAVEL_FRAMES, ReighDatabase, insert_as_app, schema_dump, task_row, tiny_travel_params
 
 
 def _task_rows(url: str) -> dict[str, dict]:
@@ -25,18 +21,7 @@ def _task_rows(url: str) -> dict[str, dict]:
 def test_a_travel_row_built_by_reigh_runs_to_a_stitched_video_and_reighs_tables_stay_as_they_were(
     reigh_db: ReighDatabase, spawn_worker, http_server, model_cache: Path, ffprobe
 ) -> None:
-    for keyframe in KEYFRAMES:  # the app hands the worker image URLs (Supabase Storage), not paths
-        body = keyframe.read_bytes()
-        http_server.route("GET", f"/storage/{keyframe.name}", lambda _request, body=body: http_server.reply(body))
-    urls = [f"{http_server.url}/storage/{keyframe.name}" for keyframe in KEYFRAMES]
-    params = travel_params(
-        urls,
-        model_name="wan_tiny_i2v_2_2",
-        resolution="64x48",
-        segment_frames=[9, 13],
-        frame_overlap=[4],
-        base_prompts=["a lighthouse at dawn", "the same lighthouse at dusk"],
-    )
+    params = tiny_travel_params(http_server)
     dump_before = schema_dump(reigh_db.url)
     orchestrator_id = insert_as_app(reigh_db.url, reigh_db.project_id, "travel_orchestrator", params)
     foreign_id = insert_as_app(reigh_db.url, reigh_db.project_id, "single_image", {"prompt": "not ours"})
@@ -57,10 +42,9 @@ def test_a_travel_row_built_by_reigh_runs_to_a_stitched_video_and_reighs_tables_
     rows = _task_rows(reigh_db.url)
     orchestrator = rows[orchestrator_id]
     assert orchestrator["status"] == "Complete", orchestrator["error_message"]
-    # Σ segment frames − Σ overlaps: 9 + 13 − 4.
-    assert orchestrator["result_data"]["output"]["frames"] == 18
+    assert orchestrator["result_data"]["output"]["frames"] == TINY_TRAVEL_FRAMES  # Σ frames − Σ overlaps
     probe = ffprobe(orchestrator["output_location"])
-    assert (int(probe["nb_read_frames"]), probe["width"], probe["height"]) == (18, 64, 48)
+    assert (int(probe["nb_read_frames"]), probe["width"], probe["height"]) == (TINY_TRAVEL_FRAMES, 64, 48)
     assert orchestrator["generation_started_at"] < orchestrator["generation_processed_at"]
 
     children = [row for task_id, row in rows.items() if task_id not in (orchestrator_id, foreign_id)]

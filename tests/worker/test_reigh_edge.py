@@ -15,13 +15,10 @@ import psycopg
 import pytest
 from local_http import LocalServer
 from loop_helpers import wait_until
-from reigh_app import ReighDatabase, insert_as_app, task_row, travel_params
+from reigh_app import TINY_TRAVEL_FRAMES, ReighDatabase, insert_as_app, task_row, tiny_travel_params
 from reigh_edge import ReighEdgeServer
 
-from source.demo import KEYFRAMES_DIR
-
 SERVICE_KEY = "sb-service-role-key-for-tests-0123456789abcdef"
-KEYFRAMES = sorted(KEYFRAMES_DIR.glob("*.png"))
 
 
 @pytest.fixture
@@ -54,20 +51,9 @@ def _all_rows_text(url: str) -> str:
 def test_a_travel_run_through_reighs_edge_api_ends_in_an_uploaded_stitched_video(
     reigh_db: ReighDatabase, edge: ReighEdgeServer, spawn_worker, http_server, model_cache: Path, ffprobe, tmp_path
 ) -> None:
-    for keyframe in KEYFRAMES:
-        body = keyframe.read_bytes()
-        http_server.route("GET", f"/storage/{keyframe.name}", lambda _request, body=body: http_server.reply(body))
-    urls = [f"{http_server.url}/storage/{keyframe.name}" for keyframe in KEYFRAMES]
     foreign_id = insert_as_app(reigh_db.url, reigh_db.project_id, "single_image", {"prompt": "not ours"})
     foreign_before = task_row(reigh_db.url, foreign_id)
-    params = travel_params(
-        urls,
-        model_name="wan_tiny_i2v_2_2",
-        resolution="64x48",
-        segment_frames=[9, 13],
-        frame_overlap=[4],
-        base_prompts=["a lighthouse at dawn", "the same lighthouse at dusk"],
-    )
+    params = tiny_travel_params(http_server)
     orchestrator_id = insert_as_app(reigh_db.url, reigh_db.project_id, "travel_orchestrator", params)
 
     worker = spawn_worker(
@@ -94,7 +80,7 @@ def test_a_travel_run_through_reighs_edge_api_ends_in_an_uploaded_stitched_video
     final = tmp_path / "final.mp4"
     final.write_bytes(httpx.get(stitch[3]).content)
     probe = ffprobe(str(final))
-    assert (int(probe["nb_read_frames"]), probe["width"], probe["height"]) == (18, 64, 48)  # 9 + 13 - 4
+    assert (int(probe["nb_read_frames"]), probe["width"], probe["height"]) == (TINY_TRAVEL_FRAMES, 64, 48)
 
     # claim-next-task has no task-type filter: the older foreign row comes first on every poll and is given back.
     assert edge.called("claim-next-task").count(200) >= 4 + 4  # orchestrator, 2 segments, stitch, each behind it
