@@ -55,9 +55,11 @@ def _uuid(value: Any) -> str | None:
 
 
 class ReighEdgeServer:
-    def __init__(self, database_url: str, *, service_key: str) -> None:
+    def __init__(self, database_url: str, *, service_key: str, without: tuple[str, ...] = ()) -> None:
+        """`without`: functions this deployment lacks (the gateway answers 404 for them)."""
         self.database_url = database_url
         self.service_key = service_key
+        self.without = frozenset(without)
         self.http = LocalServer()
         self.http.fallback = self._dispatch
         self.url = self.http.url
@@ -110,6 +112,9 @@ class ReighEdgeServer:
             fault = faults.pop(0) if faults else None
         if fault is not None:
             return fault
+        if name in self.without:  # what Supabase's gateway answers for a function that is not deployed
+            body = json.dumps({"code": "NOT_FOUND", "message": "Requested function was not found"}).encode()
+            return LocalServer.reply(body, 404, **{"Content-Type": "application/json"})
         auth = request.headers.get("authorization", "")
         if not auth.startswith("Bearer "):
             return self._error(name, 401, "authentication_failed", "Missing or invalid Authorization header")
@@ -388,6 +393,64 @@ class ReighEdgeServer:
         if row is None:
             return 404, {"error": "Task not found"}
         return 200, {"status": row[0], "output_location": row[1], "params": row[2], "dependant_on": row[3]}
+
+    def _fn_get_predecessor_output(self, body: dict[str, Any]) -> tuple[int, Any]:
+        """Path 1 of get-predecessor-output: the task's dependant_on, each with its status and (when Complete) its
+        output; the fallback by parent generation is not modelled."""
+        if not body.get("task_id"):
+            return 400, {"error": "task_id is required"}
+        with self._connect() as connection:
+            row = connection.execute(
+                "SELECT dependant_on::text[] FROM tasks WHERE id = %s", [_uuid(body["task_id"])]
+            ).fetchone()
+            if row is None:
+                return 404, {"error": "Task not found"}
+            found = {
+                dependency: (status, output)
+                for dependency, status, output in connection.execute(
+                    "SELECT id::text, status::text, output_location FROM tasks WHERE id = ANY(%s::uuid[])",
+                    [row[0] or []],
+                ).fetchall()
+            }
+        if not row[0]:
+            return 200, {"predecessor_id": None, "output_location": None, "predecessors": []}
+        predecessors = [
+            {
+                "predecessor_id": dependency,
+                "output_location": found[dependency][1] if found.get(dependency, ("",))[0] == "Complete" else None,
+                "status": found.get(dependency, ("not_found",))[0],
+            }
+            for dependency in row[0]
+        ]
+        all_complete = all(item["status"] == "Complete" and item["output_location"] for item in predecessors)
+        first = predecessors[0]
+        return 200, {
+            "predecessor_id": first["predecessor_id"],
+            "output_location": first["output_location"] if all_complete else None,
+            "status": "Complete" if all_complete else first["status"],
+            "predecessors": predecessors,
+            "all_complete": all_complete,
+        }
+
+    def _fn_get_completed_segments(self, body: dict[str, Any]) -> tuple[int, Any]:
+        """Complete travel_segment rows of a run (params.orchestration_contract.run_id or orchestrator_run_id) with a
+        numeric top-level segment_index and an output, sorted by index."""
+        run_id = body.get("run_id")
+        if not run_id:
+            return 400, {"error": "run_id is required"}
+        with self._connect() as connection:
+            rows = connection.execute(
+                "SELECT params->'segment_index', output_location FROM tasks WHERE task_type = 'travel_segment' "
+                "AND status = 'Complete' AND (params->'orchestration_contract'->>'run_id' = %(run)s "
+                "OR params->>'orchestrator_run_id' = %(run)s) LIMIT 1000",
+                {"run": str(run_id)},
+            ).fetchall()
+        segments = [
+            {"segment_index": index, "output_location": output}
+            for index, output in rows
+            if isinstance(index, int) and output
+        ]
+        return 200, sorted(segments, key=lambda item: item["segment_index"])
 
     def _fn_get_orchestrator_children(self, body: dict[str, Any]) -> tuple[int, Any]:
         orchestrator = body.get("orchestrator_task_id")

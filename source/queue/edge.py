@@ -5,16 +5,25 @@ heartbeat, `storage` for signed uploads) with the request and response bodies of
 (banodoco/reigh-app `supabase/functions/*`, read at 3a6fd3d8):
 
     claim            claim-next-task {worker_id, run_type: "gpu"}           200 {task_id, params, task_type, project_id} | 204
-    row details      get-task-output {task_id}                              200 {status, output_location, params, dependant_on}
-    lease check      get-task-status {task_id}                              200 {status}
+    dependencies     get-predecessor-output {task_id}                       200 {predecessor_id, output_location,
+                                                                                 predecessors: [{predecessor_id, status,
+                                                                                 output_location}], all_complete}
+    segments         get-completed-segments {run_id, project_id}            200 [{segment_index, output_location}]
+    lease check      get-task-status {task_id}                              200 {status}   (optional, see below)
     give back/fail   update-task-status {task_id, status, clear_worker?, attempts?, error_details?}
     complete         generate-upload-url {task_id, filename, content_type, generate_thumbnail_url}
                      -> PUT to the signed URL (Storage) -> complete_task {task_id, storage_path, thumbnail_storage_path?}
     children         create-task {family: task_type, project_id, input: params + task_id + dependant_on[],
                                   idempotency_key}  (the worker passthrough resolver)
                      get-orchestrator-children {orchestrator_task_id}       200 {tasks: [{id, task_type, status, params,
-                                                                                          output_location}]}
+                                                                                          output_location}]}  (optional)
     heartbeat        rpc func_worker_heartbeat_with_logs (service-role key only since 20260311110000)
+    loaded model     update-worker-model {worker_id, current_model}
+
+The functions the upstream worker calls are the ones relied on. Reigh also has get-task-status, get-task-output and
+get-orchestrator-children for workers; where a deployment answers them they are used (a cancelled row is noticed,
+an orchestrator sees all its children), and where it does not (404 from the gateway), the worker carries on without:
+no cancellation check, children from get-completed-segments by run id.
 
 What Reigh keeps for itself: generations and billing happen in `complete_task`; a failed or cancelled task cascades
 to its orchestrator and siblings inside `update-task-status`; Reigh's `complete_task` marks a travel orchestrator
@@ -76,6 +85,11 @@ class EdgeCallFailed(QueueError):
         self.status = status
 
 
+def _is_missing_function(error: EdgeCallFailed) -> bool:
+    """A 404 that is not a function's own "Task not found": the deployment has no such function."""
+    return error.status == 404 and "task not found" not in str(error).lower()
+
+
 class _Transient(Exception):
     """A 5xx, 429, timeout or network error: worth another try."""
 
@@ -110,6 +124,8 @@ class ReighEdgeQueue:
         self._failures: dict[str, int] = {}  # retryable failures seen per task (Reigh's claim does not say)
         self._pending_logs: list[dict[str, Any]] = []
         self._heartbeats_refused = False
+        self._missing: set[str] = set()  # optional functions this deployment answered 404 for
+        self._predecessors: dict[str, dict[str, Any]] = {}  # task id -> what get-predecessor-output said of it
         self._reported_model: str | None = None  # what update-worker-model was last told (None: nothing yet)
         self._model_reports_refused = False
         self._check_token()
@@ -175,10 +191,23 @@ class ReighEdgeQueue:
     def _check_token(self) -> None:
         """A cheap authenticated call at start-up: a wrong token stops the worker here, not at its first claim."""
         try:
-            self._invoke("get-task-status", {"task_id": str(uuid.UUID(int=0))})
+            self._invoke("get-predecessor-output", {"task_id": str(uuid.UUID(int=0))})
         except EdgeCallFailed as error:
             if error.status != 404:  # 404 "Task not found": the token was accepted
                 raise
+
+    def _optional(self, function: str, body: dict[str, Any]) -> Any:
+        """A call to a function some deployments lack: None (and a warning, once) when it is missing."""
+        if function in self._missing:
+            return None
+        try:
+            return self._invoke(function, body)
+        except EdgeCallFailed as error:
+            if not _is_missing_function(error):
+                raise
+            self._missing.add(function)
+            logger.warning("{} is not deployed here ({}); carrying on without it", function, error)
+            return None
 
     # ------------------------------------------------------------------------------------------ schema
 
@@ -246,14 +275,21 @@ class ReighEdgeQueue:
         )
 
     def get(self, task_id: str) -> TaskRecord:
+        """A row by id: get-task-output where deployed, else what get-predecessor-output told the task that
+        depends on it (status and output: what a segment reads of its predecessor)."""
         with self._lock:
             claimed = self._claimed.get(task_id)
+            predecessor = self._predecessors.get(task_id)
         try:
-            answer = self._invoke("get-task-output", {"task_id": task_id})
+            answer = self._optional("get-task-output", {"task_id": task_id})
         except EdgeCallFailed as error:
             if error.status in (400, 404):
                 raise TaskNotFound(task_id) from None
             raise
+        if answer is None:
+            if predecessor is None:
+                raise TaskNotFound(task_id, "task id (get-task-output is not deployed and no claimed task names it)")
+            answer = {"status": predecessor.get("status"), "output_location": predecessor.get("output_location")}
         params = answer.get("params") or {}
         return self._record(
             task_id,
@@ -266,7 +302,11 @@ class ReighEdgeQueue:
         )
 
     def children(self, parent_id: str) -> list[TaskRecord]:
-        answer = self._invoke("get-orchestrator-children", {"orchestrator_task_id": parent_id}) or {}
+        """get-orchestrator-children where deployed; else the completed segments of the run a claimed child of this
+        orchestrator names (get-completed-segments), which is what a stitch needs."""
+        answer = self._optional("get-orchestrator-children", {"orchestrator_task_id": parent_id})
+        if answer is None:
+            return self._completed_segments(parent_id)
         children = [
             self._record(
                 row["id"],
@@ -280,6 +320,32 @@ class ReighEdgeQueue:
             if str(row.get("id")) != parent_id  # an orchestrator may reference itself in its details
         ]
         return children
+
+    def _completed_segments(self, parent_id: str) -> list[TaskRecord]:
+        with self._lock:
+            child = next(
+                (
+                    task
+                    for task in self._claimed.values()
+                    if task.parent_id == parent_id and task.params.get("orchestrator_run_id")
+                ),
+                None,
+            )
+        if child is None:
+            return []
+        body = {"run_id": str(child.params["orchestrator_run_id"]), "project_id": child.project_id}
+        rows = self._invoke("get-completed-segments", body) or []
+        return [
+            self._record(
+                f"{parent_id}:segment:{row['segment_index']}",  # get-completed-segments gives no ids
+                task_type="travel_segment",
+                params={CHILD_KEY: {"role": "segment", "segment_index": row["segment_index"]}},
+                status=TaskStatus.COMPLETE.value,
+                output_location=row.get("output_location"),
+            )
+            for row in rows
+            if isinstance(row.get("segment_index"), int)
+        ]
 
     # ------------------------------------------------------------------------------------------ claim
 
@@ -299,7 +365,12 @@ class ReighEdgeQueue:
                 if task_types and task_type not in task_types:
                     held.append((task_id, task_type))
                     continue
-                details = self._invoke("get-task-output", {"task_id": task_id}) or {}
+                # The claim's answer has no dependencies: get-predecessor-output lists them, with their outputs.
+                found = self._invoke("get-predecessor-output", {"task_id": task_id}) or {}
+                predecessors = [item for item in found.get("predecessors") or [] if item.get("predecessor_id")]
+                with self._lock:
+                    for item in predecessors:
+                        self._predecessors[str(item["predecessor_id"])] = item
                 record = self._record(
                     task_id,
                     task_type=task_type,
@@ -307,7 +378,7 @@ class ReighEdgeQueue:
                     status=TaskStatus.IN_PROGRESS.value,
                     project_id=str(answer.get("project_id") or "") or None,
                     output_location=None,
-                    dependant_on=details.get("dependant_on"),
+                    dependant_on=[str(item["predecessor_id"]) for item in predecessors],
                     worker_id=worker_id,
                 )
                 with self._lock:
@@ -327,14 +398,15 @@ class ReighEdgeQueue:
         raise QueueError("counting ready tasks is not part of Reigh's edge API for workers")
 
     def renew_lease(self, task_id: str, worker_id: str, lease_seconds: float) -> bool:
-        """Still ours while the row says In Progress (the app may have cancelled it)."""
+        """Still ours while the row says In Progress (the app may have cancelled it); without get-task-status there
+        is no way to ask, and the task is taken to be ours until it ends."""
         try:
-            answer = self._invoke("get-task-status", {"task_id": task_id}) or {}
+            answer = self._optional("get-task-status", {"task_id": task_id})
         except EdgeCallFailed as error:
-            if error.status == 404:
+            if error.status == 404:  # "Task not found": deleted under us
                 return False
             raise
-        return answer.get("status") == TaskStatus.IN_PROGRESS.value
+        return answer is None or answer.get("status") == TaskStatus.IN_PROGRESS.value
 
     def report_progress(self, task_id: str, worker_id: str, *, step: int, total: int, message: str = "") -> None:
         """Reigh's rows have no progress field (update-task-status refuses In Progress -> In Progress): progress goes
@@ -587,7 +659,7 @@ class ReighEdgeQueue:
                 "Reigh refused the worker heartbeat ({}): it takes the service-role key; running without heartbeats",
                 self._scrub(str(error.message or error))[:200],
             )
-        except httpx.HTTPError as error:
+        except (httpx.HTTPError, ValueError) as error:  # unreachable, or an answer that is not PostgREST's JSON
             logger.warning("worker heartbeat failed: {}", type(error).__name__)
 
     def register_worker(

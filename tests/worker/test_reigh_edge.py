@@ -21,9 +21,14 @@ from reigh_edge import ReighEdgeServer
 SERVICE_KEY = "sb-service-role-key-for-tests-0123456789abcdef"
 
 
+# The functions the upstream worker calls are all a deployment is sure to have; Reigh's other worker look-ups
+# (get-task-output, get-task-status, get-orchestrator-children) are used when present.
+UPSTREAM_ONLY = ("get-task-output", "get-task-status", "get-orchestrator-children")
+
+
 @pytest.fixture
-def edge(reigh_db: ReighDatabase) -> Iterator[ReighEdgeServer]:
-    server = ReighEdgeServer(reigh_db.url, service_key=SERVICE_KEY)
+def edge(reigh_db: ReighDatabase, request: pytest.FixtureRequest) -> Iterator[ReighEdgeServer]:
+    server = ReighEdgeServer(reigh_db.url, service_key=SERVICE_KEY, without=getattr(request, "param", ()))
     yield server
     server.stop()
 
@@ -48,6 +53,7 @@ def _all_rows_text(url: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("edge", [(), UPSTREAM_ONLY], ids=["all-functions", "upstream-functions-only"], indirect=True)
 def test_a_travel_run_through_reighs_edge_api_ends_in_an_uploaded_stitched_video(
     reigh_db: ReighDatabase, edge: ReighEdgeServer, spawn_worker, http_server, model_cache: Path, ffprobe, tmp_path
 ) -> None:
