@@ -90,6 +90,11 @@ def _is_missing_function(error: EdgeCallFailed) -> bool:
     return error.status == 404 and "task not found" not in str(error).lower()
 
 
+def _about_the_token(message: str) -> bool:
+    lowered = message.strip().lower()
+    return lowered in ("forbidden", "authentication_failed", "service_role_required") or "token" in lowered
+
+
 class _Transient(Exception):
     """A 5xx, 429, timeout or network error: worth another try."""
 
@@ -152,7 +157,9 @@ class ReighEdgeQueue:
                 message = self._scrub(str(error.message or ""))[:300]
                 if error.status >= 500 or error.status == 429:
                     raise _Transient(f"{function} answered {error.status}: {message}") from None
-                if error.status in (401, 403):
+                # 401, or a 403 about the token itself (the envelope's code `forbidden`, or the text "Invalid or
+                # expired token"); other 403s (storage_path_access_denied, project_forbidden) refuse that call only.
+                if error.status == 401 or (error.status == 403 and _about_the_token(message)):
                     raise QueueRefused(
                         f"{function} refused the access token ({error.status}: {message}): check "
                         "--supabase-access-token / SUPABASE_ACCESS_TOKEN"
