@@ -605,6 +605,9 @@ class ReighEdgeQueue:
         body: dict[str, Any] = {"family": task_type, "project_id": project_id, "input": payload}
         if idempotency_key:
             body["idempotency_key"] = idempotency_key
+        # The body the upstream worker sent (upstream_worker_spec 1.12), which Reigh's current create-task ignores:
+        # a deployment still on that version reads these instead.
+        body.update(task_id=task_id, task_type=task_type, params=payload, dependant_on=dependencies or None)
         answer = self._invoke("create-task", body) or {}
         return str(answer.get("task_id") or task_id)
 
@@ -687,7 +690,8 @@ class ReighEdgeQueue:
     def _report_model(self, worker_id: str, model: str) -> None:
         """update-worker-model: Reigh's claim prefers tasks for the model this worker has loaded."""
         try:
-            self._invoke("update-worker-model", {"worker_id": worker_id, "current_model": model})
+            # `model` is the upstream worker's name for the field; Reigh's current function reads `current_model`.
+            self._invoke("update-worker-model", {"worker_id": worker_id, "current_model": model, "model": model})
             self._reported_model = model
         except (QueueRefused, EdgeCallFailed) as error:  # it takes the service-role key
             self._model_reports_refused = True
