@@ -440,27 +440,33 @@ class ReighEdgeQueue:
             raise
 
     def _forget(self, task_id: str) -> TaskRecord | None:
+        """The task has ended here: drop what this process kept about it (a long-running worker must not grow)."""
         with self._lock:
-            return self._claimed.pop(task_id, None)
+            task = self._claimed.pop(task_id, None)
+            for dependency in task.depends_on if task else ():
+                self._predecessors.pop(dependency, None)
+            return task
 
     def complete(
         self, task_id: str, worker_id: str | None, *, output_location: str | None, result: dict[str, Any] | None = None
     ) -> None:
         """Uploads the output (and its thumbnail) to Reigh's bucket through signed URLs, then complete_task, which
         writes the public URL into the row and creates the generation the user sees."""
-        task = self._forget(task_id)
+        with self._lock:  # forgotten only once complete: a retried call (the API was unavailable) needs it again
+            task = self._claimed.get(task_id)
         if not output_location:  # nothing to upload: complete_task needs a file, update-task-status does not
             self._status_update(task_id, {"status": "Complete"}, "complete")
-            self._failures.pop(task_id, None)
-            return
-        storage_path, thumbnail_path = self._stored_output(task_id, output_location, (result or {}).get("thumbnail"))
-        body: dict[str, Any] = {"task_id": task_id, "storage_path": storage_path}
-        if thumbnail_path:
-            body["thumbnail_storage_path"] = thumbnail_path
-        self._invoke("complete_task", body)
+        else:
+            thumbnail = (result or {}).get("thumbnail")
+            storage_path, thumbnail_path = self._stored_output(task_id, output_location, thumbnail)
+            body: dict[str, Any] = {"task_id": task_id, "storage_path": storage_path}
+            if thumbnail_path:
+                body["thumbnail_storage_path"] = thumbnail_path
+            self._invoke("complete_task", body)
+            if task is not None and task.completes_parent and task.parent_id:
+                self._complete_orchestrator(task.parent_id, storage_path, thumbnail_path)
+        self._forget(task_id)
         self._failures.pop(task_id, None)
-        if task is not None and task.completes_parent and task.parent_id:
-            self._complete_orchestrator(task.parent_id, storage_path, thumbnail_path)
 
     def _complete_orchestrator(self, parent_id: str, storage_path: str, thumbnail_path: str | None) -> None:
         """The final child's video becomes the orchestrator's output (complete_task lets an orchestrator name a

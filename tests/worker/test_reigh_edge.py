@@ -246,3 +246,33 @@ def test_enqueuing_an_orchestrators_children_twice_creates_them_once(
         assert task_row(reigh_db.url, first[1])["project_id"] == task_row(reigh_db.url, parent_id)["project_id"]
     finally:
         queue.close()
+
+
+def test_a_completion_retried_after_the_api_was_down_still_completes_the_orchestrator(
+    reigh_db: ReighDatabase, edge: ReighEdgeServer, tmp_path
+) -> None:
+    from source.queue import ChildSpec, QueueUnavailable, open_reigh_edge
+
+    parent_id = insert_as_app(reigh_db.url, reigh_db.project_id, "travel_orchestrator", {"orchestrator_details": {}})
+    with psycopg.connect(reigh_db.url, autocommit=True) as connection:
+        connection.execute("INSERT INTO workers (id, instance_type) VALUES ('w', 'external')")
+    queue = open_reigh_edge(edge.url, SERVICE_KEY, timeout=10)
+    try:
+        assert queue.claim("w", lease_seconds=30, task_types=["travel_orchestrator"]).id == parent_id
+        (stitch_id,) = queue.enqueue_children(
+            parent_id, [ChildSpec("travel_stitch", {"orchestrator_run_id": "r1"}, role="stitch", completes_parent=True)]
+        )
+        queue.await_children(parent_id, "w", "waiting")
+        assert queue.claim("w", lease_seconds=30, task_types=["travel_stitch"]).id == stitch_id
+        video = tmp_path / "final.mp4"
+        video.write_bytes(b"\x00\x00\x00\x18ftypmp42")
+        down = LocalServer.reply(b"unavailable", 503)
+        edge.fail_next("complete_task", down, down, down, down)  # every try of the first call
+        with pytest.raises(QueueUnavailable):
+            queue.complete(stitch_id, "w", output_location=str(video))
+        queue.complete(stitch_id, "w", output_location=str(video))  # what the worker loop does next
+    finally:
+        queue.close()
+    stitch, parent = task_row(reigh_db.url, stitch_id), task_row(reigh_db.url, parent_id)
+    assert stitch["status"] == parent["status"] == "Complete"
+    assert parent["output_location"] == stitch["output_location"]  # the stitched video is the orchestrator's too
