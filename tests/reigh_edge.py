@@ -1,8 +1,8 @@
 """A local server that speaks Reigh's edge API to the worker, over a real PostgreSQL holding Reigh's schema.
 
 Reigh's edge functions run on Supabase and cannot run here. This is test code of ours, written from their sources
-(banodoco/reigh-app `supabase/functions/*` at 3a6fd3d8, summarised with file and line references in the project's
-notes): the bodies, status codes and row effects the worker relies on, for a caller holding the service-role key
+(banodoco/reigh-app `supabase/functions/*` at 3a6fd3d8, summarised with file and line references in
+docs/reigh_edge_api.md): the bodies, status codes and row effects the worker relies on, for a caller holding the service-role key
 (Supabase runs such requests with the JWT role `service_role`, which is what Reigh's timing trigger lets through; the
 SQL here sets that claim for its own writes). Simplified: no personal tokens (any other token is refused as an
 unknown one), no credits or per-user limits in the claim, no generations or billing in complete_task, only the

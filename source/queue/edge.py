@@ -2,7 +2,7 @@
 
 Every call goes through the `supabase` client (`functions.invoke` for Reigh's edge functions, `rpc` for the worker
 heartbeat, `storage` for signed uploads) with the request and response bodies of Reigh's sources
-(banodoco/reigh-app `supabase/functions/*`, read at 3a6fd3d8):
+(banodoco/reigh-app `supabase/functions/*`, read at 3a6fd3d8; summarised with references in docs/reigh_edge_api.md):
 
     claim            claim-next-task {worker_id, run_type: "gpu"}           200 {task_id, params, task_type, project_id} | 204
     dependencies     get-predecessor-output {task_id}                       200 {predecessor_id, output_location,
