@@ -249,7 +249,7 @@ def _list(args: argparse.Namespace, queue: TaskQueue) -> None:
 
 
 def _show(args: argparse.Namespace, queue: TaskQueue) -> None:
-    task = queue.get(args.task_id)
+    task = queue.get(queue.resolve_id(args.task_id))
     if args.json:
         _print_json(_with_children(queue, task, depth=0))
         return
@@ -302,17 +302,18 @@ def _add_children(queue: TaskQueue, tree: Tree, children: list[TaskRecord], dept
 
 
 def _retry(args: argparse.Namespace, queue: TaskQueue) -> None:
-    reset = queue.retry(args.task_id)
-    for task_id in reset or [args.task_id]:
-        print(task_id)
+    task_id = queue.resolve_id(args.task_id)
+    for reset_id in queue.retry(task_id) or [task_id]:
+        print(reset_id)
 
 
 def _cancel(args: argparse.Namespace, queue: TaskQueue) -> None:
-    touched = queue.cancel(args.task_id, args.reason)
+    task_id = queue.resolve_id(args.task_id)
+    touched = queue.cancel(task_id, args.reason)
     if not touched:
-        print(f"task {args.task_id} was already cancelled", file=sys.stderr)
-    for task_id in touched:
-        print(task_id)
+        print(f"task {task_id} was already cancelled", file=sys.stderr)
+    for touched_id in touched:
+        print(touched_id)
 
 
 def _stats(args: argparse.Namespace, queue: TaskQueue) -> None:

@@ -46,6 +46,7 @@ T = TypeVar("T")
 
 _TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 CLASSIFY_BATCH = 1000  # the LIMIT of the classify_unclassified statement
+MIN_ID_PREFIX = 4  # the shortest id prefix the CLI resolves (list shows 8 characters)
 _CLAIM_RETRIES = 3  # a claim that finds nothing while tasks are ready lost a race: try again, not more than this
 _WRITE_RETRIES = 5  # PostgreSQL deadlock / serialization conflicts are retried as a whole transaction
 
@@ -806,6 +807,24 @@ class SqlTaskQueue(ABC):
         if row is None:
             raise TaskNotFound(task_id)
         return self._task_from_row(row)
+
+    def resolve_id(self, text: str) -> str:
+        """A task id as a person types it: the whole id, or a unique prefix of at least MIN_ID_PREFIX characters
+        (what `list` shows). TaskNotFound when nothing matches; TaskStateError naming the matches when several do."""
+        if self._read(lambda tx: tx.one("get_task", task_id=text) if self._id_is_possible(text) else None):
+            return text
+        if len(text) < MIN_ID_PREFIX or not _TASK_ID.fullmatch(text):
+            raise TaskNotFound(text)
+        matches = [str(row["id"]) for row in self._read(lambda tx: tx.all("ids_with_prefix", prefix=text))]
+        if not matches:
+            raise TaskNotFound(text)
+        if len(matches) > 1:
+            shown = ", ".join(matches[:2]) + (", ..." if len(matches) > 2 else "")
+            raise TaskStateError(f"task id {text!r} is ambiguous: it starts {shown}; give more of it")
+        return matches[0]
+
+    def _id_is_possible(self, task_id: str) -> bool:
+        return not self.task_ids_are_uuids or _is_uuid(task_id)
 
     def _children(self, tx: Transaction, parent_id: str) -> list[TaskRecord]:
         return [self._task_from_row(row) for row in tx.all("children_of", parent_id=parent_id)]

@@ -708,6 +708,9 @@ class ReighEdgeQueue:
     def _not_here(self, what: str) -> QueueError:
         return QueueError(f"{what} is not part of Reigh's edge API for workers: use the Reigh app, or --db URL")
 
+    def resolve_id(self, text: str) -> str:
+        return text  # no look-up by prefix through the edge API: ids are given whole
+
     def list_tasks(self, *, status: Any = None, task_type: str | None = None, limit: int = 200) -> list[TaskRecord]:
         raise self._not_here("listing tasks")
 

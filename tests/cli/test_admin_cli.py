@@ -187,3 +187,24 @@ def test_enqueue_row_file_with_extra_columns_takes_its_params(cli, tmp_path: Pat
     (row,) = cli("list", "--json", "--db", queue_url).json()
     assert (row["id"], row["task_type"], row["status"]) == (enqueued.last_line, "debug_sleep", "Queued")
     assert row["params"] == {"seconds": 0}
+
+
+def test_show_cancel_and_retry_take_a_unique_id_prefix(cli, queue_url: str, tmp_path: Path) -> None:
+    # `list` shows shortened ids: what it shows must be enough to act on a task.
+    params_file = write_json(tmp_path / "params.json", {"seconds": 0})
+    for task_id in ("job-alpha-1", "job-alpha-2", "job-beta-1"):
+        made = cli("enqueue", params_file, "--type", "debug_sleep", "--id", task_id, "--db", queue_url)
+        assert made.returncode == 0, made.stderr
+    shown = cli("show", "job-b", "--json", "--db", queue_url)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["id"] == "job-beta-1"
+    ambiguous = cli("cancel", "job-alpha", "--db", queue_url)
+    assert ambiguous.returncode == 1
+    assert "ambiguous: it starts job-alpha-1, job-alpha-2; give more of it" in ambiguous.stderr
+    cancelled = cli("cancel", "job-alpha-2", "--db", queue_url)
+    assert cancelled.returncode == 0 and cancelled.stdout.split() == ["job-alpha-2"]
+    retried = cli("retry", "job-alpha-2"[:8], "--db", queue_url)  # "job-alph" is ambiguous too
+    assert retried.returncode == 1 and "ambiguous" in retried.stderr
+    assert cli("retry", "job-alpha-2", "--db", queue_url).stdout.split() == ["job-alpha-2"]
+    too_short = cli("show", "job", "--db", queue_url)
+    assert too_short.returncode == 1 and "no task with id 'job'" in too_short.stderr

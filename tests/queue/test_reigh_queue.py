@@ -177,3 +177,11 @@ def test_worker_rows_stay_within_reighs_constraint_and_a_live_reigh_worker_keeps
     with pytest.raises(WorkerIdInUse, match="gpu-pod-7"):
         reigh_queue.register_worker("gpu-pod-7", session_id="s2", metadata={}, stale_seconds=30)
     assert reigh_worker("gpu-pod-7") == ("server", "active", True)
+
+
+def test_an_id_prefix_resolves_on_reighs_uuid_keys(reigh_queue: TaskQueue, reigh_db: ReighDatabase) -> None:
+    task_id = reigh_queue.enqueue("travel_segment", {}, project_id=reigh_db.project_id)
+    assert reigh_queue.resolve_id(task_id) == task_id
+    assert reigh_queue.resolve_id(task_id[:8]) == task_id
+    with pytest.raises(TaskNotFound):
+        reigh_queue.resolve_id("zzzzzzzz")  # not a uuid prefix: no cast error, just no task

@@ -41,6 +41,10 @@ INSERT INTO tasks (
 INSERT INTO task_dependencies (task_id, depends_on_id, position) VALUES (%(task_id)s, %(depends_on_id)s, %(position)s)
 ON CONFLICT DO NOTHING
 
+-- name: ids_with_prefix
+-- Ids that start with %(prefix)s (what `list` shows, shortened): at most 3, to tell one from many.
+SELECT t.id::text AS id FROM tasks t WHERE left(t.id::text, length(%(prefix)s)) = %(prefix)s ORDER BY 1 LIMIT 3
+
 -- name: get_task
 SELECT t.*, ARRAY(
     SELECT l.depends_on_id FROM task_dependencies l WHERE l.task_id = t.id::text ORDER BY l.position

@@ -58,6 +58,10 @@ FROM inserted
 -- Nothing to do: Reigh's dependant_on array, written by insert_task, holds every dependency.
 SELECT 1 WHERE false
 
+-- name: ids_with_prefix
+-- Ids that start with %(prefix)s (what `list` shows, shortened): at most 3, to tell one from many.
+SELECT t.id::text AS id FROM tasks t WHERE left(t.id::text, length(%(prefix)s)) = %(prefix)s ORDER BY 1 LIMIT 3
+
 -- name: get_task
 SELECT t.id::text AS id, t.task_type, t.params, t.status::text AS status,
        t.dependant_on[1]::text AS dependant_on, t.dependant_on::text[] AS depends_on_list,

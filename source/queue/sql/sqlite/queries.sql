@@ -40,6 +40,10 @@ INSERT INTO tasks (
 INSERT INTO task_dependencies (task_id, depends_on_id, position) VALUES (:task_id, :depends_on_id, :position)
 ON CONFLICT DO NOTHING
 
+-- name: ids_with_prefix
+-- Ids that start with %s (what `list` shows, shortened): at most 3, to tell one from many.
+SELECT id FROM tasks WHERE substr(id, 1, length(:prefix)) = :prefix ORDER BY id LIMIT 3
+
 -- name: get_task
 SELECT t.*, t.rowid AS seq,
     (SELECT json_group_array(depends_on_id) FROM (
