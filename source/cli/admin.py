@@ -227,8 +227,13 @@ def _list(args: argparse.Namespace, queue: TaskQueue) -> None:
         _print_json([task_json(task) for task in tasks])
         return
     table = Table(title=f"{len(tasks)} task(s)", show_lines=False)
+    # One line per task whatever the terminal's width: cells are cut with an ellipsis (`show ID` has the rest); the
+    # id keeps at least the 8 characters `show`, `cancel` and `retry` accept as a prefix, and a long error cannot
+    # squeeze the other columns away.
+    widths = {"id": (8, None), "type": (11, None), "status": (11, None), "output / error": (None, 80)}
     for column in ("id", "type", "status", "waits for", "attempts", "created", "output / error"):
-        table.add_column(column, overflow="fold")
+        low, high = widths.get(column, (None, None))
+        table.add_column(column, no_wrap=True, overflow="ellipsis", min_width=low, max_width=high)
     for task in tasks:
         table.add_row(
             task.id,

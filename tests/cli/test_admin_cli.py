@@ -208,3 +208,21 @@ def test_show_cancel_and_retry_take_a_unique_id_prefix(cli, queue_url: str, tmp_
     assert cli("retry", "job-alpha-2", "--db", queue_url).stdout.split() == ["job-alpha-2"]
     too_short = cli("show", "job", "--db", queue_url)
     assert too_short.returncode == 1 and "no task with id 'job'" in too_short.stderr
+
+
+def test_list_gives_each_task_one_line_however_long_its_error(cli, queue_url: str, tmp_path: Path) -> None:
+    queue = open_queue(queue_url)
+    try:
+        queue.migrate()
+        failed = queue.enqueue("debug_sleep", {"seconds": 0})
+        queue.enqueue("debug_sleep", {"seconds": 0})
+        queue.claim("w", lease_seconds=30)
+        queue.fail(failed, "w", "out of memory while decoding: " + "a very long explanation " * 40 + "\nsecond line")
+    finally:
+        queue.close()
+    listed = cli("list", "--db", queue_url)
+    assert listed.returncode == 0, listed.stderr
+    rows = [line for line in listed.stdout.splitlines() if line.startswith("│")]
+    assert len(rows) == 2, listed.stdout  # one line each: nothing wrapped onto a second line
+    assert all("debug_sleep" in row for row in rows)  # the error does not squeeze the type column away
+    assert sum("out of memory" in row for row in rows) == 1 and "second line" not in listed.stdout
