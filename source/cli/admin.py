@@ -40,6 +40,14 @@ MAX_TREE_DEPTH = 6
 class CommandError(Exception):
     """A failure to report on stderr with exit code 1 (no traceback)."""
 
+    exit_code = 1
+
+
+class PayloadRefused(CommandError):
+    """`enqueue` refused what the worker would refuse: exit code 2, as a usage error."""
+
+    exit_code = 2
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     database = argparse.ArgumentParser(add_help=False)
@@ -65,6 +73,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     enqueue.add_argument("--priority", type=int, metavar="N", help="higher runs first (default 0)")
     enqueue.add_argument("--max-attempts", type=int, metavar="N", help="attempt cap (default 3)")
     enqueue.add_argument("--id", dest="task_id", metavar="ID", help="use this id instead of a new uuid")
+    enqueue.add_argument(
+        "--no-validate",
+        action="store_true",
+        help="insert even what the worker would refuse (an unknown task type or model, a bad payload)",
+    )
     enqueue.set_defaults(func=_command(_enqueue, creates=True))
 
     listing = subparsers.add_parser("list", parents=[database, as_json], help="list tasks, newest first")
@@ -119,7 +132,7 @@ def _command(
                 return int(body(args, queue) or 0)
         except (CommandError, QueueError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
-            return 1
+            return error.exit_code if isinstance(error, CommandError) else 1
 
     return run
 
@@ -143,6 +156,21 @@ def _open(url: str | None, *, create: bool) -> Iterator[TaskQueue]:
         yield queue
     finally:
         queue.close()
+
+
+def _check_payload(task_type: str, params: Any) -> None:
+    """What this worker's handler for `task_type` checks first (payload model, model name), before any queue sees
+    the row: the task type must be one the worker handles."""
+    from source.tasks import default_registry  # the handlers' modules; none of them imports torch
+    from source.tasks.context import TaskInputError
+    from source.tasks.registry import UnknownTaskType
+
+    try:
+        default_registry().check(task_type, params)
+    except UnknownTaskType as error:
+        raise PayloadRefused(f"{error} (--no-validate inserts it anyway)") from None
+    except TaskInputError as error:
+        raise PayloadRefused(f"{task_type}: {error} (--no-validate inserts it anyway)") from None
 
 
 def _console() -> Console:
@@ -207,6 +235,8 @@ def _enqueue(args: argparse.Namespace, queue: TaskQueue) -> None:
     task_type = args.task_type or file_type
     if not task_type:
         raise CommandError(f'{args.file}: no task type: pass --type T, or put "task_type" in the file')
+    if not args.no_validate:
+        _check_payload(str(task_type), params)
     new_id = queue.enqueue(
         task_type,
         params,

@@ -1,17 +1,20 @@
-"""The generation task types this worker handles, registered on a worker's own registry."""
+"""The generation task types this worker handles, registered on a worker's own registry with the payload check each
+handler runs first (so `cli enqueue` refuses what the worker would)."""
 
 from __future__ import annotations
 
-from source.tasks.generation import DEFAULT_MODEL_BY_TASK_TYPE, handle_generation
+from functools import partial
+
+from source.tasks.generation import DEFAULT_MODEL_BY_TASK_TYPE, handle_generation, parse_generation
 from source.tasks.registry import TaskRegistry
-from source.tasks.travel_orchestrator import handle_travel_orchestrator
-from source.tasks.travel_segment import handle_travel_segment
-from source.tasks.travel_stitch import handle_travel_stitch
+from source.tasks.travel_orchestrator import handle_travel_orchestrator, parse_orchestrator
+from source.tasks.travel_segment import handle_travel_segment, parse_segment
+from source.tasks.travel_stitch import handle_travel_stitch, parse_stitch
 
 
 def register_all(registry: TaskRegistry) -> None:
-    registry.register("travel_orchestrator", handle_travel_orchestrator)
-    registry.register("travel_segment", handle_travel_segment)
-    registry.register("travel_stitch", handle_travel_stitch)
+    registry.register("travel_orchestrator", handle_travel_orchestrator, check=parse_orchestrator)
+    registry.register("travel_segment", handle_travel_segment, check=parse_segment)
+    registry.register("travel_stitch", handle_travel_stitch, check=parse_stitch)
     for task_type in DEFAULT_MODEL_BY_TASK_TYPE:
-        registry.register(task_type, handle_generation)
+        registry.register(task_type, handle_generation, check=partial(parse_generation, task_type=task_type))

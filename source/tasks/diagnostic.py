@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
@@ -76,7 +76,7 @@ def _crash(ctx: TaskContext, where: str) -> None:
 
 
 def debug_sleep(ctx: TaskContext) -> TaskOutcome:
-    params = parse_params(DebugSleepParams, ctx.params)
+    params = parse_debug_sleep(ctx.params)
     misbehave = params.misbehave_attempts is None or ctx.task.attempts < params.misbehave_attempts
     midway = params.steps // 2
     for step in range(params.steps):
@@ -109,12 +109,21 @@ def debug_sleep(ctx: TaskContext) -> TaskOutcome:
     return TaskOutcome(output_location=str(output), result=record, message="slept")
 
 
-def debug_orchestrator(ctx: TaskContext) -> TaskOutcome:
-    params = parse_params(DebugOrchestratorParams, ctx.params)
+def parse_debug_sleep(raw: Any) -> DebugSleepParams:
+    return parse_params(DebugSleepParams, raw)
+
+
+def parse_debug_orchestrator(raw: Any) -> DebugOrchestratorParams:
+    params = parse_params(DebugOrchestratorParams, raw)
     if params.fail_segment is not None and params.fail_segment >= params.segments:
         raise TaskInputError(
             f"params.fail_segment: expected an index below segments={params.segments}; got {params.fail_segment}"
         )
+    return params
+
+
+def debug_orchestrator(ctx: TaskContext) -> TaskOutcome:
+    params = parse_debug_orchestrator(ctx.params)
     children: list[ChildSpec] = []
     for index in range(params.segments):
         segment_params: dict[str, object] = {"seconds": params.segment_seconds, "steps": 1}
@@ -139,5 +148,5 @@ def debug_orchestrator(ctx: TaskContext) -> TaskOutcome:
 
 
 def register(registry: TaskRegistry) -> None:
-    registry.register("debug_sleep", debug_sleep)
-    registry.register("debug_orchestrator", debug_orchestrator)
+    registry.register("debug_sleep", debug_sleep, check=parse_debug_sleep)
+    registry.register("debug_orchestrator", debug_orchestrator, check=parse_debug_orchestrator)

@@ -3,6 +3,8 @@ straight to the engine. Lets an app queue a single clip without a travel run."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from source.params.payloads import GenerationTaskParams
 from source.tasks.context import TaskContext, TaskOutcome, parse_params
 from source.tasks.travel_support import (
@@ -11,6 +13,7 @@ from source.tasks.travel_support import (
     load_model_definition,
     run_engine,
 )
+from Wan2GP.catalog import ModelDefinition
 
 # Default model per task type when the row names none. Upstream mapped `i2v` to a model that does not exist
 # (`i2v_14B`, §10.21); every entry here is in Wan2GP/defaults and a test checks that.
@@ -28,10 +31,14 @@ DEFAULT_MODEL_BY_TASK_TYPE: dict[str, str] = {
 _INPUT_FILES = {"image_start": "image", "image_end": "image", "video_guide": "video", "video_mask": "video"}
 
 
+def parse_generation(raw: Any, task_type: str) -> tuple[GenerationTaskParams, ModelDefinition]:
+    """The payload and its model (the row's, else the task type's default); TaskInputError naming the field."""
+    params = parse_params(GenerationTaskParams, raw, prefix="")
+    return params, load_model_definition(params.model or DEFAULT_MODEL_BY_TASK_TYPE[task_type], field="model")
+
+
 def handle_generation(ctx: TaskContext) -> TaskOutcome:
-    params = parse_params(GenerationTaskParams, ctx.task.params, prefix="")
-    model_name = params.model or DEFAULT_MODEL_BY_TASK_TYPE[ctx.task.task_type]
-    model = load_model_definition(model_name, field="model")
+    params, model = parse_generation(ctx.task.params, ctx.task.task_type)
     request = params.wgp_params()
     request["model"] = model.id
     for name, kind in _INPUT_FILES.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import Callable
+from typing import Any
 
 from source.tasks.context import TaskContext, TaskOutcome
 
@@ -25,11 +26,27 @@ class UnknownTaskType(KeyError):
         return str(self.args[0])
 
 
+# What a handler checks of a payload before it does anything (the same function it calls first): raises
+# TaskInputError naming the field. `cli enqueue` runs it so a bad payload is refused before it reaches a queue.
+PayloadCheck = Callable[[Any], object]
+
+
 class TaskRegistry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._checks: dict[str, PayloadCheck] = {}
 
-    def register(self, task_type: str, handler: Handler, *, replace: bool = False) -> None:
+    def check(self, task_type: str, params: Any) -> None:
+        """Refuses what the handler of `task_type` would refuse at once: UnknownTaskType, or TaskInputError naming
+        the field (a type registered without a check accepts any JSON object)."""
+        self.get(task_type)
+        check = self._checks.get(task_type)
+        if check is not None:
+            check(params)
+
+    def register(
+        self, task_type: str, handler: Handler, *, check: PayloadCheck | None = None, replace: bool = False
+    ) -> None:
         if not task_type or not isinstance(task_type, str):
             raise ValueError(f"task_type: expected a non-empty string; got {task_type!r}")
         if not callable(handler):
@@ -37,6 +54,10 @@ class TaskRegistry:
         if task_type in self._handlers and not replace:
             raise ValueError(f"task_type {task_type!r} already has a handler (pass replace=True to override it)")
         self._handlers[task_type] = handler
+        if check is not None:
+            self._checks[task_type] = check
+        else:
+            self._checks.pop(task_type, None)
 
     def get(self, task_type: str) -> Handler:
         try:

@@ -14,11 +14,13 @@ segment regenerates the same video.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from loguru import logger
 
 from source.params.errors import PayloadError
 from source.params.travel import (
+    GenerationSpec,
     SegmentTaskParams,
     StitchTaskParams,
     TravelOrchestratorParams,
@@ -29,18 +31,26 @@ from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, parse
 from source.tasks.travel_plan import TravelPlanError, plan_travel
 from source.tasks.travel_support import load_model_definition, travel_mode_for
 from Wan2GP import limits
+from Wan2GP.catalog import ModelDefinition
 
 
-def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
-    params = parse_params(TravelOrchestratorParams, ctx.task.params, prefix="")
+def parse_orchestrator(raw: Any) -> tuple[TravelOrchestratorParams, ModelDefinition, str, GenerationSpec, list[str]]:
+    """The payload, its model, the travel mode, and the generation every segment will run (its phase plan checked
+    against the model), with the plan's warnings; TaskInputError naming the field."""
+    params = parse_params(TravelOrchestratorParams, raw, prefix="")
     details = params.orchestrator_details
-    model_name = details.model_name
-    model = load_model_definition(model_name, field="orchestrator_details.model_name")
+    model = load_model_definition(details.model_name, field="orchestrator_details.model_name")
     mode = travel_mode_for(model, requested=details.model_type)
     try:
         generation, warnings = generation_params_from_details(details, model)
     except PayloadError as error:
         raise TaskInputError(str(error)) from error
+    return params, model, mode, generation, warnings
+
+
+def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
+    params, model, mode, generation, warnings = parse_orchestrator(ctx.task.params)
+    details = params.orchestrator_details
     for warning in warnings:
         logger.warning(warning)
 

@@ -9,6 +9,7 @@ the stitch can verify the total (upstream assumed lengths and got them wrong, §
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 
@@ -23,11 +24,16 @@ from source.tasks.travel_support import (
     run_engine,
     travel_mode_for,
 )
+from Wan2GP.catalog import ModelDefinition
+
+
+def parse_segment(raw: Any) -> tuple[SegmentTaskParams, ModelDefinition]:
+    params = parse_params(SegmentTaskParams, raw, prefix="")
+    return params, load_model_definition(params.model_name, field="model_name")
 
 
 def handle_travel_segment(ctx: TaskContext) -> TaskOutcome:
-    params = parse_params(SegmentTaskParams, ctx.task.params, prefix="")
-    model = load_model_definition(params.model_name, field="model_name")
+    params, model = parse_segment(ctx.task.params)
     frames = params.segment_frames_target
     width, height = (int(v) for v in params.parsed_resolution_wh.split("x"))
     work_dir = ctx.work_dir

@@ -7,6 +7,8 @@ the frames each segment stored with its result before any decoding, and against 
 
 from __future__ import annotations
 
+from typing import Any
+
 from source.media.stitch import stitch_videos
 from source.media.video import probe_video
 from source.params.travel import StitchTaskParams
@@ -16,8 +18,12 @@ from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, Trans
 from source.tasks.travel_support import fetch_input
 
 
+def parse_stitch(raw: Any) -> StitchTaskParams:
+    return parse_params(StitchTaskParams, raw, prefix="")
+
+
 def handle_travel_stitch(ctx: TaskContext) -> TaskOutcome:
-    params = parse_params(StitchTaskParams, ctx.task.params, prefix="")
+    params = parse_stitch(ctx.task.params)
     parent_id = params.orchestrator_task_id_ref
     segments = sorted(
         (child for child in ctx.queue.children(parent_id) if child.role == "segment"),

@@ -143,17 +143,24 @@ def test_errors_exit_1_with_a_message(cli, tmp_path: Path) -> None:
     missing = cli("show", "no-such-id", "--db", url)
     assert missing.returncode == 1 and "no task with id 'no-such-id'" in missing.stderr
     escaping = cli(
-        "enqueue", write_json(tmp_path / "q.json", {}), "--type", "t", "--id", "../../tmp/x/victim", "--db", url
+        "enqueue",
+        write_json(tmp_path / "q.json", {}),
+        "--type",
+        "debug_sleep",
+        "--id",
+        "../../tmp/x/victim",
+        "--db",
+        url,
     )
     assert escaping.returncode == 1 and "task_id: expected 1 to 128 characters" in escaping.stderr
     untyped = cli("enqueue", write_json(tmp_path / "p.json", {"seconds": 1}), "--db", url)
     assert untyped.returncode == 1 and "no task type" in untyped.stderr
     (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
-    broken = cli("enqueue", str(tmp_path / "broken.json"), "--type", "t", "--db", url)
+    broken = cli("enqueue", str(tmp_path / "broken.json"), "--type", "debug_sleep", "--db", url)
     assert broken.returncode == 1 and "not valid JSON" in broken.stderr
     status = cli("list", "--status", "sleeping", "--db", url)
     assert status.returncode == 1 and "status: expected one of Queued" in status.stderr
-    dependency = cli("enqueue", str(tmp_path / "p.json"), "--type", "t", "--depends-on", "ghost", "--db", url)
+    dependency = cli("enqueue", str(tmp_path / "p.json"), "--type", "debug_sleep", "--depends-on", "ghost", "--db", url)
     assert dependency.returncode == 1 and "depends_on[0]: no task with id 'ghost'" in dependency.stderr
     bad_url = cli("list", "--db", "mysql://x/y")
     assert bad_url.returncode == 1 and "expected sqlite:///" in bad_url.stderr
@@ -226,3 +233,27 @@ def test_list_gives_each_task_one_line_however_long_its_error(cli, queue_url: st
     assert len(rows) == 2, listed.stdout  # one line each: nothing wrapped onto a second line
     assert all("debug_sleep" in row for row in rows)  # the error does not squeeze the type column away
     assert sum("out of memory" in row for row in rows) == 1 and "second line" not in listed.stdout
+
+
+def test_enqueue_refuses_what_the_worker_would_refuse(cli, queue_url: str, tmp_path: Path) -> None:
+    def enqueue(task_type: str, params: dict, *more: str):
+        return cli("enqueue", write_json(tmp_path / "p.json", params), "--type", task_type, "--db", queue_url, *more)
+
+    bad = enqueue("debug_sleep", {"seconds": "six"})
+    assert bad.returncode == 2 and "params.seconds" in bad.stderr, bad.stderr
+    unknown_type = enqueue("no_such_type", {})
+    assert unknown_type.returncode == 2 and "unknown task_type 'no_such_type'" in unknown_type.stderr
+    unknown_model = enqueue("t2v", {"model": "no_such_model", "prompt": "a cat"})
+    assert (
+        unknown_model.returncode == 2 and "model:" in unknown_model.stderr and "no_such_model" in unknown_model.stderr
+    )
+    travel = json.loads((Path(__file__).resolve().parents[1] / "reproducers" / "seed_001_run2_3phase.json").read_text())
+    travel["params"]["orchestrator_details"]["phase_config"]["steps_per_phase"] = [2, 2]  # 3 phases, 2 step counts
+    bad_plan = enqueue("travel_orchestrator", travel["params"])
+    assert bad_plan.returncode == 2 and "orchestrator_details.phase_config" in bad_plan.stderr, bad_plan.stderr
+    assert json.loads(cli("list", "--json", "--db", queue_url).stdout) == []  # nothing reached the queue
+
+    assert enqueue("debug_sleep", {"seconds": 0}).returncode == 0
+    forced = enqueue("no_such_type", {}, "--no-validate")
+    assert forced.returncode == 0, forced.stderr
+    assert len(json.loads(cli("list", "--json", "--db", queue_url).stdout)) == 2
