@@ -8,8 +8,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each step says what it is doing (and took): a fresh machine spends minutes in apt and pip before the first test.
+started=$SECONDS
+step() { echo "test.sh [$((SECONDS - started)) s]: $*" >&2; }
+
 if ! command -v ffprobe >/dev/null 2>&1; then
     if [ "$(id -u)" = "0" ]; then
+        step "installing Debian's ffmpeg (for ffprobe)"
         apt-get update -qq && apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null
     else
         echo "ffprobe not found: install Debian's ffmpeg package (sudo apt-get install ffmpeg)" >&2
@@ -17,8 +22,14 @@ if ! command -v ffprobe >/dev/null 2>&1; then
     fi
 fi
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "is ignored: it is neither" || true
+if [ ! -x .venv/bin/python ]; then
+    step "creating the virtual environment .venv"
+    python3 -m venv .venv
+fi
+step "installing the pinned requirements into .venv (minutes on a fresh machine, seconds after)"
+# pip's notes about the machine's local mirror are noise; its exit status is kept (a failed install stops here).
+.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt 2> >(grep -v "is ignored: it is neither" >&2)
 
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}"
+step "running the tests (PostgreSQL from TEST_DATABASE_URL)"
 exec .venv/bin/python -m pytest "$@"
