@@ -14,14 +14,16 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from source.queue import TaskStatus, open_queue
+from source.queue import TaskRecord, TaskStatus, open_queue
 from source.tasks import TaskRegistry, WorkerServices
 from source.worker import WorkerSettings, run
 from Wan2GP.catalog import load_catalog
 
 KEYFRAMES_DIR = Path(__file__).parent / "assets" / "keyframes"
 DEMO_MODEL = "wan_tiny_i2v_2_2"
+REAL_DEMO_MODEL = "wan_2_2_i2v_lightning_baseline_2_2_2"  # what the demo runs on a GPU pod (real weights)
 TERMINAL = {TaskStatus.COMPLETE, TaskStatus.FAILED, TaskStatus.CANCELLED}
 
 
@@ -90,14 +92,50 @@ def run_demo(
             done.set()
             watcher.join(timeout=5)
         final = queue.get(orchestrator_id)
+        children = queue.children(orchestrator_id)
     finally:
         queue.close()
     if final.status != TaskStatus.COMPLETE:
         console.print(f"[red]demo failed[/red]: orchestrator {final.status}: {final.error_message}")
         return exit_code or 1
+    console.print(travel_summary(final, children))
+    if definition.weights.kind == "tiny":
+        console.print(
+            f"{definition.id} has random weights built from a seed: the video is noise by design; the pipeline around "
+            "it is the real one. Real weights come from the Hugging Face repo named in "
+            f"Wan2GP/defaults/<model>.json, e.g. `python worker.py --demo --model {REAL_DEMO_MODEL}` on a GPU pod."
+        )
     console.print("[green]demo finished[/green], the stitched video:")
     print(final.output_location)
     return exit_code
+
+
+def travel_summary(orchestrator: TaskRecord, children: list[TaskRecord]) -> Table:
+    """What a finished travel run did, from its rows: per segment its frames, overlap with the next, forwards per
+    expert and seconds per engine stage; then the stitched total (frames minus overlaps)."""
+    table = Table(
+        title=f"travel run {orchestrator.id}",
+        caption="stitched = Σ segment frames − Σ overlaps; seconds per engine stage: load/encode/denoise/decode",
+    )
+    for column in ("task", "frames", "overlap", "forwards high/low", "seconds"):
+        table.add_column(column, no_wrap=True)
+    planned = orchestrator.result or {}
+    overlaps = list(planned.get("overlaps") or (planned.get("output") or {}).get("overlaps") or [])
+    segments = sorted((c for c in children if c.role == "segment"), key=lambda c: c.segment_index or 0)
+    for index, segment in enumerate(segments):
+        result = segment.result or {}
+        forwards = result.get("forward_passes") or {}
+        timings = result.get("timings") or {}
+        table.add_row(
+            f"segment {segment.segment_index}",
+            str(result.get("frames", "?")),
+            str(overlaps[index]) if index < len(overlaps) else "",
+            f"{forwards.get('high', 0)}/{forwards.get('low', 0)}",
+            "/".join(f"{timings.get(stage, 0.0):.2f}" for stage in ("load", "encode", "denoise", "decode")),
+        )
+    stitched = (planned.get("output") or {}).get("frames", "?")
+    table.add_row("stitched", str(stitched), "", "", "")
+    return table
 
 
 def _show_progress(queue, orchestrator_id: str, done: threading.Event, console: Console) -> None:

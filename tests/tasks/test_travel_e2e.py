@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 from safetensors.torch import save_file
 
-from source.demo import KEYFRAMES_DIR
+from source.demo import KEYFRAMES_DIR, travel_summary
 from source.queue import TaskStatus
 from source.tasks.context import TaskContext
 from source.tasks.services import build_services
@@ -127,6 +128,14 @@ def test_independent_vace_segments_with_overlap_stitch_to_the_contract(worker_en
     _assert_final_video(worker_env.queue, ffprobe, orchestrator_id, 9 + 13 - 2, (64, 64))
     segments = [c for c in worker_env.queue.children(orchestrator_id) if c.role == "segment"]
     assert all(c.dependant_on is None for c in segments)
+
+    # The demo's closing table, from the same rows: frames, overlap, forwards per expert, and the contracted total.
+    console = Console(width=200, record=True)
+    console.print(travel_summary(worker_env.queue.get(orchestrator_id), worker_env.queue.children(orchestrator_id)))
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]] for line in
+            console.export_text().splitlines() if line.startswith("│")}  # fmt: skip
+    assert rows["segment 0"][:3] == ["9", "2", "4/0"] and rows["segment 1"][:3] == ["13", "", "4/0"]  # 4 steps, no CFG
+    assert rows["stitched"][0] == "20"
 
 
 def test_zero_segments_to_generate_succeeds_vacuously(worker_env):
