@@ -8,7 +8,9 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -50,6 +52,22 @@ def _all_rows_text(url: str) -> str:
     with psycopg.connect(url) as connection:
         rows = connection.execute("SELECT t::text FROM tasks t UNION ALL SELECT w::text FROM workers w").fetchall()
     return "\n".join(row[0] for row in rows)
+
+
+@contextmanager
+def claimed_orchestrator(reigh_db: ReighDatabase, edge: ReighEdgeServer) -> Iterator[tuple[Any, str]]:
+    """The edge queue in-process, holding an app-inserted travel_orchestrator row as worker 'w'."""
+    from source.queue import open_reigh_edge
+
+    parent_id = insert_as_app(reigh_db.url, reigh_db.project_id, "travel_orchestrator", {"orchestrator_details": {}})
+    with psycopg.connect(reigh_db.url, autocommit=True) as connection:
+        connection.execute("INSERT INTO workers (id, instance_type) VALUES ('w', 'external')")
+    queue = open_reigh_edge(edge.url, SERVICE_KEY, timeout=10)
+    try:
+        assert queue.claim("w", lease_seconds=30, task_types=["travel_orchestrator"]).id == parent_id
+        yield queue, parent_id
+    finally:
+        queue.close()
 
 
 @pytest.mark.slow
@@ -221,14 +239,9 @@ def test_a_task_the_app_cancels_stops_on_the_next_heartbeat(
 def test_enqueuing_an_orchestrators_children_twice_creates_them_once(
     reigh_db: ReighDatabase, edge: ReighEdgeServer
 ) -> None:
-    from source.queue import ChildSpec, open_reigh_edge
+    from source.queue import ChildSpec
 
-    parent_id = insert_as_app(reigh_db.url, reigh_db.project_id, "travel_orchestrator", {"orchestrator_details": {}})
-    with psycopg.connect(reigh_db.url, autocommit=True) as connection:
-        connection.execute("INSERT INTO workers (id, instance_type) VALUES ('w', 'external')")
-    queue = open_reigh_edge(edge.url, SERVICE_KEY, timeout=10)
-    try:
-        assert queue.claim("w", lease_seconds=30, task_types=["travel_orchestrator"]).id == parent_id
+    with claimed_orchestrator(reigh_db, edge) as (queue, parent_id):
         children = [
             ChildSpec("travel_segment", {"segment_index": 0}, role="segment", segment_index=0),
             ChildSpec("travel_stitch", {}, role="stitch", depends_on=("segment:0",), completes_parent=True),
@@ -244,21 +257,14 @@ def test_enqueuing_an_orchestrators_children_twice_creates_them_once(
             (first[0],),
         )
         assert task_row(reigh_db.url, first[1])["project_id"] == task_row(reigh_db.url, parent_id)["project_id"]
-    finally:
-        queue.close()
 
 
 def test_a_completion_retried_after_the_api_was_down_still_completes_the_orchestrator(
     reigh_db: ReighDatabase, edge: ReighEdgeServer, tmp_path
 ) -> None:
-    from source.queue import ChildSpec, QueueUnavailable, open_reigh_edge
+    from source.queue import ChildSpec, QueueUnavailable
 
-    parent_id = insert_as_app(reigh_db.url, reigh_db.project_id, "travel_orchestrator", {"orchestrator_details": {}})
-    with psycopg.connect(reigh_db.url, autocommit=True) as connection:
-        connection.execute("INSERT INTO workers (id, instance_type) VALUES ('w', 'external')")
-    queue = open_reigh_edge(edge.url, SERVICE_KEY, timeout=10)
-    try:
-        assert queue.claim("w", lease_seconds=30, task_types=["travel_orchestrator"]).id == parent_id
+    with claimed_orchestrator(reigh_db, edge) as (queue, parent_id):
         (stitch_id,) = queue.enqueue_children(
             parent_id, [ChildSpec("travel_stitch", {"orchestrator_run_id": "r1"}, role="stitch", completes_parent=True)]
         )
@@ -271,8 +277,6 @@ def test_a_completion_retried_after_the_api_was_down_still_completes_the_orchest
         with pytest.raises(QueueUnavailable):
             queue.complete(stitch_id, "w", output_location=str(video))
         queue.complete(stitch_id, "w", output_location=str(video))  # what the worker loop does next
-    finally:
-        queue.close()
     stitch, parent = task_row(reigh_db.url, stitch_id), task_row(reigh_db.url, parent_id)
     assert stitch["status"] == parent["status"] == "Complete"
     assert parent["output_location"] == stitch["output_location"]  # the stitched video is the orchestrator's too
