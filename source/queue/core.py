@@ -284,9 +284,14 @@ class SqlTaskQueue(ABC):
 
         return self._read(read)
 
+    def _id_is_possible(self, task_id: str) -> bool:
+        """Whether `task_id` can name a row at all: on a uuid-keyed table anything else is no task (and must not
+        reach a uuid cast)."""
+        return not self.task_ids_are_uuids or _is_uuid(task_id)
+
     def _known_id(self, task_id: str, where: str = "task id") -> str:
-        """An id given from outside, checked before it reaches SQL: on a uuid-keyed table anything else is no task."""
-        if self.task_ids_are_uuids and not _is_uuid(task_id):
+        """An id given from outside, checked before it reaches SQL."""
+        if not self._id_is_possible(task_id):
             raise TaskNotFound(task_id, where)
         return task_id
 
@@ -309,7 +314,7 @@ class SqlTaskQueue(ABC):
         _check_max_attempts(max_attempts)
         if task_id is not None:
             _check_task_id(task_id, "task_id")
-            if self.task_ids_are_uuids and not _is_uuid(task_id):
+            if not self._id_is_possible(task_id):
                 raise ValueError(f"task_id: this tasks table keys rows by UUID; got {task_id[:60]!r}")
         dependencies = _unique([dependant_on, *depends_on] if dependant_on else list(depends_on))
         new_id = task_id or str(uuid.uuid4())
@@ -445,7 +450,7 @@ class SqlTaskQueue(ABC):
     def _resolve_dependency(self, tx: Transaction, ref: str, siblings: Mapping[str, str], where: str) -> str:
         if ref in siblings:
             return siblings[ref]
-        if (not self.task_ids_are_uuids or _is_uuid(ref)) and tx.one("get_task", task_id=ref) is not None:
+        if self._id_is_possible(ref) and tx.one("get_task", task_id=ref) is not None:
             return ref
         raise TaskNotFound(
             ref,
@@ -823,14 +828,11 @@ class SqlTaskQueue(ABC):
             raise TaskStateError(f"task id {text!r} is ambiguous: it starts {shown}; give more of it")
         return matches[0]
 
-    def _id_is_possible(self, task_id: str) -> bool:
-        return not self.task_ids_are_uuids or _is_uuid(task_id)
-
     def _children(self, tx: Transaction, parent_id: str) -> list[TaskRecord]:
         return [self._task_from_row(row) for row in tx.all("children_of", parent_id=parent_id)]
 
     def children(self, parent_id: str) -> list[TaskRecord]:
-        if self.task_ids_are_uuids and not _is_uuid(parent_id):
+        if not self._id_is_possible(parent_id):
             return []
         return self._read(lambda tx: self._children(tx, parent_id))
 
