@@ -42,10 +42,10 @@ import json
 import mimetypes
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from loguru import logger
@@ -68,6 +68,8 @@ from source.queue.models import (
     child_key,
 )
 from source.queue.rows import clean_message
+
+T = TypeVar("T")
 
 BUCKET = "image_uploads"  # Reigh's bucket (_shared/storagePaths.ts)
 CHILD_KEY = "headless_child"  # our identity of an orchestrator's child, kept in its params: {role, segment_index, ...}
@@ -176,6 +178,14 @@ class ReighEdgeQueue:
                 return json.loads(text) if text.strip() else None
             return text
 
+        try:
+            return self._with_retries(call)
+        except json.JSONDecodeError:
+            raise QueueUnavailable(f"{function} answered something that is not JSON") from None
+
+    def _with_retries(self, action: Callable[[], T]) -> T:
+        """`action`, tried again with back-off while it raises _Transient, `attempts` times in all; then the last
+        failure as QueueUnavailable (the worker loop waits and tries the whole step again)."""
         retrying = Retrying(
             retry=retry_if_exception_type(_Transient),
             wait=wait_exponential(multiplier=0.5, max=8.0),
@@ -189,11 +199,9 @@ class ReighEdgeQueue:
             ),
         )
         try:
-            return retrying(call)
+            return retrying(action)
         except _Transient as error:
             raise QueueUnavailable(f"Reigh's edge API at {self.url}: {error}") from None
-        except json.JSONDecodeError:
-            raise QueueUnavailable(f"{function} answered something that is not JSON") from None
 
     def _check_token(self) -> None:
         """A cheap authenticated call at start-up: a wrong token stops the worker here, not at its first claim."""
@@ -520,16 +528,7 @@ class ReighEdgeQueue:
                     raise _Transient(f"upload of {storage_path}: Storage answered {status}") from None
                 raise QueueError(f"upload of {storage_path} refused: {self._scrub(str(error))[:300]}") from None
 
-        retrying = Retrying(
-            retry=retry_if_exception_type(_Transient),
-            wait=wait_exponential(multiplier=0.5, max=8.0),
-            stop=stop_after_attempt(self._attempts),
-            reraise=True,
-        )
-        try:
-            retrying(put)
-        except _Transient as error:
-            raise QueueUnavailable(str(error)) from None
+        self._with_retries(put)
 
     def _storage_path_of(self, public_url: str) -> str | None:
         """`{url}/storage/v1/object/public/image_uploads/<path>` -> `<path>` (a row's output in Reigh's bucket)."""
