@@ -151,7 +151,7 @@ def travel_summary(orchestrator: TaskRecord, children: list[TaskRecord]) -> Tabl
     for column in ("task", "frames", "overlap", "forwards high/low", "seconds"):
         table.add_column(column, no_wrap=True)
     planned = orchestrator.result or {}
-    overlaps = list(planned.get("overlaps") or (planned.get("output") or {}).get("overlaps") or [])
+    overlaps = list((planned.get("output") or {}).get("overlaps") or [])  # what the stitch reported using
     segments = sorted((c for c in children if c.role == "segment"), key=lambda c: c.segment_index or 0)
     for index, segment in enumerate(segments):
         result = segment.result or {}
