@@ -125,6 +125,9 @@ class _ModelSection(BaseModel):
     transformer_dtype: str = "bfloat16"
     vae_dtype: str = "float32"
     fps: int = Field(default=16, ge=1)
+    # The same model family in the other travel mode: Reigh sends model_type "vace" with its i2v model's name when a
+    # run needs structure guidance, and the worker runs the VACE counterpart named here.
+    travel_counterparts: dict[Literal["vace", "i2v"], str] = Field(default_factory=dict)
 
     @field_validator("architecture")
     @classmethod
@@ -175,6 +178,7 @@ class ModelDefinition(BaseModel):
     transformer_dtype: str = "bfloat16"
     vae_dtype: str = "float32"
     fps: int = 16
+    travel_counterparts: dict[str, str] = Field(default_factory=dict)  # travel mode -> model id
     settings: dict[str, Any] = Field(default_factory=dict)
     urls: str | tuple[str, ...] = ()  # upstream URLs field: weight files, or the id of the model it inherits from
     urls2: str | tuple[str, ...] | None = None
@@ -188,6 +192,11 @@ class ModelDefinition(BaseModel):
     @property
     def is_i2v(self) -> bool:
         return self.architecture.startswith("i2v")
+
+    @property
+    def travel_mode(self) -> str | None:
+        """How this model travels between keyframes: "vace" (guide + mask), "i2v" (start/end images) or None."""
+        return "vace" if self.is_vace else "i2v" if self.is_i2v else None
 
     @property
     def is_tiny(self) -> bool:
@@ -260,6 +269,13 @@ def load_catalog(directory: Path | None = None, extra_dirs: Sequence[Path] = ())
             # A string URLs is the id of the model whose weight files this one reuses.
             if isinstance(urls, str) and urls not in definitions:
                 raise CatalogError(f"{definition.source_file}: {field}: expected a catalog model id, got {urls!r}")
+        for mode, counterpart_id in definition.travel_counterparts.items():
+            counterpart = definitions.get(counterpart_id)
+            if counterpart is None or counterpart.travel_mode != mode:
+                raise CatalogError(
+                    f"{definition.source_file}: model.travel_counterparts.{mode}: expected the id of a {mode} model "
+                    f"in the catalog, got {counterpart_id!r}"
+                )
     return Catalog(definitions)
 
 
@@ -292,7 +308,7 @@ def _definition(model_id: str, path: Path, data: dict[str, Any]) -> ModelDefinit
     except ValidationError as error:
         raise CatalogError(f"{path}: {_first_error(error, '')}") from None
     known = {"name", "description", "architecture", "URLs", "URLs2", "loras", "loras_multipliers", "weights"}
-    known |= {"experts", "transformer_dtype", "vae_dtype", "fps"}
+    known |= {"experts", "transformer_dtype", "vae_dtype", "fps", "travel_counterparts"}
     definition = ModelDefinition(
         id=model_id,
         name=section.name,
@@ -305,6 +321,7 @@ def _definition(model_id: str, path: Path, data: dict[str, Any]) -> ModelDefinit
         transformer_dtype=section.transformer_dtype,
         vae_dtype=section.vae_dtype,
         fps=section.fps,
+        travel_counterparts=dict(section.travel_counterparts),
         settings=settings_data,
         urls=section.URLs if isinstance(section.URLs, str) else tuple(section.URLs),
         urls2=section.URLs2 if section.URLs2 is None or isinstance(section.URLs2, str) else tuple(section.URLs2),

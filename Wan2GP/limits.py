@@ -49,6 +49,7 @@ MAX_IMAGE_REFS = 4  # VACE reference images in one generation (each adds a laten
 STEPS = Bound(1, MAX_STEPS, "an integer")
 FRAMES = Bound(1, MAX_FRAMES, "an integer")
 STITCHED_FRAMES = Bound(1, MAX_FRAMES * MAX_SEGMENTS, "an integer")
+TIMELINE_FRAME = Bound(0, MAX_FRAMES * MAX_SEGMENTS, "an integer")  # a frame index in a stitched run
 OVERLAP = Bound(0, MAX_FRAMES, "an integer")
 SEED = Bound(-1, MAX_SEED, "an integer")
 FPS = Bound(1, 120, "an integer")

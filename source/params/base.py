@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, model_validator
 
@@ -25,9 +27,36 @@ class PayloadModel(BaseModel):
             return {key: value for key, value in data.items() if value is not None}
         return data
 
+    # Keys this model accepts and deliberately does not use, each with the reason: a task that sends one gets an INFO
+    # line naming it (docs/reigh_payloads.md lists them all). Unknown keys are reported the same way.
+    NOT_USED: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    UNKNOWN_KEY: ClassVar[str] = "not a key this worker knows"
+
+    def unused_keys(self, root: str = "") -> list[tuple[str, str]]:
+        """(dotted path, reason) of every key this payload gave that the worker will not use, nested payloads
+        included."""
+        found: list[tuple[str, str]] = []
+        for name in sorted(self.model_fields_set):
+            path = f"{root}.{name}" if root else name
+            if name in self.NOT_USED:
+                found.append((path, self.NOT_USED[name]))
+            else:
+                found += _unused_in(getattr(self, name), path)
+        for name in sorted(self.model_extra or {}):
+            found.append((f"{root}.{name}" if root else name, self.NOT_USED.get(name, self.UNKNOWN_KEY)))
+        return found
+
     def given(self) -> dict[str, Any]:
         """The fields present in the payload (known and unknown), as plain JSON-like values."""
         return self.model_dump(mode="json", exclude_unset=True, by_alias=True)
+
+
+def _unused_in(value: Any, path: str) -> list[tuple[str, str]]:
+    if isinstance(value, PayloadModel):
+        return value.unused_keys(path)
+    if isinstance(value, list | tuple):
+        return [item for index, entry in enumerate(value) for item in _unused_in(entry, f"{path}[{index}]")]
+    return []
 
 
 def _not_bool(value: Any) -> Any:

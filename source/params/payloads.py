@@ -7,7 +7,9 @@ names the field path and what was expected.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
@@ -180,6 +182,110 @@ class VaceImageRef(PayloadModel):
     type: str | None = None
 
 
+class PairLora(PayloadModel):
+    """One LoRA of a per-pair override (`loras_per_segment_expanded[i][j]`, the app's `{path, strength}`)."""
+
+    path: Location
+    strength: LoraStrength = 1.0
+
+
+class PairMotionSettings(PayloadModel):
+    """`motion_settings_expanded[i]`: what the app's pair settings form changed for one pair."""
+
+    # UI state: the app folds the amount of motion into the phase_config's LoRA strengths before it sends them.
+    amount_of_motion: Number | None = None
+    motion_mode: str | None = None
+    # Structure guidance of this pair (used when the run has travel_guidance).
+    structure_motion_strength: ControlNetWeight | None = None
+    structure_treatment: Literal["adjust", "clip"] | None = None
+    structure_canny_intensity: Number | None = None
+    structure_depth_contrast: Number | None = None
+    uni3c_end_percent: Number | None = None
+
+
+# The structure-guidance kinds and modes this worker runs (travel_guidance.kind / .mode).
+SUPPORTED_GUIDANCE = {"none": (), "vace": ("raw",)}
+
+
+class GuidanceVideo(PayloadModel):
+    """One structure video laid on the output timeline: frames [start_frame, end_frame) of the run are guided by
+    source frames [source_start_frame, source_end_frame); `adjust` resamples the source to fit, `clip` maps 1:1."""
+
+    path: Location
+    start_frame: Annotated[Integer, within(limits.TIMELINE_FRAME)] = 0
+    end_frame: Annotated[Integer, within(limits.STITCHED_FRAMES)] | None = None
+    treatment: Literal["adjust", "clip"] = "adjust"
+    source_start_frame: Annotated[Integer, within(limits.TIMELINE_FRAME)] = 0
+    source_end_frame: Annotated[Integer, within(limits.STITCHED_FRAMES)] | None = None
+
+    @field_validator("end_frame", "source_end_frame")
+    @classmethod
+    def _after_start(cls, value: int | None, info: ValidationInfo) -> int | None:
+        start_name = "start_frame" if info.field_name == "end_frame" else "source_start_frame"
+        start = info.data.get(start_name)
+        if value is not None and isinstance(start, int) and value <= start:
+            raise Expected(f"a frame after {start_name} ({start}; the range is half-open)")
+        return value
+
+
+def _supported_guidance() -> str:
+    return "; ".join(
+        f"kind {kind!r}" + (f" with mode {' or '.join(repr(m) for m in modes)}" if modes else "")
+        for kind, modes in SUPPORTED_GUIDANCE.items()
+    )
+
+
+class TravelGuidance(PayloadModel):
+    """`travel_guidance`: structure guidance for a travel run (the app's TravelGuidance union). Only the kinds and
+    modes in SUPPORTED_GUIDANCE run here; any other fails the task at once, naming what is supported."""
+
+    kind: str
+    mode: str | None = None
+    videos: Annotated[list[GuidanceVideo], Field(max_length=limits.MAX_SEGMENTS)] = Field(
+        default_factory=list, validate_default=True
+    )
+    strength: ControlNetWeight | None = None  # VACE's context scale over the guided frames (default 1)
+    canny_intensity: Number | None = None
+    depth_contrast: Number | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in SUPPORTED_GUIDANCE:
+            raise Expected(f"a guidance kind this worker runs ({_supported_guidance()})")
+        return value
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, value: str | None, info: ValidationInfo) -> str | None:
+        modes = SUPPORTED_GUIDANCE.get(info.data.get("kind", ""), ())
+        if modes and value not in modes:
+            raise Expected(
+                f"a mode whose preprocessing this worker ships ({_supported_guidance()}); "
+                "flow, canny and depth need preprocessors that are not installed"
+            )
+        return value
+
+    @field_validator("videos")
+    @classmethod
+    def _has_videos(cls, value: list[GuidanceVideo], info: ValidationInfo) -> list[GuidanceVideo]:
+        if info.data.get("kind") not in (None, "none") and not value:
+            raise Expected("at least one guidance video {path, start_frame, end_frame, ...}")
+        return value
+
+    @property
+    def active(self) -> bool:
+        return self.kind != "none"
+
+
+class ContinuationConfig(PayloadModel):
+    """`continuation_config`: how consecutive segments continue each other. Only `guide_overlap_masked` (VACE: the
+    previous segment's tail frames are fixed in the next one's guide) exists in this worker."""
+
+    strategy: Literal["guide_overlap_masked"]
+    overlap_frames: Overlap | None = None
+
+
 class OrchestratorDetails(WgpGenerationFields):
     """`params.orchestrator_details` of a travel_orchestrator task (every field of upstream_worker_spec §3.1)."""
 
@@ -210,8 +316,22 @@ class OrchestratorDetails(WgpGenerationFields):
     seed_base: Seed = 12345  # the same seed for every segment (upstream commit 69527a5)
     fps_helpers: Fps = 16
     fps_final_video: Fps | None = None  # the stitched video's fps (default fps_helpers)
-    steps: Integer | None = None  # the UI's "timeline steps": deliberately NOT the diffusion steps
+    steps: Steps | None = None  # Reigh's basic mode: num_inference_steps unless that or a phase_config says otherwise
     chain_segments: bool = True
+    continuation_config: ContinuationConfig | None = None  # its overlap_frames is informational (frame_overlap rules)
+    # Per-pair overrides (Reigh's pair_* inputs, sliced to the segment count; an entry may be null = no override).
+    # Precedence for segment i: individual_segment_params > these > orchestrator_details (upstream's order).
+    phase_configs_expanded: Annotated[list[PhaseConfig | None], Field(max_length=limits.MAX_SEGMENTS)] | None = None
+    loras_per_segment_expanded: (
+        Annotated[
+            list[Annotated[list[PairLora], Field(max_length=MAX_LORAS)] | None], Field(max_length=limits.MAX_SEGMENTS)
+        ]
+        | None
+    ) = None
+    motion_settings_expanded: (
+        Annotated[list[PairMotionSettings | None], Field(max_length=limits.MAX_SEGMENTS)] | None
+    ) = None
+    travel_guidance: TravelGuidance | None = None
     continue_from_video_resolved_path: Location | None = None
     # Stable Video Infinity
     use_svi: bool = False
@@ -223,6 +343,8 @@ class OrchestratorDetails(WgpGenerationFields):
     run_id: str | None = None
     main_output_dir_for_run: str | None = None
     parent_generation_id: str | None = None
+    # The app's ids of each pair (segment i -> pair_shot_generation_ids[i]), written onto the segment rows
+    pair_shot_generation_ids: Annotated[list[str | None], Field(max_length=limits.MAX_SEGMENTS)] | None = None
     # Post-processing of segments and of the overlap frames in the guide
     after_first_post_generation_saturation: Strength | None = None
     after_first_post_generation_brightness: Strength | None = None
@@ -267,6 +389,79 @@ class OrchestratorDetails(WgpGenerationFields):
     tool_type: str | None = None
     amount_of_motion: Number | None = None
     openai_api_key: str | None = None  # secret: redacted wherever params are shown
+
+    NOT_USED: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {
+            "vlm_device": "no prompt enhancer runs in this worker",
+            "enhance_prompt": "no prompt enhancer runs in this worker (enhanced_prompts_expanded are used when sent)",
+            "continue_from_video_resolved_path": "continuing an earlier video is not implemented",
+            "svi_strength": "Stable Video Infinity is not implemented (use_svi must be false)",
+            "svi_strength_1": "Stable Video Infinity is not implemented (use_svi must be false)",
+            "svi_strength_2": "Stable Video Infinity is not implemented (use_svi must be false)",
+            "svi_predecessor_video_url": "Stable Video Infinity is not implemented (use_svi must be false)",
+            "main_output_dir_for_run": "outputs go to the worker's storage, never to a payload path",
+            "upscale_factor": "the stitch does not upscale",
+            "upscale_model_name": "the stitch does not upscale",
+            "vace_image_refs_to_prepare_by_worker": "travel segments take no VACE reference images",
+            "structure_type": "a legacy structure-guidance key: travel_guidance is what this worker reads",
+            "structure_video_type": "a legacy structure-guidance key: travel_guidance is what this worker reads",
+            "structure_video_treatment": "a legacy structure-guidance key: travel_guidance is what this worker reads",
+            "structure_video_motion_strength": "a legacy structure-guidance key: travel_guidance is what this worker reads",
+            "structure_canny_intensity": "a legacy structure-guidance key: travel_guidance is what this worker reads",
+            "structure_depth_contrast": "a legacy structure-guidance key: travel_guidance is what this worker reads",
+            "debug_mode_enabled": "debug output is the worker's --log-level, not a payload switch",
+            "skip_cleanup_enabled": "scratch files are always removed",
+            "cfg_star_switch": "CFG-zero* is not implemented",
+            "cfg_zero_step": "CFG-zero* is not implemented",
+            "params_json_str_override": "raw parameter overrides are refused by design",
+            "original_common_args": "upstream's CLI bookkeeping",
+            "original_task_args": "upstream's CLI bookkeeping",
+            "poll_interval": "segments and stitch are scheduled by the queue, not polled",
+            "poll_timeout": "segments and stitch are scheduled by the queue, not polled",
+            "poll_timeout_upscale": "segments and stitch are scheduled by the queue, not polled",
+            "advanced_mode": "UI state: advanced mode arrives as a phase_config",
+            "generation_mode": "UI state (batch / timeline / by-pair)",
+            "motion_mode": "UI state: the motion preset arrives as a phase_config",
+            "dimension_source": "UI state: the resolution arrives as parsed_resolution_wh",
+            "selected_phase_preset_id": "UI state: the preset arrives as a phase_config",
+            "input_image_generation_ids": "the app's ids of the keyframes, for its own bookkeeping",
+            "show_input_images": "no keyframe banner is drawn on outputs",
+            "tool_type": "the app's tool name",
+            "amount_of_motion": "UI state: the app folds the amount of motion into the phase_config's LoRA strengths",
+            "openai_api_key": "no remote prompt enhancer is called (the value is redacted everywhere)",
+            "continuation_config": "its strategy is checked (guide_overlap_masked only); overlaps come from "
+            "frame_overlap_expanded",
+            # Reigh's task-family envelope (composeTaskFamilyPayload): the app's own contracts, read back by the app.
+            "orchestrator_details": "a copy of these same keys the app nests for itself",
+            "contract_version": "the app's payload contract version",
+            "task_family": "the app's task family name",
+            "orchestration_contract": "the app's routing contract, read back by the app",
+            "task_view_contract": "what the app shows in its task list",
+            "family_contract": "the app's family contract, read back by the app",
+            "generation_source": "the app's name for where the run came from",
+            "orchestrator_task_id": "the row's own id is used",
+            "generation_name": "the app's variant name, read back by the app from the orchestrator row",
+            "independent_segments": "the inverse of chain_segments, which is what is used",
+            "random_seed": "the app resolved the seed already (seed_base)",
+        }
+    )
+
+    @field_validator("use_svi")
+    @classmethod
+    def _no_svi(cls, value: bool) -> bool:
+        if value:
+            raise Expected("false: Stable Video Infinity chaining is not implemented in this worker")
+        return value
+
+    @field_validator("structure_guidance", "structure_video_path", "structure_videos")
+    @classmethod
+    def _legacy_guidance(cls, value: Any) -> Any:
+        if value:
+            raise Expected(
+                'nothing: legacy structure guidance is not read; send travel_guidance {"kind": "vace", "mode": "raw", '
+                '"videos": [{"path": ...}]} instead'
+            )
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -320,6 +515,17 @@ class TravelOrchestratorParams(WgpGenerationFields):
     orchestrator_task_id: str | None = None
     project_id: str | None = None
     run_id: str | None = None
+    parent_generation_id: str | None = None  # carried to the segment and stitch rows (orchestrator_details' wins)
+
+    NOT_USED: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {
+            "task_id": "the row's own id is used",
+            "orchestrator_task_id": "the row's own id is used",
+            "project_id": "the row's project_id column is used",
+            "tool_type": "the app's tool name",
+            "generation_name": "the app's variant name, read back by the app from the orchestrator row",
+        }
+    )
 
 
 class IndividualSegmentParams(WgpGenerationFields):

@@ -30,7 +30,7 @@ from source.params.payloads import (
     TravelSegmentParams,
     WgpGenerationFields,
 )
-from source.params.phase_config import phase_config_to_wgp, plan_for
+from source.params.phase_config import PhaseConfig, phase_config_to_wgp, plan_for
 from Wan2GP.catalog import ModelDefinition
 from Wan2GP.request import ACCEPTED_PARAMS
 from Wan2GP.request import SYSTEM_DEFAULTS as ENGINE_DEFAULTS
@@ -48,6 +48,11 @@ SYSTEM_DEFAULTS: Mapping[str, Any] = MappingProxyType({"guidance_phases": 1, **E
 
 SYSTEM = "system defaults"
 
+# The two LoRA slots a level may fill (internal keys, joined into activated_loras + loras_multipliers by
+# resolve_layers): each a tuple of (LoRA name or URL, WGP multiplier token).
+PHASE_LORAS = "phase_config LoRAs"
+LISTED_LORAS = "listed LoRAs"
+
 # Payload-specific names that mean a WGP parameter (used only when the WGP name itself is not given).
 _ALIASES: dict[type, dict[str, str]] = {
     OrchestratorDetails: {
@@ -55,6 +60,7 @@ _ALIASES: dict[type, dict[str, str]] = {
         "seed_base": "seed",
         "model_name": "model",
         "base_prompt": "prompt",
+        "steps": "num_inference_steps",  # Reigh's basic mode (upstream_worker_spec §7: steps -> num_inference_steps)
     },
     TravelSegmentParams: {
         "parsed_resolution_wh": "resolution",
@@ -68,6 +74,7 @@ _ALIASES: dict[type, dict[str, str]] = {
         "seed_base": "seed",
         "model_name": "model",
         "base_prompt": "prompt",
+        "steps": "num_inference_steps",
     },
     GenerationOverrides: {
         "parsed_resolution_wh": "resolution",
@@ -105,10 +112,12 @@ class Resolved(Mapping[str, ResolvedValue]):
         entries: Mapping[str, ResolvedValue],
         warnings: Sequence[str] = (),
         model: ModelDefinition | None = None,
+        lora_sources: Sequence[str] = (),
     ) -> None:
         self._entries = dict(entries)
         self.warnings: tuple[str, ...] = tuple(warnings)
         self.model = model  # the catalog entry whose settings took part (its built-in LoRAs run first)
+        self.lora_sources: tuple[str, ...] = tuple(lora_sources)  # the field each entry of activated_loras came from
 
     def __getitem__(self, name: str) -> ResolvedValue:
         return self._entries[name]
@@ -148,12 +157,41 @@ class Resolved(Mapping[str, ResolvedValue]):
 def resolve_layers(
     layers: Sequence[Layer], warnings: Sequence[str] = (), model: ModelDefinition | None = None
 ) -> Resolved:
-    """Later layers win. Every value of every layer counts (filtering "not given" is the layer builder's job)."""
+    """Later layers win. Every value of every layer counts (filtering "not given" is the layer builder's job).
+
+    LoRAs are two slots resolved separately, then joined: the phase_config's LoRAs (strengths per phase) and the
+    listed LoRAs (additional_loras, lora_names, activated_loras, a pair's loras). A higher level replaces a slot, not
+    both, so a pair that adds a style LoRA keeps the run's Lightning LoRAs; a LoRA in both slots runs once, with the
+    listed strength (upstream: segment LoRAs take precedence over phase_config LoRAs)."""
     entries: dict[str, ResolvedValue] = {}
     for layer in layers:
         for name, value in layer.values.items():
             entries[name] = ResolvedValue(value, layer.sources.get(name, layer.name), layer.name)
-    return Resolved(entries, warnings, model)
+    phase, listed = entries.pop(PHASE_LORAS, None), entries.pop(LISTED_LORAS, None)
+    notes = list(warnings)
+    lora_sources: list[str] = []
+    if phase is not None or listed is not None:
+        listed_names = {name for name, _ in listed.value} if listed is not None else set()
+        names: list[str] = []
+        tokens: list[str] = []
+        for slot in (phase, listed):
+            if slot is None:
+                continue
+            for name, token in slot.value:
+                if slot is phase and name in listed_names:
+                    notes.append(
+                        f"LoRA {name} is in {phase.source} and in {listed.source}: it runs once, at {listed.source}'s strength"
+                    )
+                    continue
+                names.append(name)
+                tokens.append(token)
+                lora_sources.append(slot.source)
+        slots = [slot for slot in (phase, listed) if slot is not None]
+        source = " + ".join(dict.fromkeys(slot.source for slot in slots))
+        layer = slots[-1].layer
+        entries["activated_loras"] = ResolvedValue(names, source, layer)
+        entries["loras_multipliers"] = ResolvedValue(" ".join(tokens), source, layer)
+    return Resolved(entries, notes, model, lora_sources)
 
 
 def system_layer() -> Layer:
@@ -203,25 +241,87 @@ def _payload_layers(payload: WgpGenerationFields, *, name: str, root: str) -> tu
     if payload.additional_loras and "activated_loras" not in values:
         take("activated_loras", list(payload.additional_loras), "additional_loras")
         take("loras_multipliers", " ".join(str(v) for v in payload.additional_loras.values()), "additional_loras")
+    warnings: list[str] = []
+    _to_listed_slot(values, sources)
     layers = [Layer(name, values, sources)]
     spec = getattr(payload, "generation", None)
     if isinstance(spec, GenerationSpec):
         # Knobs our orchestrator resolved once and wrote into the segment row; they keep their original sources.
         spec_values: dict[str, Any] = spec.wgp_params()
-        if spec.lora_names:
-            spec_values["activated_loras"] = list(spec.lora_names)
-            spec_values["loras_multipliers"] = " ".join(spec.lora_multipliers)
         spec_root = _path(root, "generation")
         spec_sources = {key: spec.sources.get(key, _path(spec_root, key)) for key in spec_values}
+        if spec.lora_names:
+            spec_values[LISTED_LORAS] = tuple(
+                zip(spec.lora_names, _padded(spec.lora_multipliers, spec.lora_names), strict=False)
+            )
+            spec_sources[LISTED_LORAS] = spec.sources.get("activated_loras", _path(spec_root, "lora_names"))
         layers.append(Layer(f"{name}.generation", spec_values, spec_sources))
-    warnings: list[str] = []
     if payload.phase_config is not None:
-        phase_root = _path(root, "phase_config")
-        converted = phase_config_to_wgp(payload.phase_config, root=phase_root)
-        phase_values = converted.as_wgp_params()
-        layers.append(Layer(f"{name}.phase_config", phase_values, dict.fromkeys(phase_values, phase_root)))
-        warnings += converted.warnings
+        layers.append(
+            phase_config_layer(
+                payload.phase_config, name=f"{name}.phase_config", root=_path(root, "phase_config"), warnings=warnings
+            )
+        )
     return layers, warnings
+
+
+def phase_config_layer(phase_config: PhaseConfig, *, name: str, root: str, warnings: list[str]) -> Layer:
+    """What a phase_config means, as one layer (its LoRAs in the phase slot); its warnings are appended."""
+    converted = phase_config_to_wgp(phase_config, root=root)
+    values = converted.as_wgp_params()
+    names, tokens = values.pop("activated_loras"), values.pop("loras_multipliers")
+    values[PHASE_LORAS] = tuple(zip(names, tokens.split(), strict=True))
+    warnings += converted.warnings
+    return Layer(name, values, dict.fromkeys(values, root))
+
+
+def pair_layers(
+    details: OrchestratorDetails, index: int, *, root: str = "orchestrator_details"
+) -> tuple[list[Layer], list[str]]:
+    """Segment `index`'s per-pair overrides (phase_configs_expanded[index], loras_per_segment_expanded[index]) as
+    layers between orchestrator_details and the segment's own params; none when the pair has no override."""
+    layers: list[Layer] = []
+    warnings: list[str] = []
+    phase_configs = details.phase_configs_expanded or []
+    if index < len(phase_configs) and phase_configs[index] is not None:
+        path = f"{_path(root, 'phase_configs_expanded')}[{index}]"
+        layers.append(
+            phase_config_layer(phase_configs[index], name=f"pair {index} phase_config", root=path, warnings=warnings)
+        )
+    pair_loras = details.loras_per_segment_expanded or []
+    if index < len(pair_loras) and pair_loras[index]:
+        path = f"{_path(root, 'loras_per_segment_expanded')}[{index}]"
+        slot = tuple((lora.path, str(lora.strength)) for lora in pair_loras[index])
+        layers.append(Layer(f"pair {index} loras", {LISTED_LORAS: slot}, {LISTED_LORAS: path}))
+    return layers, warnings
+
+
+def _to_listed_slot(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """A level's plain LoRA keys (activated_loras + loras_multipliers, whichever spelling) become its listed slot:
+    (name, token) pairs, a missing token meaning 1.0; more tokens than LoRAs is an error naming the field."""
+    names = values.pop("activated_loras", None)
+    tokens_text = values.pop("loras_multipliers", None)
+    names_source = sources.pop("activated_loras", None)
+    tokens_source = sources.pop("loras_multipliers", None)
+    if not names:
+        if tokens_text:
+            raise PayloadError.at(
+                tokens_source or "loras_multipliers", "expected no multipliers without LoRAs to apply them to"
+            )
+        return
+    names = [str(item) for item in names]
+    tokens = _tokens(tokens_text)
+    if len(tokens) > len(names):
+        raise PayloadError.at(
+            tokens_source or "loras_multipliers",
+            f"expected at most {len(names)} multipliers (one per LoRA), got {len(tokens)}",
+        )
+    values[LISTED_LORAS] = tuple(zip(names, _padded(tokens, names), strict=True))
+    sources[LISTED_LORAS] = tokens_source or names_source or ""
+
+
+def _padded(tokens: Sequence[str], names: Sequence[str]) -> list[str]:
+    return [*tokens, *["1.0"] * (len(names) - len(tokens))]
 
 
 @dataclass(frozen=True)
@@ -234,6 +334,7 @@ class PayloadLevels:
     segment_root: str = ""
     individual: IndividualSegmentParams | None = None
     individual_root: str = "individual_segment_params"
+    pair_index: int | None = None  # this segment's per-pair overrides in the orchestrator's *_expanded lists
 
     def model_name(self) -> str | None:
         """The model the payload asks for (highest level wins)."""
@@ -287,15 +388,24 @@ def resolve_generation(levels: PayloadLevels, model: ModelDefinition | None = No
     ]
     warnings: list[str] = []
     for payload, name, root in payload_levels:
-        if payload is not None:
-            built, notes = _payload_layers(payload, name=name, root=root)
+        if payload is None:
+            continue
+        built, notes = _payload_layers(payload, name=name, root=root)
+        layers += built
+        warnings += notes
+        if payload.phase_config is not None and model is not None and model.loras:
+            warnings.append(
+                f"model {model.id} has built-in LoRAs: they run before the phase_config's LoRAs "
+                "(upstream's phase_config patch dropped them)"
+            )
+        if (
+            name == "orchestrator_details"
+            and levels.pair_index is not None
+            and isinstance(payload, OrchestratorDetails)
+        ):
+            built, notes = pair_layers(payload, levels.pair_index, root=root)
             layers += built
             warnings += notes
-            if payload.phase_config is not None and model is not None and model.loras:
-                warnings.append(
-                    f"model {model.id} has built-in LoRAs: they run before the phase_config's LoRAs "
-                    "(upstream's phase_config patch dropped them)"
-                )
     return resolve_layers(layers, warnings, model)
 
 
@@ -308,6 +418,7 @@ def plan_from_resolved(resolved: Resolved) -> GenerationPlan:
     the payload's); a bad value becomes a PayloadError naming the payload field it came from."""
     params = resolved.as_params()
     model = resolved.model
+    built_in = len(model.loras) if model is not None else 0
     if model is not None and model.loras:
         user_loras = list(params.get("activated_loras") or [])
         user_tokens = _tokens(params.get("loras_multipliers"))
@@ -318,7 +429,17 @@ def plan_from_resolved(resolved: Resolved) -> GenerationPlan:
     try:
         return plan_for(params, extra_warnings=resolved.warnings)
     except PlanError as error:
-        name = error.field.split("[", 1)[0]
+        name, _, rest = error.field.partition("[")
+        index = int(rest.split("]", 1)[0]) - built_in if rest[:1].isdigit() else None
+        if (
+            name in ("loras_multipliers", "activated_loras")
+            and index is not None
+            and 0 <= index < len(resolved.lora_sources)
+        ):
+            # Name the field the offending LoRA came from, with its index there.
+            source = resolved.lora_sources[index]
+            position = [i for i, s in enumerate(resolved.lora_sources) if s == source].index(index)
+            raise PayloadError.at(f"{source}[{position}]", error.reason) from None
         source = resolved.source(name) or name
         suffix = error.field[len(name) :] if source.endswith(name) else ""
         raise PayloadError.at(source + suffix, error.reason) from None

@@ -8,21 +8,28 @@ model's plan) into a `GenerationSpec` that every segment row carries, so segment
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from source.params.base import Frames, Integer, Location, Overlap, Resolution, within
-from source.params.errors import PayloadError
 from source.params.payloads import (
     GENERATION_KNOBS,
     GenerationSpec,
     OrchestratorDetails,
+    TravelGuidance,
     TravelOrchestratorParams,
     TravelSegmentParams,
     TravelStitchParams,
 )
-from source.params.resolve import PayloadLevels, payload_layers, plan_from_resolved, resolve_generation, resolve_layers
+from source.params.resolve import (
+    PayloadLevels,
+    pair_layers,
+    payload_layers,
+    plan_from_resolved,
+    resolve_generation,
+    resolve_layers,
+)
 from Wan2GP import limits
 from Wan2GP.catalog import ModelDefinition
 
@@ -47,6 +54,20 @@ class SegmentTaskParams(TravelSegmentParams):
     base_prompt: str = ""
     negative_prompt: str = ""
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    # The app's links, so it can attach the segment's video to its shot and pair (Reigh reads them off the row).
+    shot_id: str | None = None
+    pair_shot_generation_id: str | None = None
+    # Structure guidance as this segment applies it (the pair's strength and treatment already folded in), and
+    # where the segment starts on the run's timeline, which the guidance videos are laid on.
+    travel_guidance: TravelGuidance | None = None
+    timeline_start: Annotated[Integer, within(limits.TIMELINE_FRAME)] = 0
+    # The keys of the run's orchestrator_details that Reigh's complete_task reads off a segment row (per-segment
+    # prompts, frames, keyframe ids); not a generation level: `generation` holds what the segment runs with.
+    orchestrator_details: dict[str, Any] | None = None  # type: ignore[assignment]
+
+    @property
+    def orchestrator(self) -> None:  # type: ignore[override]
+        return None
 
 
 class StitchTaskParams(TravelStitchParams):
@@ -64,30 +85,26 @@ class StitchTaskParams(TravelStitchParams):
 
 
 def generation_params_from_details(
-    details: OrchestratorDetails, model: ModelDefinition
+    details: OrchestratorDetails, model: ModelDefinition, segment_index: int = 0
 ) -> tuple[GenerationSpec, list[str]]:
-    """Resolve orchestrator_details (its plain generation keys, then its phase_config) into the GenerationSpec every
-    segment carries, and check the full plan against the model now, so a bad combination fails the orchestrator
-    instead of every segment. Returns the spec and the warnings (num_phases auto-correction, ...).
+    """Resolve what segment `segment_index` generates with: orchestrator_details (its plain generation keys, then its
+    phase_config), then that pair's overrides (phase_configs_expanded, loras_per_segment_expanded). The full plan is
+    checked against the model now, so a bad combination fails the orchestrator instead of the segment. Returns the
+    spec the segment row carries (every value with the field it came from) and the plan's warnings.
 
-    Raises PayloadError naming the field (e.g. `orchestrator_details.phase_config.steps_per_phase`)."""
-    levels = PayloadLevels(orchestrator=details)
+    Raises PayloadError naming the field (e.g. `orchestrator_details.phase_configs_expanded[1].steps_per_phase`)."""
+    levels = PayloadLevels(orchestrator=details, pair_index=segment_index)
     resolved = resolve_generation(levels, model)
     plan = plan_from_resolved(resolved)  # validates thresholds, multiplier strings, phases against the model
-    own = resolve_layers(payload_layers(details, name="orchestrator_details", root="orchestrator_details"))
+    # The payload's own values (no system or model layers: the engine applies the model's settings itself).
+    layers = payload_layers(details, name="orchestrator_details", root="orchestrator_details")
+    layers += pair_layers(details, segment_index)[0]
+    own = resolve_layers(layers)
     values = own.as_params()
-    lora_names = [str(name) for name in values.get("activated_loras") or []]
-    tokens = str(values.get("loras_multipliers") or "").replace("|", " ").split()
-    if len(tokens) > len(lora_names):
-        raise PayloadError.at(
-            own.source("loras_multipliers") or "orchestrator_details.loras_multipliers",
-            f"expected at most {len(lora_names)} multipliers (one per LoRA), got {len(tokens)}",
-        )
-    tokens += ["1.0"] * (len(lora_names) - len(tokens))
     spec = GenerationSpec(
         **{name: values[name] for name in GENERATION_KNOBS if name in values},
-        lora_names=lora_names,
-        lora_multipliers=tokens,
+        lora_names=[str(name) for name in values.get("activated_loras") or []],
+        lora_multipliers=str(values.get("loras_multipliers") or "").split(),
         sources={name: entry.source for name, entry in own.items() if name != "model"},
     )
     return spec, list(plan.warnings)

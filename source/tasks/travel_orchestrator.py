@@ -14,11 +14,12 @@ segment regenerates the same video.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, NamedTuple
 
 from loguru import logger
 
 from source.params.errors import PayloadError
+from source.params.payloads import OrchestratorDetails, TravelGuidance
 from source.params.travel import (
     GenerationSpec,
     SegmentTaskParams,
@@ -29,27 +30,48 @@ from source.params.travel import (
 from source.queue import ChildSpec
 from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, parse_params
 from source.tasks.travel_plan import TravelPlanError, plan_travel
-from source.tasks.travel_support import load_model_definition, travel_mode_for
+from source.tasks.travel_support import load_model_definition, travel_model_for
 from Wan2GP import limits
 from Wan2GP.catalog import ModelDefinition
 
 
-def parse_orchestrator(raw: Any) -> tuple[TravelOrchestratorParams, ModelDefinition, str, GenerationSpec, list[str]]:
-    """The payload, its model, the travel mode, and the generation every segment will run (its phase plan checked
-    against the model), with the plan's warnings; TaskInputError naming the field."""
+class ParsedTravel(NamedTuple):
+    """A travel payload checked as far as it can be without I/O."""
+
+    params: TravelOrchestratorParams
+    model: ModelDefinition  # what the segments generate with (model_type may have picked model_name's counterpart)
+    mode: str  # "vace" or "i2v"
+    generations: list[GenerationSpec]  # one per segment: orchestrator_details + that pair's overrides
+    warnings: list[str]
+
+
+def parse_orchestrator(raw: Any) -> ParsedTravel:
+    """The payload, its model and travel mode, and what every segment will generate with (each segment's plan checked
+    against the model), with the plans' warnings; TaskInputError naming the field."""
     params = parse_params(TravelOrchestratorParams, raw, prefix="")
     details = params.orchestrator_details
-    model = load_model_definition(details.model_name, field="orchestrator_details.model_name")
-    mode = travel_mode_for(model, requested=details.model_type)
+    requested = load_model_definition(details.model_name, field="orchestrator_details.model_name")
+    model, mode = travel_model_for(requested, details.model_type)
+    guidance = details.travel_guidance
+    if guidance is not None and guidance.active and mode != "vace":
+        raise TaskInputError(
+            f"orchestrator_details.travel_guidance: {guidance.kind} guidance needs a VACE model; {model.id!r} is an "
+            f'{mode} model (send model_type "vace" with a model that has a VACE counterpart, or a VACE model_name)'
+        )
+    generations: list[GenerationSpec] = []
+    warnings: list[str] = []
     try:
-        generation, warnings = generation_params_from_details(details, model)
+        for index in range(max(details.segment_count, 0)):
+            spec, notes = generation_params_from_details(details, model, index)
+            generations.append(spec)
+            warnings += [note for note in notes if note not in warnings]
     except PayloadError as error:
         raise TaskInputError(str(error)) from error
-    return params, model, mode, generation, warnings
+    return ParsedTravel(params, model, mode, generations, warnings)
 
 
 def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
-    params, model, mode, generation, warnings = parse_orchestrator(ctx.task.params)
+    params, model, mode, generations, warnings = parse_orchestrator(ctx.task.params)
     details = params.orchestrator_details
     for warning in warnings:
         logger.warning(warning)
@@ -93,10 +115,19 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
         raise TaskInputError(f"orchestrator_details.parsed_resolution_wh: {too_big}")
     fps = details.fps_helpers or model.fps
     run_id = details.run_id or ctx.task.id
+    app_view = _details_the_app_reads(details)
     children: list[ChildSpec] = []
     for segment in plan.segments:
         payload = SegmentTaskParams(
             orchestrator_task_id_ref=ctx.task.id,
+            parent_generation_id=details.parent_generation_id or params.parent_generation_id,
+            shot_id=details.shot_id,
+            pair_shot_generation_id=_at(details.pair_shot_generation_ids, segment.index),
+            travel_guidance=_segment_guidance(details, segment.index),
+            timeline_start=segment.timeline_start,
+            after_first_post_generation_saturation=details.after_first_post_generation_saturation,
+            after_first_post_generation_brightness=details.after_first_post_generation_brightness,
+            orchestrator_details=app_view,
             orchestrator_run_id=run_id,
             project_id=ctx.task.project_id,
             segment_index=segment.index,
@@ -114,7 +145,7 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
             negative_prompt=segment.negative_prompt,
             seed_to_use=segment.seed,
             fps_helpers=fps,
-            generation=generation,
+            generation=generations[segment.index],
             subsequent_starting_strength_adjustment=details.subsequent_starting_strength_adjustment or 0.0,
             desaturate_subsequent_starting_frames=details.desaturate_subsequent_starting_frames or 0.0,
             adjust_brightness_subsequent_starting_frames=details.adjust_brightness_subsequent_starting_frames or 0.0,
@@ -131,6 +162,7 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
         )
     stitch = StitchTaskParams(
         orchestrator_task_id_ref=ctx.task.id,
+        parent_generation_id=details.parent_generation_id or params.parent_generation_id,
         orchestrator_run_id=run_id,
         project_id=ctx.task.project_id,
         num_total_segments_generated=len(plan.segments),
@@ -171,6 +203,53 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
             "child_ids": child_ids,
         },
     )
+
+
+# Keys of orchestrator_details that Reigh's complete_task reads off a finished segment row to fill the generation it
+# creates (prompt, frames, overlap and keyframe ids per segment; docs/reigh_payloads.md §7). Generation knobs are
+# NOT copied: the segment's `generation` is what it runs with.
+APP_READS_FROM_SEGMENTS = (
+    "model_name",
+    "num_new_segments_to_generate",
+    "segment_frames_expanded",
+    "frame_overlap_expanded",
+    "base_prompts_expanded",
+    "negative_prompts_expanded",
+    "input_image_generation_ids",
+    "pair_shot_generation_ids",
+    "parent_generation_id",
+    "shot_id",
+    "run_id",
+    "generation_name",
+)
+
+
+def _details_the_app_reads(details: OrchestratorDetails) -> dict[str, Any]:
+    given = details.given()
+    return {key: given[key] for key in APP_READS_FROM_SEGMENTS if key in given}
+
+
+def _at(values: list[Any] | None, index: int) -> Any:
+    return values[index] if values is not None and index < len(values) else None
+
+
+def _segment_guidance(details: OrchestratorDetails, index: int) -> TravelGuidance | None:
+    """The run's travel_guidance as segment `index` applies it: the pair's motion settings may change its strength
+    and its videos' treatment (the app's pair_motion_settings)."""
+    guidance = details.travel_guidance
+    if guidance is None or not guidance.active:
+        return None
+    pair = _at(details.motion_settings_expanded, index)
+    if pair is None:
+        return guidance
+    update: dict[str, Any] = {}
+    if pair.structure_motion_strength is not None:
+        update["strength"] = pair.structure_motion_strength
+    if pair.structure_treatment is not None:
+        update["videos"] = [
+            video.model_copy(update={"treatment": pair.structure_treatment}) for video in guidance.videos
+        ]
+    return guidance.model_copy(update=update)
 
 
 def _resolution(text: str) -> tuple[int, int]:

@@ -55,6 +55,7 @@ class SegmentPlan:
     negative_prompt: str
     seed: int
     depends_on_previous: bool  # VACE chaining: this segment reads the previous segment's tail frames
+    timeline_start: int  # the index, in the stitched video, of this segment's first frame
 
     @property
     def is_first(self) -> bool:
@@ -128,6 +129,7 @@ def plan_travel(
     chained = mode == "vace" and chain_segments
 
     segments = []
+    timeline_start = 0
     for i in range(count):
         overlap_prev = quantized_overlaps[i - 1] if i > 0 else 0
         overlap_next = quantized_overlaps[i] if i < count - 1 else 0
@@ -147,6 +149,8 @@ def plan_travel(
                 negative_prompt=_pick_text(negative_prompts, i, negative_prompt),
                 seed=seed,
                 depends_on_previous=carries_tail,
+                timeline_start=timeline_start,
             )
         )
+        timeline_start += frames[i] - overlap_next
     return TravelPlan(mode=mode, segments=tuple(segments), overlaps=tuple(quantized_overlaps))

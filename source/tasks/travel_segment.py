@@ -22,7 +22,7 @@ from source.tasks.travel_support import (
     fetch_loras,
     load_model_definition,
     run_engine,
-    travel_mode_for,
+    travel_model_for,
 )
 from Wan2GP.catalog import ModelDefinition
 
@@ -34,6 +34,12 @@ def parse_segment(raw: Any) -> tuple[SegmentTaskParams, ModelDefinition]:
 
 def handle_travel_segment(ctx: TaskContext) -> TaskOutcome:
     params, model = parse_segment(ctx.task.params)
+    return generate_segment(ctx, params, model)
+
+
+def generate_segment(ctx: TaskContext, params: SegmentTaskParams, model: ModelDefinition) -> TaskOutcome:
+    """Generate one travel segment as `params` describe it (a row our orchestrator wrote, or an individual segment
+    turned into one), check its frame count, post-process it and store it."""
     frames = params.segment_frames_target
     width, height = (int(v) for v in params.parsed_resolution_wh.split("x"))
     work_dir = ctx.work_dir
@@ -69,7 +75,7 @@ def handle_travel_segment(ctx: TaskContext) -> TaskOutcome:
         "loras_multipliers": list(generation.lora_multipliers),
     }
     # Rows written by our orchestrator say the mode; a segment row from elsewhere gets it from what the model is.
-    mode = params.travel_mode or travel_mode_for(model, requested=None)
+    mode = params.travel_mode or travel_model_for(model, None, field="params")[1]
     if mode == "vace":
         # Only a chained segment carries the previous tail (the plan then gives it no start keyframe); independent
         # segments also overlap their neighbours, but only the stitch uses that.

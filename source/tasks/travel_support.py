@@ -39,17 +39,29 @@ def load_model_definition(model_name: str, *, field: str) -> ModelDefinition:
         raise TaskInputError(f"{field}: {error}") from error
 
 
-def travel_mode_for(model: ModelDefinition, requested: str | None) -> str:
-    """Travel mode comes from what the model IS (upstream guessed it from substrings of the name, §10.16)."""
-    mode = "vace" if model.is_vace else "i2v" if model.is_i2v else None
+def travel_model_for(
+    model: ModelDefinition, requested: str | None, *, field: str = "orchestrator_details"
+) -> tuple[ModelDefinition, str]:
+    """The model a travel run generates with and its mode ("vace" or "i2v"), from what the model IS (upstream guessed
+    it from substrings of the name, §10.16). Reigh asks for VACE by sending model_type "vace" with its i2v model's
+    name; the catalog's travel_counterparts names the VACE model of that family. A mode the model cannot run and has
+    no counterpart for fails, naming the field."""
+    mode = model.travel_mode
     if mode is None:
         raise TaskInputError(
-            f"orchestrator_details.model_name: expected an image-to-video or VACE model for travel, "
+            f"{field}.model_name: expected an image-to-video or VACE model for travel, "
             f"got {model.id!r} (architecture {model.architecture})"
         )
-    if requested and requested != mode:
-        logger.warning(f"model_type {requested!r} ignored: {model.id} is a {mode} model")
-    return mode
+    if not requested or requested == mode:
+        return model, mode
+    counterpart = model.travel_counterparts.get(requested)
+    if counterpart is None:
+        raise TaskInputError(
+            f"{field}.model_type: {requested!r} asks for a {requested} model, but {model.id!r} is a {mode} model with no "
+            f"{requested} counterpart in the catalog; name a {requested} model in model_name"
+        )
+    logger.info(f"model_type {requested!r}: running {counterpart} (the {requested} counterpart of {model.id})")
+    return load_model_definition(counterpart, field=f"{field}.model_type"), requested
 
 
 MEGABYTE = 1024 * 1024

@@ -59,8 +59,9 @@ def test_precedence_order_and_sources(catalog):
         ),
         model,
     )
-    assert resolved["num_inference_steps"].value == 6  # model setting; orchestrator `steps` is NOT diffusion steps
-    assert resolved.source("num_inference_steps") == "model wan_2_2_vace_lightning_baseline_2_2_2"
+    # Reigh's basic-mode `steps` is num_inference_steps when nothing closer says otherwise (upstream §7).
+    assert resolved["num_inference_steps"].value == 30
+    assert resolved.source("num_inference_steps") == "orchestrator_details.steps"
     assert resolved.value("seed") == 789 and resolved.source("seed") == "orchestrator_details.seed_base"
     assert resolved.value("guidance_scale") == 4 and resolved["guidance_scale"].layer == "orchestrator_details"
     assert resolved.value("negative_prompt") == "orchestrator negative"

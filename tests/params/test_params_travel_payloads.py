@@ -79,7 +79,7 @@ def test_orchestrator_level_errors_name_the_field(catalog):
     params = parse_model(TravelOrchestratorParams, {"orchestrator_details": details})
     with pytest.raises(PayloadError) as error:
         generation_params_from_details(params.orchestrator_details, catalog.get("wan_tiny_vace"))
-    assert error.value.path == "orchestrator_details.lora_multipliers"
+    assert error.value.path == "orchestrator_details.lora_multipliers[0]"
     assert "guidance_phases is 2" in str(error.value)
 
 

@@ -57,6 +57,7 @@ def _run1_payload(model: str) -> dict:
     params = copy.deepcopy(_reproducer("seed_001_run1_no_phase_config.json"))
     details = params["orchestrator_details"]
     details.update(model_name=model, input_image_paths_resolved=KEYFRAMES, parsed_resolution_wh="64x64")
+    details["model_type"] = load_catalog().get(model).travel_mode  # the seed's "vace" would pick the VACE counterpart
     return params
 
 
@@ -134,7 +135,8 @@ def test_independent_vace_segments_with_overlap_stitch_to_the_contract(worker_en
     console.print(travel_summary(worker_env.queue.get(orchestrator_id), worker_env.queue.children(orchestrator_id)))
     rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]] for line in
             console.export_text().splitlines() if line.startswith("│")}  # fmt: skip
-    assert rows["segment 0"][:3] == ["9", "2", "4/0"] and rows["segment 1"][:3] == ["13", "", "4/0"]  # 4 steps, no CFG
+    # The seed's basic-mode steps=6 is the number of steps (the tiny model's own is 4), no CFG.
+    assert rows["segment 0"][:3] == ["9", "2", "6/0"] and rows["segment 1"][:3] == ["13", "", "6/0"]
     assert rows["stitched"][0] == "20"
 
 
