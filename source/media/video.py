@@ -165,6 +165,35 @@ def read_frames(path: Path) -> np.ndarray:
     return np.stack(frames)
 
 
+def read_frame(path: Path, index: int) -> np.ndarray:
+    """Decode frame `index` (0-based, counted like `read_frames`) as an (H, W, 3) uint8 RGB array.
+
+    ffmpeg's `select` filter keeps only that frame, so the frames before it are decoded (inter-coded video needs them)
+    but never converted to RGB or piped here, and ffmpeg stops right after it; `passthrough` keeps ffmpeg from
+    duplicating or dropping frames, so `n` is the decoded frame number.
+    """
+    path = Path(path)
+    _require_file(path)
+    if index < 0:
+        raise MediaError(f"frame index must be >= 0; got {index}")
+    reader = imageio_ffmpeg.read_frames(
+        str(path),
+        pix_fmt="rgb24",
+        output_params=["-vf", f"select=eq(n\\,{index})", "-fps_mode", "passthrough", "-frames:v", "1"],
+    )
+    try:
+        meta = next(reader)
+        width, height = meta["size"]
+        raw = next(reader, None)
+    except (OSError, RuntimeError, StopIteration) as error:
+        raise MediaError(f"cannot decode video {path}: {_tail(str(error))}") from None
+    finally:
+        reader.close()
+    if raw is None:
+        raise MediaError(f"video {path} has no frame {index} (it is shorter)")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3).copy()
+
+
 def _as_frame_batch(frames: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     """One frame (H,W,3) or many (N,H,W,3) as a contiguous uint8 (N,H,W,3) array."""
     batch = np.asarray(frames)

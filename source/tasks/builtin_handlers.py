@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from source.tasks.extract_frame import handle_extract_frame, parse_extract_frame
 from source.tasks.generation import DEFAULT_MODEL_BY_TASK_TYPE, handle_generation, parse_generation
 from source.tasks.registry import TaskRegistry
 from source.tasks.travel_orchestrator import handle_travel_orchestrator, parse_orchestrator
@@ -16,5 +17,6 @@ def register_all(registry: TaskRegistry) -> None:
     registry.register("travel_orchestrator", handle_travel_orchestrator, check=parse_orchestrator)
     registry.register("travel_segment", handle_travel_segment, check=parse_segment)
     registry.register("travel_stitch", handle_travel_stitch, check=parse_stitch)
+    registry.register("extract_frame", handle_extract_frame, check=parse_extract_frame)
     for task_type in DEFAULT_MODEL_BY_TASK_TYPE:
         registry.register(task_type, handle_generation, check=partial(parse_generation, task_type=task_type))

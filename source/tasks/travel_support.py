@@ -3,7 +3,8 @@ and the bridge from the engine's progress events to the task row."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -143,12 +144,20 @@ def _download_failure(ctx: TaskContext, field: str, error: DownloadError) -> Exc
 
 
 def run_engine(ctx: TaskContext, request: dict[str, Any]) -> Any:
-    """Generate on this worker's engine, mapping the engine's failures onto the worker's three kinds."""
+    """Generate on this worker's engine (an mp4 in the task's scratch folder), failures mapped by engine_failures."""
+    engine = ctx.services.engine()
+    with engine_failures(ctx):
+        return engine.generate(request, output_dir=ctx.work_dir, progress=engine_progress(ctx), cancel=ctx.cancel_event)
+
+
+@contextmanager
+def engine_failures(ctx: TaskContext) -> Iterator[None]:
+    """Map the engine's failures onto the worker's kinds: bad parameters fail the task, a cancel is a cancel, a model
+    or LoRA that did not load is transient, a broken GPU stops the worker (classify_gpu_failure)."""
     from Wan2GP.engine import GenerationCancelled, InvalidGenerationParams, LoraDownloadError, ModelLoadError
 
-    engine = ctx.services.engine()
     try:
-        return engine.generate(request, output_dir=ctx.work_dir, progress=engine_progress(ctx), cancel=ctx.cancel_event)
+        yield
     except InvalidGenerationParams as error:
         raise TaskInputError(str(error)) from error
     except GenerationCancelled as error:
