@@ -9,6 +9,7 @@ under individual_segment_params), plain WGP params (the model's defaults fill th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from Wan2GP.catalog import Catalog, CatalogError, ModelDefinition, load_catalog
 from Wan2GP.schedule import GenerationPlan
 
 EXIT_INVALID = 2
+PER_PAIR_KEYS = ("phase_configs_expanded", "loras_per_segment_expanded")
 _PHASE_CONFIG_KEYS = frozenset({"phases", "steps_per_phase", "num_phases"})
 
 
@@ -40,6 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--model", metavar="NAME", help="catalog model whose defaults fill what the payload omits")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--explain", action="store_true", help="show where every resolved value came from")
+    parser.add_argument(
+        "--segment",
+        type=int,
+        metavar="N",
+        help="a travel payload's segment N, with that pair's overrides (phase_configs_expanded[N], "
+        "loras_per_segment_expanded[N]); without it a payload with per-pair overrides is explained segment by segment",
+    )
     parser.add_argument("--catalog-dir", type=Path, action="append", default=[], help="extra model definition dir")
     parser.set_defaults(func=run)
     return parser
@@ -47,14 +56,32 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        explained = explain_file(args.file, model=args.model, extra_catalog_dirs=args.catalog_dir)
+        data = read_json(args.file)
+        catalog = load_catalog(extra_dirs=args.catalog_dir or ())
+        segments = [args.segment] if args.segment is not None else per_pair_segments(data)
+        if not segments:
+            explained = explain_payload(data, model=args.model, catalog=catalog)
+        else:
+            by_segment = [explain_payload(data, model=args.model, catalog=catalog, segment=i) for i in segments]
     except (PayloadError, PlanInputError, CatalogError) as error:
         print(f"error: {_one_line(str(error))}", file=sys.stderr)
         return EXIT_INVALID
+    if not segments:
+        if args.json:
+            print(json.dumps(explained.to_json_dict(explain=args.explain), indent=2))
+        else:
+            explained.print_table(explain=args.explain)
+        return 0
     if args.json:
-        print(json.dumps(explained.to_json_dict(explain=args.explain), indent=2))
-    else:
-        explained.print_table(explain=args.explain)
+        plans = [
+            {"segment": i, **plan.to_json_dict(explain=args.explain)}
+            for i, plan in zip(segments, by_segment, strict=True)
+        ]
+        print(json.dumps(plans[0] if args.segment is not None else {"segments": plans}, indent=2))
+        return 0
+    for index, plan in zip(segments, by_segment, strict=True):
+        print(f"segment {index}")
+        plan.print_table(explain=args.explain)
     return 0
 
 
@@ -125,22 +152,45 @@ def explain_file(
     path: Path, *, model: str | None = None, extra_catalog_dirs: list[Path] | None = None
 ) -> ExplainedPlan:
     """Read FILE and explain it (raises PayloadError / PlanInputError / CatalogError on bad input)."""
+    return explain_payload(read_json(path), model=model, catalog=load_catalog(extra_dirs=extra_catalog_dirs or ()))
+
+
+def read_json(path: Path) -> Any:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise PlanInputError(f"{path}: cannot read ({error.strerror or error})") from None
     except json.JSONDecodeError as error:
         raise PlanInputError(
             f"{path}: not valid JSON ({error.msg} at line {error.lineno} column {error.colno})"
         ) from None
-    return explain_payload(data, model=model, catalog=load_catalog(extra_dirs=extra_catalog_dirs or ()))
 
 
-def explain_payload(data: Any, *, model: str | None = None, catalog: Catalog | None = None) -> ExplainedPlan:
+def per_pair_segments(data: Any) -> list[int]:
+    """The segments of a travel payload that has per-pair overrides (all of them), else none."""
+    params = _task_params(data) if isinstance(data, dict) else {}
+    details = params.get("orchestrator_details")
+    if not isinstance(details, dict) or not any(details.get(key) for key in PER_PAIR_KEYS):
+        return []
+    count = details.get("num_new_segments_to_generate")
+    if not isinstance(count, int):
+        frames = details.get("segment_frames_expanded")
+        count = len(frames) if isinstance(frames, list) else 0
+    return list(range(max(min(count, 256), 0)))
+
+
+def explain_payload(
+    data: Any, *, model: str | None = None, catalog: Catalog | None = None, segment: int | None = None
+) -> ExplainedPlan:
+    """Explain a payload; `segment` picks a travel payload's segment (its pair's overrides on top)."""
     catalog = catalog or load_catalog()
     params = _task_params(data)
     payload = parse_model(GenerationOverrides, params)
     levels = levels_of(payload)
+    if segment is not None:
+        if payload.orchestrator_details is None:
+            raise PlanInputError("--segment: expected a travel payload (with orchestrator_details)")
+        levels = dataclasses.replace(levels, pair_index=segment)
     definition, notes = _pick_model(catalog, model, levels.model_name())
     resolved = resolve_generation(levels, definition)
     resolved = Resolved(resolved, [*notes, *resolved.warnings], resolved.model)

@@ -1,10 +1,13 @@
-"""Guide and mask videos for a VACE travel segment.
+"""Guide and mask videos for VACE generations.
 
-A VACE model is told what to keep and what to invent by two videos of the segment's length T:
+A VACE model is told what to keep and what to invent by two videos of the generation's length T:
 
-- the guide holds the fixed content: frames 0..O-1 carried over from the previous segment (chained travel) or the
-  start keyframe at frame 0, and the end keyframe at frame T-1; every other frame is plain grey (128), "nothing here";
+- the guide holds the fixed content; every other frame is plain grey (128), "nothing here";
 - the mask marks each frame black (0) = keep the guide frame, or white (255) = generate it.
+
+`write_vace_guide` writes both from a list of T slots, a frame to keep or None to generate (join bridges and inpainting
+build that list from video frames). `build_vace_guide` is the travel segment's layout on top of it: frames 0..O-1
+carried over from the previous segment (chained travel) or the start keyframe at frame 0, and the end keyframe at T-1.
 
 Both are written with libx264rgb at QP 0 (lossless RGB in an .mp4): any ffmpeg-based reader gets back exactly 0, 128
 and 255 where they were written, and the keyframes bit for bit, so the engine never sees a "fixed" frame that drifted.
@@ -15,6 +18,7 @@ independent-travel bug, where every segment's frame 0 was image 0, cannot happen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +86,7 @@ def build_vace_guide(
     strength_adjustment: float = 0.0,
     desaturate: float = 0.0,
     brightness: float = 0.0,
+    structure: Sequence[np.ndarray | None] | None = None,
 ) -> GuideVideos:
     """Write `<name>_guide.mp4` and `<name>_mask.mp4` (T = `frames`, width x height) into `out_dir`.
 
@@ -89,7 +94,8 @@ def build_vace_guide(
       strength_adjustment / desaturate / brightness, see `adjust_carried_frames`); `start_image` is then not used.
     - else `start_image`: guide frame 0.
     - `end_image`: guide frame T-1.
-    Fixed frames are black in the mask, all others white and grey in the guide.
+    Fixed frames are black in the mask, all others white and grey in the guide (or, where `structure` has a frame,
+    that structure-guidance frame).
     """
     if frames < 1:
         raise MediaError(f"frames must be >= 1; got {frames}")
@@ -131,9 +137,47 @@ def build_vace_guide(
         guide[frames - 1] = image_to_frame(load_image(end_image, (width, height)))
         fixed.add(frames - 1)
 
+    slots = [guide[index] if index in fixed else None for index in range(frames)]
+    return write_vace_guide(slots, width=width, height=height, out_dir=out_dir, fps=fps, name=name, structure=structure)
+
+
+def write_vace_guide(
+    slots: Sequence[np.ndarray | None],
+    *,
+    width: int,
+    height: int,
+    out_dir: Path,
+    fps: float,
+    name: str,
+    structure: Sequence[np.ndarray | None] | None = None,
+) -> GuideVideos:
+    """Write `<name>_guide.mp4` and `<name>_mask.mp4` into `out_dir`, one frame per slot.
+
+    A slot holding an (h, w, 3) uint8 frame is kept: the frame (LANCZOS-resized to width x height when its size
+    differs) in the guide, black in the mask. A None slot is generated: grey in the guide, white in the mask, unless
+    `structure` (one entry per slot) has a frame there: a structure-guidance frame VACE follows while it generates."""
+    if not slots:
+        raise MediaError("a guide needs at least one frame; got no slots")
+    if width < 1 or height < 1:
+        raise MediaError(f"width and height must be >= 1; got {width}x{height}")
+    if not name or "/" in name or "\\" in name:
+        raise MediaError(f"name must be a plain file-name stem; got {name!r}")
+    frames = len(slots)
+    guide = np.full((frames, height, width, 3), GUIDE_GREY, dtype=np.uint8)
     mask = np.full((frames, height, width, 3), MASK_GENERATE, dtype=np.uint8)
-    fixed_frames = tuple(sorted(fixed))
-    mask[list(fixed_frames)] = MASK_KEEP
+    fixed_frames = tuple(index for index, slot in enumerate(slots) if slot is not None)
+    if structure is not None:
+        if len(structure) != frames:
+            raise MediaError(f"structure must have one entry per slot ({frames}); got {len(structure)}")
+        for index, frame in enumerate(structure):
+            if frame is not None and slots[index] is None:
+                guide[index] = resize_frames(np.asarray(frame, dtype=np.uint8)[np.newaxis], (width, height))[0]
+    for index in fixed_frames:
+        frame = np.asarray(slots[index])
+        if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+            raise MediaError(f"slot {index} must be a uint8 frame of shape (H, W, 3); got {frame.shape} {frame.dtype}")
+        guide[index] = resize_frames(frame[np.newaxis], (width, height))[0]
+        mask[index] = MASK_KEEP
 
     out_dir = Path(out_dir)
     guide_path = out_dir / f"{name}_guide.mp4"

@@ -36,13 +36,14 @@ class PayloadModel(BaseModel):
         """(dotted path, reason) of every key this payload gave that the worker will not use, nested payloads
         included."""
         found: list[tuple[str, str]] = []
-        for name in sorted(self.model_fields_set):
+        extras = self.model_extra or {}
+        for name in sorted(self.model_fields_set - extras.keys()):
             path = f"{root}.{name}" if root else name
             if name in self.NOT_USED:
                 found.append((path, self.NOT_USED[name]))
             else:
                 found += _unused_in(getattr(self, name), path)
-        for name in sorted(self.model_extra or {}):
+        for name in sorted(extras):
             found.append((f"{root}.{name}" if root else name, self.NOT_USED.get(name, self.UNKNOWN_KEY)))
         return found
 

@@ -134,6 +134,23 @@ class WgpGenerationFields(PayloadModel):
     video_mask: Location | None = None
     phase_config: PhaseConfig | None = None
 
+    NOT_USED: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {
+            "lora_multipliers_by_url": "Reigh's per-URL copy of the phase_config's LoRA strengths (sent as "
+            "lora_multipliers objects); the phase_config itself is what runs"
+        }
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reigh_multiplier_objects(cls, data: Any) -> Any:
+        # Reigh's individual segments send lora_multipliers as [{url, multiplier}] derived from the phase_config.
+        multipliers = data.get("lora_multipliers") if isinstance(data, dict) else None
+        if isinstance(multipliers, list) and multipliers and all(isinstance(item, dict) for item in multipliers):
+            data = {key: value for key, value in data.items() if key != "lora_multipliers"}
+            data["lora_multipliers_by_url"] = multipliers
+        return data
+
 
 # The knobs a GenerationSpec carries (engine names); prompts, frames, seed and inputs are per segment.
 GENERATION_KNOBS = (
@@ -202,6 +219,16 @@ class PairMotionSettings(PayloadModel):
     structure_depth_contrast: Number | None = None
     uni3c_end_percent: Number | None = None
 
+    NOT_USED: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {
+            "amount_of_motion": "UI state: the app folds the amount of motion into the phase_config's LoRA strengths",
+            "motion_mode": "UI state: the motion preset arrives as a phase_config",
+            "structure_canny_intensity": "applies to canny guidance, which this worker does not run",
+            "structure_depth_contrast": "applies to depth guidance, which this worker does not run",
+            "uni3c_end_percent": "applies to uni3c guidance, which this worker does not run",
+        }
+    )
+
 
 # The structure-guidance kinds and modes this worker runs (travel_guidance.kind / .mode).
 SUPPORTED_GUIDANCE = {"none": (), "vace": ("raw",)}
@@ -247,6 +274,13 @@ class TravelGuidance(PayloadModel):
     strength: ControlNetWeight | None = None  # VACE's context scale over the guided frames (default 1)
     canny_intensity: Number | None = None
     depth_contrast: Number | None = None
+
+    NOT_USED: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {
+            "canny_intensity": "applies to canny guidance, which this worker does not run",
+            "depth_contrast": "applies to depth guidance, which this worker does not run",
+        }
+    )
 
     @field_validator("kind")
     @classmethod
@@ -318,6 +352,7 @@ class OrchestratorDetails(WgpGenerationFields):
     fps_final_video: Fps | None = None  # the stitched video's fps (default fps_helpers)
     steps: Steps | None = None  # Reigh's basic mode: num_inference_steps unless that or a phase_config says otherwise
     chain_segments: bool = True
+    independent_segments: bool | None = None  # Reigh's spelling: the inverse of chain_segments (which wins if both)
     continuation_config: ContinuationConfig | None = None  # its overlap_frames is informational (frame_overlap rules)
     # Per-pair overrides (Reigh's pair_* inputs, sliced to the segment count; an entry may be null = no override).
     # Precedence for segment i: individual_segment_params > these > orchestrator_details (upstream's order).
@@ -343,6 +378,7 @@ class OrchestratorDetails(WgpGenerationFields):
     run_id: str | None = None
     main_output_dir_for_run: str | None = None
     parent_generation_id: str | None = None
+    generation_name: str | None = None  # the app's name for the result; copied onto the segment rows for the app
     # The app's ids of each pair (segment i -> pair_shot_generation_ids[i]), written onto the segment rows
     pair_shot_generation_ids: Annotated[list[str | None], Field(max_length=limits.MAX_SEGMENTS)] | None = None
     # Post-processing of segments and of the overlap frames in the guide
@@ -384,7 +420,7 @@ class OrchestratorDetails(WgpGenerationFields):
     motion_mode: str | None = None
     dimension_source: str | None = None
     selected_phase_preset_id: str | None = None
-    input_image_generation_ids: list[Any] | None = None
+    input_image_generation_ids: list[Any] | None = None  # copied onto the segment rows (complete_task reads them)
     show_input_images: bool | None = None
     tool_type: str | None = None
     amount_of_motion: Number | None = None
@@ -392,6 +428,7 @@ class OrchestratorDetails(WgpGenerationFields):
 
     NOT_USED: ClassVar[Mapping[str, str]] = MappingProxyType(
         {
+            **WgpGenerationFields.NOT_USED,
             "vlm_device": "no prompt enhancer runs in this worker",
             "enhance_prompt": "no prompt enhancer runs in this worker (enhanced_prompts_expanded are used when sent)",
             "continue_from_video_resolved_path": "continuing an earlier video is not implemented",
@@ -424,7 +461,6 @@ class OrchestratorDetails(WgpGenerationFields):
             "motion_mode": "UI state: the motion preset arrives as a phase_config",
             "dimension_source": "UI state: the resolution arrives as parsed_resolution_wh",
             "selected_phase_preset_id": "UI state: the preset arrives as a phase_config",
-            "input_image_generation_ids": "the app's ids of the keyframes, for its own bookkeeping",
             "show_input_images": "no keyframe banner is drawn on outputs",
             "tool_type": "the app's tool name",
             "amount_of_motion": "UI state: the app folds the amount of motion into the phase_config's LoRA strengths",
@@ -440,8 +476,6 @@ class OrchestratorDetails(WgpGenerationFields):
             "family_contract": "the app's family contract, read back by the app",
             "generation_source": "the app's name for where the run came from",
             "orchestrator_task_id": "the row's own id is used",
-            "generation_name": "the app's variant name, read back by the app from the orchestrator row",
-            "independent_segments": "the inverse of chain_segments, which is what is used",
             "random_seed": "the app resolved the seed already (seed_base)",
         }
     )
@@ -519,6 +553,7 @@ class TravelOrchestratorParams(WgpGenerationFields):
 
     NOT_USED: ClassVar[Mapping[str, str]] = MappingProxyType(
         {
+            **WgpGenerationFields.NOT_USED,
             "task_id": "the row's own id is used",
             "orchestrator_task_id": "the row's own id is used",
             "project_id": "the row's project_id column is used",
@@ -537,8 +572,30 @@ class IndividualSegmentParams(WgpGenerationFields):
     num_frames: Frames | None = None
     seed_to_use: Seed | None = None
     base_prompt: str | None = None
+    enhanced_prompt: str | None = None  # wins over base_prompt when not empty (as in travel)
     frame_overlap_from_previous: Overlap | None = None
     frame_overlap_with_next: Overlap | None = None
+    after_first_post_generation_saturation: Strength | None = None
+    after_first_post_generation_brightness: Strength | None = None
+    pair_shot_generation_id: str | None = None
+
+    NOT_USED: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {
+            **WgpGenerationFields.NOT_USED,
+            "random_seed": "the app resolved the seed already (seed_to_use)",
+            "amount_of_motion": "UI state: the app folds the amount of motion into the phase_config's LoRA strengths",
+            "motion_mode": "UI state: the motion preset arrives as a phase_config",
+            "advanced_mode": "UI state: advanced mode arrives as a phase_config",
+            "selected_phase_preset_id": "UI state: the preset arrives as a phase_config",
+            "continuation_config": "a segment run on its own continues nothing",
+            "frame_overlap_from_previous": "overlaps come from the travel plan; a segment run on its own has none",
+            "frame_overlap_with_next": "overlaps come from the travel plan; a segment run on its own has none",
+            "start_image_generation_id": "the app's id of the start image, read back by the app",
+            "end_image_generation_id": "the app's id of the end image, read back by the app",
+            "start_image_variant_id": "the app's id of the start image variant, read back by the app",
+            "end_image_variant_id": "the app's id of the end image variant, read back by the app",
+        }
+    )
 
 
 class TravelSegmentParams(WgpGenerationFields):
@@ -591,6 +648,60 @@ class TravelSegmentParams(WgpGenerationFields):
     @property
     def orchestrator(self) -> OrchestratorDetails | None:
         return self.orchestrator_details or self.full_orchestrator_payload
+
+
+class IndividualTravelSegmentParams(WgpGenerationFields):
+    """`params` of an individual_travel_segment row as Reigh's app writes it (resolvers/individualTravelSegment.ts):
+    one segment regenerated on its own. Three levels, lowest first: `orchestrator_details` (the app's defaults for the
+    segment: solver, guidance, steps, LoRAs), the top level, `individual_segment_params` (what the user set)."""
+
+    orchestrator_details: OrchestratorOverrides | None = None
+    individual_segment_params: IndividualSegmentParams | None = None
+    model_name: str | None = None
+    model_type: Literal["vace", "i2v"] | None = None
+    parsed_resolution_wh: Resolution | None = None
+    segment_index: Annotated[Integer, within(limits.SEGMENT_INDEX)] = 0
+    is_first_segment: bool | None = None
+    is_last_segment: bool | None = None
+    start_image_url: Location | None = None
+    end_image_url: Location | None = None
+    input_image_paths_resolved: Annotated[list[Location], Field(max_length=2)] | None = None
+    num_frames: Frames | None = None
+    seed_to_use: Seed | None = None
+    base_prompt: str | None = None
+    enhanced_prompt: str | None = None
+    fps_helpers: Fps = 16
+    travel_guidance: TravelGuidance | None = None
+    after_first_post_generation_saturation: Strength | None = None
+    after_first_post_generation_brightness: Strength | None = None
+    # The app's links, read back by complete_task from this same row (so they stay where the app put them).
+    project_id: str | None = None
+    shot_id: str | None = None
+    parent_generation_id: str | None = None
+    child_generation_id: str | None = None
+    pair_shot_generation_id: str | None = None
+    make_primary_variant: bool | None = None
+    generation_name: str | None = None
+
+    NOT_USED: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {
+            **IndividualSegmentParams.NOT_USED,
+            "frame_overlap_from_previous": "a segment run on its own carries no frames from a predecessor",
+            "cfg_star_switch": "CFG-zero* is not implemented",
+            "cfg_zero_step": "CFG-zero* is not implemented",
+            "chain_segments": "a segment run on its own continues nothing",
+            "independent_segments": "a segment run on its own continues nothing",
+            "seed_base": "seed_to_use is the segment's seed",
+            "generation_source": "the app's name for where the task came from",
+            "contract_version": "the app's payload contract version",
+            "task_family": "the app's task family name",
+            "orchestration_contract": "the app's routing contract, read back by the app",
+            "task_view_contract": "what the app shows in its task list",
+            "family_contract": "the app's family contract, read back by the app",
+            "start_image_generation_id": "the app's id of the start image, read back by the app",
+            "end_image_generation_id": "the app's id of the end image, read back by the app",
+        }
+    )
 
 
 class TravelStitchParams(PayloadModel):
@@ -672,9 +783,41 @@ class GenerationTaskParams(WgpGenerationFields):
 
 class OrchestratorOverrides(WgpGenerationFields):
     model_name: str | None = None
+    model_type: Literal["vace", "i2v"] | None = None
     parsed_resolution_wh: Resolution | None = None
     seed_base: Seed | None = None
     base_prompt: str | None = None
+    steps: Steps | None = None
+    phase_configs_expanded: Annotated[list[PhaseConfig | None], Field(max_length=limits.MAX_SEGMENTS)] | None = None
+    loras_per_segment_expanded: (
+        Annotated[
+            list[Annotated[list[PairLora], Field(max_length=MAX_LORAS)] | None], Field(max_length=limits.MAX_SEGMENTS)
+        ]
+        | None
+    ) = None
+
+    # The keys Reigh's individual segments repeat here from their top level (the top level is what is read).
+    NOT_USED: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {
+            **WgpGenerationFields.NOT_USED,
+            **{
+                key: "a copy of the top-level key, which is what is read"
+                for key in (
+                    "generation_source",
+                    "input_image_paths_resolved",
+                    "parent_generation_id",
+                    "fps_helpers",
+                    "independent_segments",
+                    "chain_segments",
+                    "continuation_config",
+                    "travel_guidance",
+                    "advanced_mode",
+                    "motion_mode",
+                    "amount_of_motion",
+                )
+            },
+        }
+    )
 
 
 class GenerationOverrides(WgpGenerationFields):

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from types import MappingProxyType
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
@@ -103,6 +104,13 @@ class PhaseConfig(PayloadModel):
     model_switch_phase: PhaseIndex | None = None
     svi2pro: bool | None = None
     mode: str | None = None
+
+    NOT_USED: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {
+            "mode": "the app's travel-mode tag; model_type and the model decide the mode",
+            "svi2pro": "Stable Video Infinity is not implemented",
+        }
+    )
     phases: Annotated[list[PhaseSpec], Field(max_length=limits.MAX_PHASES)] = Field(default_factory=list)
 
 

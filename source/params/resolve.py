@@ -24,6 +24,7 @@ from source.params.payloads import (
     GenerationSpec,
     GenerationTaskParams,
     IndividualSegmentParams,
+    IndividualTravelSegmentParams,
     OrchestratorDetails,
     OrchestratorOverrides,
     TravelOrchestratorParams,
@@ -83,7 +84,20 @@ _ALIASES: dict[type, dict[str, str]] = {
         "segment_frames_target": "video_length",
         "base_prompt": "prompt",
     },
-    IndividualSegmentParams: {"num_frames": "video_length", "seed_to_use": "seed", "base_prompt": "prompt"},
+    IndividualSegmentParams: {
+        "num_frames": "video_length",
+        "seed_to_use": "seed",
+        "enhanced_prompt": "prompt",
+        "base_prompt": "prompt",
+    },
+    IndividualTravelSegmentParams: {
+        "parsed_resolution_wh": "resolution",
+        "seed_to_use": "seed",
+        "model_name": "model",
+        "num_frames": "video_length",
+        "enhanced_prompt": "prompt",
+        "base_prompt": "prompt",
+    },
     GenerationTaskParams: {"model_name": "model", "steps": "num_inference_steps"},
 }
 
@@ -276,7 +290,7 @@ def phase_config_layer(phase_config: PhaseConfig, *, name: str, root: str, warni
 
 
 def pair_layers(
-    details: OrchestratorDetails, index: int, *, root: str = "orchestrator_details"
+    details: OrchestratorDetails | OrchestratorOverrides, index: int, *, root: str = "orchestrator_details"
 ) -> tuple[list[Layer], list[str]]:
     """Segment `index`'s per-pair overrides (phase_configs_expanded[index], loras_per_segment_expanded[index]) as
     layers between orchestrator_details and the segment's own params; none when the pair has no override."""
@@ -358,6 +372,10 @@ def levels_of(payload: WgpGenerationFields) -> PayloadLevels:
             segment=payload,
             individual=payload.individual_segment_params,
         )
+    if isinstance(payload, IndividualTravelSegmentParams):
+        return PayloadLevels(
+            orchestrator=payload.orchestrator_details, segment=payload, individual=payload.individual_segment_params
+        )
     if isinstance(payload, GenerationOverrides):
         nested = payload.orchestrator_details or payload.full_orchestrator_payload
         orchestrator_root = "orchestrator_details" if payload.orchestrator_details else "full_orchestrator_payload"
@@ -401,7 +419,7 @@ def resolve_generation(levels: PayloadLevels, model: ModelDefinition | None = No
         if (
             name == "orchestrator_details"
             and levels.pair_index is not None
-            and isinstance(payload, OrchestratorDetails)
+            and isinstance(payload, OrchestratorDetails | OrchestratorOverrides)
         ):
             built, notes = pair_layers(payload, levels.pair_index, root=root)
             layers += built

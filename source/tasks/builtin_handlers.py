@@ -7,16 +7,21 @@ from functools import partial
 
 from source.tasks.extract_frame import handle_extract_frame, parse_extract_frame
 from source.tasks.generation import DEFAULT_MODEL_BY_TASK_TYPE, handle_generation, parse_generation
+from source.tasks.individual_segment import handle_individual_travel_segment, parse_individual_segment
 from source.tasks.registry import TaskRegistry
 from source.tasks.travel_orchestrator import handle_travel_orchestrator, parse_orchestrator
 from source.tasks.travel_segment import handle_travel_segment, parse_segment
 from source.tasks.travel_stitch import handle_travel_stitch, parse_stitch
+from source.tasks.wan_i2v import handle_wan_2_2_i2v, parse_wan_2_2_i2v
 
 
 def register_all(registry: TaskRegistry) -> None:
     registry.register("travel_orchestrator", handle_travel_orchestrator, check=parse_orchestrator)
     registry.register("travel_segment", handle_travel_segment, check=parse_segment)
     registry.register("travel_stitch", handle_travel_stitch, check=parse_stitch)
+    registry.register("individual_travel_segment", handle_individual_travel_segment, check=parse_individual_segment)
     registry.register("extract_frame", handle_extract_frame, check=parse_extract_frame)
     for task_type in DEFAULT_MODEL_BY_TASK_TYPE:
         registry.register(task_type, handle_generation, check=partial(parse_generation, task_type=task_type))
+    # Reigh's turbo travel runs and plain i2v rows share this type (the plain form's default model is in the table).
+    registry.register("wan_2_2_i2v", handle_wan_2_2_i2v, check=parse_wan_2_2_i2v, replace=True)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from loguru import logger
 from pydantic import BaseModel
 
+from source.params.base import PayloadModel
 from source.params.errors import PayloadError, parse_model
 from source.queue import ChildSpec, QueueError, TaskQueue, TaskRecord
 from source.storage.paths import safe_component
@@ -217,6 +218,18 @@ def parse_params(model: type[ModelT], params: Any, *, prefix: str = "params") ->
     """Validates a payload into `model`; a bad one raises TaskInputError naming the wrong field and what was
     expected, e.g. "params.seconds: expected a number >= 0, got -1" (source.params.errors formats it)."""
     try:
-        return parse_model(model, params, root=prefix)
+        parsed = parse_model(model, params, root=prefix)
     except PayloadError as error:
         raise TaskInputError(str(error)) from None
+    if isinstance(parsed, PayloadModel):
+        report_unused_keys(parsed, prefix)
+    return parsed
+
+
+def report_unused_keys(payload: PayloadModel, prefix: str = "") -> None:
+    """One INFO line naming every key the payload gave that this worker will not use, and why, so nothing a sender
+    asked for disappears without a trace (docs/reigh_payloads.md lists the reasons)."""
+    unused = payload.unused_keys(prefix)
+    if unused:
+        listed = "; ".join(f"{path} ({reason})" for path, reason in unused)
+        logger.info(f"{len(unused)} payload key(s) not used: {listed}")

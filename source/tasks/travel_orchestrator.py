@@ -86,8 +86,8 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
     # lists are allowed; the payload model has already checked that they are not shorter.
     count = details.segment_count
     overlaps = details.frame_overlap_expanded
-    if isinstance(overlaps, list) and len(overlaps) > 1:
-        overlaps = overlaps[: count - 1]
+    if isinstance(overlaps, list):  # Reigh sends one per segment (expandArrayToCount), the last one unused
+        overlaps = overlaps[: max(count - 1, 0)]
     try:
         plan = plan_travel(
             mode=mode,
@@ -123,7 +123,7 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
             parent_generation_id=details.parent_generation_id or params.parent_generation_id,
             shot_id=details.shot_id,
             pair_shot_generation_id=_at(details.pair_shot_generation_ids, segment.index),
-            travel_guidance=_segment_guidance(details, segment.index),
+            travel_guidance=_segment_guidance(details, segment.index, run_frames=plan.final_frames),
             timeline_start=segment.timeline_start,
             after_first_post_generation_saturation=details.after_first_post_generation_saturation,
             after_first_post_generation_brightness=details.after_first_post_generation_brightness,
@@ -233,23 +233,24 @@ def _at(values: list[Any] | None, index: int) -> Any:
     return values[index] if values is not None and index < len(values) else None
 
 
-def _segment_guidance(details: OrchestratorDetails, index: int) -> TravelGuidance | None:
-    """The run's travel_guidance as segment `index` applies it: the pair's motion settings may change its strength
-    and its videos' treatment (the app's pair_motion_settings)."""
+def _segment_guidance(details: OrchestratorDetails, index: int, *, run_frames: int) -> TravelGuidance | None:
+    """The run's travel_guidance as segment `index` applies it: an `adjust` video without an end_frame guides to the
+    end of the run, and the pair's motion settings may change the strength and the videos' treatment (the app's
+    pair_motion_settings)."""
     guidance = details.travel_guidance
     if guidance is None or not guidance.active:
         return None
     pair = _at(details.motion_settings_expanded, index)
-    if pair is None:
-        return guidance
-    update: dict[str, Any] = {}
-    if pair.structure_motion_strength is not None:
-        update["strength"] = pair.structure_motion_strength
-    if pair.structure_treatment is not None:
-        update["videos"] = [
-            video.model_copy(update={"treatment": pair.structure_treatment}) for video in guidance.videos
-        ]
-    return guidance.model_copy(update=update)
+    videos = []
+    for video in guidance.videos:
+        update: dict[str, Any] = {}
+        if pair is not None and pair.structure_treatment is not None:
+            update["treatment"] = pair.structure_treatment
+        if video.end_frame is None and update.get("treatment", video.treatment) == "adjust":
+            update["end_frame"] = max(run_frames, video.start_frame + 1)
+        videos.append(video.model_copy(update=update))
+    strength = pair.structure_motion_strength if pair is not None else None
+    return guidance.model_copy(update={"videos": videos, **({"strength": strength} if strength is not None else {})})
 
 
 def _resolution(text: str) -> tuple[int, int]:

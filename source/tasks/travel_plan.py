@@ -12,8 +12,9 @@ orchestrator reports up front is the number the stitch asserts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 TravelMode = Literal["vace", "i2v"]
 
@@ -154,3 +155,35 @@ def plan_travel(
         )
         timeline_start += frames[i] - overlap_next
     return TravelPlan(mode=mode, segments=tuple(segments), overlaps=tuple(quantized_overlaps))
+
+
+def guidance_source_frames(
+    videos: Sequence[Any], source_lengths: Sequence[int], *, timeline_start: int, frames: int
+) -> list[tuple[int, int] | None]:
+    """Which structure-video frame guides each of a segment's frames: (video index, source frame), or None.
+
+    Each video (a travel_guidance video: start_frame, end_frame, treatment, source_start_frame, source_end_frame)
+    covers frames [start_frame, end_frame) of the run's timeline; the segment's frame k sits at timeline_start + k.
+    `clip` maps one source frame per frame from source_start_frame (past the source's end there is no guidance);
+    `adjust` stretches or squeezes the source range over the whole span. An end_frame of None means "as long as the
+    source range" (the orchestrator sets it to the run's end for `adjust`). A later video wins where two overlap."""
+    mapping: list[tuple[int, int] | None] = [None] * frames
+    for index, (video, length) in enumerate(zip(videos, source_lengths, strict=True)):
+        source_start = video.source_start_frame
+        source_end = min(video.source_end_frame or length, length)
+        if source_end <= source_start:
+            continue
+        span_start = video.start_frame
+        span_end = video.end_frame if video.end_frame is not None else span_start + (source_end - source_start)
+        for k in range(frames):
+            t = timeline_start + k
+            if not span_start <= t < span_end:
+                continue
+            if video.treatment == "clip":
+                source = source_start + (t - span_start)
+                if source >= source_end:
+                    continue
+            else:
+                source = source_start + (t - span_start) * (source_end - source_start) // (span_end - span_start)
+            mapping[k] = (index, source)
+    return mapping

@@ -11,12 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from loguru import logger
 
+from source.media.colour import adjust_colour
 from source.media.guide import build_vace_guide
 from source.media.video import probe_video, read_frames
 from source.params.travel import SegmentTaskParams
 from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, TransientTaskError, parse_params
+from source.tasks.travel_plan import guidance_source_frames
 from source.tasks.travel_support import (
     fetch_input,
     fetch_loras,
@@ -81,6 +84,7 @@ def generate_segment(ctx: TaskContext, params: SegmentTaskParams, model: ModelDe
         # segments also overlap their neighbours, but only the stitch uses that.
         carries_tail = params.frame_overlap_from_previous > 0 and start_image is None
         previous_tail = _previous_tail(ctx, params) if carries_tail else None
+        structure = _structure_frames(ctx, params) if params.travel_guidance is not None else None
         guide = build_vace_guide(
             frames=frames,
             width=width,
@@ -95,9 +99,12 @@ def generate_segment(ctx: TaskContext, params: SegmentTaskParams, model: ModelDe
             desaturate=params.desaturate_subsequent_starting_frames,
             # Reigh's payload means positive = darker for these carried frames; the media helper means brighter.
             brightness=-params.adjust_brightness_subsequent_starting_frames,
+            structure=structure,
         )
         logger.info(f"VACE guide: {guide.frames} frames, fixed {list(guide.fixed_frames)}")
         request.update(video_guide=str(guide.guide), video_mask=str(guide.mask), video_prompt_type="VM")
+        if structure is not None and params.travel_guidance.strength is not None:
+            request["control_net_weight"] = params.travel_guidance.strength
     else:
         request.update(
             image_start=str(start_image) if start_image else None, image_end=str(end_image) if end_image else None
@@ -107,7 +114,8 @@ def generate_segment(ctx: TaskContext, params: SegmentTaskParams, model: ModelDe
     info = probe_video(result.path)
     if info.frames != frames:
         raise TransientTaskError(f"segment {params.segment_index}: engine wrote {info.frames} frames, planned {frames}")
-    stored = ctx.services.storage().store(result.path, task_type="travel_segment", task_id=ctx.task.id)
+    output = _after_first_colour(params, result.path, ctx.work_dir)
+    stored = ctx.services.storage().store(output, task_type=ctx.task.task_type, task_id=ctx.task.id)
     return TaskOutcome(
         output_location=stored.location,
         result={
@@ -122,6 +130,50 @@ def generate_segment(ctx: TaskContext, params: SegmentTaskParams, model: ModelDe
             "thumbnail": stored.thumbnail,
         },
     )
+
+
+def _structure_frames(ctx: TaskContext, params: SegmentTaskParams) -> list[np.ndarray | None]:
+    """The structure-guidance frame for each of the segment's frames (None where no guidance video covers it): the
+    guidance videos fetched like any input, laid on the run's timeline from this segment's timeline_start."""
+    guidance = params.travel_guidance
+    sources = [
+        read_frames(
+            fetch_input(
+                ctx,
+                video.path,
+                ctx.work_dir / f"guidance_{index}",
+                field=f"travel_guidance.videos[{index}].path",
+                kind="video",
+            )
+        )
+        for index, video in enumerate(guidance.videos)
+    ]
+    mapping = guidance_source_frames(
+        guidance.videos,
+        [len(frames) for frames in sources],
+        timeline_start=params.timeline_start,
+        frames=params.segment_frames_target,
+    )
+    guided = sum(entry is not None for entry in mapping)
+    logger.info(f"travel guidance ({guidance.kind}/{guidance.mode}): {guided} of {len(mapping)} frames guided")
+    return [None if entry is None else sources[entry[0]][entry[1]] for entry in mapping]
+
+
+def _after_first_colour(params: SegmentTaskParams, video: Path, work_dir: Path) -> Path:
+    """Every segment after the first gets the run's post-generation saturation and brightness (Reigh's
+    after_first_post_generation_*; 1 and 0 change nothing; a negative saturation means "off", as upstream)."""
+    saturation = params.after_first_post_generation_saturation
+    brightness = params.after_first_post_generation_brightness or 0.0
+    if saturation is None or saturation < 0:
+        saturation = 1.0
+    if params.segment_index == 0 or (saturation == 1.0 and brightness == 0.0):
+        return video
+    logger.info(f"segment {params.segment_index}: saturation x{saturation:g}, brightness {brightness:+g}")
+    try:
+        adjust_colour(video, work_dir / f"{video.stem}_colour.mp4", saturation=saturation, brightness=brightness)
+    except ValueError as error:  # out of the adjustable range: the payload's fault, named by the message
+        raise TaskInputError(f"after_first_post_generation_{error}") from error
+    return work_dir / f"{video.stem}_colour.mp4"
 
 
 def _previous_tail(ctx: TaskContext, params: SegmentTaskParams):

@@ -238,3 +238,41 @@ def test_model_built_in_loras_are_part_of_the_plan(tmp_path, capsys):
     assert len(out["lora_names"]) == 5 and out["lora_names"][-1] == "mine.safetensors"
     assert out["lora_multipliers"] == ["1.0", "0.2", "0.5", "0.5", "1.0"]
     assert out["steps"][0]["lora_multipliers"] == [1.0, 0.2, 0.5, 0.5, 1.0]
+
+
+def _per_pair_payload() -> dict:
+    """A Reigh advanced-mode travel payload's orchestrator_details: a run phase_config and per-pair overrides."""
+    return {
+        "orchestrator_details": {
+            "model_name": "wan_2_2_i2v_lightning_baseline_2_2_2",
+            "segment_frames_expanded": [61, 61, 61],
+            "frame_overlap_expanded": [10, 10, 10],
+            "phase_config": config([3, 3], model_switch_phase=1),
+            "phase_configs_expanded": [None, config([2, 4], shift=3.0, model_switch_phase=1), None],
+            "loras_per_segment_expanded": [None, None, [{"path": "https://x/style.safetensors", "strength": 0.6}]],
+        }
+    }
+
+
+def test_explain_per_segment_names_the_pair_override_each_value_came_from(tmp_path, capsys):
+    path = write(tmp_path, _per_pair_payload())
+    out = plan_json(capsys, path, "--explain")
+    segments = out["segments"]
+    assert [s["segment"] for s in segments] == [0, 1, 2]
+    assert [s["num_inference_steps"] for s in segments] == [6, 6, 6]
+    assert [s["flow_shift"] for s in segments] == [5.0, 3.0, 5.0]
+    assert segments[0]["sources"]["flow_shift"]["source"] == "orchestrator_details.phase_config"
+    assert segments[1]["sources"]["flow_shift"]["source"] == "orchestrator_details.phase_configs_expanded[1]"
+    assert segments[2]["lora_names"][-1] == "https://x/style.safetensors"
+    assert segments[2]["sources"]["activated_loras"]["source"] == (
+        "orchestrator_details.phase_config + orchestrator_details.loras_per_segment_expanded[2]"
+    )
+    single = plan_json(capsys, path, "--explain", "--segment", "1")
+    assert single["segment"] == 1 and single["sources"]["flow_shift"]["value"] == 3.0
+
+
+def test_a_bad_pair_phase_config_is_named_with_its_index(tmp_path, capsys):
+    payload = _per_pair_payload()
+    payload["orchestrator_details"]["phase_configs_expanded"][1]["steps_per_phase"] = []
+    assert plan_cli.main([str(write(tmp_path, payload))]) == 2
+    assert "orchestrator_details.phase_configs_expanded[1].steps_per_phase" in capsys.readouterr().err

@@ -175,3 +175,41 @@ def test_a_segment_row_written_by_the_orchestrator_explains_like_the_orchestrato
     assert [s.expert for s in explained.plan.steps] == ["high"] * 4 + ["low"] * 2
     assert explained.resolved.source("switch_threshold") == "orchestrator_details.phase_config"
     assert explained.resolved.value("video_length") == 53
+
+
+def _pair_phase_config(loras: list[dict]) -> dict:
+    return {"num_phases": 2, "steps_per_phase": [1, 1], "phases": [{"loras": loras}, {"loras": []}]}
+
+
+def test_loras_resolve_as_two_slots_per_level(catalog):
+    # The run: a phase_config with a speed LoRA plus a listed style LoRA that is also in the phase_config.
+    details = {
+        "model_name": "wan_tiny_i2v_2_2",
+        "segment_frames_expanded": [9, 9, 9],
+        "frame_overlap_expanded": [2, 2],
+        "phase_config": {
+            "num_phases": 2,
+            "steps_per_phase": [2, 2],
+            "phases": [
+                {"loras": [{"url": "speed", "multiplier": "1"}, {"url": "style", "multiplier": "0.2"}]},
+                {"loras": []},
+            ],
+        },
+        "additional_loras": {"style": 0.9},
+        # Pair 1: its own phase_config without LoRAs. Pair 2: its own listed LoRA.
+        "phase_configs_expanded": [None, _pair_phase_config([]), None],
+        "loras_per_segment_expanded": [None, None, [{"path": "pair", "strength": 0.5}]],
+    }
+    params = parse_model(TravelOrchestratorParams, {"orchestrator_details": details})
+    model = catalog.get("wan_tiny_i2v_2_2")
+    specs = [generation_params_from_details(params.orchestrator_details, model, i)[0] for i in range(3)]
+    # A LoRA in both slots runs once, at the listed strength.
+    assert (specs[0].lora_names, specs[0].lora_multipliers) == (["speed", "style"], ["1;0", "0.9"])
+    # The pair's phase_config replaces the run's phase LoRAs (with none), the listed slot stays.
+    assert (specs[1].lora_names, specs[1].lora_multipliers) == (["style"], ["0.9"])
+    assert specs[1].num_inference_steps == 2
+    # The pair's listed LoRA replaces the run's listed slot, the run's phase LoRAs stay.
+    assert (specs[2].lora_names, specs[2].lora_multipliers) == (["speed", "style", "pair"], ["1;0", "0.2;0", "0.5"])
+    assert specs[2].sources["activated_loras"] == (
+        "orchestrator_details.phase_config + orchestrator_details.loras_per_segment_expanded[2]"
+    )
