@@ -32,6 +32,8 @@ from source.params.errors import Expected
 from source.params.payloads import (
     GENERATION_KNOBS,
     MAX_LORAS,
+    REIGH_ENVELOPE,
+    UI_STATE,
     GenerationSpec,
     GenerationTaskParams,
     WgpGenerationFields,
@@ -159,9 +161,7 @@ _APP_BOOKKEEPING = {
     "parent_generation_id": "the app's link, read back by the app from the orchestrator row",
     "based_on": "the app's link, read back by the app from the orchestrator row",
     "tool_type": "the app's tool name",
-    "advanced_mode": "UI state: advanced mode arrives as a phase_config",
-    "motion_mode": "UI state: the motion preset arrives as a phase_config",
-    "selected_phase_preset_id": "UI state: the preset arrives as a phase_config",
+    **{key: UI_STATE[key] for key in ("advanced_mode", "motion_mode", "selected_phase_preset_id")},
 }
 # A video-edit join (mode "video_edit"): the app has already cut the kept stretches into clip_list.
 _VIDEO_EDIT_RECORD = "a video-edit join's record of its source; the app already cut the kept stretches into clip_list"
@@ -229,11 +229,7 @@ class JoinClipsOrchestratorParams(PayloadModel):
                 (*JoinClipsDetails.model_fields, *JoinClipsDetails.NOT_USED),
                 "a top-level copy of orchestrator_details, which is what is read",
             ),
-            "contract_version": "the app's payload contract version",
-            "task_family": "the app's task family name",
-            "orchestration_contract": "the app's routing contract, read back by the app",
-            "task_view_contract": "what the app shows in its task list",
-            "family_contract": "the app's family contract, read back by the app",
+            **REIGH_ENVELOPE,
             "tool_type": "the app's tool name",
         }
     )

@@ -152,6 +152,27 @@ class WgpGenerationFields(PayloadModel):
         return data
 
 
+# Reigh's task-family envelope (resolvers/shared/taskContracts.ts composeTaskFamilyPayload): the app's own contracts.
+REIGH_ENVELOPE: Mapping[str, str] = MappingProxyType(
+    {
+        "contract_version": "the app's payload contract version",
+        "task_family": "the app's task family name",
+        "orchestration_contract": "the app's routing contract, read back by the app",
+        "task_view_contract": "what the app shows in its task list",
+        "family_contract": "the app's family contract, read back by the app",
+    }
+)
+# What the app's motion controls leave in a payload once their effect is in the phase_config it sends.
+UI_STATE: Mapping[str, str] = MappingProxyType(
+    {
+        "advanced_mode": "UI state: advanced mode arrives as a phase_config",
+        "motion_mode": "UI state: the motion preset arrives as a phase_config",
+        "selected_phase_preset_id": "UI state: the preset arrives as a phase_config",
+        "amount_of_motion": "UI state: the app folds the amount of motion into the phase_config's LoRA strengths",
+    }
+)
+
+
 # The knobs a GenerationSpec carries (engine names); prompts, frames, seed and inputs are per segment.
 GENERATION_KNOBS = (
     "num_inference_steps",
@@ -221,8 +242,8 @@ class PairMotionSettings(PayloadModel):
 
     NOT_USED: ClassVar[Mapping[str, str]] = MappingProxyType(
         {
-            "amount_of_motion": "UI state: the app folds the amount of motion into the phase_config's LoRA strengths",
-            "motion_mode": "UI state: the motion preset arrives as a phase_config",
+            "amount_of_motion": UI_STATE["amount_of_motion"],
+            "motion_mode": UI_STATE["motion_mode"],
             "structure_canny_intensity": "applies to canny guidance, which this worker does not run",
             "structure_depth_contrast": "applies to depth guidance, which this worker does not run",
             "uni3c_end_percent": "applies to uni3c guidance, which this worker does not run",
@@ -456,24 +477,20 @@ class OrchestratorDetails(WgpGenerationFields):
             "poll_interval": "segments and stitch are scheduled by the queue, not polled",
             "poll_timeout": "segments and stitch are scheduled by the queue, not polled",
             "poll_timeout_upscale": "segments and stitch are scheduled by the queue, not polled",
-            "advanced_mode": "UI state: advanced mode arrives as a phase_config",
+            "advanced_mode": UI_STATE["advanced_mode"],
             "generation_mode": "UI state (batch / timeline / by-pair)",
-            "motion_mode": "UI state: the motion preset arrives as a phase_config",
+            "motion_mode": UI_STATE["motion_mode"],
             "dimension_source": "UI state: the resolution arrives as parsed_resolution_wh",
-            "selected_phase_preset_id": "UI state: the preset arrives as a phase_config",
+            "selected_phase_preset_id": UI_STATE["selected_phase_preset_id"],
             "show_input_images": "no keyframe banner is drawn on outputs",
             "tool_type": "the app's tool name",
-            "amount_of_motion": "UI state: the app folds the amount of motion into the phase_config's LoRA strengths",
+            "amount_of_motion": UI_STATE["amount_of_motion"],
             "openai_api_key": "no remote prompt enhancer is called (the value is redacted everywhere)",
             "continuation_config": "its strategy is checked (guide_overlap_masked only); overlaps come from "
             "frame_overlap_expanded",
             # Reigh's task-family envelope (composeTaskFamilyPayload): the app's own contracts, read back by the app.
             "orchestrator_details": "a copy of these same keys the app nests for itself",
-            "contract_version": "the app's payload contract version",
-            "task_family": "the app's task family name",
-            "orchestration_contract": "the app's routing contract, read back by the app",
-            "task_view_contract": "what the app shows in its task list",
-            "family_contract": "the app's family contract, read back by the app",
+            **REIGH_ENVELOPE,
             "generation_source": "the app's name for where the run came from",
             "orchestrator_task_id": "the row's own id is used",
             "random_seed": "the app resolved the seed already (seed_base)",
@@ -583,10 +600,10 @@ class IndividualSegmentParams(WgpGenerationFields):
         {
             **WgpGenerationFields.NOT_USED,
             "random_seed": "the app resolved the seed already (seed_to_use)",
-            "amount_of_motion": "UI state: the app folds the amount of motion into the phase_config's LoRA strengths",
-            "motion_mode": "UI state: the motion preset arrives as a phase_config",
-            "advanced_mode": "UI state: advanced mode arrives as a phase_config",
-            "selected_phase_preset_id": "UI state: the preset arrives as a phase_config",
+            "amount_of_motion": UI_STATE["amount_of_motion"],
+            "motion_mode": UI_STATE["motion_mode"],
+            "advanced_mode": UI_STATE["advanced_mode"],
+            "selected_phase_preset_id": UI_STATE["selected_phase_preset_id"],
             "continuation_config": "a segment run on its own continues nothing",
             "frame_overlap_from_previous": "overlaps come from the travel plan; a segment run on its own has none",
             "frame_overlap_with_next": "overlaps come from the travel plan; a segment run on its own has none",
@@ -693,11 +710,7 @@ class IndividualTravelSegmentParams(WgpGenerationFields):
             "independent_segments": "a segment run on its own continues nothing",
             "seed_base": "seed_to_use is the segment's seed",
             "generation_source": "the app's name for where the task came from",
-            "contract_version": "the app's payload contract version",
-            "task_family": "the app's task family name",
-            "orchestration_contract": "the app's routing contract, read back by the app",
-            "task_view_contract": "what the app shows in its task list",
-            "family_contract": "the app's family contract, read back by the app",
+            **REIGH_ENVELOPE,
             "start_image_generation_id": "the app's id of the start image, read back by the app",
             "end_image_generation_id": "the app's id of the end image, read back by the app",
         }
