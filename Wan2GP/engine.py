@@ -294,7 +294,7 @@ class WanEngine:
                 model_dtype=model.transformer_dtype,
                 loras=loras,
                 cancel=cancel,
-                on_step=_step_reporter(plan, progress, bar),
+                on_step=_step_reporter(plan, progress, bar, two_experts="low" in model.transformers),
             )
 
     def _open_loras(self, request: GenerationRequest, model: LoadedModel) -> LoraRuntime | None:
@@ -424,11 +424,15 @@ def _progress_bar(total: int) -> Iterator[tqdm | None]:
 
 
 def _step_reporter(
-    plan: GenerationPlan, progress: Callable[[ProgressEvent], None] | None, bar: tqdm | None
+    plan: GenerationPlan, progress: Callable[[ProgressEvent], None] | None, bar: tqdm | None, *, two_experts: bool
 ) -> Callable[[StepPlan, str], None]:
-    def report(step: StepPlan, expert: str) -> None:
+    """Steps to the bar and the callback; the expert is named only when there are two (a one-expert model's steps
+    are all "high" in the sampler's bookkeeping, which would read as a label it does not have)."""
+
+    def report(step: StepPlan, sampler_expert: str) -> None:
+        expert = sampler_expert if two_experts else ""
         if bar is not None:
-            bar.set_postfix(phase=step.phase, expert=expert, refresh=False)
+            bar.set_postfix(phase=step.phase, **({"expert": expert} if expert else {}), refresh=False)
             bar.update(1)
         if progress is not None:
             progress(ProgressEvent("denoise", step.index + 1, plan.num_inference_steps, step.phase, expert))

@@ -204,6 +204,7 @@ def engine_progress(ctx: TaskContext) -> Callable[[Any], None]:
 
     def on_progress(event: Any) -> None:
         if event.stage == "denoise" and event.step > 0:
-            ctx.report_progress(event.step, event.total, f"phase {event.phase}, {event.expert}-noise expert")
+            expert = f", {event.expert}-noise expert" if event.expert else ""
+            ctx.report_progress(event.step, event.total, f"phase {event.phase}{expert}")
 
     return on_progress

@@ -49,6 +49,9 @@ def test_generation_task_writes_its_video_under_outputs(worker_env, ffprobe, tas
     assert (int(probe["nb_read_frames"]), probe["width"], probe["height"]) == expected
     assert task.result["frames"] == expected[0]
     assert Path(task.result["thumbnail"]).is_file()
+    # The last step's progress names the expert only for a model that has two (the tiny t2v model has one).
+    expert_named = "noise expert" in task.progress["message"]
+    assert expert_named == (task_type == "i2v_22"), task.progress
 
 
 def test_unknown_engine_parameter_fails_the_task_naming_it(worker_env):
