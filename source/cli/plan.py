@@ -140,9 +140,10 @@ class ExplainedPlan:
             console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
         if explain:
             sources = Table(title="resolved parameters", show_header=True, header_style="bold")
+            # At 80 columns a long source must not squeeze the value (a URL) into a few characters: both fold.
             sources.add_column("parameter", no_wrap=True)
-            sources.add_column("value", overflow="fold")
-            sources.add_column("from", no_wrap=True)
+            sources.add_column("value", overflow="fold", min_width=24, ratio=3)
+            sources.add_column("from", overflow="fold", min_width=16, ratio=2)
             for name, value, source in self.resolved.rows():
                 sources.add_row(name, repr(redact({name: value})[name]), source)
             console.print(sources)
