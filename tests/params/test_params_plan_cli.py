@@ -226,7 +226,8 @@ def test_task_row_and_legacy_model_name(tmp_path, capsys):
     assert unknown["model"] is None and any("not in the catalog" in w for w in unknown["warnings"])
 
 
-def test_explain_table(tmp_path, capsys):
+def test_explain_table(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # wide enough that no source is folded over two lines
     path = write(tmp_path, {"orchestrator_details": {"phase_config": config([3, 3]), "seed_base": 5}})
     assert plan_cli.main([str(path), "--explain"]) == 0
     text = capsys.readouterr().out
