@@ -257,3 +257,11 @@ def test_enqueue_refuses_what_the_worker_would_refuse(cli, queue_url: str, tmp_p
     forced = enqueue("no_such_type", {}, "--no-validate")
     assert forced.returncode == 0, forced.stderr
     assert len(json.loads(cli("list", "--json", "--db", queue_url).stdout)) == 2
+
+
+def test_the_command_line_entry_point_runs_as_its_own_process(cli_process, tmp_path: Path) -> None:
+    # The other tests call the entry point in-process; this one runs `python -m source.cli` as users do.
+    url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    assert cli_process("migrate", "--db", url).stdout.strip() == "schema version 3"
+    refused = cli_process("list", "--db", "mysql://x/y")
+    assert refused.returncode == 1 and "mysql" in refused.stderr
