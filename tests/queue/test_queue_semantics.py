@@ -155,6 +155,28 @@ def test_retryable_failure_requeues_until_the_cap(queue: TaskQueue) -> None:
     assert task.error_message == "CUDA out of memory (gave up after 3 attempts)"
 
 
+def test_the_attempt_that_succeeds_is_counted_and_the_progress_says_how_it_ended(queue: TaskQueue) -> None:
+    # The worker logs "attempt N of M" when it claims; the row must say N once that attempt has ended, either way.
+    first_try = queue.enqueue("t", {}, max_attempts=3)
+    assert claim(queue) is not None
+    queue.report_progress(first_try, "w1", step=4, total=4, message="phase 1")
+    queue.complete(first_try, "w1", output_location="out.mp4")
+    done = queue.get(first_try)
+    assert done.attempts == 1
+    # A finished task's progress says how it ended, keeping its last step and total.
+    assert (done.progress["message"], done.progress["step"], done.progress["total"]) == ("Complete", 4, 4)
+    second_try = queue.enqueue("t", {}, max_attempts=3)
+    assert claim(queue) is not None
+    queue.fail(second_try, "w1", "CUDA out of memory", retryable=True)
+    assert claim(queue) is not None
+    queue.complete(second_try, "w1", output_location="out.mp4")
+    assert queue.get(second_try).attempts == 2
+    failed = queue.enqueue("t", {}, max_attempts=1)
+    assert claim(queue) is not None
+    queue.fail(failed, "w1", "bad input")
+    assert (queue.get(failed).attempts, queue.get(failed).progress["message"]) == (1, "Failed")
+
+
 def test_retry_back_off_delays_the_next_claim(queue: TaskQueue) -> None:
     task_id = queue.enqueue("t", {})
     assert claim(queue) is not None

@@ -64,6 +64,9 @@ def _run1_payload(model: str) -> dict:
 def _assert_final_video(queue, ffprobe, orchestrator_id: str, expected_frames: int, size: tuple[int, int]) -> dict:
     orchestrator = queue.get(orchestrator_id)
     assert orchestrator.status == TaskStatus.COMPLETE, orchestrator.error_message
+    # Its progress says how it ended (not the "Enqueued 2 segments..." it showed while waiting), and its one
+    # handler run counts as the attempt the log announced.
+    assert (orchestrator.progress["message"], orchestrator.attempts) == ("Complete", 1)
     children = queue.children(orchestrator_id)
     assert all(child.status == TaskStatus.COMPLETE for child in children)
     stitch = next(child for child in children if child.role == "stitch")

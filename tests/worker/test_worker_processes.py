@@ -42,7 +42,7 @@ def test_worker_processes_drain_hundreds_of_tasks_each_claimed_exactly_once(
 
     for task_id in plain:
         task = tasks[task_id]
-        assert (task.status, task.attempts, task.worker_id) == (TaskStatus.COMPLETE, 0, claimer[task_id])
+        assert (task.status, task.attempts, task.worker_id) == (TaskStatus.COMPLETE, 1, claimer[task_id])
         assert task.result is not None and task.result["worker_id"] == claimer[task_id] and task.result["attempt"] == 1
     for parent_id in orchestrators:
         parent = tasks[parent_id]
@@ -68,7 +68,8 @@ def test_a_sigkilled_workers_task_is_finished_by_another_once_its_lease_expires(
     )
     assert rescuer.wait(timeout=60) == 0, rescuer.log_text()[-2000:]
     task = queue.get(task_id)
-    assert (task.status, task.worker_id, task.attempts) == (TaskStatus.COMPLETE, "rescuer", 1)
+    # Two attempts: the one whose worker was killed, and the rescuer's.
+    assert (task.status, task.worker_id, task.attempts) == (TaskStatus.COMPLETE, "rescuer", 2)
     assert task.result is not None and task.result["worker_id"] == "rescuer"
     assert task.generation_started_at is not None and task.generation_started_at >= orphan.lease_expires_at, (
         "the rescuer must not take the task before the victim's lease expired"
@@ -158,7 +159,7 @@ def test_orchestrator_crash_after_enqueuing_children_is_rerun_without_duplicates
     assert [child.id for child in queue.children(parent_id)] == [child.id for child in children], "no duplicates"
     parent = queue.get(parent_id)
     stitch = queue.get(children[2].id)
-    assert (parent.status, parent.attempts) == (TaskStatus.COMPLETE, 1)
+    assert (parent.status, parent.attempts) == (TaskStatus.COMPLETE, 2)  # the crashed run and the re-run
     assert parent.output_location == stitch.output_location is not None
 
 
@@ -196,7 +197,7 @@ def test_foreign_types_stay_untouched_and_every_log_line_names_its_task(
     assert rejected.status is TaskStatus.FAILED
     assert rejected.error_message == "params.replicate_api_key: unknown field: this payload does not take it"
     retried = queue.get(flaky)
-    assert (retried.status, retried.attempts) == (TaskStatus.COMPLETE, 1)
+    assert (retried.status, retried.attempts) == (TaskStatus.COMPLETE, 2)  # the failed attempt and the one that worked
 
     records = worker.records()
     assert records and all("task_id" in record["extra"] for record in records)

@@ -185,10 +185,13 @@ UPDATE tasks SET progress = %(progress)s, updated_at = now()
 WHERE id = %(task_id)s AND worker_id = %(worker_id)s AND status = 'In Progress'
 
 -- name: mark_complete
+-- A finished task's progress says how it ended (its last step and total stay).
+-- The attempt that succeeded counts, as a failed one does: a task done at the first try shows 1 of 3, as its log said.
 UPDATE tasks
-SET status = 'Complete', output_location = %(output_location)s, result = %(result)s, error_message = NULL,
+SET status = 'Complete', attempts = attempts + 1, output_location = %(output_location)s, result = %(result)s, error_message = NULL,
     lease_expires_at = NULL, available_at = NULL, awaiting_children = false,
-    generation_processed_at = now(), updated_at = now()
+    generation_processed_at = now(),
+    progress = COALESCE(progress, '{}'::jsonb) || jsonb_build_object('message', 'Complete'::text), updated_at = now()
 WHERE id = %(task_id)s AND status IN ('Queued', 'In Progress')
 RETURNING id
 
@@ -203,7 +206,8 @@ RETURNING id
 -- name: mark_failed
 UPDATE tasks
 SET status = 'Failed', attempts = attempts + 1, error_message = %(error_message)s, lease_expires_at = NULL,
-    available_at = NULL, generation_processed_at = now(), updated_at = now()
+    available_at = NULL, generation_processed_at = now(),
+    progress = COALESCE(progress, '{}'::jsonb) || jsonb_build_object('message', 'Failed'::text), updated_at = now()
 WHERE id = %(task_id)s AND status IN ('Queued', 'In Progress')
 RETURNING id
 
@@ -211,7 +215,8 @@ RETURNING id
 -- A cascade: Failed or Cancelled, for tasks that have not finished yet.
 UPDATE tasks
 SET status = %(status)s, error_message = %(error_message)s, lease_expires_at = NULL, available_at = NULL,
-    generation_processed_at = now(), updated_at = now()
+    generation_processed_at = now(),
+    progress = COALESCE(progress, '{}'::jsonb) || jsonb_build_object('message', %(status)s::text), updated_at = now()
 WHERE id = %(task_id)s AND status IN ('Queued', 'In Progress')
 RETURNING id
 
@@ -224,8 +229,9 @@ WHERE id = %(task_id)s AND worker_id = %(worker_id)s AND status = 'In Progress' 
 RETURNING id
 
 -- name: mark_awaiting_children
+-- The handler's attempt ended well (it enqueued the children), so it counts, as mark_complete's does.
 UPDATE tasks
-SET awaiting_children = true, worker_id = NULL, lease_expires_at = NULL, heartbeat_at = NULL,
+SET attempts = attempts + 1, awaiting_children = true, worker_id = NULL, lease_expires_at = NULL, heartbeat_at = NULL,
     progress = %(progress)s, updated_at = now()
 WHERE id = %(task_id)s AND worker_id = %(worker_id)s AND status = 'In Progress'
 RETURNING id
@@ -233,7 +239,8 @@ RETURNING id
 -- name: complete_parent
 UPDATE tasks
 SET status = 'Complete', output_location = %(output_location)s, result = %(result)s, error_message = NULL,
-    awaiting_children = false, generation_processed_at = now(), updated_at = now()
+    awaiting_children = false, generation_processed_at = now(),
+    progress = COALESCE(progress, '{}'::jsonb) || jsonb_build_object('message', 'Complete'::text), updated_at = now()
 WHERE id = %(task_id)s AND status = 'In Progress' AND awaiting_children
 RETURNING id
 

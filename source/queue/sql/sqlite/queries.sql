@@ -183,10 +183,13 @@ UPDATE tasks SET progress = :progress, updated_at = utc_now()
 WHERE id = :task_id AND worker_id = :worker_id AND status = 'In Progress'
 
 -- name: mark_complete
+-- A finished task's progress says how it ended (its last step and total stay).
+-- The attempt that succeeded counts, as a failed one does: a task done at the first try shows 1 of 3, as its log said.
 UPDATE tasks
-SET status = 'Complete', output_location = :output_location, result = :result, error_message = NULL,
+SET status = 'Complete', attempts = attempts + 1, output_location = :output_location, result = :result, error_message = NULL,
     lease_expires_at = NULL, available_at = NULL, awaiting_children = 0,
-    generation_processed_at = utc_now(), updated_at = utc_now()
+    generation_processed_at = utc_now(),
+    progress = json_set(CASE WHEN json_valid(progress) THEN progress ELSE '{}' END, '$.message', 'Complete'), updated_at = utc_now()
 WHERE id = :task_id AND status IN ('Queued', 'In Progress')
 RETURNING id
 
@@ -201,7 +204,8 @@ RETURNING id
 -- name: mark_failed
 UPDATE tasks
 SET status = 'Failed', attempts = attempts + 1, error_message = :error_message, lease_expires_at = NULL,
-    available_at = NULL, generation_processed_at = utc_now(), updated_at = utc_now()
+    available_at = NULL, generation_processed_at = utc_now(),
+    progress = json_set(CASE WHEN json_valid(progress) THEN progress ELSE '{}' END, '$.message', 'Failed'), updated_at = utc_now()
 WHERE id = :task_id AND status IN ('Queued', 'In Progress')
 RETURNING id
 
@@ -209,7 +213,8 @@ RETURNING id
 -- A cascade: Failed or Cancelled, for tasks that have not finished yet.
 UPDATE tasks
 SET status = :status, error_message = :error_message, lease_expires_at = NULL, available_at = NULL,
-    generation_processed_at = utc_now(), updated_at = utc_now()
+    generation_processed_at = utc_now(),
+    progress = json_set(CASE WHEN json_valid(progress) THEN progress ELSE '{}' END, '$.message', :status), updated_at = utc_now()
 WHERE id = :task_id AND status IN ('Queued', 'In Progress')
 RETURNING id
 
@@ -222,8 +227,9 @@ WHERE id = :task_id AND worker_id = :worker_id AND status = 'In Progress' AND aw
 RETURNING id
 
 -- name: mark_awaiting_children
+-- The handler's attempt ended well (it enqueued the children), so it counts, as mark_complete's does.
 UPDATE tasks
-SET awaiting_children = 1, worker_id = NULL, lease_expires_at = NULL, heartbeat_at = NULL,
+SET attempts = attempts + 1, awaiting_children = 1, worker_id = NULL, lease_expires_at = NULL, heartbeat_at = NULL,
     progress = :progress, updated_at = utc_now()
 WHERE id = :task_id AND worker_id = :worker_id AND status = 'In Progress'
 RETURNING id
@@ -231,7 +237,8 @@ RETURNING id
 -- name: complete_parent
 UPDATE tasks
 SET status = 'Complete', output_location = :output_location, result = :result, error_message = NULL,
-    awaiting_children = 0, generation_processed_at = utc_now(), updated_at = utc_now()
+    awaiting_children = 0, generation_processed_at = utc_now(),
+    progress = json_set(CASE WHEN json_valid(progress) THEN progress ELSE '{}' END, '$.message', 'Complete'), updated_at = utc_now()
 WHERE id = :task_id AND status = 'In Progress' AND awaiting_children = 1
 RETURNING id
 
