@@ -73,8 +73,8 @@ STAGES = ("load", "encode", "denoise", "decode", "write")
 @dataclass(frozen=True)
 class ProgressEvent:
     stage: str  # one of STAGES
-    step: int  # denoise: steps done so far (1..total); other stages: 0 when starting
-    total: int  # denoise: number of steps; other stages: 1
+    step: int  # steps done so far: 0 when a stage before denoising starts, 1..total in it, total after it
+    total: int  # the generation's number of denoising steps (one total for every event of a generation)
     phase: int  # guidance phase of the step just done (1-based); 0 outside denoise
     expert: str  # "high" / "low" for the step just done; "" outside denoise
 
@@ -188,7 +188,7 @@ class WanEngine:
         request = self.resolve(params)
         rendered = self.render(request, progress=progress, cancel=cancel)
         timings = dict(rendered.timings)
-        with _stage("write", timings, progress):
+        with _stage("write", timings, progress, at=request.plan.num_inference_steps):
             path = write_mp4(
                 rendered.frames, _output_path(request, Path(request.output_dir or output_dir)), request.fps
             )
@@ -236,7 +236,7 @@ class WanEngine:
     ) -> RenderedVideo:
         timings: dict[str, float] = {}
         _check_cancel(cancel, "before loading")
-        with _stage("load", timings, progress):
+        with _stage("load", timings, progress, at=0, total=request.plan.num_inference_steps):
             model = self.load(request.model)
             loras = self._open_loras(request, model)
         try:
@@ -246,7 +246,7 @@ class WanEngine:
                 loras.close()  # the transformers go back to their base weights, even on error or cancel
 
         _check_cancel(cancel, "before decoding")
-        with _stage("decode", timings, progress), torch.inference_mode():
+        with _stage("decode", timings, progress, at=request.plan.num_inference_steps), torch.inference_mode():
             pixels = VaeCodec(model.vae).decode(result.latents)
             frames = pixels_to_uint8(pixels[:, : request.num_frames])
         return RenderedVideo(
@@ -272,7 +272,7 @@ class WanEngine:
         plan = request.plan
 
         _check_cancel(cancel, "before encoding")
-        with _stage("encode", timings, progress), torch.inference_mode():
+        with _stage("encode", timings, progress, at=0, total=plan.num_inference_steps), torch.inference_mode():
             conditioning = self._conditioning(request, model, codec)
 
         latent_shape = (
@@ -400,9 +400,18 @@ def _check_cancel(cancel: threading.Event | None, where: str) -> None:
 
 
 @contextmanager
-def _stage(stage: str, timings: dict[str, float], progress: Callable[[ProgressEvent], None] | None) -> Iterator[None]:
+def _stage(
+    stage: str,
+    timings: dict[str, float],
+    progress: Callable[[ProgressEvent], None] | None,
+    *,
+    at: int = 0,
+    total: int | None = None,
+) -> Iterator[None]:
+    """Time a stage and announce it on the denoising scale (`at` of `total` steps: 0 before denoising, all of them
+    after), so a progress reader sees one total for the whole generation and no silent stage."""
     if progress is not None:
-        progress(ProgressEvent(stage, 0, 1, 0, ""))
+        progress(ProgressEvent(stage, at, at if total is None else total, 0, ""))
     started = time.perf_counter()
     try:
         yield

@@ -199,12 +199,24 @@ def classify_gpu_failure(error: BaseException) -> Exception | None:
     return None
 
 
+# What the row says while the engine is in a stage other than denoising (no silent gap before step 1 or after the last).
+STAGE_MESSAGES = {
+    "load": "loading the model",
+    "encode": "encoding the prompt and the inputs",
+    "denoise": "denoising",
+    "decode": "decoding the frames",
+    "write": "writing the video",
+}
+
+
 def engine_progress(ctx: TaskContext) -> Callable[[Any], None]:
-    """Forward denoising steps to the task row (the context throttles writes) and the log."""
+    """Forward the engine's stages and denoising steps to the task row and the log, on one total (the steps)."""
 
     def on_progress(event: Any) -> None:
         if event.stage == "denoise" and event.step > 0:
             expert = f", {event.expert}-noise expert" if event.expert else ""
             ctx.report_progress(event.step, event.total, f"phase {event.phase}{expert}")
+        else:
+            ctx.report_progress(event.step, event.total, STAGE_MESSAGES.get(event.stage, event.stage))
 
     return on_progress

@@ -143,8 +143,13 @@ def test_other_solvers_run_and_differ_from_euler(engine: WanEngine, solver: str)
 def test_progress_events_cover_stages_and_steps(engine: WanEngine, tmp_path: Path) -> None:
     events: list[ProgressEvent] = []
     generate_video(model="wan_tiny_i2v_2_2", output_dir=tmp_path, engine=engine, progress_callback=events.append)
-    stages = [event.stage for event in events if event.step == 0]
+    stages = [event.stage for event in events if event.phase == 0]
     assert stages == ["load", "encode", "denoise", "decode", "write"]
+    # One total for the whole generation: stages before denoising at 0 steps, after it at all of them.
+    assert {event.total for event in events} == {4}
+    assert [(e.stage, e.step) for e in events if e.phase == 0] == [
+        ("load", 0), ("encode", 0), ("denoise", 0), ("decode", 4), ("write", 4)
+    ]  # fmt: skip
     steps = [(e.step, e.total, e.phase, e.expert) for e in events if e.stage == "denoise" and e.step > 0]
     assert steps == [(1, 4, 1, "high"), (2, 4, 1, "high"), (3, 4, 2, "low"), (4, 4, 2, "low")]
 

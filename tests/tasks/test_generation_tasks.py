@@ -74,3 +74,26 @@ def test_vace_reference_images_are_fetched_like_every_input(worker_env, ffprobe,
     assert int(ffprobe(task.output_location)["nb_read_frames"]) == 9  # the reference frame is not in the video
     failed = worker_env.queue.get(refused)
     assert failed.status == TaskStatus.FAILED and failed.error_message.startswith("image_refs[1]"), failed.error_message
+
+
+def test_the_row_hears_every_stage_on_one_total(worker_env, monkeypatch):
+    # Every progress write the worker makes for one generation: a stage message before step 1 and after the last, and
+    # one total throughout (a reader never sees the bar jump back or a silent stretch).
+    from source.queue.core import SqlTaskQueue
+
+    written: list[tuple[int, int, str]] = []
+    real = SqlTaskQueue.report_progress
+
+    def recording(self, task_id, worker_id, *, step, total, message=""):
+        written.append((step, total, message))
+        return real(self, task_id, worker_id, step=step, total=total, message=message)
+
+    monkeypatch.setattr(SqlTaskQueue, "report_progress", recording)
+    task_id = worker_env.queue.enqueue("t2v", {"model": "wan_tiny_t2v", "prompt": "x", "video_length": 5})
+    assert worker_env.drain() == 0
+    assert worker_env.queue.get(task_id).status == TaskStatus.COMPLETE
+    assert {total for _, total, _ in written} == {4}
+    messages = [message for _, _, message in written]
+    assert messages[0] == "loading the model" and messages[-1] == "writing the video"
+    assert "decoding the frames" in messages
+    assert [step for step, _, _ in written] == sorted(step for step, _, _ in written)  # never backwards
