@@ -578,7 +578,9 @@ def handle_join_final_stitch(ctx: TaskContext) -> TaskOutcome:
     paths: dict[str, Path] = {}
     spans: list[FrameSpan] = []
     overlaps: list[int] = []
-    steps = len(params.clips) + len(bridges)
+    # One total for the whole task: a step per clip or bridge fetched, then one per span spliced.
+    fetches = len(params.clips) + len(bridges)
+    steps = 2 * fetches
     for index, clip in enumerate(params.clips):
         ctx.report_progress(len(spans), steps, f"fetching clip {index}")
         if clip.url not in paths:
@@ -611,7 +613,7 @@ def handle_join_final_stitch(ctx: TaskContext) -> TaskOutcome:
             height=height,
             fps=params.fps,
             expected_frames=params.expected_final_frames,
-            progress=lambda done, total: ctx.report_progress(done, total, "splicing"),
+            progress=lambda done, _total: ctx.report_progress(fetches + done, steps, "splicing"),
         )
     except MediaError as error:
         raise TaskInputError(f"clips: {error}") from error

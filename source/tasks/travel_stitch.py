@@ -54,9 +54,11 @@ def handle_travel_stitch(ctx: TaskContext) -> TaskOutcome:
             f"which stitch to {sum(stored_frames) - sum(overlaps)}, not the contracted {expected_total}"
         )
 
+    # One total for the whole task: a step per segment fetched, then a step per segment cross-faded.
+    steps = 2 * len(segments)
     videos = []
-    for child in segments:
-        ctx.report_progress(child.segment_index, expected_count + 1, f"fetching segment {child.segment_index}")
+    for fetched, child in enumerate(segments):
+        ctx.report_progress(fetched, steps, f"fetching segment {child.segment_index}")
         videos.append(
             fetch_input(
                 ctx,
@@ -79,7 +81,7 @@ def handle_travel_stitch(ctx: TaskContext) -> TaskOutcome:
         sharp_amount=params.crossfade_sharp_amt,
         regenerate_anchors=params.regenerate_anchors,
         expected_frames=expected_total,
-        progress=lambda done, total: ctx.report_progress(done, total, "cross-fading"),
+        progress=lambda done, _total: ctx.report_progress(len(segments) + done, steps, "cross-fading"),
     )
     info = probe_video(stitched.path)
     if expected_total is not None and info.frames != expected_total:

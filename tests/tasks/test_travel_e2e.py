@@ -322,3 +322,27 @@ def test_num_new_segments_to_generate_takes_the_first_entries_of_longer_lists(wo
     assert outcome.result["expected_final_frames"] == 13 + 17 - 4
     children = worker_env.queue.children(orchestrator_id)
     assert sorted(c.role for c in children) == ["segment", "segment", "stitch"]
+
+
+@pytest.mark.slow
+def test_every_task_of_a_run_reports_progress_on_one_total_that_never_goes_back(worker_env, monkeypatch):
+    from source.queue.core import SqlTaskQueue
+
+    written: dict[str, list[tuple[int, int]]] = {}
+    real = SqlTaskQueue.report_progress
+
+    def recording(self, task_id, worker_id, *, step, total, message=""):
+        written.setdefault(task_id, []).append((step, total))
+        return real(self, task_id, worker_id, step=step, total=total, message=message)
+
+    monkeypatch.setattr(SqlTaskQueue, "report_progress", recording)
+    params = _run1_payload("wan_tiny_i2v_2_2")
+    params["orchestrator_details"].update(segment_frames_expanded=[9, 9], frame_overlap_expanded=[2])
+    orchestrator_id = worker_env.queue.enqueue("travel_orchestrator", params, project_id="p")
+    assert worker_env.drain() == 0
+    children = worker_env.queue.children(orchestrator_id)
+    assert {child.id for child in children} <= written.keys()  # the segments and the stitch all reported
+    for task_id, reports in written.items():
+        assert len({total for _, total in reports}) == 1, (task_id, reports)
+        steps = [step for step, _ in reports]
+        assert steps == sorted(steps), (task_id, reports)
