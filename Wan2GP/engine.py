@@ -37,7 +37,7 @@ from Wan2GP.conditioning import (
     mask_values,
     reference_pixels,
 )
-from Wan2GP.loading import LoadedModel, ModelLoadError, load_model
+from Wan2GP.loading import LoadedModel, ModelLoadError, load_model, quiet_library_progress_bars
 from Wan2GP.lora_files import LoraDownloadError
 from Wan2GP.request import GenerationRequest, InvalidGenerationParams, check_param_names, resolve_request
 from Wan2GP.sampler import (
@@ -128,6 +128,7 @@ class WanEngine:
         reinject_start_frame: bool = True,
     ) -> None:
         self.reinject_start_frame = reinject_start_frame
+        quiet_library_progress_bars()
         self.device = torch.device(device) if device is not None else default_device()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.catalog = catalog if catalog is not None else load_catalog()

@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers.utils.logging
+import huggingface_hub.utils
 import torch
+import transformers.utils.logging
 from diffusers import AutoencoderKLWan, WanTransformer3DModel, WanVACETransformer3DModel
 from loguru import logger
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5EncoderModel
@@ -24,6 +27,14 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torc
 
 class ModelLoadError(RuntimeError):
     """The weights of a catalog model could not be found, downloaded or loaded."""
+
+
+def quiet_library_progress_bars() -> None:
+    """Turn off diffusers', transformers' and huggingface_hub's own tqdm bars ("Loading weights", "Writing model
+    shards", downloads): they interleave with the worker's log lines, and the engine reports loading as a stage."""
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
 
 
 @dataclass

@@ -21,6 +21,7 @@ from source.media.video import read_frames
 from source.queue import TaskRecord, TaskStatus, open_queue
 from source.tasks import TaskRegistry, WorkerServices
 from source.worker import WorkerSettings, run
+from source.worker.logs import configure_logging
 from Wan2GP.catalog import load_catalog
 
 KEYFRAMES_DIR = Path(__file__).parent / "assets" / "keyframes"
@@ -65,6 +66,8 @@ def demo_payload(model_id: str, *, tiny: bool) -> dict:
 def run_demo(
     settings: WorkerSettings, *, model: str | None, registry: TaskRegistry, services: WorkerServices, fresh_db: bool
 ) -> int:
+    # The worker's log format from the first line (the queue logs its migrations before the worker loop starts).
+    configure_logging(level=settings.log_level, json_lines=settings.log_json, worker_id=settings.worker_id)
     console = Console(stderr=True)
     model_id = model or DEMO_MODEL
     definition = load_catalog().get(model_id)
