@@ -112,6 +112,14 @@ def open_worker_queue(settings: WorkerSettings) -> TaskQueue:
     return open_queue(settings.db_url)
 
 
+def row_says_cancelled(queue: TaskQueue, task_id: str) -> bool:
+    """Whether the task's row now says Cancelled: a lease lost to a cancel is routine (INFO), to a reclaim a fault."""
+    try:
+        return queue.get(task_id).status is TaskStatus.CANCELLED
+    except QueueError:
+        return False
+
+
 @dataclass
 class _Finish:
     """How a task run ended, decided in the main thread and then written to the queue."""
@@ -320,7 +328,10 @@ class Worker:
     def _finish(self, task: TaskRecord, finish: _Finish) -> None:
         worker_id = self.settings.worker_id
         if finish.kind == "drop":
-            logger.warning("task {} was cancelled or reclaimed while it ran; leaving it as it is", task.id)
+            if row_says_cancelled(self.queue, task.id):  # a person's routine request, not a fault
+                logger.info("task {} was cancelled while it ran; leaving it as it is", task.id)
+            else:
+                logger.warning("task {} was reclaimed while it ran; leaving it as it is", task.id)
             return
 
         @retry(
@@ -543,7 +554,10 @@ class Supervisor:
             logger.warning("could not renew the lease: {}", error)
             return
         if not still_ours and not watch.lease_lost.is_set():
-            logger.warning("lost the lease (the task was cancelled or reclaimed): asking the handler to stop")
+            if row_says_cancelled(self.queue, watch.task.id):
+                logger.info("the task was cancelled: asking the handler to stop")
+            else:
+                logger.warning("lost the lease (the task was reclaimed): asking the handler to stop")
             watch.lease_lost.set()
             watch.cancel_event.set()
 

@@ -121,7 +121,7 @@ def test_progress_is_throttled_but_the_last_step_is_written(
 
 
 def test_a_task_cancelled_while_running_is_stopped_and_left_cancelled(
-    sqlite_queue: TaskQueue, sqlite_url: str, tmp_path: Path
+    sqlite_queue: TaskQueue, sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     started = threading.Event()
     stopped: list[bool] = []
@@ -149,6 +149,9 @@ def test_a_task_cancelled_while_running_is_stopped_and_left_cancelled(
     assert run(in_process_settings(sqlite_url, tmp_path), registry=registry, install_signal_handlers=False) == 0
     canceller.join()
     assert stopped == [True], "the heartbeat noticed the lost lease and asked the handler to stop"
+    # A cancel is routine: said at INFO, never as a WARNING.
+    log = capsys.readouterr().err
+    assert "the task was cancelled: asking the handler to stop" in log and "WARNING" not in log
     task = sqlite_queue.get(task_id)
     assert (task.status, task.error_message, task.output_location) == (TaskStatus.CANCELLED, "user pressed stop", None)
 
