@@ -283,7 +283,11 @@ class WanEngine:
             request.height // codec.spatial_factor,
             request.width // codec.spatial_factor,
         )
-        with _stage("denoise", timings, None), _progress_bar(plan.num_inference_steps) as bar, torch.inference_mode():
+        with (
+            _stage("denoise", timings, None),
+            _progress_bar(plan.num_inference_steps, wanted=progress is None) as bar,
+            torch.inference_mode(),
+        ):
             if progress is not None:
                 progress(ProgressEvent("denoise", 0, plan.num_inference_steps, 0, ""))
             return denoise(
@@ -421,9 +425,10 @@ def _stage(
 
 
 @contextmanager
-def _progress_bar(total: int) -> Iterator[tqdm | None]:
-    """A tqdm bar on a terminal; nothing in logs-only runs (the progress callback carries the steps there)."""
-    if not sys.stderr.isatty():
+def _progress_bar(total: int, *, wanted: bool) -> Iterator[tqdm | None]:
+    """A tqdm bar on a terminal for a caller that takes no progress callback; a caller with one (the worker) draws
+    its own, so two bars never compete."""
+    if not wanted or not sys.stderr.isatty():
         yield None
         return
     bar = tqdm(total=total, desc="denoise", unit="step", leave=False)

@@ -142,7 +142,7 @@ class TaskContext:
         percent = 100.0 * step / total if total > 0 else 0.0
         suffix = f": {message}" if message else ""
         logger.info("step {}/{} ({:.0f}%){}", step, total, percent, suffix)
-        self._update_bar(step, total)
+        self._update_bar(step, total, message)
         now = time.monotonic()
         is_edge = step <= 1 or step >= total
         if not is_edge and now - self._last_progress_write < self.progress_write_interval_seconds:
@@ -153,7 +153,8 @@ class TaskContext:
         except QueueError as error:  # progress is informative; never fail a task because it could not be written
             logger.warning("could not write progress: {}", error)
 
-    def _update_bar(self, step: int, total: int) -> None:
+    def _update_bar(self, step: int, total: int, message: str) -> None:
+        """On a terminal, one bar for the task in hand: its type, step/total, ETA, and the stage (phase, expert)."""
         if not sys.stderr.isatty():
             return
         from tqdm import tqdm  # only on a terminal
@@ -162,6 +163,7 @@ class TaskContext:
             self.close_progress()
             self._progress_bar = tqdm(total=total, desc=self.task.task_type, unit="step", leave=False, file=sys.stderr)
         self._progress_bar.n = step
+        self._progress_bar.set_postfix_str(message, refresh=False)
         self._progress_bar.refresh()
 
     def close_progress(self) -> None:

@@ -49,9 +49,6 @@ def test_generation_task_writes_its_video_under_outputs(worker_env, ffprobe, tas
     assert (int(probe["nb_read_frames"]), probe["width"], probe["height"]) == expected
     assert task.result["frames"] == expected[0]
     assert Path(task.result["thumbnail"]).is_file()
-    # The last step's progress names the expert only for a model that has two (the tiny t2v model has one).
-    expert_named = "noise expert" in task.progress["message"]
-    assert expert_named == (task_type == "i2v_22"), task.progress
 
 
 def test_unknown_engine_parameter_fails_the_task_naming_it(worker_env):
@@ -76,9 +73,17 @@ def test_vace_reference_images_are_fetched_like_every_input(worker_env, ffprobe,
     assert failed.status == TaskStatus.FAILED and failed.error_message.startswith("image_refs[1]"), failed.error_message
 
 
-def test_the_row_hears_every_stage_on_one_total(worker_env, monkeypatch):
+@pytest.mark.parametrize(
+    ("task_type", "params", "two_experts"),
+    [
+        ("t2v", {"model": "wan_tiny_t2v", "prompt": "x", "video_length": 5}, False),
+        ("i2v_22", {"model": "wan_tiny_i2v_2_2", "prompt": "x", "video_length": 5, "image_start": KEYFRAME}, True),
+    ],
+)
+def test_the_row_hears_every_stage_on_one_total(worker_env, monkeypatch, task_type, params, two_experts):
     # Every progress write the worker makes for one generation: a stage message before step 1 and after the last, and
-    # one total throughout (a reader never sees the bar jump back or a silent stretch).
+    # one total throughout (a reader never sees the bar jump back or a silent stretch); the expert is named only for
+    # a model that has two.
     from source.queue.core import SqlTaskQueue
 
     written: list[tuple[int, int, str]] = []
@@ -89,11 +94,13 @@ def test_the_row_hears_every_stage_on_one_total(worker_env, monkeypatch):
         return real(self, task_id, worker_id, step=step, total=total, message=message)
 
     monkeypatch.setattr(SqlTaskQueue, "report_progress", recording)
-    task_id = worker_env.queue.enqueue("t2v", {"model": "wan_tiny_t2v", "prompt": "x", "video_length": 5})
+    task_id = worker_env.queue.enqueue(task_type, params)
     assert worker_env.drain() == 0
-    assert worker_env.queue.get(task_id).status == TaskStatus.COMPLETE
+    task = worker_env.queue.get(task_id)
+    assert task.status == TaskStatus.COMPLETE and task.progress["message"] == "Complete"
     assert {total for _, total, _ in written} == {4}
     messages = [message for _, _, message in written]
     assert messages[0] == "loading the model" and messages[-1] == "writing the video"
     assert "decoding the frames" in messages
     assert [step for step, _, _ in written] == sorted(step for step, _, _ in written)  # never backwards
+    assert any("noise expert" in message for message in messages) == two_experts, messages
