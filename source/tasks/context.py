@@ -131,6 +131,7 @@ class TaskContext:
     progress_write_interval_seconds: float = 1.0
     _last_progress_write: float = field(default=-math.inf, init=False, repr=False)
     _progress_bar: Any = field(default=None, init=False, repr=False)
+    _last_step_and_total: tuple[int, int] = field(default=(0, 0), init=False, repr=False)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -139,6 +140,7 @@ class TaskContext:
     def report_progress(self, step: int, total: int, message: str = "") -> None:
         """Logs "step i/n (p%)", moves the terminal's progress bar, and writes the row's progress column (at most
         once per `progress_write_interval_seconds`, but always the first and the last step)."""
+        self._last_step_and_total = (step, total)
         percent = 100.0 * step / total if total > 0 else 0.0
         suffix = f": {message}" if message else ""
         logger.info("step {}/{} ({:.0f}%){}", step, total, percent, suffix)
@@ -152,6 +154,21 @@ class TaskContext:
             self.queue.report_progress(self.task.id, self.worker_id, step=step, total=total, message=message)
         except QueueError as error:  # progress is informative; never fail a task because it could not be written
             logger.warning("could not write progress: {}", error)
+
+    def report_stage(self, message: str) -> None:
+        """A stage without steps of its own (fetching an input, storing the output): logged, and written to the row
+        on the task's current step and total (0 of 0 before any step is known), so the row is never silent."""
+        logger.info(message)
+        step, total = self._last_step_and_total
+        try:
+            self.queue.report_progress(self.task.id, self.worker_id, step=step, total=total, message=message)
+        except QueueError as error:
+            logger.warning("could not write progress: {}", error)
+
+    def store_output(self, path: Path) -> Any:
+        """Store the task's output (local folder or bucket, the worker's storage) under its task type and id."""
+        self.report_stage("storing the output")
+        return self.services.storage().store(path, task_type=self.task.task_type, task_id=self.task.id)
 
     def _update_bar(self, step: int, total: int, message: str) -> None:
         """On a terminal, one bar for the task in hand: its type, step/total, ETA, and the stage (phase, expert)."""

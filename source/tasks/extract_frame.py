@@ -38,7 +38,7 @@ def handle_extract_frame(ctx: TaskContext) -> TaskOutcome:
     height, width, _channels = frame.shape
     png = ctx.work_dir / f"frame_{index}.png"  # stored as <task id>_frame_<index>.png, upstream's name
     Image.fromarray(frame).save(png, format="PNG")
-    stored = ctx.services.storage().store(png, task_type=ctx.task.task_type, task_id=ctx.task.id)
+    stored = ctx.store_output(png)
     return TaskOutcome(
         output_location=stored.location,
         result={

@@ -85,7 +85,7 @@ def handle_generation(ctx: TaskContext) -> TaskOutcome:
     if image_out:
         return _generate_image(ctx, request)
     result = run_engine(ctx, request)
-    stored = ctx.services.storage().store(result.path, task_type=ctx.task.task_type, task_id=ctx.task.id)
+    stored = ctx.store_output(result.path)
     return TaskOutcome(
         output_location=stored.location,
         result={
@@ -107,7 +107,7 @@ def _generate_image(ctx: TaskContext, request: dict[str, Any]) -> TaskOutcome:
     image = rendered.frames[0]
     png = ctx.work_dir / f"image_seed{rendered.request.seed}.png"
     Image.fromarray(image).save(png, format="PNG")
-    stored = ctx.services.storage().store(png, task_type=ctx.task.task_type, task_id=ctx.task.id)
+    stored = ctx.store_output(png)
     height, width, _channels = image.shape
     return TaskOutcome(
         output_location=stored.location,

@@ -126,7 +126,7 @@ def handle_inpaint_frames(ctx: TaskContext) -> TaskOutcome:
         written = writer.close()
     if written.frames != info.frames:
         raise TransientTaskError(f"inpainted video has {written.frames} frames, the source {info.frames}")
-    stored = ctx.services.storage().store(out_path, task_type="inpaint_frames", task_id=ctx.task.id)
+    stored = ctx.store_output(out_path)
     return TaskOutcome(
         output_location=stored.location,
         result={

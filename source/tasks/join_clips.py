@@ -520,7 +520,7 @@ def handle_join_clips_segment(ctx: TaskContext) -> TaskOutcome:
         raise TransientTaskError(
             f"bridge {params.join_index}: engine wrote {info.frames} frames, planned {params.frames}"
         )
-    stored = ctx.services.storage().store(result.path, task_type=BRIDGE_TASK, task_id=ctx.task.id)
+    stored = ctx.store_output(result.path)
     return TaskOutcome(
         output_location=stored.location,
         result={
@@ -620,7 +620,7 @@ def handle_join_final_stitch(ctx: TaskContext) -> TaskOutcome:
     info = probe_video(out_path)
     if info.frames != params.expected_final_frames:
         raise TransientTaskError(f"joined video has {info.frames} frames, contracted {params.expected_final_frames}")
-    stored = ctx.services.storage().store(out_path, task_type=FINAL_TASK, task_id=ctx.task.id)
+    stored = ctx.store_output(out_path)
     return TaskOutcome(
         output_location=stored.location,
         result={

@@ -115,7 +115,7 @@ def generate_segment(ctx: TaskContext, params: SegmentTaskParams, model: ModelDe
     if info.frames != frames:
         raise TransientTaskError(f"segment {params.segment_index}: engine wrote {info.frames} frames, planned {frames}")
     output = _after_first_colour(params, result.path, ctx.work_dir)
-    stored = ctx.services.storage().store(output, task_type=ctx.task.task_type, task_id=ctx.task.id)
+    stored = ctx.store_output(output)
     return TaskOutcome(
         output_location=stored.location,
         result={

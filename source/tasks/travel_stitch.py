@@ -86,7 +86,7 @@ def handle_travel_stitch(ctx: TaskContext) -> TaskOutcome:
     info = probe_video(stitched.path)
     if expected_total is not None and info.frames != expected_total:
         raise TransientTaskError(f"stitched video has {info.frames} frames, contracted {expected_total}")
-    stored = ctx.services.storage().store(stitched.path, task_type="travel_stitch", task_id=ctx.task.id)
+    stored = ctx.store_output(stitched.path)
     return TaskOutcome(
         output_location=stored.location,
         result={

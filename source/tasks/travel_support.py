@@ -93,6 +93,7 @@ def fetch_input(
     downloaded within the caps or found inside the allowed input roots, then checked to be the image or video it
     should be. Fails the task naming the field; a server that may recover makes it transient."""
     settings = ctx.settings
+    ctx.report_stage(f"fetching {field}")
     roots = (*settings.input_roots, settings.output_dir) if own_output else settings.input_roots
     try:
         path = downloads.fetch_input(
@@ -127,6 +128,7 @@ def fetch_loras(ctx: TaskContext, sources: list[str], *, field: str) -> list[Pat
     )
     paths = []
     for index, source in enumerate(sources):
+        ctx.report_stage(f"fetching {field}[{index}]")
         try:
             paths.append(store.fetch(source, cancel=ctx.cancel_event))
         except DownloadError as error:
