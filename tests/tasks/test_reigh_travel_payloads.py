@@ -17,19 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from reigh_payloads import (
     individual_travel_segment_params,
     travel_between_images_params,
     travel_between_images_task,
 )
-from safetensors.torch import save_file
+from tiny_loras import write_tiny_lora
 
 from source.demo import KEYFRAMES_DIR
 from source.media.video import read_frames, write_frames
 from source.queue import TaskStatus
-from Wan2GP.catalog import load_catalog
-from Wan2GP.loading import load_model
 
 REPO = Path(__file__).resolve().parents[2]
 KEYFRAMES = sorted(str(p) for p in KEYFRAMES_DIR.glob("*.png"))
@@ -54,23 +51,6 @@ def _phase_config(steps: list[int], loras: list[tuple[str, list[str]]] = (), shi
             for index in range(len(steps))
         ],
     }
-
-
-def _tiny_lora(model_cache: Path, path: Path, seed: int) -> str:
-    """An original-Wan-format LoRA on every block's self-attention query of the tiny i2v model's experts."""
-    loaded = load_model(load_catalog().get(TINY_I2V), model_cache, torch.device("cpu"))
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for index, block in enumerate(loaded.transformers["high"].blocks):
-        linear = block.attn1.to_q
-        tensors[f"diffusion_model.blocks.{index}.self_attn.q.lora_down.weight"] = (
-            torch.randn(4, linear.in_features, generator=generator) * 0.2
-        )
-        tensors[f"diffusion_model.blocks.{index}.self_attn.q.lora_up.weight"] = (
-            torch.randn(linear.out_features, 4, generator=generator) * 0.2
-        )
-    save_file(tensors, str(path))
-    return str(path)
 
 
 def _segments(queue, orchestrator_id: str) -> list:
@@ -127,8 +107,8 @@ def test_basic_mode_links_steps_and_saturation_after_the_first_segment(worker_en
 
 @pytest.mark.slow
 def test_per_pair_phase_configs_and_loras_reach_their_own_segment(worker_env, model_cache, tmp_path):
-    style = _tiny_lora(model_cache, worker_env.tmp / "style.safetensors", seed=1)
-    speed = _tiny_lora(model_cache, worker_env.tmp / "speed_high_noise.safetensors", seed=2)
+    style = write_tiny_lora(TINY_I2V, model_cache, worker_env.tmp / "style.safetensors", seed=1)
+    speed = write_tiny_lora(TINY_I2V, model_cache, worker_env.tmp / "speed_high_noise.safetensors", seed=2)
     run_config = _phase_config([2, 2], loras=[(speed, ["1.0", "0"])])
     pair_config = _phase_config([1, 2], loras=[(speed, ["0.5", "0"])], shift=3.0)
     params = travel_between_images_params(

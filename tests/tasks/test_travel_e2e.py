@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from rich.console import Console
-from safetensors.torch import save_file
+from tiny_loras import write_tiny_lora
 
 from source.demo import KEYFRAMES_DIR, travel_summary
 from source.queue import TaskStatus
@@ -25,7 +24,6 @@ from source.tasks.context import TaskContext
 from source.tasks.services import build_services
 from source.tasks.travel_orchestrator import handle_travel_orchestrator
 from Wan2GP.catalog import load_catalog
-from Wan2GP.loading import load_model
 
 REPO = Path(__file__).resolve().parents[2]
 KEYFRAMES = sorted(str(p) for p in (REPO / "source" / "assets" / "keyframes").glob("*.png"))
@@ -34,23 +32,6 @@ REPRODUCERS = REPO / "tests" / "reproducers"
 
 def _reproducer(name: str) -> dict:
     return json.loads((REPRODUCERS / name).read_text())["params"]
-
-
-def _tiny_lora(model_id: str, cache: Path, path: Path, seed: int) -> str:
-    """An original-Wan-format LoRA on every block's self-attention query of the tiny model."""
-    loaded = load_model(load_catalog().get(model_id), cache, torch.device("cpu"))
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for index, block in enumerate(loaded.transformers["high"].blocks):
-        linear = block.attn1.to_q
-        tensors[f"diffusion_model.blocks.{index}.self_attn.q.lora_down.weight"] = (
-            torch.randn(4, linear.in_features, generator=generator) * 0.2
-        )
-        tensors[f"diffusion_model.blocks.{index}.self_attn.q.lora_up.weight"] = (
-            torch.randn(linear.out_features, 4, generator=generator) * 0.2
-        )
-    save_file(tensors, str(path))
-    return str(path)
 
 
 def _run1_payload(model: str) -> dict:
@@ -95,8 +76,8 @@ def test_run1_shape_i2v_without_phase_config(worker_env, ffprobe):
 def test_run2_shape_vace_three_phases_two_loras(worker_env, model_cache, ffprobe):
     params = copy.deepcopy(_reproducer("seed_001_run2_3phase.json"))
     details = params["orchestrator_details"]
-    high = _tiny_lora("wan_tiny_vace", model_cache, worker_env.tmp / "high_noise_model.safetensors", seed=1)
-    low = _tiny_lora("wan_tiny_vace", model_cache, worker_env.tmp / "low_noise_model.safetensors", seed=2)
+    high = write_tiny_lora("wan_tiny_vace", model_cache, worker_env.tmp / "high_noise_model.safetensors", seed=1)
+    low = write_tiny_lora("wan_tiny_vace", model_cache, worker_env.tmp / "low_noise_model.safetensors", seed=2)
     for phase in details["phase_config"]["phases"]:
         for lora in phase["loras"]:
             lora["url"] = high if "high_noise" in lora["url"] else low
