@@ -62,6 +62,10 @@ PHASES = Bound(1, MAX_PHASES, "an integer")
 SEGMENTS = Bound(0, MAX_SEGMENTS, "an integer")
 SEGMENT_INDEX = Bound(0, MAX_SEGMENTS - 1, "an integer")
 STRENGTH = Bound(-10.0, 10.0, "a number")  # post-processing adjustments (saturation, brightness, crossfade sharpness)
+# The after-first colour change of travel segments: saturation x S (a negative S means "off", as upstream), RGB x (1 + B);
+# B = -1 would turn every frame black.
+POST_SATURATION = Bound(-10.0, 3.0, "a number")
+POST_BRIGHTNESS = Bound(-0.99, 1.0, "a number")
 
 
 def check_geometry(width: int, height: int, frames: int) -> str | None:

@@ -137,6 +137,8 @@ SwitchThreshold = Annotated[Number, within(limits.SWITCH_THRESHOLD)]
 ControlNetWeight = Annotated[Number, within(limits.CONTROL_NET_WEIGHT)]
 LoraStrength = Annotated[Number, within(limits.LORA_MULTIPLIER)]
 Strength = Annotated[Number, within(limits.STRENGTH)]
+PostSaturation = Annotated[Number, within(limits.POST_SATURATION)]
+PostBrightness = Annotated[Number, within(limits.POST_BRIGHTNESS)]
 
 # A URL or a path: long signed URLs run to a few hundred characters; nothing real needs more than this.
 MAX_LOCATION_LENGTH = 4096

@@ -26,6 +26,8 @@ from source.params.base import (
     Overlap,
     PayloadModel,
     PhaseIndex,
+    PostBrightness,
+    PostSaturation,
     Resolution,
     Seed,
     SegmentCount,
@@ -403,8 +405,8 @@ class OrchestratorDetails(WgpGenerationFields):
     # The app's ids of each pair (segment i -> pair_shot_generation_ids[i]), written onto the segment rows
     pair_shot_generation_ids: Annotated[list[str | None], Field(max_length=limits.MAX_SEGMENTS)] | None = None
     # Post-processing of segments and of the overlap frames in the guide
-    after_first_post_generation_saturation: Strength | None = None
-    after_first_post_generation_brightness: Strength | None = None
+    after_first_post_generation_saturation: PostSaturation | None = None
+    after_first_post_generation_brightness: PostBrightness | None = None
     subsequent_starting_strength_adjustment: Strength = 0.0
     desaturate_subsequent_starting_frames: Strength = 0.0
     adjust_brightness_subsequent_starting_frames: Strength = 0.0
@@ -592,8 +594,8 @@ class IndividualSegmentParams(WgpGenerationFields):
     enhanced_prompt: str | None = None  # wins over base_prompt when not empty (as in travel)
     frame_overlap_from_previous: Overlap | None = None
     frame_overlap_with_next: Overlap | None = None
-    after_first_post_generation_saturation: Strength | None = None
-    after_first_post_generation_brightness: Strength | None = None
+    after_first_post_generation_saturation: PostSaturation | None = None
+    after_first_post_generation_brightness: PostBrightness | None = None
     pair_shot_generation_id: str | None = None
 
     NOT_USED: ClassVar[Mapping[str, str]] = MappingProxyType(
@@ -645,8 +647,8 @@ class TravelSegmentParams(WgpGenerationFields):
     subsequent_starting_strength_adjustment: Strength = 0.0
     desaturate_subsequent_starting_frames: Strength = 0.0
     adjust_brightness_subsequent_starting_frames: Strength = 0.0
-    after_first_post_generation_saturation: Strength | None = None
-    after_first_post_generation_brightness: Strength | None = None
+    after_first_post_generation_saturation: PostSaturation | None = None
+    after_first_post_generation_brightness: PostBrightness | None = None
     # Flags
     segment_image_download_dir: str | None = None
     debug_mode_enabled: bool = False
@@ -689,8 +691,8 @@ class IndividualTravelSegmentParams(WgpGenerationFields):
     enhanced_prompt: str | None = None
     fps_helpers: Fps = 16
     travel_guidance: TravelGuidance | None = None
-    after_first_post_generation_saturation: Strength | None = None
-    after_first_post_generation_brightness: Strength | None = None
+    after_first_post_generation_saturation: PostSaturation | None = None
+    after_first_post_generation_brightness: PostBrightness | None = None
     # The app's links, read back by complete_task from this same row (so they stay where the app put them).
     project_id: str | None = None
     shot_id: str | None = None

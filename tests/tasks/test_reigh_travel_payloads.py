@@ -269,6 +269,16 @@ def test_unsupported_guidance_and_continuations_fail_at_once_naming_the_field(wo
         task = worker_env.queue.get(task_id)
         assert task.status == TaskStatus.FAILED and task.attempts == 1
         assert f"orchestrator_details.{field}" in task.error_message and "raw" in task.error_message
+    # A colour change the segment could not apply is refused before anything is generated.
+    params = travel_between_images_params(
+        KEYFRAMES[:2], base_prompts=["x"], segment_frames=[9], frame_overlap=[2], model_name=TINY_I2V,
+        after_first_post_generation_brightness=-1,
+    )  # fmt: skip
+    task_id = worker_env.queue.enqueue("travel_orchestrator", params, project_id="p")
+    assert worker_env.drain() == 0
+    task = worker_env.queue.get(task_id)
+    assert task.status == TaskStatus.FAILED and not worker_env.queue.children(task_id)
+    assert "orchestrator_details.after_first_post_generation_brightness" in task.error_message
     params = travel_between_images_params(
         KEYFRAMES[:2], base_prompts=["x"], segment_frames=[9], frame_overlap=[2], model_name=TINY_I2V,
         continuation_config={"strategy": "svi_latent_chaining", "overlap_frames": 4},
