@@ -20,7 +20,6 @@ from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, mo
 from source.params.base import (
     Integer,
     Location,
-    LoraStrength,
     Number,
     Overlap,
     PayloadModel,
@@ -30,22 +29,21 @@ from source.params.base import (
 )
 from source.params.errors import Expected
 from source.params.payloads import (
-    GENERATION_KNOBS,
     MAX_LORAS,
     REIGH_ENVELOPE,
     UI_STATE,
     GenerationSpec,
     GenerationTaskParams,
+    PathLora,
     WgpGenerationFields,
 )
-from source.params.resolve import PayloadLevels, payload_layers, plan_from_resolved, resolve_generation, resolve_layers
+from source.params.resolve import PayloadLevels, checked_generation
 from Wan2GP import limits
 from Wan2GP.catalog import ModelDefinition
 from Wan2GP.limits import Bound
 
 __all__ = [
     "DEFAULT_VACE_MODEL",
-    "AppLora",
     "BridgeSeam",
     "BridgeTaskParams",
     "ClipRef",
@@ -113,13 +111,6 @@ class ClipRef(PayloadModel):
     name: str | None = None
 
 
-class AppLora(PayloadModel):
-    """One of the edit tools' `loras` entries (the app's {path, strength})."""
-
-    path: Location
-    strength: LoraStrength = 1.0
-
-
 class JoinRunSettings(JoinOverrides):
     """Settings shared by join and edit runs (orchestrator_details level)."""
 
@@ -140,7 +131,7 @@ class JoinRunSettings(JoinOverrides):
     run_id: str | None = None
     audio_url: Location | None = None
     vid2vid_init_strength: Number | None = None
-    loras: Annotated[list[AppLora], Field(max_length=MAX_LORAS)] | None = None
+    loras: Annotated[list[PathLora], Field(max_length=MAX_LORAS)] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -436,17 +427,5 @@ def join_generation(
     model now, so a bad combination fails the orchestrator, not the bridge. Returns the spec the bridge row carries
     (each value with the field it came from) and the plan's warnings. Raises PayloadError naming the field."""
     levels = PayloadLevels(orchestrator=details, orchestrator_root=root, segment=override, segment_root=override_root)  # type: ignore[arg-type]
-    plan = plan_from_resolved(resolve_generation(levels, model))
-    # The payload's own values (no system or model layers: the engine applies the model's settings itself).
-    layers = payload_layers(details, name="orchestrator_details", root=root)
-    if override is not None:
-        layers += payload_layers(override, name="per_join_settings", root=override_root)
-    own = resolve_layers(layers)
-    values = own.as_params()
-    spec = GenerationSpec(
-        **{name: values[name] for name in GENERATION_KNOBS if name in values},
-        lora_names=[str(name) for name in values.get("activated_loras") or []],
-        lora_multipliers=str(values.get("loras_multipliers") or "").split(),
-        sources={name: entry.source for name, entry in own.items() if name != "model"},
-    )
+    spec, _, plan = checked_generation(levels, model)
     return spec, list(plan.warnings)

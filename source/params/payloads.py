@@ -222,8 +222,9 @@ class VaceImageRef(PayloadModel):
     type: str | None = None
 
 
-class PairLora(PayloadModel):
-    """One LoRA of a per-pair override (`loras_per_segment_expanded[i][j]`, the app's `{path, strength}`)."""
+class PathLora(PayloadModel):
+    """A LoRA as the app lists it (its PathLoraConfig `{path, strength}`): a pair's `loras_per_segment_expanded[i][j]`,
+    an edit tool's `loras[j]`."""
 
     path: Location
     strength: LoraStrength = 1.0
@@ -382,7 +383,7 @@ class OrchestratorDetails(WgpGenerationFields):
     phase_configs_expanded: Annotated[list[PhaseConfig | None], Field(max_length=limits.MAX_SEGMENTS)] | None = None
     loras_per_segment_expanded: (
         Annotated[
-            list[Annotated[list[PairLora], Field(max_length=MAX_LORAS)] | None], Field(max_length=limits.MAX_SEGMENTS)
+            list[Annotated[list[PathLora], Field(max_length=MAX_LORAS)] | None], Field(max_length=limits.MAX_SEGMENTS)
         ]
         | None
     ) = None
@@ -806,7 +807,7 @@ class OrchestratorOverrides(WgpGenerationFields):
     phase_configs_expanded: Annotated[list[PhaseConfig | None], Field(max_length=limits.MAX_SEGMENTS)] | None = None
     loras_per_segment_expanded: (
         Annotated[
-            list[Annotated[list[PairLora], Field(max_length=MAX_LORAS)] | None], Field(max_length=limits.MAX_SEGMENTS)
+            list[Annotated[list[PathLora], Field(max_length=MAX_LORAS)] | None], Field(max_length=limits.MAX_SEGMENTS)
         ]
         | None
     ) = None

@@ -20,6 +20,7 @@ from typing import Any
 
 from source.params.errors import PayloadError
 from source.params.payloads import (
+    GENERATION_KNOBS,
     GenerationOverrides,
     GenerationSpec,
     GenerationTaskParams,
@@ -208,6 +209,19 @@ def resolve_layers(
     return Resolved(entries, notes, model, lora_sources)
 
 
+def generation_spec(layers: Sequence[Layer]) -> GenerationSpec:
+    """The GenerationSpec a child row carries: the payload's own values from `layers` (no system or model layers: the
+    engine applies the model's settings itself), its LoRAs, and the field each value came from."""
+    own = resolve_layers(layers)
+    values = own.as_params()
+    return GenerationSpec(
+        **{name: values[name] for name in GENERATION_KNOBS if name in values},
+        lora_names=[str(name) for name in values.get("activated_loras") or []],
+        lora_multipliers=str(values.get("loras_multipliers") or "").split(),
+        sources={name: entry.source for name, entry in own.items() if name != "model"},
+    )
+
+
 def system_layer() -> Layer:
     return Layer("system", dict(SYSTEM_DEFAULTS), dict.fromkeys(SYSTEM_DEFAULTS, SYSTEM))
 
@@ -350,6 +364,15 @@ class PayloadLevels:
     individual_root: str = "individual_segment_params"
     pair_index: int | None = None  # this segment's per-pair overrides in the orchestrator's *_expanded lists
 
+    def payloads(self) -> list[tuple[WgpGenerationFields, str, str]]:
+        """(payload, layer name, root) of the levels that are present, lowest precedence first."""
+        levels = [
+            (self.orchestrator, "orchestrator_details", self.orchestrator_root),
+            (self.segment, "params", self.segment_root),
+            (self.individual, "individual_segment_params", self.individual_root),
+        ]
+        return [(payload, name, root) for payload, name, root in levels if payload is not None]
+
     def model_name(self) -> str | None:
         """The model the payload asks for (highest level wins)."""
         for level in (self.individual, self.segment, self.orchestrator):
@@ -392,6 +415,23 @@ def levels_of(payload: WgpGenerationFields) -> PayloadLevels:
     return PayloadLevels(segment=payload)
 
 
+def payload_level_layers(levels: PayloadLevels) -> tuple[list[Layer], list[str]]:
+    """The payload's own layers, lowest precedence first (a travel pair's overrides right above orchestrator_details),
+    and the warnings their phase_configs gave. No system or model layer: what a child row's GenerationSpec holds."""
+    layers: list[Layer] = []
+    warnings: list[str] = []
+    for payload, name, root in levels.payloads():
+        built, notes = _payload_layers(payload, name=name, root=root)
+        layers += built
+        warnings += notes
+        travel = isinstance(payload, OrchestratorDetails | OrchestratorOverrides)
+        if name == "orchestrator_details" and levels.pair_index is not None and travel:
+            built, notes = pair_layers(payload, levels.pair_index, root=root)
+            layers += built
+            warnings += notes
+    return layers, warnings
+
+
 def resolve_generation(levels: PayloadLevels, model: ModelDefinition | None = None) -> Resolved:
     """Resolve the WGP parameters of one generation from system defaults, the model definition and the payload.
     `activated_loras`/`loras_multipliers` are the payload's own LoRAs (what to hand the engine, which runs the
@@ -399,32 +439,25 @@ def resolve_generation(levels: PayloadLevels, model: ModelDefinition | None = No
     layers = [system_layer()]
     if model is not None:
         layers.append(model_layer(model))
-    payload_levels = [
-        (levels.orchestrator, "orchestrator_details", levels.orchestrator_root),
-        (levels.segment, "params", levels.segment_root),
-        (levels.individual, "individual_segment_params", levels.individual_root),
-    ]
-    warnings: list[str] = []
-    for payload, name, root in payload_levels:
-        if payload is None:
-            continue
-        built, notes = _payload_layers(payload, name=name, root=root)
-        layers += built
-        warnings += notes
-        if payload.phase_config is not None and model is not None and model.loras:
-            warnings.append(
-                f"model {model.id} has built-in LoRAs: they run before the phase_config's LoRAs "
-                "(upstream's phase_config patch dropped them)"
-            )
-        if (
-            name == "orchestrator_details"
-            and levels.pair_index is not None
-            and isinstance(payload, OrchestratorDetails | OrchestratorOverrides)
-        ):
-            built, notes = pair_layers(payload, levels.pair_index, root=root)
-            layers += built
-            warnings += notes
-    return resolve_layers(layers, warnings, model)
+    payload_layers_, warnings = payload_level_layers(levels)
+    if model is not None and model.loras:
+        warnings += [
+            f"model {model.id} has built-in LoRAs: they run before the phase_config's LoRAs "
+            "(upstream's phase_config patch dropped them)"
+            for payload, _, _ in levels.payloads()
+            if payload.phase_config is not None
+        ]
+    return resolve_layers([*layers, *payload_layers_], warnings, model)
+
+
+def checked_generation(
+    levels: PayloadLevels, model: ModelDefinition | None
+) -> tuple[GenerationSpec, Resolved, GenerationPlan]:
+    """What a child row (a segment, a bridge) generates with, its full resolution and its per-step plan, checked
+    against the model now so a bad combination fails where the payload came in (PayloadError naming the field)."""
+    resolved = resolve_generation(levels, model)
+    plan = plan_from_resolved(resolved)
+    return generation_spec(payload_level_layers(levels)[0]), resolved, plan
 
 
 def resolve_payload(payload: WgpGenerationFields, model: ModelDefinition | None = None) -> Resolved:

@@ -14,7 +14,6 @@ from pydantic import Field
 
 from source.params.base import Frames, Integer, Location, Overlap, Resolution, within
 from source.params.payloads import (
-    GENERATION_KNOBS,
     GenerationSpec,
     OrchestratorDetails,
     TravelGuidance,
@@ -22,14 +21,7 @@ from source.params.payloads import (
     TravelSegmentParams,
     TravelStitchParams,
 )
-from source.params.resolve import (
-    PayloadLevels,
-    pair_layers,
-    payload_layers,
-    plan_from_resolved,
-    resolve_generation,
-    resolve_layers,
-)
+from source.params.resolve import PayloadLevels, checked_generation
 from Wan2GP import limits
 from Wan2GP.catalog import ModelDefinition
 
@@ -94,17 +86,5 @@ def generation_params_from_details(
 
     Raises PayloadError naming the field (e.g. `orchestrator_details.phase_configs_expanded[1].steps_per_phase`)."""
     levels = PayloadLevels(orchestrator=details, pair_index=segment_index)
-    resolved = resolve_generation(levels, model)
-    plan = plan_from_resolved(resolved)  # validates thresholds, multiplier strings, phases against the model
-    # The payload's own values (no system or model layers: the engine applies the model's settings itself).
-    layers = payload_layers(details, name="orchestrator_details", root="orchestrator_details")
-    layers += pair_layers(details, segment_index)[0]
-    own = resolve_layers(layers)
-    values = own.as_params()
-    spec = GenerationSpec(
-        **{name: values[name] for name in GENERATION_KNOBS if name in values},
-        lora_names=[str(name) for name in values.get("activated_loras") or []],
-        lora_multipliers=str(values.get("loras_multipliers") or "").split(),
-        sources={name: entry.source for name, entry in own.items() if name != "model"},
-    )
+    spec, _, plan = checked_generation(levels, model)
     return spec, list(plan.warnings)

@@ -14,9 +14,8 @@ from typing import Any
 from loguru import logger
 
 from source.params.errors import PayloadError
-from source.params.payloads import GENERATION_KNOBS, GenerationSpec, IndividualTravelSegmentParams
-from source.params.resolve import levels_of, plan_from_resolved, resolve_generation, resolve_layers
-from source.params.resolve import payload_layers as level_layers
+from source.params.payloads import IndividualTravelSegmentParams
+from source.params.resolve import checked_generation, levels_of
 from source.params.travel import SegmentTaskParams
 from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, parse_params
 from source.tasks.travel_plan import quantize_frames
@@ -37,29 +36,9 @@ def parse_individual_segment(raw: Any) -> tuple[SegmentTaskParams, ModelDefiniti
     if guidance is not None and guidance.active and mode != "vace":
         raise TaskInputError(f"travel_guidance: {guidance.kind} guidance needs a VACE model; {model.id!r} is {mode}")
     try:
-        resolved = resolve_generation(levels, model)
-        plan_from_resolved(resolved)  # the whole plan checked now, errors naming the payload field
-        own = resolve_layers(
-            [
-                layer
-                for payload, name in (
-                    (params.orchestrator_details, "orchestrator_details"),
-                    (params, ""),
-                    (params.individual_segment_params, "individual_segment_params"),
-                )
-                if payload is not None
-                for layer in level_layers(payload, name=name or "params", root=name)
-            ]
-        )
+        generation, resolved, _ = checked_generation(levels, model)
     except PayloadError as error:
         raise TaskInputError(str(error)) from error
-    values = own.as_params()
-    generation = GenerationSpec(
-        **{name: values[name] for name in GENERATION_KNOBS if name in values},
-        lora_names=[str(name) for name in values.get("activated_loras") or []],
-        lora_multipliers=str(values.get("loras_multipliers") or "").split(),
-        sources={name: entry.source for name, entry in own.items() if name != "model"},
-    )
     start, end = _keyframes(params)
     if start is None:
         raise TaskInputError(
