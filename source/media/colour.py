@@ -22,7 +22,7 @@ from pathlib import Path
 
 import ffmpeg
 
-from source.media.video import MediaError, VideoInfo, ffmpeg_exe, probe_video
+from source.media.video import MediaError, VideoInfo, encode_stream, probe_video
 
 # Saturation within eq's own range; brightness -1 would make every frame black, and doubling (b = 1) is already extreme.
 SATURATION_RANGE = (0.0, 3.0)
@@ -78,22 +78,4 @@ def _run_filters(src: Path, out: Path, *, saturation: float, brightness: float) 
         u=f"round(128+(val-128)*{chroma_gain!r})",
         v=f"round(128+(val-128)*{chroma_gain!r})",
     )
-    command = (
-        stream.output(
-            str(out),
-            format="mp4",
-            vcodec="libx264",
-            pix_fmt="yuv420p",
-            crf=10,
-            preset="medium",
-            movflags="+faststart",
-            fps_mode="passthrough",  # one frame out per frame in: the segment's frame count is part of the contract
-        )
-        .global_args("-loglevel", "error")
-        .overwrite_output()
-    )
-    try:
-        command.run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True)
-    except ffmpeg.Error as error:
-        reason = (error.stderr or b"").decode(errors="replace").strip()[-_STDERR_TAIL_CHARS:]
-        raise MediaError(f"cannot adjust the colour of {src}: {reason or 'ffmpeg failed'}") from None
+    encode_stream(stream, out, crf=10, what=f"cannot adjust the colour of {src}")

@@ -28,7 +28,7 @@ from source.media.video import (
     MediaError,
     VideoInfo,
     VideoWriter,
-    ffmpeg_exe,
+    encode_stream,
     ffmpeg_rate,
     probe_video,
     read_frames,
@@ -140,26 +140,9 @@ def _concat_videos(videos: Sequence[Path], out_path: Path, *, width: int, height
     # Re-number timestamps after the join: inputs with other frame rates keep every frame, none dropped or doubled.
     joined = ffmpeg.concat(*scaled, v=1, a=0).filter("setpts", f"N/({ffmpeg_rate(fps)})/TB")
     partial = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}.part")
-    command = (
-        joined.output(
-            str(partial),
-            format="mp4",
-            vcodec="libx264",
-            pix_fmt="yuv420p",
-            crf=crf,
-            preset="medium",
-            movflags="+faststart",
-            fps_mode="passthrough",
-        )
-        .global_args("-loglevel", "error")
-        .overwrite_output()
-    )
     try:
-        command.run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True)
+        encode_stream(joined, partial, crf=crf, what=f"ffmpeg concat of {len(videos)} videos into {out_path} failed")
         partial.replace(out_path)
-    except ffmpeg.Error as error:
-        stderr = (error.stderr or b"").decode(errors="replace").strip()[-800:]
-        raise MediaError(f"ffmpeg concat of {len(videos)} videos into {out_path} failed: {stderr}") from None
     finally:
         partial.unlink(missing_ok=True)
 

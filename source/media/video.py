@@ -55,6 +55,29 @@ def _tail(text: str | bytes) -> str:
     return text[-_STDERR_TAIL_CHARS:]
 
 
+def encode_stream(stream: ffmpeg.nodes.FilterableStream, out: Path, *, crf: int, what: str) -> None:
+    """Run an ffmpeg-python filter graph into `out` as every video we deliver is encoded (libx264 yuv420p at `crf`,
+    faststart, one frame out per frame in). A failure is a MediaError: `what`, then the tail of ffmpeg's stderr."""
+    command = (
+        stream.output(
+            str(out),
+            format="mp4",
+            vcodec="libx264",
+            pix_fmt="yuv420p",
+            crf=crf,
+            preset="medium",
+            movflags="+faststart",
+            fps_mode="passthrough",  # frame counts are part of every contract: no frame dropped or doubled
+        )
+        .global_args("-loglevel", "error")
+        .overwrite_output()
+    )
+    try:
+        command.run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True)
+    except ffmpeg.Error as error:
+        raise MediaError(f"{what}: {_tail(error.stderr or b'') or 'ffmpeg failed'}") from None
+
+
 def _parse_rate(rate: str | None) -> float:
     """'16/1' or '24000/1001' -> float; '0/0' or missing -> 0.0."""
     if not rate:
