@@ -169,11 +169,10 @@ def _after_first_colour(params: SegmentTaskParams, video: Path, work_dir: Path) 
     if params.segment_index == 0 or (saturation == 1.0 and brightness == 0.0):
         return video
     logger.info(f"segment {params.segment_index}: saturation x{saturation:g}, brightness {brightness:+g}")
-    try:
-        adjust_colour(video, work_dir / f"{video.stem}_colour.mp4", saturation=saturation, brightness=brightness)
-    except ValueError as error:  # out of the adjustable range: the payload's fault, named by the message
-        raise TaskInputError(f"after_first_post_generation_{error}") from error
-    return work_dir / f"{video.stem}_colour.mp4"
+    adjusted = work_dir / f"{video.stem}_colour.mp4"
+    # The payload's bounds (limits.POST_SATURATION / POST_BRIGHTNESS) are the range adjust_colour applies.
+    adjust_colour(video, adjusted, saturation=saturation, brightness=brightness)
+    return adjusted
 
 
 def _previous_tail(ctx: TaskContext, params: SegmentTaskParams):
