@@ -91,3 +91,31 @@ def test_unreadable_lora_is_bad_input_and_leaves_no_adapter(engine: WanEngine, t
     assert not getattr(transformer, "peft_config", None)
     # and the engine still works afterwards
     assert torch.isfinite(latents(engine, model="wan_tiny_t2v")).all()
+
+
+def test_full_delta_lora_applies_per_phase_and_is_undone(engine: WanEngine, tmp_path: Path) -> None:
+    """LightX2V's extractor with --diff-only (ModelTC/LightX2V tools/extract/lora_extractor.py): no pair at all,
+    only .diff (weights), .diff_b (biases) and .diff_m (modulation tables), once refused whole."""
+    generator = torch.Generator().manual_seed(5)
+    tensors = {"diffusion_model.head.diff_m": torch.randn(1, 2, INNER_DIM, generator=generator) * 0.5}
+    for block in range(2):
+        prefix = f"diffusion_model.blocks.{block}"
+        tensors[f"{prefix}.diff_m"] = torch.randn(1, 6, INNER_DIM, generator=generator) * 0.5
+        tensors[f"{prefix}.self_attn.q.diff"] = torch.randn(INNER_DIM, INNER_DIM, generator=generator) * 0.3
+        tensors[f"{prefix}.self_attn.q.diff_b"] = torch.randn(INNER_DIM, generator=generator) * 0.3
+        tensors[f"{prefix}.cross_attn.norm_q.diff"] = torch.randn(INNER_DIM, generator=generator) * 0.3
+    lora = tmp_path / "diff_only.safetensors"
+    save_file({key: value.to(torch.bfloat16) for key, value in tensors.items()}, str(lora))
+    experts = engine.load("wan_tiny_i2v_2_2").transformers
+    before = {expert: {n: v.clone() for n, v in t.state_dict().items()} for expert, t in experts.items()}
+
+    params = dict(model="wan_tiny_i2v_2_2", activated_loras=[str(lora)])
+    base = latents(engine, model="wan_tiny_i2v_2_2")
+    high_only = latents(engine, **params, loras_multipliers="1;0")
+    both = latents(engine, **params, loras_multipliers="1;1")
+    neither = latents(engine, **params, loras_multipliers="0;0")
+    assert torch.equal(neither, base)
+    assert (high_only - base).abs().max() > 1e-2
+    assert (both - high_only).abs().max() > 1e-3
+    for expert, transformer in experts.items():
+        assert all(torch.equal(transformer.state_dict()[n], v) for n, v in before[expert].items())

@@ -1,4 +1,6 @@
-"""Wan2GP.loras: LoRA formats, per-step strengths on the right expert, merged == unmerged, exact restore on close."""
+"""Wan2GP.loras: LoRA formats, per-step strengths on the right expert, merged == unmerged, exact restore on close.
+
+The layouts of the tools that write Wan LoRAs, key by key, are in test_lora_layouts.py."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from lora_fixtures import (
     ATTENTION_MODULES,
     LoraSpec,
     base_weights,
+    captured_warnings,
     make_lora_spec,
     patched_copy,
     run,
@@ -21,9 +24,10 @@ from lora_fixtures import (
     write_original,
 )
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from Wan2GP.loras import LoraError, LoraRuntime, load_lora_state_dict
+from Wan2GP.lora_formats import read_lora_file
+from Wan2GP.loras import LoraError, LoraRuntime
 
 # fp32 tolerance for "the same linear map computed in another order" (merged vs unmerged vs patched reference)
 RTOL = 1e-5
@@ -72,11 +76,10 @@ def test_every_format_applies_alpha_over_rank_times_strength(
     lora_format: str, mode: str, transformer, inputs, spec, tmp_path: Path
 ) -> None:
     path = FORMAT_WRITERS[lora_format](spec, tmp_path / "lora.safetensors")
-    state_dict = load_lora_state_dict(path)
-    assert set(state_dict) == {f"{m}.lora_{ab}.weight" for m in spec.down for ab in "AB"}
-    for module in spec.down:
-        folded = state_dict[f"{module}.lora_B.weight"] @ state_dict[f"{module}.lora_A.weight"]
-        assert torch.allclose(folded, spec.delta(module), rtol=1e-6, atol=1e-7)
+    weights = read_lora_file(path).for_expert("high")
+    assert set(weights.low_rank) == set(spec.down) and not weights.full
+    for module, pair in weights.low_rank.items():
+        assert torch.allclose(pair.up @ pair.down, spec.delta(module), rtol=1e-6, atol=1e-7)
 
     expected = run(patched_copy(transformer, [(spec, 0.7)]), inputs)
     with LoraRuntime({"high": transformer}, [path], mode=mode) as runtime:
@@ -89,7 +92,7 @@ def test_kohya_without_ffn_keys_loads(transformer, inputs, tmp_path: Path) -> No
     # diffusers' own musubi converter raises KeyError 'blocks_0_ffn_0.lora_down.weight' here; upstream loads it.
     attention_only = make_lora_spec(transformer, seed=5, block_modules=ATTENTION_MODULES)
     path = write_kohya(attention_only, tmp_path / "attention_only.safetensors")
-    assert {key.rsplit(".lora_", 1)[0] for key in load_lora_state_dict(path)} == set(attention_only.down)
+    assert set(read_lora_file(path).for_expert("high").low_rank) == set(attention_only.down)
     expected = run(patched_copy(transformer, [(attention_only, 1.0)]), inputs)
     with LoraRuntime({"high": transformer}, [path]) as runtime:
         runtime.set_step_strengths("high", [1.0])
@@ -101,15 +104,14 @@ def test_kohya_without_ffn_keys_loads(transformer, inputs, tmp_path: Path) -> No
     [
         (
             {"lora_unet_blocks_0_self_attn_q.lora_down.weight": torch.zeros(2, 24)},
-            r"blocks\.0\.attn1\.to_q lacks its lora_A/lora_B pair",
+            r"module blocks\.0\.self_attn\.q lacks its lora_down/lora_up",
         ),
-        ({"lora_unet_blocks_0_mystery_layer.lora_down.weight": torch.zeros(2, 24)}, "maps to no Wan"),
         (
             {"lora_unet_blocks_0_self_attn_q.lora_down.weight": torch.zeros(2, 24), "other.weight": torch.zeros(1)},
             "mixes",
         ),
     ],
-    ids=["kohya up matrix missing", "kohya unknown module", "kohya mixed with other keys"],
+    ids=["kohya up matrix missing", "kohya mixed with other keys"],
 )
 def test_malformed_kohya_files_raise_lora_error(
     tensors: dict[str, torch.Tensor], expected: str, tmp_path: Path
@@ -117,12 +119,12 @@ def test_malformed_kohya_files_raise_lora_error(
     path = tmp_path / "bad_kohya.safetensors"
     save_file(tensors, str(path))
     with pytest.raises(LoraError, match=expected) as raised:
-        load_lora_state_dict(path)
+        read_lora_file(path)
     assert raised.value.path == path
     assert str(path) in str(raised.value)
 
 
-def test_modulation_diff_dropped_and_image_keys_dropped_only_when_asked(spec, tmp_path: Path) -> None:
+def test_modulation_diff_is_the_modulation_table_and_image_keys_are_kept(spec, tmp_path: Path) -> None:
     extra = {
         "diffusion_model.blocks.0.modulation.diff": torch.ones(1, 6, 24),
         "diffusion_model.blocks.0.cross_attn.k_img.lora_down.weight": torch.ones(4, 24),
@@ -130,13 +132,9 @@ def test_modulation_diff_dropped_and_image_keys_dropped_only_when_asked(spec, tm
         "diffusion_model.blocks.0.cross_attn.v_img.lora_down.weight": torch.ones(4, 24),
         "diffusion_model.blocks.0.cross_attn.v_img.lora_up.weight": torch.ones(24, 4),
     }
-    path = write_original(spec, tmp_path / "i2v.safetensors", extra=extra)
-    kept = load_lora_state_dict(path)
-    assert "blocks.0.attn2.add_k_proj.lora_A.weight" in kept
-    assert "blocks.0.attn2.add_v_proj.lora_B.weight" in kept
-    assert not any("modulation" in key or "scale_shift" in key for key in kept)
-    dropped = load_lora_state_dict(path, keep_image_keys=False)
-    assert set(dropped) == set(kept) - {key for key in kept if ".add_" in key}
+    weights = read_lora_file(write_original(spec, tmp_path / "i2v.safetensors", extra=extra)).for_expert("high")
+    assert {"blocks.0.attn2.add_k_proj", "blocks.0.attn2.add_v_proj"} <= set(weights.low_rank)
+    assert torch.equal(weights.full["blocks.0.scale_shift_table"].delta, torch.ones(1, 6, 24))
 
 
 def test_i2v_lora_on_t2v_and_i2v_transformers(spec, tmp_path: Path) -> None:
@@ -165,13 +163,16 @@ def test_i2v_lora_on_t2v_and_i2v_transformers(spec, tmp_path: Path) -> None:
     assert torch.allclose(added, linears["blocks.1.attn2.add_k_proj"].weight, atol=1e-6)
     assert_close(with_lora, run(reference, i2v_inputs))
 
-    # A t2v transformer has no image cross-attention: the k_img/v_img part is dropped, the rest applies.
+    # A t2v transformer has no image cross-attention: the k_img/v_img part is reported, the rest applies.
     t2v = tiny_transformer(seed=0)
     t2v_inputs = transformer_inputs(seed=1)
     expected = run(patched_copy(t2v, [(spec, 0.5)]), t2v_inputs)
-    with LoraRuntime({"low": t2v}, [path]) as runtime:
+    with captured_warnings() as warnings, LoraRuntime({"low": t2v}, [path]) as runtime:
         runtime.set_step_strengths("low", [0.5])
         assert_close(run(t2v, t2v_inputs), expected)
+    assert len(warnings) == 1
+    assert "i2v.safetensors" in warnings[0] and "4 of its modules name nothing in this model" in warnings[0]
+    assert "blocks.0.cross_attn.k_img" in warnings[0]
 
 
 def test_bias_deltas_and_norm_diffs_of_original_files(transformer, inputs, tmp_path: Path) -> None:
@@ -180,10 +181,10 @@ def test_bias_deltas_and_norm_diffs_of_original_files(transformer, inputs, tmp_p
     bias_delta = torch.randn(24, generator=generator)
     extra = {
         "diffusion_model.blocks.0.self_attn.q.diff_b": bias_delta,
-        "diffusion_model.blocks.0.norm3.diff": torch.zeros(24),  # lightx2v-style zero norm diff: ignored
+        "diffusion_model.blocks.0.norm3.diff": torch.zeros(24),  # a zero norm delta: applied, changes nothing
     }
     path = write_original(attention, tmp_path / "with_bias.safetensors", extra=extra)
-    assert torch.equal(load_lora_state_dict(path)["blocks.0.attn1.to_q.lora_B.bias"], bias_delta)
+    assert torch.equal(read_lora_file(path).for_expert("high").full["blocks.0.attn1.to_q.bias"].delta, bias_delta)
 
     reference = patched_copy(transformer, [(attention, 0.8)])
     with torch.no_grad():
@@ -229,21 +230,25 @@ def test_vace_blocks_of_original_files_map_to_diffusers_vace_blocks(tmp_path: Pa
         tensors[f"diffusion_model.{original}.alpha"] = torch.tensor(1.0)
     path = tmp_path / "vace.safetensors"
     save_file(tensors, str(path))
-    state_dict = load_lora_state_dict(path)
+    weights = read_lora_file(path).for_expert("high")
     expected_modules = {
         "vace_blocks.0.proj_in",
         "vace_blocks.1.attn1.to_q",
         "vace_blocks.1.proj_out",
         "blocks.2.ffn.net.2",
     }
-    assert {key.rsplit(".lora_", 1)[0] for key in state_dict} == expected_modules
+    assert set(weights.low_rank) == expected_modules
 
     original_weight = vace.vace_blocks[0].proj_in.weight.detach().clone()
+    proj_out = vace.vace_blocks[0].proj_out.weight.detach().clone()
     with LoraRuntime({"high": vace}, [path], mode="merged") as runtime:
         runtime.set_step_strengths("high", [2.0])
         merged = vace.vace_blocks[0].proj_in.weight.detach().clone()
-        # exact targets: the main-model-style "proj_out" of vace_blocks.0 carries no adapter
+        # exact targets: the "proj_out" of vace_blocks.0 (only vace_blocks.1's is in the file) is untouched
+        assert torch.equal(vace.vace_blocks[0].proj_out.weight, proj_out)
+    with LoraRuntime({"high": vace}, [path], mode="unmerged"):
         assert not isinstance(vace.vace_blocks[0].proj_out, LoraLayer)
+        assert isinstance(vace.vace_blocks[1].proj_out, LoraLayer)
     assert torch.allclose(merged, original_weight + 2.0 * 0.5 * up @ down, atol=1e-6)  # alpha/rank = 1/2
     assert torch.equal(vace.vace_blocks[0].proj_in.weight, original_weight)
 
@@ -251,14 +256,41 @@ def test_vace_blocks_of_original_files_map_to_diffusers_vace_blocks(tmp_path: Pa
 # --- bad files ------------------------------------------------------------------------------------------------------
 
 
-def test_lora_whose_keys_match_no_module_names_the_file(transformer, tmp_path: Path) -> None:
+def test_lora_for_a_deeper_model_applies_what_matches_and_names_the_rest(transformer, inputs, tmp_path: Path) -> None:
     deeper = tiny_transformer(seed=0, num_layers=4)
-    path = write_original(make_lora_spec(deeper, seed=1), tmp_path / "for_a_deeper_model.safetensors")
+    deeper_spec = make_lora_spec(deeper, seed=1)
+    path = write_original(deeper_spec, tmp_path / "for_a_deeper_model.safetensors")
+    matching = LoraSpec(
+        down={m: t for m, t in deeper_spec.down.items() if m.startswith(("blocks.0.", "blocks.1."))},
+        up={m: t for m, t in deeper_spec.up.items() if m.startswith(("blocks.0.", "blocks.1."))},
+        alpha=deeper_spec.alpha,
+        rank=deeper_spec.rank,
+    )
+    expected = run(patched_copy(transformer, [(matching, 1.0)]), inputs)
+    with captured_warnings() as warnings, LoraRuntime({"high": transformer}, [path]) as runtime:
+        runtime.set_step_strengths("high", [1.0])
+        assert_close(run(transformer, inputs), expected)
+    assert len(warnings) == 1
+    assert "for_a_deeper_model.safetensors" in warnings[0] and "20 of its modules name nothing" in warnings[0]
+    assert "blocks.2.cross_attn.k" in warnings[0]
+
+
+def test_lora_of_which_nothing_applies_names_the_file_and_its_layout(transformer, tmp_path: Path) -> None:
+    deeper = tiny_transformer(seed=0, num_layers=4)
+    spec = make_lora_spec(deeper, seed=1)
+    only_deep_blocks = LoraSpec(
+        down={m: t for m, t in spec.down.items() if m.startswith(("blocks.2.", "blocks.3."))},
+        up={m: t for m, t in spec.up.items() if m.startswith(("blocks.2.", "blocks.3."))},
+        alpha=spec.alpha,
+        rank=spec.rank,
+    )
+    path = write_kohya(only_deep_blocks, tmp_path / "deep_blocks_only.safetensors")
     before = base_weights(transformer)
-    with pytest.raises(LoraError, match="match no module") as raised:
+    with pytest.raises(LoraError, match="nothing in it applies") as raised:
         LoraRuntime({"high": transformer}, [path])
-    assert "for_a_deeper_model.safetensors" in str(raised.value)
-    assert "blocks.2." in str(raised.value)
+    message = str(raised.value)
+    assert "deep_blocks_only.safetensors" in message and "kohya/musubi-tuner names" in message
+    assert "blocks.2." in message
     assert not hasattr(transformer, "peft_config") or not transformer.peft_config
     assert all(torch.equal(tensor, before[name]) for name, tensor in transformer.state_dict().items())
 
@@ -267,7 +299,8 @@ def test_lora_for_another_model_size_names_file_and_module(transformer, tmp_path
     wider = tiny_transformer(seed=0, attention_head_dim=16)
     path = write_diffusers(make_lora_spec(wider, seed=1), tmp_path / "wider.safetensors")
     with pytest.raises(
-        LoraError, match=r"blocks\.0\.attn1\.to_\w+: lora_A has 32 inputs, the layer 24 .*another model size"
+        LoraError,
+        match=r"blocks\.0\.attn1\.to_\w+: the pair maps 32 inputs to 32 outputs, the layer 24 to 24 .*another",
     ) as raised:
         LoraRuntime({"high": transformer}, [path])
     assert "wider.safetensors" in str(raised.value)
@@ -278,11 +311,12 @@ def test_lora_for_another_model_size_names_file_and_module(transformer, tmp_path
     [
         (None, "file not found"),
         (b"not a safetensors file", "not a readable .safetensors"),
-        ({"text_encoder.layer.0.lora_A.weight": torch.zeros(2, 4)}, "unknown LoRA format"),
-        ({"blocks.0.attn1.to_q.lora_A.weight": torch.zeros(2, 24)}, "lacks its lora_A/lora_B pair"),
-        ({"blocks.0.attn1.to_q.lora_magnitude_vector": torch.zeros(24)}, "DoRA"),
+        ({"diffusion_model.blocks.0.self_attn.q.weight": torch.zeros(24, 24)}, "is not a LoRA parameter"),
+        ({"blocks.0.attn1.to_q.lora_A.weight": torch.zeros(2, 24)}, r"lacks its lora_down/lora_up \(lora_A/lora_B\)"),
+        ({"blocks.0.attn1.to_q.lora_magnitude_vector": torch.zeros(24)}, "lacks its lora_down/lora_up"),
+        ({"lora_unet_blocks_0_self_attn_q.lokr_w1": torch.zeros(2, 2)}, "LoKr"),
     ],
-    ids=["missing", "not safetensors", "unknown format", "half a pair", "dora"],
+    ids=["missing", "not safetensors", "a checkpoint, not a LoRA", "half a pair", "magnitude without pair", "lokr"],
 )
 def test_unusable_files_raise_lora_error(content: object, expected: str, tmp_path: Path) -> None:
     path = tmp_path / "bad.safetensors"
@@ -291,8 +325,24 @@ def test_unusable_files_raise_lora_error(content: object, expected: str, tmp_pat
     elif isinstance(content, dict):
         save_file(content, str(path))
     with pytest.raises(LoraError, match=expected) as raised:
-        load_lora_state_dict(path)
+        read_lora_file(path)
     assert str(path) in str(raised.value)
+
+
+def test_kohya_text_encoder_and_unknown_modules_are_reported_not_refused(transformer, inputs, tmp_path: Path) -> None:
+    attention = make_lora_spec(transformer, seed=6, block_modules=["attn1.to_q"])
+    path = write_kohya(attention, tmp_path / "with_te.safetensors")
+    tensors = dict(load_file(str(path)))
+    tensors["lora_te_encoder_block_0_layer_0_SelfAttention_q.lora_down.weight"] = torch.zeros(2, 8)
+    tensors["lora_te_encoder_block_0_layer_0_SelfAttention_q.lora_up.weight"] = torch.zeros(8, 2)
+    tensors["lora_unet_blocks_0_mystery_layer.lora_down.weight"] = torch.zeros(2, 24)
+    save_file(tensors, str(path))
+    expected = run(patched_copy(transformer, [(attention, 1.0)]), inputs)
+    with captured_warnings() as warnings, LoraRuntime({"high": transformer}, [path]) as runtime:
+        runtime.set_step_strengths("high", [1.0])
+        assert_close(run(transformer, inputs), expected)
+    assert len(warnings) == 1 and "2 of its modules name nothing in this model" in warnings[0]
+    assert "lora_te_encoder_block_0_layer_0_SelfAttention_q" in warnings[0] and "blocks_0_mystery_layer" in warnings[0]
 
 
 # --- strengths ------------------------------------------------------------------------------------------------------
@@ -381,7 +431,7 @@ def test_unchanged_strengths_touch_nothing(transformer, spec, tmp_path: Path) ->
     path = write_original(spec, tmp_path / "a.safetensors")
     with LoraRuntime({"high": transformer}, [path], mode="merged") as runtime:
         runtime.set_step_strengths("high", [0.9])
-        weight = transformer.blocks[0].attn1.to_q.get_base_layer().weight
+        weight = transformer.blocks[0].attn1.to_q.weight  # merged: the layer stays a plain Linear
         version = weight._version  # bumped by every in-place write
         runtime.set_step_strengths("high", [0.9])
         assert weight._version == version
@@ -409,7 +459,10 @@ def test_per_step_schedule_reaches_the_expert_that_runs(mode: str, spec, spec_b,
     seen: list[tuple[str, dict[str, float]]] = []
 
     def record(expert: str):
-        def hook(module: LoraLayer, args: tuple[object, ...]) -> None:
+        def hook(module: torch.nn.Module, args: tuple[object, ...]) -> None:
+            if not isinstance(module, LoraLayer):  # merged mode: no adapter layer at all
+                seen.append((expert, {}))
+                return
             active = module.active_adapters if not module.disable_adapters else []
             seen.append((expert, {name: module.scaling[name] for name in active}))
 
