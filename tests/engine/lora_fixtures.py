@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import WanTransformer3DModel
-from loguru import logger
 from safetensors.torch import save_file
 
 NUM_LAYERS = 2
@@ -186,14 +183,3 @@ def patched_copy(transformer: torch.nn.Module, terms: list[tuple[LoraSpec, float
 
 def base_weights(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone() for name, tensor in transformer.state_dict().items()}
-
-
-@contextmanager
-def captured_warnings() -> Iterator[list[str]]:
-    """The loguru WARNING (and worse) messages logged inside the block."""
-    messages: list[str] = []
-    handler_id = logger.add(lambda message: messages.append(message.record["message"]), level="WARNING")
-    try:
-        yield messages
-    finally:
-        logger.remove(handler_id)

@@ -41,7 +41,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from lora_fixtures import base_weights, captured_warnings, run, tiny_transformer, transformer_inputs
+from log_capture import captured_warnings
+from lora_fixtures import base_weights, run, tiny_transformer, transformer_inputs
 from safetensors.torch import save_file
 
 from Wan2GP.lora_formats import read_lora_file

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import WanVACETransformer3DModel
+from log_capture import captured_warnings
 from lora_fixtures import (
     ATTENTION_MODULES,
     LoraSpec,
     base_weights,
-    captured_warnings,
     make_lora_spec,
     patched_copy,
     run,
