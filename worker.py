@@ -93,6 +93,20 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     engine.add_argument("--lora-dir", metavar="DIR", help="downloaded LoRAs [env HW_LORA_DIR; default <cache>/loras]")
     engine.add_argument(
+        "--prompt-model",
+        metavar="REPO|DIR",
+        help="the Qwen2.5-VL that writes travel prompts when a run asks for enhance_prompt: a Hugging Face repo, a "
+        "local folder, or 'tiny' [env HW_PROMPT_MODEL; default Qwen/Qwen2.5-VL-7B-Instruct]",
+    )
+    engine.add_argument(
+        "--no-prompt-fallback",
+        dest="prompt_fallback",
+        action="store_false",
+        default=None,
+        help="fail a travel run that asks for enhance_prompt when the prompt model cannot be loaded, instead of "
+        "generating with the base prompts [env HW_PROMPT_FALLBACK=false]",
+    )
+    engine.add_argument(
         "--supabase-url",
         metavar="URL",
         help="a Supabase project: with SUPABASE_SERVICE_ROLE_KEY in the environment, outputs go to its bucket; with "

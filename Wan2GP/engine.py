@@ -13,7 +13,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,6 +39,7 @@ from Wan2GP.conditioning import (
 )
 from Wan2GP.loading import LoadedModel, ModelLoadError, load_model, quiet_library_progress_bars
 from Wan2GP.lora_files import LoraDownloadError
+from Wan2GP.prompt_text import DEFAULT_PROMPT_MODEL
 from Wan2GP.request import GenerationRequest, InvalidGenerationParams, check_param_names, resolve_request
 from Wan2GP.sampler import (
     Conditioning,
@@ -54,6 +55,7 @@ from Wan2GP.video_io import VideoReadError, pixels_to_uint8, read_video, write_m
 
 if TYPE_CHECKING:
     from Wan2GP.loras import LoraRuntime
+    from Wan2GP.prompt_writer import PromptRequest
 
 __all__ = [
     "GenerationCancelled",
@@ -62,6 +64,7 @@ __all__ = [
     "LoraDownloadError",
     "ModelLoadError",
     "ProgressEvent",
+    "PromptOutcome",
     "RenderedVideo",
     "WanEngine",
     "default_cache_dir",
@@ -104,6 +107,19 @@ class RenderedVideo:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PromptOutcome:
+    """One prompt the prompt writer was asked for: the prompt, or why there is none."""
+
+    prompt: str | None
+    error: str | None = None
+
+
+# Room the VLM needs on the device beyond its weights: the vision tower's and the decoder's activations for one
+# side-by-side image of at most 1280 merged tiles and 512 new tokens, with allocator slack.
+PROMPT_MODEL_ACTIVATION_BYTES = 3 * 2**30
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("WAN2GP_CACHE") or Path.home() / ".cache" / "wan2gp")
 
@@ -126,8 +142,10 @@ class WanEngine:
         catalog: Catalog | None = None,
         lora_dir: Path | None = None,
         reinject_start_frame: bool = True,
+        prompt_model: str = DEFAULT_PROMPT_MODEL,
     ) -> None:
         self.reinject_start_frame = reinject_start_frame
+        self.prompt_model = prompt_model  # the VLM write_prompts loads: a repo id, a local folder or "tiny"
         quiet_library_progress_bars()
         self.device = torch.device(device) if device is not None else default_device()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -166,6 +184,90 @@ class WanEngine:
         self._loaded = None
         gc.collect()
         if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # -- prompt writing -------------------------------------------------------------------------------------------
+
+    def write_prompts(
+        self,
+        requests: Sequence[PromptRequest],
+        *,
+        max_new_tokens: int | None = None,
+        on_prompt: Callable[[int, int], None] | None = None,
+    ) -> list[PromptOutcome]:
+        """Write one prompt per request with the prompt model, loaded for this batch and freed afterwards.
+
+        The loaded Wan model stays on the device when both fit; when they do not, it waits in host memory while the
+        VLM runs and comes back afterwards (no reload from disk). A request that fails (an unreadable image, an
+        empty answer, out of memory in that one generation) gets an outcome with the error; PromptWriterUnavailable
+        when the model itself cannot be fetched or loaded."""
+        from Wan2GP.prompt_writer import (  # transformers' Qwen2.5-VL, imported only when prompts are asked for
+            MAX_NEW_TOKENS,
+            PromptWriter,
+            PromptWriterUnavailable,
+            resolve_prompt_model,
+            weights_bytes,
+        )
+
+        if not requests:
+            return []
+        folder = resolve_prompt_model(self.prompt_model, self.cache_dir)
+        with self._lock:
+            parked = self._make_room(weights_bytes(folder) + PROMPT_MODEL_ACTIVATION_BYTES)
+            try:
+                try:
+                    writer = PromptWriter(folder, device=self.device, max_new_tokens=max_new_tokens or MAX_NEW_TOKENS)
+                except torch.OutOfMemoryError as error:
+                    raise PromptWriterUnavailable(f"out of memory loading the prompt model ({error})") from error
+                outcomes: list[PromptOutcome] = []
+                with writer:
+                    for index, request in enumerate(requests):
+                        started = time.perf_counter()
+                        try:
+                            outcomes.append(PromptOutcome(writer.write(request)))
+                        except (ValueError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
+                            outcomes.append(PromptOutcome(None, f"{type(error).__name__}: {error}"))
+                        logger.info(
+                            "prompt {}/{} written in {:.2f}s", index + 1, len(requests), time.perf_counter() - started
+                        )
+                        if on_prompt is not None:
+                            on_prompt(index + 1, len(requests))
+                return outcomes
+            finally:
+                if parked:
+                    self._move_loaded(self.device)
+
+    def _make_room(self, needed_bytes: int) -> bool:
+        """Move the loaded Wan model to host memory when the device cannot hold it and `needed_bytes` more; True
+        when it was moved."""
+        if self.device.type != "cuda" or self._loaded is None:
+            return False
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if needed_bytes <= free:
+            logger.info(
+                "the prompt model ({:.1f} GB) fits beside {} ({:.1f} GB free)",
+                needed_bytes / 1e9,
+                self._loaded.model_id,
+                free / 1e9,
+            )
+            return False
+        logger.info(
+            "{} waits in host memory while the prompt model runs ({:.1f} GB needed, {:.1f} GB free)",
+            self._loaded.model_id,
+            needed_bytes / 1e9,
+            free / 1e9,
+        )
+        self._move_loaded(torch.device("cpu"))
+        return True
+
+    def _move_loaded(self, device: torch.device) -> None:
+        model = self._loaded
+        if model is None:
+            return
+        for module in (*model.transformers.values(), model.text_encoder, model.vae):
+            module.to(device)
+        if device.type == "cpu":
+            gc.collect()
             torch.cuda.empty_cache()
 
     # -- generation -----------------------------------------------------------------------------------------------

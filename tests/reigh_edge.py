@@ -66,6 +66,7 @@ class ReighEdgeServer:
         self.calls: list[tuple[str, int]] = []
         self.objects: dict[str, bytes] = {}  # storage path -> bytes
         self.worker_logs: list[dict[str, Any]] = []  # what heartbeats sent (Reigh's system_logs)
+        self.pair_prompts: list[dict[str, Any]] = []  # bodies update-shot-pair-prompts accepted
         self._upload_tokens: dict[str, str] = {}
         self._faults: dict[str, list[Reply]] = {}
         self._lock = threading.Lock()
@@ -478,6 +479,18 @@ class ReighEdgeServer:
                 [worker_id, body.get("instance_type") or "external", model],
             ).fetchone()
         return 200, {"success": True, "worker_id": updated[0], "current_model": model, "action": "updated"}
+
+    def _fn_update_shot_pair_prompts(self, body: dict[str, Any]) -> tuple[int, Any]:
+        """update-shot-pair-prompts/index.ts: shot_id and an enhanced_prompts array are required; each non-empty
+        prompt i goes into the metadata of the shot's i-th positioned image (recorded here, no shot tables)."""
+        if not isinstance(body.get("shot_id"), str):
+            return 400, {"error": "Missing required field: shot_id"}
+        if not isinstance(body.get("enhanced_prompts"), list):
+            return 400, {"error": "Missing or invalid required field: enhanced_prompts (must be array)"}
+        prompts = [value for value in body["enhanced_prompts"] if isinstance(value, str)]
+        with self._lock:
+            self.pair_prompts.append(body)
+        return 200, {"success": True, "updated_count": sum(1 for prompt in prompts if prompt)}
 
     # ------------------------------------------------------------------------------------------ the heartbeat RPC
 

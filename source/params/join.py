@@ -119,7 +119,7 @@ class JoinRunSettings(JoinOverrides):
             **{key: reason for key, reason in JoinOverrides.NOT_USED.items() if key != "fps"},
             "audio_url": "this worker writes video only",
             "vid2vid_init_strength": "the engine starts every bridge from noise",
-            "enhance_prompt": "this worker has no VLM prompt enhancer",
+            "enhance_prompt": "the prompt model writes travel segments' prompts only; join prompts are used as given",
         }
     )
 

@@ -453,8 +453,7 @@ class OrchestratorDetails(WgpGenerationFields):
     NOT_USED: ClassVar[Mapping[str, str]] = MappingProxyType(
         {
             **WgpGenerationFields.NOT_USED,
-            "vlm_device": "no prompt enhancer runs in this worker",
-            "enhance_prompt": "no prompt enhancer runs in this worker (enhanced_prompts_expanded are used when sent)",
+            "vlm_device": "the prompt model runs on the engine's device (--device)",
             "continue_from_video_resolved_path": "continuing an earlier video is not implemented",
             "svi_strength": "Stable Video Infinity is not implemented (use_svi must be false)",
             "svi_strength_1": "Stable Video Infinity is not implemented (use_svi must be false)",

@@ -507,6 +507,11 @@ class SqlTaskQueue(ABC):
             )
         )
 
+    def share_prompts(self, task_id: str, shot_id: str, prompts: Sequence[str]) -> bool:
+        """The prompts the VLM wrote for a shot's pairs. A database queue has no app to tell: they are in the segment
+        rows already. False."""
+        return False
+
     def report_progress(self, task_id: str, worker_id: str, *, step: int, total: int, message: str = "") -> None:
         percent = round(100.0 * step / total, 1) if total > 0 else 0.0
         progress = {"step": step, "total": total, "percent": percent, "message": clean_message(message, 200)}

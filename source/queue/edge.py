@@ -423,6 +423,16 @@ class ReighEdgeQueue:
             raise
         return answer is None or answer.get("status") == TaskStatus.IN_PROGRESS.value
 
+    def share_prompts(self, task_id: str, shot_id: str, prompts: Sequence[str]) -> bool:
+        """update-shot-pair-prompts: the app shows the prompts the VLM wrote on the shot's pairs (one per pair, ""
+        where it wrote none). Never fails the task: False, with a warning, when the call does not go through."""
+        body = {"shot_id": shot_id, "task_id": task_id, "enhanced_prompts": list(prompts)}
+        try:
+            return self._optional("update-shot-pair-prompts", body) is not None
+        except (EdgeCallFailed, QueueError) as error:
+            logger.warning("update-shot-pair-prompts failed ({}); the app does not show the written prompts", error)
+            return False
+
     def report_progress(self, task_id: str, worker_id: str, *, step: int, total: int, message: str = "") -> None:
         """Reigh's rows have no progress field (update-task-status refuses In Progress -> In Progress): progress goes
         to Reigh's worker logs (system_logs) with the next heartbeat."""

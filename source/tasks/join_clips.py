@@ -311,7 +311,7 @@ def parse_join_orchestrator(raw: Any) -> tuple[JoinClipsOrchestratorParams, list
 
 def warn_unused_settings(details: JoinRunSettings) -> None:
     for name, reason in (
-        ("enhance_prompt", "this worker has no VLM prompt enhancer; the prompts are used as given"),
+        ("enhance_prompt", "the prompt model writes travel segments' prompts only; join prompts are used as given"),
         ("audio_url", "this worker writes video only; the audio is not added"),
         ("vid2vid_init_strength", "the engine starts every bridge from noise"),
     ):

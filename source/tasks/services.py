@@ -14,7 +14,12 @@ def build_services(settings: WorkerSettings) -> WorkerServices:
 
         _library_logs_into_the_worker_log()
 
-        return WanEngine(device=settings.device, cache_dir=settings.model_cache_dir, lora_dir=settings.lora_dir)
+        return WanEngine(
+            device=settings.device,
+            cache_dir=settings.model_cache_dir,
+            lora_dir=settings.lora_dir,
+            prompt_model=settings.prompt_model,
+        )
 
     def make_storage():
         if settings.uses_reigh_edge:  # outputs stay local; the queue uploads them through Reigh's signed URLs

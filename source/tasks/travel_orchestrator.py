@@ -30,6 +30,7 @@ from source.params.travel import (
 from source.queue import ChildSpec
 from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, parse_params
 from source.tasks.travel_plan import TravelPlanError, plan_travel
+from source.tasks.travel_prompts import segment_prompts
 from source.tasks.travel_support import load_model_definition, travel_model_for
 from Wan2GP import limits
 from Wan2GP.catalog import ModelDefinition
@@ -88,32 +89,33 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
     overlaps = details.frame_overlap_expanded
     if isinstance(overlaps, list):  # Reigh sends one per segment (expandArrayToCount), the last one unused
         overlaps = overlaps[: max(count - 1, 0)]
+    plan_inputs = dict(
+        mode=mode,
+        chain_segments=details.chain_segments is not False,
+        images=list(details.input_image_paths_resolved or []),
+        segment_frames=list(details.segment_frames_expanded)[:count],
+        overlaps=overlaps,
+        base_prompt=details.base_prompt or "",
+        base_prompts=list(details.base_prompts_expanded or []),
+        negative_prompt=details.negative_prompt or "",
+        negative_prompts=list(details.negative_prompts_expanded or []),
+        text_before=details.text_before_prompts or "",
+        text_after=details.text_after_prompts or "",
+        seed=seed,
+    )
     try:
-        plan = plan_travel(
-            mode=mode,
-            chain_segments=details.chain_segments is not False,
-            images=list(details.input_image_paths_resolved or []),
-            segment_frames=list(details.segment_frames_expanded)[:count],
-            overlaps=overlaps,
-            base_prompt=details.base_prompt or "",
-            base_prompts=list(details.base_prompts_expanded or []),
-            enhanced_prompts=list(details.enhanced_prompts_expanded or []),
-            negative_prompt=details.negative_prompt or "",
-            negative_prompts=list(details.negative_prompts_expanded or []),
-            text_before=details.text_before_prompts or "",
-            text_after=details.text_after_prompts or "",
-            seed=seed,
-        )
+        plan = plan_travel(**plan_inputs, enhanced_prompts=list(details.enhanced_prompts_expanded or []))
     except TravelPlanError as error:
         raise TaskInputError(str(error)) from error
-    if details.enhance_prompt and not any(details.enhanced_prompts_expanded or []):
-        logger.warning("enhance_prompt is set but this worker has no VLM prompt enhancer; using the base prompts")
 
     width, height = _resolution(details.parsed_resolution_wh or model.settings.get("resolution", "832x480"))
     too_big = limits.check_geometry(width, height, max(segment.frames for segment in plan.segments))
     if too_big is not None:  # found here, before any segment is enqueued, not by every segment's engine call
         raise TaskInputError(f"orchestrator_details.parsed_resolution_wh: {too_big}")
     fps = details.fps_helpers or model.fps
+    prompts = segment_prompts(ctx, details, count=count, frames=[s.frames for s in plan.segments], fps=fps)
+    if prompts.written or prompts.not_enhanced:
+        plan = plan_travel(**plan_inputs, enhanced_prompts=prompts.enhanced)
     run_id = details.run_id or ctx.task.id
     app_view = _details_the_app_reads(details)
     children: list[ChildSpec] = []
@@ -201,6 +203,7 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
             "mode": mode,
             "seed": seed,
             "child_ids": child_ids,
+            **({"prompt_enhancement": prompts.summary()} if details.enhance_prompt else {}),
         },
     )
 

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from source.queue import resolve_db_url
 from source.queue.urls import DB_URL_ENV_VARS
+from Wan2GP.prompt_text import DEFAULT_PROMPT_MODEL
 
 T = TypeVar("T")
 
@@ -53,6 +54,8 @@ class WorkerSettings:
     device: str | None = None  # torch device for the engine; None: cuda when available, else cpu
     model_cache_dir: Path | None = None  # None: the engine's default ($WAN2GP_CACHE or ~/.cache/wan2gp)
     lora_dir: Path = field(default_factory=lambda: default_lora_dir(None, os.environ))
+    prompt_model: str = DEFAULT_PROMPT_MODEL  # the VLM behind enhance_prompt: repo id, local folder or "tiny"
+    prompt_fallback: bool = True  # the VLM cannot load: run with the base prompts (False: fail the travel run)
     supabase_url: str | None = None
     supabase_key: str | None = field(default=None, repr=False)  # a secret: kept out of reprs and logs
     supabase_bucket: str | None = None
@@ -186,6 +189,8 @@ def settings_from_values(values: Mapping[str, Any], environ: Mapping[str, str] |
         device=pick("device", "HW_DEVICE", str, None),
         model_cache_dir=model_cache_dir,
         lora_dir=_path(pick("lora_dir", "HW_LORA_DIR", str, None)) or default_lora_dir(model_cache_dir, env),
+        prompt_model=pick("prompt_model", "HW_PROMPT_MODEL", str, DEFAULT_PROMPT_MODEL),
+        prompt_fallback=pick("prompt_fallback", "HW_PROMPT_FALLBACK", _parse_bool, True),
         supabase_url=supabase_url,
         supabase_access_token=access_token,
         edge_timeout_seconds=pick("edge_timeout", "HW_EDGE_TIMEOUT", float, 30.0),

@@ -280,3 +280,28 @@ def test_a_completion_retried_after_the_api_was_down_still_completes_the_orchest
     stitch, parent = task_row(reigh_db.url, stitch_id), task_row(reigh_db.url, parent_id)
     assert stitch["status"] == parent["status"] == "Complete"
     assert parent["output_location"] == stitch["output_location"]  # the stitched video is the orchestrator's too
+
+
+@pytest.mark.parametrize("edge", [(), ("update-shot-pair-prompts",)], ids=["deployed", "not deployed"], indirect=True)
+def test_written_prompts_reach_the_shot_through_update_shot_pair_prompts(
+    reigh_db: ReighDatabase, edge: ReighEdgeServer
+) -> None:
+    from source.queue import open_reigh_edge
+
+    queue = open_reigh_edge(edge.url, SERVICE_KEY, timeout=10)
+    try:
+        deployed = not edge.without
+        assert queue.share_prompts("task-1", "shot-1", ["the camera glides", ""]) is deployed
+        if deployed:
+            assert edge.pair_prompts == [
+                {"shot_id": "shot-1", "task_id": "task-1", "enhanced_prompts": ["the camera glides", ""]}
+            ]
+            # A failing function never fails the run: the prompts are in the segment rows already.
+            edge.fail_next("update-shot-pair-prompts", *[LocalServer.reply(b"boom", 500)] * 4)
+            assert queue.share_prompts("task-1", "shot-1", ["again", ""]) is False
+            edge.fail_next("update-shot-pair-prompts", LocalServer.reply(b'{"error": "Forbidden"}', 403))
+            assert queue.share_prompts("task-1", "shot-1", ["again", ""]) is False
+        else:
+            assert edge.called("update-shot-pair-prompts") == [404]
+    finally:
+        queue.close()

@@ -1,0 +1,156 @@
+"""The prompt writer: a tiny random-weight Qwen2.5-VL (built from a seed, saved, loaded through the same code as
+Qwen/Qwen2.5-VL-7B-Instruct) writes prompts; the instruction, the side-by-side picture and the engine's handling of
+the VLM's memory are checked on the CPU. With random weights the prompts are gibberish: only their determinism and
+their plumbing can be checked here (bench/vlm_prompts.py measures the real-size model on a GPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from Wan2GP.engine import WanEngine
+from Wan2GP.prompt_text import (
+    BACKGROUND,
+    BORDER_PX,
+    DEFAULT_BASE_PROMPT,
+    END_BORDER,
+    GAP_PX,
+    START_BORDER,
+    duration_text,
+    instruction,
+    side_by_side,
+)
+from Wan2GP.prompt_writer import (
+    PromptRequest,
+    PromptWriter,
+    PromptWriterUnavailable,
+    resolve_prompt_model,
+)
+
+
+@pytest.fixture(scope="module")
+def keyframes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("keyframes")
+    rng = np.random.default_rng(0)
+    start, end = folder / "start.png", folder / "end.png"
+    Image.fromarray(rng.integers(0, 255, (96, 160, 3), dtype=np.uint8)).save(start)
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(end)
+    return start, end
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(model_cache: Path) -> Path:
+    return resolve_prompt_model("tiny", model_cache)
+
+
+def test_instruction_carries_the_base_prompt_and_the_duration() -> None:
+    pair = instruction(base_prompt="a cat walks to the door", frames=81, fps=16, single_image=False)
+    assert "a cat walks to the door" in pair.user
+    assert "approximately 5.1 seconds (81 frames at 16 FPS)" in pair.user
+    assert "EXACTLY THREE SENTENCES" in pair.system and "PRIMARY MOTION" in pair.system
+    assert "LEFT image" in pair.system and "RIGHT image" in pair.system
+    single = instruction(base_prompt="", frames=33, fps=16, single_image=True)
+    assert DEFAULT_BASE_PROMPT in single.user and "approximately 2.1 seconds (33 frames at 16 FPS)" in single.user
+    assert "SCENE & CAMERA" in single.system and "ENVIRONMENTAL DYNAMICS" in single.system
+    assert duration_text(53, 24) == "approximately 2.2 seconds (53 frames at 24 FPS)"
+
+
+def test_side_by_side_puts_start_left_in_green_and_end_right_in_red(keyframes) -> None:
+    start, end = (Image.open(path).convert("RGB") for path in keyframes)
+    picture = np.asarray(side_by_side(start, end))
+    height = 96 + 2 * BORDER_PX
+    end_width = round(64 * 96 / 48)  # the end image is scaled to the start image's height
+    assert picture.shape == (height, 160 + end_width + 4 * BORDER_PX + GAP_PX, 3)
+    left_border, right_border = picture[height // 2, 0], picture[height // 2, -1]
+    assert tuple(left_border) == START_BORDER and tuple(right_border) == END_BORDER
+    gap = picture[height // 2, 160 + 2 * BORDER_PX]
+    assert tuple(gap) == BACKGROUND
+    inner = picture[BORDER_PX : BORDER_PX + 96, BORDER_PX : BORDER_PX + 160]
+    assert np.array_equal(inner, np.asarray(start))  # the start image itself, unscaled, on the left
+
+
+def test_tiny_model_writes_the_same_prompt_for_the_same_request(tiny_folder: Path, keyframes, tmp_path: Path) -> None:
+    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= {
+        path.name for path in tiny_folder.iterdir()
+    }
+    start, end = keyframes
+    request = PromptRequest(start, end, "a cat walks", 33, 16.0, debug_image=tmp_path / "seen.jpg")
+    with PromptWriter(tiny_folder, device=torch.device("cpu"), max_new_tokens=12) as writer:
+        first = writer.write(request)
+        assert first and first == writer.write(request)  # greedy decoding: deterministic
+        single = writer.write(PromptRequest(start, None, "", 33, 16.0))
+        assert single
+    seen = Image.open(tmp_path / "seen.jpg")
+    assert seen.size == (160 + 128 + 4 * BORDER_PX + GAP_PX, 96 + 2 * BORDER_PX)
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.write(request)
+
+
+def test_unreadable_keyframe_is_an_error_of_that_request(tiny_folder: Path, keyframes, tmp_path: Path) -> None:
+    not_an_image = tmp_path / "broken.png"
+    not_an_image.write_bytes(b"not a png")
+    with PromptWriter(tiny_folder, device=torch.device("cpu"), max_new_tokens=4) as writer:
+        with pytest.raises(ValueError, match="keyframe could not be read"):
+            writer.write(PromptRequest(keyframes[0], not_an_image, "x", 33, 16.0))
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [("not a repo id!", "expected a Hugging Face repo id"), ("EMPTY_FOLDER", "could not be loaded")],
+    ids=["bad name", "folder without a model"],
+)
+def test_a_prompt_model_that_cannot_load_is_unavailable(source: str, expected: str, tmp_path: Path) -> None:
+    if source == "EMPTY_FOLDER":
+        source = str(tmp_path)
+    with pytest.raises(PromptWriterUnavailable, match=expected):
+        PromptWriter(resolve_prompt_model(source, tmp_path), device=torch.device("cpu"))
+
+
+def test_engine_writes_a_batch_and_reports_each_failure(model_cache: Path, keyframes, tmp_path: Path) -> None:
+    engine = WanEngine(device="cpu", cache_dir=model_cache, prompt_model="tiny")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG but not really")
+    done: list[tuple[int, int]] = []
+    outcomes = engine.write_prompts(
+        [PromptRequest(keyframes[0], keyframes[1], "a", 33, 16.0), PromptRequest(broken, None, "b", 33, 16.0)],
+        max_new_tokens=6,
+        on_prompt=lambda i, n: done.append((i, n)),
+    )
+    assert outcomes[0].prompt and outcomes[0].error is None
+    assert outcomes[1].prompt is None and "keyframe could not be read" in outcomes[1].error
+    assert done == [(1, 2), (2, 2)]
+    assert engine.write_prompts([]) == []
+
+
+class _FakeCuda:
+    """The engine's memory decision on a CUDA device, with the device's free memory made up."""
+
+    def __init__(self, engine: WanEngine, monkeypatch: pytest.MonkeyPatch, free_bytes: int) -> None:
+        self.moves: list[str] = []
+        monkeypatch.setattr(engine, "device", torch.device("cuda"))
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free_bytes, 80 * 2**30))
+        monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+        monkeypatch.setattr(engine, "_move_loaded", lambda device: self.moves.append(device.type))
+
+
+@pytest.mark.parametrize(("free_gb", "expected_moves"), [(30, []), (5, ["cpu", "cuda"])], ids=["fits", "does not fit"])
+def test_wan_model_waits_in_host_memory_only_when_both_do_not_fit(
+    free_gb: int, expected_moves: list[str], model_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = WanEngine(device="cpu", cache_dir=model_cache, prompt_model="tiny")
+    engine.load("wan_tiny_t2v")
+    fake = _FakeCuda(engine, monkeypatch, free_gb * 2**30)
+    monkeypatch.setattr("Wan2GP.prompt_writer.weights_bytes", lambda folder: 16 * 10**9)  # a 7B model in bf16
+
+    def no_writer(*args: object, **kwargs: object) -> None:
+        raise PromptWriterUnavailable("stop here: only the placement is under test")
+
+    monkeypatch.setattr("Wan2GP.prompt_writer.PromptWriter", no_writer)
+    with pytest.raises(PromptWriterUnavailable):
+        engine.write_prompts([PromptRequest(Path("a.png"), None, "", 5, 16.0)])
+    assert fake.moves == expected_moves  # and back on the device afterwards, even when the VLM failed
+    assert engine.loaded_model() == "wan_tiny_t2v"  # never dropped: no reload from disk
