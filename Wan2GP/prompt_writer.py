@@ -92,6 +92,8 @@ class PromptWriter:
             raise ValueError(f"max_new_tokens: expected 1..{MAX_NEW_TOKENS_LIMIT}, got {max_new_tokens}")
         self.device = torch.device(device)
         self.max_new_tokens = max_new_tokens
+        self.tokens_read = 0  # prompt tokens (image placeholders included) of the last prompt written
+        self.tokens_written = 0  # new tokens of the last prompt written
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -169,6 +171,7 @@ class PromptWriter:
         tokens = self.tokenizer(chat, return_tensors="pt", add_special_tokens=False)
         if int((tokens["input_ids"] == self._image_pad).sum()) != image_tokens:
             raise RuntimeError("the tokenizer split the image placeholder: not a Qwen2.5-VL tokenizer")
+        self.tokens_read = int(tokens["input_ids"].shape[1])
         generated = self.model.generate(
             input_ids=tokens["input_ids"].to(self.device),
             attention_mask=tokens["attention_mask"].to(self.device),
@@ -181,6 +184,7 @@ class PromptWriter:
             top_k=None,
         )
         new_tokens = generated[0, tokens["input_ids"].shape[1] :]
+        self.tokens_written = int(new_tokens.numel())
         prompt = " ".join(self.tokenizer.decode(new_tokens, skip_special_tokens=True).split())
         if not prompt:
             raise ValueError("the model wrote an empty prompt")

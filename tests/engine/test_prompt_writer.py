@@ -5,6 +5,10 @@ their plumbing can be checked here (bench/vlm_prompts.py measures the real-size 
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +158,16 @@ def test_wan_model_waits_in_host_memory_only_when_both_do_not_fit(
         engine.write_prompts([PromptRequest(Path("a.png"), None, "", 5, 16.0)])
     assert fake.moves == expected_moves  # and back on the device afterwards, even when the VLM failed
     assert engine.loaded_model() == "wan_tiny_t2v"  # never dropped: no reload from disk
+
+
+def test_the_gpu_benchmark_script_runs_in_tiny_mode(tmp_path: Path) -> None:
+    """bench/vlm_prompts.py (bench/README.md) through the same PromptWriter, at tiny size on the CPU: it cannot rot."""
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "vlm.json"
+    command = [sys.executable, "bench/vlm_prompts.py", "--tiny", "--prompts", "1", "--max-new-tokens", "3"]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    subprocess.run([*command, "--json", str(out)], cwd=repo, env=env, check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["tiny"] is True and result["parameters"] > 0
+    assert [run["decoded_tokens_per_prompt"] for run in result["runs"]] == [[3]]
+    assert result["runs"][0]["prompt_tokens"] > 1000  # the instruction and the picture's placeholders
