@@ -171,3 +171,24 @@ def test_the_gpu_benchmark_script_runs_in_tiny_mode(tmp_path: Path) -> None:
     assert result["tiny"] is True and result["parameters"] > 0
     assert [run["decoded_tokens_per_prompt"] for run in result["runs"]] == [[3]]
     assert result["runs"][0]["prompt_tokens"] > 1000  # the instruction and the picture's placeholders
+
+
+def test_a_prompt_model_repo_comes_through_the_hub_client_and_writes_like_the_local_folder(
+    fake_hub, tiny_folder: Path, keyframes, tmp_path: Path
+) -> None:
+    """A repo id goes through the real huggingface_hub client (into the Hub cache), as the Wan weights do; the fake
+    Hub (tests/local_http.py) stands in for huggingface.co, which cannot be reached here."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for path in tiny_folder.iterdir():
+        (repo / path.name).write_bytes(path.read_bytes())
+    (repo / "chat_template.jinja").write_text("not fetched: the writer formats the chat itself")
+    fake_hub.add_repo("test-org/tiny-qwen-vl", repo)
+    folder = resolve_prompt_model("test-org/tiny-qwen-vl", tmp_path / "engine_cache")
+    assert "chat_template.jinja" not in {path.name for path in folder.iterdir()}
+    request = PromptRequest(keyframes[0], keyframes[1], "a cat walks", 33, 16.0)
+    with PromptWriter(folder, device=torch.device("cpu"), max_new_tokens=6) as from_hub:
+        with PromptWriter(tiny_folder, device=torch.device("cpu"), max_new_tokens=6) as local:
+            assert from_hub.write(request) == local.write(request)
+    with pytest.raises(PromptWriterUnavailable, match="test-org/absent"):
+        resolve_prompt_model("test-org/absent", tmp_path / "engine_cache")
