@@ -228,7 +228,11 @@ class WanEngine:
                         except (ValueError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
                             outcomes.append(PromptOutcome(None, f"{type(error).__name__}: {error}"))
                         logger.info(
-                            "prompt {}/{} written in {:.2f}s", index + 1, len(requests), time.perf_counter() - started
+                            "prompt {}/{} {} in {:.2f}s",
+                            index + 1,
+                            len(requests),
+                            "written" if outcomes[-1].prompt else "failed",
+                            time.perf_counter() - started,
                         )
                         if on_prompt is not None:
                             on_prompt(index + 1, len(requests))
