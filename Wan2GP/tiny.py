@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -102,10 +103,8 @@ def build_tiny_model(architecture: str, experts: int, seed: int, target_dir: Pat
         raise ValueError(f"architecture: expected one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
     if experts not in (1, 2):
         raise ValueError(f"experts: expected 1 or 2, got {experts!r}")
-    target_dir = Path(target_dir)
-    target_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}.", dir=target_dir.parent))
-    try:
+
+    def build(staging: Path) -> None:
         with torch.random.fork_rng(devices=[]):
             tokenizer = _tiny_tokenizer()
             tokenizer.save_pretrained(staging / "tokenizer")
@@ -118,8 +117,25 @@ def build_tiny_model(architecture: str, experts: int, seed: int, target_dir: Pat
                 _tiny_transformer(architecture).save_pretrained(staging / subfolder)
         marker = {"format_version": TINY_FORMAT_VERSION, "architecture": architecture, "experts": experts, "seed": seed}
         (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2))
-        if tiny_model_is_current(target_dir, architecture, experts, seed):
-            # Another process finished the same build first; keep its folder (it may already be loading it).
+
+    target_dir = build_folder_atomically(
+        Path(target_dir), build, lambda folder: tiny_model_is_current(folder, architecture, experts, seed)
+    )
+    logger.info("Built tiny Wan model ({}, {} expert(s), seed {}) in {}", architecture, experts, seed, target_dir)
+    return target_dir
+
+
+def build_folder_atomically(
+    target_dir: Path, build: Callable[[Path], None], is_current: Callable[[Path], bool]
+) -> Path:
+    """`build` fills a staging folder beside `target_dir`, which is then renamed into place: a crashed or concurrent
+    build never leaves a half-written model behind. When another process finished the same build first
+    (`is_current`), its folder is kept (it may already be loading it)."""
+    target_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}.", dir=target_dir.parent))
+    try:
+        build(staging)
+        if is_current(target_dir):
             shutil.rmtree(staging, ignore_errors=True)
             return target_dir
         if target_dir.exists():
@@ -128,7 +144,6 @@ def build_tiny_model(architecture: str, experts: int, seed: int, target_dir: Pat
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    logger.info("Built tiny Wan model ({}, {} expert(s), seed {}) in {}", architecture, experts, seed, target_dir)
     return target_dir
 
 

@@ -9,8 +9,6 @@ vision special tokens, built in memory: nothing is downloaded.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -22,6 +20,8 @@ from transformers import (
     Qwen2TokenizerFast,
     Qwen2VLImageProcessorPil,
 )
+
+from Wan2GP.tiny import build_folder_atomically
 
 TINY_VLM_FORMAT_VERSION = 1
 MARKER_FILE = "tiny_vlm.json"
@@ -89,10 +89,8 @@ def _model(tokenizer: Qwen2TokenizerFast) -> Qwen2_5_VLForConditionalGeneration:
 
 def build_tiny_vlm(seed: int, target_dir: Path) -> Path:
     """Build the tiny model from `seed` into `target_dir` (atomically: built beside it, then renamed)."""
-    target_dir = Path(target_dir)
-    target_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}.", dir=target_dir.parent))
-    try:
+
+    def build(staging: Path) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             tokenizer = _tokenizer()
@@ -100,17 +98,9 @@ def build_tiny_vlm(seed: int, target_dir: Path) -> Path:
             _model(tokenizer).save_pretrained(staging)
             size = {"shortest_edge": TINY_MIN_PIXELS, "longest_edge": TINY_MAX_PIXELS}
             Qwen2VLImageProcessorPil(size=size).save_pretrained(staging)
-        marker = {"format_version": TINY_VLM_FORMAT_VERSION, "seed": seed}
-        (staging / MARKER_FILE).write_text(json.dumps(marker))
-        if tiny_vlm_is_current(target_dir, seed):
-            shutil.rmtree(staging, ignore_errors=True)
-            return target_dir
-        if target_dir.exists():
-            shutil.rmtree(target_dir)
-        staging.rename(target_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        (staging / MARKER_FILE).write_text(json.dumps({"format_version": TINY_VLM_FORMAT_VERSION, "seed": seed}))
+
+    target_dir = build_folder_atomically(Path(target_dir), build, lambda folder: tiny_vlm_is_current(folder, seed))
     logger.info("Built tiny Qwen2.5-VL (seed {}) in {}", seed, target_dir)
     return target_dir
 
