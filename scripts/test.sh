@@ -2,6 +2,7 @@
 # Installs what the test suite needs on a fresh machine, then runs it. Extra arguments go to pytest.
 #   - Debian's ffmpeg for ffprobe (tests check real mp4 files with it; the product itself only needs the ffmpeg
 #     binary that imageio-ffmpeg ships)
+#   - Debian's chromium and chromium-driver (the dashboard's browser test plays a stitched video in it)
 #   - a virtual environment with the pinned requirements (torch==2.13.0 resolves to the local CPU build here)
 #   - PostgreSQL tests use TEST_DATABASE_URL (default: the local server on 127.0.0.1:5432, trust auth); each run
 #     creates and drops its own database.
@@ -12,12 +13,16 @@ cd "$(dirname "$0")/.."
 started=$SECONDS
 step() { echo "test.sh [$((SECONDS - started)) s]: $*" >&2; }
 
-if ! command -v ffprobe >/dev/null 2>&1; then
+missing=()
+command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = "0" ]; then
-        step "installing Debian's ffmpeg (for ffprobe)"
-        apt-get update -qq && apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null
+        step "installing Debian's ${missing[*]}"
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     else
-        echo "ffprobe not found: install Debian's ffmpeg package (sudo apt-get install ffmpeg)" >&2
+        echo "missing: install Debian's packages ${missing[*]} (sudo apt-get install ${missing[*]})" >&2
         exit 1
     fi
 fi

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from source.cli import admin, plan
+from source.cli import admin, dashboard, plan
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,6 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     plan.register(commands)
     admin.register(commands)
+    dashboard.register(commands)
     return parser
 
 

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from source.cli.present import progress_text, status_text, task_json
 from source.params.redact import redact
 from source.queue import (
     QueueError,
@@ -182,14 +183,6 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
-def task_json(task: TaskRecord) -> dict[str, Any]:
-    """A task row for scripts: every column, params and result redacted."""
-    row = task.to_dict()
-    row["params"] = redact(task.params)
-    row["result"] = redact(task.result)
-    return row
-
-
 # ---------------------------------------------------------------------------------------------------- commands
 
 
@@ -268,7 +261,7 @@ def _list(args: argparse.Namespace, queue: TaskQueue) -> None:
         table.add_row(
             task.id,
             task.task_type + (f" ({_child_label(task)})" if task.role else ""),
-            _status_text(task),
+            status_text(task),
             ", ".join(_short(dep) for dep in task.depends_on or ((task.dependant_on,) if task.dependant_on else ())),
             f"{task.attempts}/{task.max_attempts}",
             task.created_at.strftime("%Y-%m-%d %H:%M:%S") if task.created_at else "",
@@ -296,10 +289,10 @@ def _show(args: argparse.Namespace, queue: TaskQueue) -> None:
         if name in ("params", "result", "progress"):
             continue
         if name == "status":
-            fields.add_row(name, _status_text(task))
+            fields.add_row(name, status_text(task))
         elif value not in (None, [], "") or name == "output_location":
             fields.add_row(name, str(value))
-    fields.add_row("progress", _progress_text(task))
+    fields.add_row("progress", progress_text(task))
     console.print(fields)
     console.print("params (secrets redacted):")
     console.print_json(json.dumps(redact(task.params), default=str))
@@ -308,7 +301,7 @@ def _show(args: argparse.Namespace, queue: TaskQueue) -> None:
         console.print_json(json.dumps(redact(task.result), default=str))
     children = queue.children(task.id)
     if children:
-        tree = Tree(f"{task.task_type} {task.id} [{_status_text(task)}]")
+        tree = Tree(f"{task.task_type} {task.id} [{status_text(task)}]")
         _add_children(queue, tree, children, depth=1)
         console.print(tree)
 
@@ -326,8 +319,8 @@ def _add_children(queue: TaskQueue, tree: Tree, children: list[TaskRecord], dept
             child.error_message if child.status in (TaskStatus.FAILED, TaskStatus.CANCELLED) else child.output_location
         )
         branch = tree.add(
-            f"{_child_label(child)}: {child.task_type} {child.id} [{_status_text(child)}]"
-            + (f" {_progress_text(child)}" if child.status is TaskStatus.IN_PROGRESS else "")
+            f"{_child_label(child)}: {child.task_type} {child.id} [{status_text(child)}]"
+            + (f" {progress_text(child)}" if child.status is TaskStatus.IN_PROGRESS else "")
             + (f" -> {detail}" if detail else "")
         )
         if depth < MAX_TREE_DEPTH:
@@ -412,18 +405,3 @@ def _short(task_id: str) -> str:
 
 def _child_label(task: TaskRecord) -> str:
     return f"{task.role}" if task.segment_index is None else f"{task.role} {task.segment_index}"
-
-
-def _status_text(task: TaskRecord) -> str:
-    if task.status is TaskStatus.IN_PROGRESS and task.awaiting_children:
-        return "In Progress (awaiting children)"
-    return task.status.value
-
-
-def _progress_text(task: TaskRecord) -> str:
-    progress = task.progress or {}
-    step, total = progress.get("step"), progress.get("total")
-    message = progress.get("message") or ""
-    if isinstance(step, int) and isinstance(total, int) and total > 0:
-        return f"step {step}/{total} ({100 * step / total:.0f}%)" + (f" {message}" if message else "")
-    return message or "-"
