@@ -4,15 +4,21 @@ and files served only from inside the output folder."""
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
 from source.dashboard.app import create_app
 from source.dashboard.views import media_url
-from source.queue import ChildSpec, TaskQueue, TaskStatus
+from source.queue import ChildSpec, TaskQueue, TaskStatus, open_queue
 
 TOKEN = "dashboard-admin-token-for-tests"
 
@@ -154,3 +160,36 @@ def test_files_come_only_from_inside_the_output_folder(queue: TaskQueue, outputs
     detail = http.get(f"/api/tasks/{claimed.id}").json()
     assert detail["output_url"] == "/files/travel_stitch/run_final.mp4"
     assert detail["thumbnail_url"] is None  # outside the folder: not linked either
+
+
+def test_the_cli_command_serves_the_dashboard_on_loopback(tmp_path: Path) -> None:
+    """What an operator types: `python -m source.cli dashboard`, as its own process."""
+    db_url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    made = open_queue(db_url)
+    made.migrate()
+    task_id = made.enqueue("t2v", {"model": "wan_tiny_t2v"})
+    made.close()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    repo = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "source.cli", "dashboard", "--db", db_url, "--port", str(port)]
+    env = {**os.environ, "HW_DASHBOARD_TOKEN": TOKEN}
+    process = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                listed = httpx.get(f"http://127.0.0.1:{port}/api/tasks", timeout=2).json()
+                break
+            except httpx.TransportError:
+                assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+                time.sleep(0.2)
+        assert [row["id"] for row in listed] == [task_id]
+        refused = httpx.post(f"http://127.0.0.1:{port}/api/tasks/{task_id}/cancel", timeout=5)
+        assert refused.status_code == 401  # the token came from HW_DASHBOARD_TOKEN: admin mode, but it must be sent
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=20)
+    assert f"dashboard on http://127.0.0.1:{port}/" in output and "(admin)" in output
+    assert TOKEN not in output
