@@ -30,7 +30,7 @@ from source.params.resolve import (
     resolve_generation,
     resolve_payload,
 )
-from source.params.task_row import TaskRow, TaskStatus
+from source.params.task_row import TaskStatus
 from source.params.travel import (
     GenerationSpec,
     SegmentTaskParams,
@@ -54,7 +54,6 @@ __all__ = [
     "PhaseSpec",
     "Resolved",
     "ResolvedValue",
-    "TaskRow",
     "TaskStatus",
     "TravelOrchestratorParams",
     "TravelSegmentParams",

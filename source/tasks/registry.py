@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Callable
 from typing import Any
 
 from source.tasks.context import TaskContext, TaskOutcome
 
 Handler = Callable[[TaskContext], TaskOutcome]
-
-BUILTIN_HANDLERS_MODULE = "source.tasks.builtin_handlers"
 
 
 class UnknownTaskType(KeyError):
@@ -76,12 +72,10 @@ class TaskRegistry:
 
 
 def default_registry() -> TaskRegistry:
-    """A new registry with the diagnostic task types, plus the product handlers when
-    `source.tasks.builtin_handlers` exists (it defines `register_all(registry)`)."""
-    from source.tasks import diagnostic
+    """A new registry with the diagnostic task types and the product handlers."""
+    from source.tasks import builtin_handlers, diagnostic  # they import this module for Handler
 
     registry = TaskRegistry()
     diagnostic.register(registry)
-    if importlib.util.find_spec(BUILTIN_HANDLERS_MODULE) is not None:
-        importlib.import_module(BUILTIN_HANDLERS_MODULE).register_all(registry)
+    builtin_handlers.register_all(registry)
     return registry

@@ -80,7 +80,7 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
     if details.segment_count <= 0:  # upstream §3.1: nothing to generate, the task succeeds vacuously
         return TaskOutcome(message="num_new_segments_to_generate <= 0: nothing to generate", result={"segments": 0})
 
-    seed = details.seed_base if details.seed_base is not None else 12345
+    seed = details.seed_base
     if seed < 0:
         seed = random.randint(0, 999_999_999)
     # Upstream generates num_new_segments_to_generate segments and reads the per-segment lists by index, so longer
@@ -91,20 +91,20 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
         overlaps = overlaps[: max(count - 1, 0)]
     plan_inputs = dict(
         mode=mode,
-        chain_segments=details.chain_segments is not False,
-        images=list(details.input_image_paths_resolved or []),
+        chain_segments=details.chain_segments,
+        images=list(details.input_image_paths_resolved),
         segment_frames=list(details.segment_frames_expanded)[:count],
         overlaps=overlaps,
-        base_prompt=details.base_prompt or "",
-        base_prompts=list(details.base_prompts_expanded or []),
+        base_prompt=details.base_prompt,
+        base_prompts=list(details.base_prompts_expanded),
         negative_prompt=details.negative_prompt or "",
-        negative_prompts=list(details.negative_prompts_expanded or []),
-        text_before=details.text_before_prompts or "",
-        text_after=details.text_after_prompts or "",
+        negative_prompts=list(details.negative_prompts_expanded),
+        text_before=details.text_before_prompts,
+        text_after=details.text_after_prompts,
         seed=seed,
     )
     try:
-        plan = plan_travel(**plan_inputs, enhanced_prompts=list(details.enhanced_prompts_expanded or []))
+        plan = plan_travel(**plan_inputs, enhanced_prompts=list(details.enhanced_prompts_expanded))
     except TravelPlanError as error:
         raise TaskInputError(str(error)) from error
 
@@ -148,9 +148,9 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
             seed_to_use=segment.seed,
             fps_helpers=fps,
             generation=generations[segment.index],
-            subsequent_starting_strength_adjustment=details.subsequent_starting_strength_adjustment or 0.0,
-            desaturate_subsequent_starting_frames=details.desaturate_subsequent_starting_frames or 0.0,
-            adjust_brightness_subsequent_starting_frames=details.adjust_brightness_subsequent_starting_frames or 0.0,
+            subsequent_starting_strength_adjustment=details.subsequent_starting_strength_adjustment,
+            desaturate_subsequent_starting_frames=details.desaturate_subsequent_starting_frames,
+            adjust_brightness_subsequent_starting_frames=details.adjust_brightness_subsequent_starting_frames,
         )
         depends = (f"segment:{segment.index - 1}",) if segment.depends_on_previous else ()
         children.append(
@@ -171,7 +171,7 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
         frame_overlap_settings_expanded=list(plan.overlaps),
         segment_frames=[s.frames for s in plan.segments],
         expected_final_frames=plan.final_frames,
-        crossfade_sharp_amt=details.crossfade_sharp_amt if details.crossfade_sharp_amt is not None else 0.3,
+        crossfade_sharp_amt=details.crossfade_sharp_amt,
         regenerate_anchors=bool(details.regenerate_anchors),
         parsed_resolution_wh=f"{width}x{height}",
         fps_final_video=details.fps_final_video or fps,

@@ -9,7 +9,6 @@ failed mid-run, 2 could not start (bad URL, database unreachable).
 from __future__ import annotations
 
 from source.tasks.context import WorkerServices
-from source.tasks.registry import default_registry
 from source.worker.loop import EXIT_FATAL, EXIT_OK, EXIT_STARTUP_FAILED, Supervisor, Worker, run
 from source.worker.settings import SettingsError, WorkerSettings, default_worker_id, settings_from_values
 from source.worker.shutdown import ShutdownController
@@ -25,13 +24,6 @@ __all__ = [
     "WorkerServices",
     "WorkerSettings",
     "default_worker_id",
-    "main",
     "run",
     "settings_from_values",
 ]
-
-
-def main(settings: WorkerSettings) -> int:
-    """Runs a worker with the default registry and no engine or storage services (diagnostic tasks only, unless
-    `source.tasks.builtin_handlers` registers more)."""
-    return run(settings, registry=default_registry(), services=WorkerServices())

@@ -70,7 +70,6 @@ class WorkerSettings:
     max_lora_mb: float = 4096.0  # one LoRA file
     download_seconds: float = 900.0  # one file, all attempts and redirects together
     stall_seconds: float = 30.0  # no byte for this long: the server is gone
-    extra: Mapping[str, Any] = field(default_factory=dict)  # settings added by start-up hooks (e.g. --model)
 
     def __post_init__(self) -> None:
         for name in ("poll_interval", "lease_seconds", "heartbeat_seconds"):
