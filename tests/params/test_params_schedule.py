@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -103,11 +106,29 @@ def test_solver_names_are_normalised():
     assert euler_plan(sample_solver="").sample_solver == "unipc"
 
 
-def test_numpy_only():
-    import Wan2GP.schedule as schedule
+TORCH_FREE = (
+    "Wan2GP.schedule",
+    "source.params",
+    "source.cli.__main__",
+    "source.queue",
+    "source.worker",
+    "source.tasks",
+)
 
-    source = open(schedule.__file__, encoding="utf-8").read()
-    assert "torch" not in source.split('"""', 2)[2]  # no torch anywhere in the code
+
+def test_the_layers_above_the_engine_import_without_torch() -> None:
+    """DESIGN: no torch below the engine. Importing these one after the other in a fresh interpreter (so nothing a
+    test imported before counts) leaves torch, diffusers, transformers and peft out of sys.modules: the CLI, the queue
+    and the worker loop start in a second, and the plan command needs no GPU stack."""
+    script = (
+        "import importlib, sys\n"
+        f"for name in {TORCH_FREE!r}:\n"
+        "    importlib.import_module(name)\n"
+        "    heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'peft') if m in sys.modules)\n"
+        "    print(name, heavy)\n"
+    )
+    answer = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, timeout=120)
+    assert answer.stdout.splitlines() == [f"{name} []" for name in TORCH_FREE]
 
 
 # ---- phases, experts, guidance ---------------------------------------------------------------------------------------
