@@ -19,6 +19,7 @@ from typing import Any, Literal
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from Wan2GP.limits import DEFAULT_RESOLUTION, parse_resolution
 from Wan2GP.schedule import PlanError, build_plan, normalize_solver
 
 ARCHITECTURES: tuple[str, ...] = ("t2v", "t2v_2_2", "i2v_2_2", "vace_14B", "vace_14B_2_2")
@@ -203,7 +204,7 @@ class ModelDefinition(BaseModel):
         return self.weights.tiny_seed is not None
 
     def default_resolution(self) -> tuple[int, int]:
-        return parse_resolution(self.settings.get("resolution", "832x480"))
+        return parse_resolution(self.settings.get("resolution", DEFAULT_RESOLUTION))
 
 
 class Catalog:
@@ -277,14 +278,6 @@ def load_catalog(directory: Path | None = None, extra_dirs: Sequence[Path] = ())
                     f"in the catalog, got {counterpart_id!r}"
                 )
     return Catalog(definitions)
-
-
-def parse_resolution(value: str) -> tuple[int, int]:
-    """ "WxH" -> (width, height); ValueError naming the expected form otherwise."""
-    parts = value.lower().split("x") if isinstance(value, str) else []
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or min(int(p) for p in parts) < 1:
-        raise ValueError(f'expected "WIDTHxHEIGHT" such as "832x480", got {value!r}')
-    return int(parts[0]), int(parts[1])
 
 
 def _read_json(path: Path) -> dict[str, Any]:

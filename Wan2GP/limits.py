@@ -82,3 +82,28 @@ def check_geometry(width: int, height: int, frames: int) -> str | None:
             f"one generation"
         )
     return None
+
+
+SIZE_BLOCK = 16  # Wan 2.1/2.2: VAE stride 8 x patch 2; generated sides are multiples of this
+DEFAULT_RESOLUTION = "832x480"  # WGP's default where neither the request nor the model definition gives one
+RESOLUTION_FORM = '"WIDTHxHEIGHT" such as "832x480"'
+
+
+def parse_resolution(text: object) -> tuple[int, int]:
+    """ "832x480" -> (832, 480): two positive integers of at most 6 digits around an "x" (spaces and case ignored);
+    ValueError naming the expected form otherwise. The one parser of resolutions: payloads, model definitions, the
+    engine's requests and the travel planner all read "WxH" through it."""
+    parts = text.lower().replace(" ", "").split("x") if isinstance(text, str) else []
+    if len(parts) != 2 or not all(part.isdigit() and len(part) <= 6 and int(part) > 0 for part in parts):
+        shown = text[:40] if isinstance(text, str) else text
+        raise ValueError(f"expected {RESOLUTION_FORM}, got {shown!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def snap_resolution(width: int, height: int) -> tuple[int, int]:
+    """The size Wan generates for a requested one: each side floored to a multiple of SIZE_BLOCK (upstream's rule);
+    ValueError when a side would be smaller than one block."""
+    snapped = (width // SIZE_BLOCK * SIZE_BLOCK, height // SIZE_BLOCK * SIZE_BLOCK)
+    if min(snapped) < SIZE_BLOCK:
+        raise ValueError(f"expected width and height of at least {SIZE_BLOCK} pixels, got {width}x{height}")
+    return snapped

@@ -58,7 +58,7 @@ ACCEPTED_PARAMS: tuple[str, ...] = (
 SYSTEM_DEFAULTS: Mapping[str, Any] = {
     "prompt": "",
     "negative_prompt": "",
-    "resolution": "832x480",
+    "resolution": limits.DEFAULT_RESOLUTION,
     "video_length": 81,
     "num_inference_steps": 30,
     "seed": -1,
@@ -74,7 +74,6 @@ SYSTEM_DEFAULTS: Mapping[str, Any] = {
 }
 
 MAX_SEED = 999_999_999
-SIZE_BLOCK = 16  # Wan 2.1/2.2 14B: VAE stride 8 x patch 2
 MIN_FRAMES = 5
 MIN_VACE_FRAMES = 17  # upstream's VACE minimum; the tiny VACE test model is allowed down to MIN_FRAMES
 # video_prompt_type letters we implement: V guide video, A mask video, M fill masked guide pixels with grey (inpaint),
@@ -195,19 +194,12 @@ def check_param_names(params: Mapping[str, Any]) -> None:
         )
 
 
-def parse_resolution(value: str) -> tuple[int, int]:
-    parts = value.lower().split("x")
-    if len(parts) != 2 or not all(part.strip().isdigit() and len(part.strip()) <= 6 for part in parts):
-        raise InvalidGenerationParams(
-            ["resolution"], f'resolution: expected "WIDTHxHEIGHT" like "832x480", got {value[:40]!r}'
-        )
-    width, height = (int(part) for part in parts)
-    floored = (width // SIZE_BLOCK * SIZE_BLOCK, height // SIZE_BLOCK * SIZE_BLOCK)
-    if min(floored) < SIZE_BLOCK:
-        raise InvalidGenerationParams(
-            ["resolution"], f"resolution: expected width and height of at least {SIZE_BLOCK} pixels, got {value!r}"
-        )
-    return floored
+def generation_size(value: str) -> tuple[int, int]:
+    """The size a "WxH" request generates at (limits.parse_resolution, then limits.snap_resolution)."""
+    try:
+        return limits.snap_resolution(*limits.parse_resolution(value))
+    except ValueError as error:
+        raise InvalidGenerationParams(["resolution"], f"resolution: {error}") from None
 
 
 def frame_count(requested: int, definition: ModelDefinition) -> int:
@@ -277,7 +269,7 @@ def resolve_request(
     except ValidationError as error:
         raise _validation_error(error) from None
 
-    width, height = parse_resolution(wgp.resolution)
+    width, height = generation_size(wgp.resolution)
     num_frames = frame_count(wgp.video_length, definition)
     too_big = limits.check_geometry(width, height, num_frames)
     if too_big is not None:

@@ -92,12 +92,10 @@ def _positive_int(value: int) -> int:
 
 
 def _resolution(value: Any) -> Any:
-    if not isinstance(value, str):
-        raise Expected('a resolution "WIDTHxHEIGHT" such as "768x576"')
-    parts = value.lower().replace(" ", "").split("x")
-    if len(parts) != 2 or not all(part.isdigit() and len(part) <= 6 and int(part) > 0 for part in parts):
-        raise Expected('a resolution "WIDTHxHEIGHT" such as "768x576"')
-    width, height = int(parts[0]), int(parts[1])
+    try:
+        width, height = limits.parse_resolution(value)
+    except ValueError:
+        raise Expected(f"a resolution {limits.RESOLUTION_FORM}") from None
     problem = limits.check_geometry(width, height, 1)
     if problem is not None:
         raise Expected(f'a resolution "WIDTHxHEIGHT" within the limits ({problem})')

@@ -21,7 +21,8 @@ from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, parse
 from source.tasks.travel_plan import quantize_frames
 from source.tasks.travel_segment import generate_segment
 from source.tasks.travel_support import load_model_definition, travel_model_for
-from Wan2GP.catalog import ModelDefinition, parse_resolution
+from Wan2GP.catalog import ModelDefinition
+from Wan2GP.limits import parse_resolution
 
 DEFAULT_MODEL = "wan_2_2_i2v_lightning_baseline_2_2_2"  # Reigh's default for segments (individualTravelSegment.ts)
 

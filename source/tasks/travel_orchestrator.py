@@ -108,7 +108,9 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
     except TravelPlanError as error:
         raise TaskInputError(str(error)) from error
 
-    width, height = _resolution(details.parsed_resolution_wh or model.settings.get("resolution", "832x480"))
+    width, height = _resolution(
+        details.parsed_resolution_wh or model.settings.get("resolution", limits.DEFAULT_RESOLUTION)
+    )
     too_big = limits.check_geometry(width, height, max(segment.frames for segment in plan.segments))
     if too_big is not None:  # found here, before any segment is enqueued, not by every segment's engine call
         raise TaskInputError(f"orchestrator_details.parsed_resolution_wh: {too_big}")
@@ -257,14 +259,8 @@ def _segment_guidance(details: OrchestratorDetails, index: int, *, run_frames: i
 
 
 def _resolution(text: str) -> tuple[int, int]:
-    """'902x508' -> (896, 496): Wan needs multiples of 16."""
+    """'902x508' -> (896, 496): what Wan generates for the payload's size (limits.snap_resolution)."""
     try:
-        width, height = (int(part) for part in str(text).lower().split("x"))
+        return limits.snap_resolution(*limits.parse_resolution(text))
     except ValueError as error:
-        raise TaskInputError(
-            f'orchestrator_details.parsed_resolution_wh: expected "WIDTHxHEIGHT", got {text!r}'
-        ) from error
-    width, height = width // 16 * 16, height // 16 * 16
-    if width < 16 or height < 16:
-        raise TaskInputError(f"orchestrator_details.parsed_resolution_wh: expected at least 16x16, got {text!r}")
-    return width, height
+        raise TaskInputError(f"orchestrator_details.parsed_resolution_wh: {error}") from None

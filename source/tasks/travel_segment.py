@@ -27,6 +27,7 @@ from source.tasks.travel_support import (
     run_engine,
     travel_model_for,
 )
+from Wan2GP import limits
 from Wan2GP.catalog import ModelDefinition
 
 
@@ -44,7 +45,7 @@ def generate_segment(ctx: TaskContext, params: SegmentTaskParams, model: ModelDe
     """Generate one travel segment as `params` describe it (a row our orchestrator wrote, or an individual segment
     turned into one), check its frame count, post-process it and store it."""
     frames = params.segment_frames_target
-    width, height = (int(v) for v in params.parsed_resolution_wh.split("x"))
+    width, height = limits.parse_resolution(params.parsed_resolution_wh)
     work_dir = ctx.work_dir
 
     # Separate folders: two keyframe URLs may share a file name (".../a/image.png", ".../b/image.png").

@@ -175,3 +175,15 @@ def test_redact_is_deep_and_does_not_modify_the_input():
     }
     assert original["openai_api_key"] == "sk-1"
     assert original["orchestrator_details"]["nested"][0]["access_token"] == "t"
+
+
+def test_one_resolution_parser_for_every_layer():
+    from Wan2GP import limits
+
+    assert limits.parse_resolution(" 902X508 ") == (902, 508)
+    assert limits.snap_resolution(902, 508) == (896, 496)
+    for bad in ("902x", "x508", "902x508x3", "-16x16", "0x16", "1234567x16", 902, None, "9O2x508"):
+        with pytest.raises(ValueError, match='expected "WIDTHxHEIGHT"'):
+            limits.parse_resolution(bad)
+    with pytest.raises(ValueError, match="at least 16 pixels"):
+        limits.snap_resolution(15, 480)
