@@ -203,6 +203,13 @@ class ModelDefinition(BaseModel):
     def is_tiny(self) -> bool:
         return self.weights.tiny_seed is not None
 
+    @property
+    def default_guidance_phases(self) -> int:
+        """Without a guidance_phases setting, a two-expert model runs 2 phases (one per expert: the Wan handler's
+        default) and a one-expert model 1. The one home of this default: the catalog check, the engine's requests
+        and the payload resolver read it here."""
+        return 2 if self.experts == 2 else 1
+
     def default_resolution(self) -> tuple[int, int]:
         return parse_resolution(self.settings.get("resolution", DEFAULT_RESOLUTION))
 
@@ -332,7 +339,7 @@ def _check_plan(definition: ModelDefinition, settings: _ModelSettings) -> None:
             num_inference_steps=settings.num_inference_steps or 30,
             sample_solver=settings.sample_solver,
             flow_shift=settings.flow_shift or 5.0,
-            guidance_phases=settings.guidance_phases or 1,
+            guidance_phases=settings.guidance_phases or definition.default_guidance_phases,
             guidance_scale=5.0 if settings.guidance_scale is None else settings.guidance_scale,
             guidance2_scale=settings.guidance2_scale,
             guidance3_scale=settings.guidance3_scale,

@@ -214,10 +214,7 @@ def frame_count(requested: int, definition: ModelDefinition) -> int:
 
 def _merged_values(params: Mapping[str, Any], definition: ModelDefinition) -> dict[str, Any]:
     values: dict[str, Any] = dict(SYSTEM_DEFAULTS)
-    if definition.experts == 2:
-        values["guidance_phases"] = 2  # the Wan handler's default for two-expert models
-    else:
-        values["guidance_phases"] = 1
+    values["guidance_phases"] = definition.default_guidance_phases
     ignored = []
     for name, value in definition.settings.items():
         if name in ACCEPTED_PARAMS and name != "model":

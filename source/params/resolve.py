@@ -230,7 +230,7 @@ def model_layer(model: ModelDefinition) -> Layer:
     """The model definition's default settings (only the keys a generation is resolved over). Like the engine, a
     two-expert model without a guidance_phases setting runs 2 phases (the Wan handler's default)."""
     label = f"model {model.id}"
-    values: dict[str, Any] = {"model": model.id, "guidance_phases": 2 if model.experts == 2 else 1}
+    values: dict[str, Any] = {"model": model.id, "guidance_phases": model.default_guidance_phases}
     sources = {"model": label, "guidance_phases": f"{label} ({model.experts} expert(s))"}
     for key, value in model.settings.items():
         if key in GENERATION_KEYS and _given(value):

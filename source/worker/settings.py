@@ -153,6 +153,10 @@ def settings_from_values(values: Mapping[str, Any], environ: Mapping[str, str] |
     HW_* environment variable, then to the default."""
     env = os.environ if environ is None else environ
 
+    def default_of(name: str) -> Any:
+        """A setting's default, from the one place that says it: the WorkerSettings field."""
+        return WorkerSettings.__dataclass_fields__[name].default
+
     def pick(key: str, env_name: str, parse: Callable[[str], T], default: T) -> T:
         given = values.get(key)
         if given is not None:
@@ -173,26 +177,26 @@ def settings_from_values(values: Mapping[str, Any], environ: Mapping[str, str] |
     return WorkerSettings(
         db_url=db_url,
         worker_id=pick("worker_id", "HW_WORKER_ID", str, default_worker_id()),
-        poll_interval=pick("poll_interval", "HW_POLL_INTERVAL", float, 5.0),
-        output_dir=Path(pick("output_dir", "HW_OUTPUT_DIR", str, "outputs")).expanduser().resolve(),
-        log_level=pick("log_level", "HW_LOG_LEVEL", str, "INFO").upper(),
+        poll_interval=pick("poll_interval", "HW_POLL_INTERVAL", float, default_of("poll_interval")),
+        output_dir=Path(pick("output_dir", "HW_OUTPUT_DIR", str, str(default_of("output_dir")))).expanduser().resolve(),
+        log_level=pick("log_level", "HW_LOG_LEVEL", str, default_of("log_level")).upper(),
         log_json=bool(values.get("log_json")) or bool(_from_env("HW_LOG_JSON", _parse_bool, env)),
         once=bool(values.get("once")) or bool(_from_env("HW_ONCE", _parse_bool, env)),
         max_tasks=pick("max_tasks", "HW_MAX_TASKS", int, None),
-        lease_seconds=pick("lease_seconds", "HW_LEASE_SECONDS", float, 60.0),
-        heartbeat_seconds=pick("heartbeat_seconds", "HW_HEARTBEAT_SECONDS", float, 10.0),
-        grace_seconds=pick("grace_seconds", "HW_GRACE_SECONDS", float, 30.0),
+        lease_seconds=pick("lease_seconds", "HW_LEASE_SECONDS", float, default_of("lease_seconds")),
+        heartbeat_seconds=pick("heartbeat_seconds", "HW_HEARTBEAT_SECONDS", float, default_of("heartbeat_seconds")),
+        grace_seconds=pick("grace_seconds", "HW_GRACE_SECONDS", float, default_of("grace_seconds")),
         task_types=pick("task_types", "HW_TASK_TYPES", parse_task_types, None),
-        retry_delay_seconds=pick("retry_delay", "HW_RETRY_DELAY", float, 5.0),
-        cancel_window_seconds=pick("cancel_window", "HW_CANCEL_WINDOW", float, 5.0),
+        retry_delay_seconds=pick("retry_delay", "HW_RETRY_DELAY", float, default_of("retry_delay_seconds")),
+        cancel_window_seconds=pick("cancel_window", "HW_CANCEL_WINDOW", float, default_of("cancel_window_seconds")),
         device=pick("device", "HW_DEVICE", str, None),
         model_cache_dir=model_cache_dir,
         lora_dir=_path(pick("lora_dir", "HW_LORA_DIR", str, None)) or default_lora_dir(model_cache_dir, env),
-        prompt_model=pick("prompt_model", "HW_PROMPT_MODEL", str, DEFAULT_PROMPT_MODEL),
-        prompt_fallback=pick("prompt_fallback", "HW_PROMPT_FALLBACK", _parse_bool, True),
+        prompt_model=pick("prompt_model", "HW_PROMPT_MODEL", str, default_of("prompt_model")),
+        prompt_fallback=pick("prompt_fallback", "HW_PROMPT_FALLBACK", _parse_bool, default_of("prompt_fallback")),
         supabase_url=supabase_url,
         supabase_access_token=access_token,
-        edge_timeout_seconds=pick("edge_timeout", "HW_EDGE_TIMEOUT", float, 30.0),
+        edge_timeout_seconds=pick("edge_timeout", "HW_EDGE_TIMEOUT", float, default_of("edge_timeout_seconds")),
         # the key comes from the environment only: a command-line secret shows up in process listings
         supabase_key=_from_env("SUPABASE_SERVICE_ROLE_KEY", str, env) or _from_env("SUPABASE_KEY", str, env),
         supabase_bucket=pick("supabase_bucket", "SUPABASE_BUCKET", str, None),
@@ -201,11 +205,11 @@ def settings_from_values(values: Mapping[str, Any], environ: Mapping[str, str] |
         ),
         allow_private_urls=bool(values.get("allow_private_urls"))
         or bool(_from_env("HW_ALLOW_PRIVATE_URLS", _parse_bool, env)),
-        max_image_mb=pick("max_image_mb", "HW_MAX_IMAGE_MB", float, 64.0),
-        max_video_mb=pick("max_video_mb", "HW_MAX_VIDEO_MB", float, 1024.0),
-        max_lora_mb=pick("max_lora_mb", "HW_MAX_LORA_MB", float, 4096.0),
-        download_seconds=pick("download_seconds", "HW_DOWNLOAD_SECONDS", float, 900.0),
-        stall_seconds=pick("stall_seconds", "HW_STALL_SECONDS", float, 30.0),
+        max_image_mb=pick("max_image_mb", "HW_MAX_IMAGE_MB", float, default_of("max_image_mb")),
+        max_video_mb=pick("max_video_mb", "HW_MAX_VIDEO_MB", float, default_of("max_video_mb")),
+        max_lora_mb=pick("max_lora_mb", "HW_MAX_LORA_MB", float, default_of("max_lora_mb")),
+        download_seconds=pick("download_seconds", "HW_DOWNLOAD_SECONDS", float, default_of("download_seconds")),
+        stall_seconds=pick("stall_seconds", "HW_STALL_SECONDS", float, default_of("stall_seconds")),
     )
 
 
