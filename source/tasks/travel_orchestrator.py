@@ -29,8 +29,8 @@ from source.params.travel import (
 )
 from source.queue import ChildSpec
 from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, parse_params
-from source.tasks.travel_plan import TravelPlanError, plan_travel
-from source.tasks.travel_prompts import segment_prompts
+from source.tasks.travel_plan import TravelPlan, TravelPlanError, plan_travel
+from source.tasks.travel_prompts import SegmentPrompts, segment_prompts
 from source.tasks.travel_support import load_model_definition, travel_model_for
 from Wan2GP import limits
 from Wan2GP.catalog import ModelDefinition
@@ -71,18 +71,55 @@ def parse_orchestrator(raw: Any) -> ParsedTravel:
     return ParsedTravel(params, model, mode, generations, warnings)
 
 
-def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
-    params, model, mode, generations, warnings = parse_orchestrator(ctx.task.params)
-    details = params.orchestrator_details
-    for warning in warnings:
-        logger.warning(warning)
+class RunPlan(NamedTuple):
+    """A travel run planned: every segment's frames, keyframes and prompt, at one size, fps and seed."""
 
+    plan: TravelPlan
+    width: int
+    height: int
+    fps: int
+    seed: int
+    run_id: str
+    prompts: SegmentPrompts
+
+
+def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
+    parsed = parse_orchestrator(ctx.task.params)
+    for warning in parsed.warnings:
+        logger.warning(warning)
+    details = parsed.params.orchestrator_details
     if details.segment_count <= 0:  # upstream §3.1: nothing to generate, the task succeeds vacuously
         return TaskOutcome(message="num_new_segments_to_generate <= 0: nothing to generate", result={"segments": 0})
 
-    seed = details.seed_base
-    if seed < 0:
-        seed = random.randint(0, 999_999_999)
+    run = plan_run(ctx, parsed)
+    children = [*segment_children(ctx, parsed, run), stitch_child(ctx, parsed, run)]
+    child_ids = ctx.queue.enqueue_children(ctx.task.id, children)
+    plan = run.plan
+    message = (
+        f"Enqueued {len(plan.segments)} {parsed.mode} segments and a stitch for run {run.run_id}; "
+        f"the final video will have {plan.final_frames} frames at {run.width}x{run.height}, {run.fps} fps"
+    )
+    logger.info(message)
+    return TaskOutcome(
+        awaiting_children=True,
+        message=message,
+        result={
+            "expected_final_frames": plan.final_frames,
+            "segment_frames": [s.frames for s in plan.segments],
+            "overlaps": list(plan.overlaps),
+            "mode": parsed.mode,
+            "seed": run.seed,
+            "child_ids": child_ids,
+            **({"prompt_enhancement": run.prompts.summary()} if details.enhance_prompt else {}),
+        },
+    )
+
+
+def plan_run(ctx: TaskContext, parsed: ParsedTravel) -> RunPlan:
+    """The seed, every segment's plan, the size (checked before anything is enqueued) and the prompts (written by
+    the prompt model where enhance_prompt asks for them)."""
+    details, model = parsed.params.orchestrator_details, parsed.model
+    seed = details.seed_base if details.seed_base >= 0 else random.randint(0, 999_999_999)
     # Upstream generates num_new_segments_to_generate segments and reads the per-segment lists by index, so longer
     # lists are allowed; the payload model has already checked that they are not shorter.
     count = details.segment_count
@@ -90,7 +127,7 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
     if isinstance(overlaps, list):  # Reigh sends one per segment (expandArrayToCount), the last one unused
         overlaps = overlaps[: max(count - 1, 0)]
     plan_inputs = dict(
-        mode=mode,
+        mode=parsed.mode,
         chain_segments=details.chain_segments,
         images=list(details.input_image_paths_resolved),
         segment_frames=list(details.segment_frames_expanded)[:count],
@@ -118,9 +155,15 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
     prompts = segment_prompts(ctx, details, count=count, frames=[s.frames for s in plan.segments], fps=fps)
     if prompts.written or prompts.not_enhanced:
         plan = plan_travel(**plan_inputs, enhanced_prompts=prompts.enhanced)
-    run_id = details.run_id or ctx.task.id
+    return RunPlan(plan, width, height, fps, seed, details.run_id or ctx.task.id, prompts)
+
+
+def segment_children(ctx: TaskContext, parsed: ParsedTravel, run: RunPlan) -> list[ChildSpec]:
+    """One travel_segment row per segment: its plan, its generation and the app's link fields."""
+    params, details = parsed.params, parsed.params.orchestrator_details
+    plan = run.plan
     app_view = _details_the_app_reads(details)
-    children: list[ChildSpec] = []
+    children = []
     for segment in plan.segments:
         payload = SegmentTaskParams(
             orchestrator_task_id_ref=ctx.task.id,
@@ -132,14 +175,14 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
             after_first_post_generation_saturation=details.after_first_post_generation_saturation,
             after_first_post_generation_brightness=details.after_first_post_generation_brightness,
             orchestrator_details=app_view,
-            orchestrator_run_id=run_id,
+            orchestrator_run_id=run.run_id,
             project_id=ctx.task.project_id,
             segment_index=segment.index,
             is_first_segment=segment.index == 0,
             is_last_segment=segment.index == len(plan.segments) - 1,
-            model_name=model.id,
-            travel_mode=mode,
-            parsed_resolution_wh=f"{width}x{height}",
+            model_name=parsed.model.id,
+            travel_mode=parsed.mode,
+            parsed_resolution_wh=f"{run.width}x{run.height}",
             segment_frames_target=segment.frames,
             frame_overlap_from_previous=segment.overlap_from_previous,
             frame_overlap_with_next=segment.overlap_with_next,
@@ -148,8 +191,8 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
             base_prompt=segment.prompt,
             negative_prompt=segment.negative_prompt,
             seed_to_use=segment.seed,
-            fps_helpers=fps,
-            generation=generations[segment.index],
+            fps_helpers=run.fps,
+            generation=parsed.generations[segment.index],
             subsequent_starting_strength_adjustment=details.subsequent_starting_strength_adjustment,
             desaturate_subsequent_starting_frames=details.desaturate_subsequent_starting_frames,
             adjust_brightness_subsequent_starting_frames=details.adjust_brightness_subsequent_starting_frames,
@@ -164,10 +207,18 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
                 depends_on=depends,
             )
         )
+    return children
+
+
+def stitch_child(ctx: TaskContext, parsed: ParsedTravel, run: RunPlan) -> ChildSpec:
+    """The travel_stitch row: it waits for EVERY segment (independent i2v segments can be generated by several
+    workers at once) and completes the orchestrator with the final video."""
+    params, details = parsed.params, parsed.params.orchestrator_details
+    plan = run.plan
     stitch = StitchTaskParams(
         orchestrator_task_id_ref=ctx.task.id,
         parent_generation_id=details.parent_generation_id or params.parent_generation_id,
-        orchestrator_run_id=run_id,
+        orchestrator_run_id=run.run_id,
         project_id=ctx.task.project_id,
         num_total_segments_generated=len(plan.segments),
         frame_overlap_settings_expanded=list(plan.overlaps),
@@ -175,38 +226,16 @@ def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
         expected_final_frames=plan.final_frames,
         crossfade_sharp_amt=details.crossfade_sharp_amt,
         regenerate_anchors=bool(details.regenerate_anchors),
-        parsed_resolution_wh=f"{width}x{height}",
-        fps_final_video=details.fps_final_video or fps,
+        parsed_resolution_wh=f"{run.width}x{run.height}",
+        fps_final_video=details.fps_final_video or run.fps,
     )
-    # The stitch waits for EVERY segment: independent (i2v) segments can be generated by several workers at once.
-    children.append(
-        ChildSpec(
-            task_type="travel_stitch",
-            params=stitch.model_dump(mode="json", exclude_none=True),
-            role="stitch",
-            segment_index=None,
-            depends_on=tuple(f"segment:{s.index}" for s in plan.segments),
-            completes_parent=True,
-        )
-    )
-    child_ids = ctx.queue.enqueue_children(ctx.task.id, children)
-    message = (
-        f"Enqueued {len(plan.segments)} {mode} segments and a stitch for run {run_id}; "
-        f"the final video will have {plan.final_frames} frames at {width}x{height}, {fps} fps"
-    )
-    logger.info(message)
-    return TaskOutcome(
-        awaiting_children=True,
-        message=message,
-        result={
-            "expected_final_frames": plan.final_frames,
-            "segment_frames": [s.frames for s in plan.segments],
-            "overlaps": list(plan.overlaps),
-            "mode": mode,
-            "seed": seed,
-            "child_ids": child_ids,
-            **({"prompt_enhancement": prompts.summary()} if details.enhance_prompt else {}),
-        },
+    return ChildSpec(
+        task_type="travel_stitch",
+        params=stitch.model_dump(mode="json", exclude_none=True),
+        role="stitch",
+        segment_index=None,
+        depends_on=tuple(f"segment:{s.index}" for s in plan.segments),
+        completes_parent=True,
     )
 
 
