@@ -16,7 +16,8 @@ orchestrator never duplicates them. The queue never imports torch or the engine.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from source.queue.models import (
@@ -156,12 +157,21 @@ class TaskQueue(Protocol):
     def close(self) -> None: ...
 
 
-def open_queue(url: str, *, pool_size: int = 4, connect_timeout: float = 15.0, create: bool = True) -> TaskQueue:
+def open_queue(
+    url: str,
+    *,
+    pool_size: int = 4,
+    connect_timeout: float = 15.0,
+    create: bool = True,
+    clock: Callable[[], datetime] | None = None,
+) -> TaskQueue:
     """Opens (but does not migrate) the queue at `url`: "sqlite:///path" (relative, or "sqlite:////abs/path") or
     "postgresql://...". Raises InvalidQueueUrl for anything else, QueueRefused at once when the server refuses the
     URL (no such database, bad credentials), and QueueUnavailable if PostgreSQL cannot be reached within
     `connect_timeout` seconds. `create=False`: a SQLite file that does not exist is an error instead
-    of a new empty queue (a command that only reads must not turn a typo into a database)."""
+    of a new empty queue (a command that only reads must not turn a typo into a database). `clock`: where lease
+    expiry, back-off and worker staleness take their time from (a function returning an aware datetime); None, the
+    default, is the database's own clock (tests pass `testing.ManualClock` to move time instead of sleeping)."""
     parsed = parse_db_url(url)
     if parsed.backend == "sqlite":
         from source.queue.sqlite import SqliteTaskQueue
@@ -172,10 +182,10 @@ def open_queue(url: str, *, pool_size: int = 4, connect_timeout: float = 15.0, c
                 f"no queue database at {parsed.sqlite_path} ({parsed.url}); check --db, or create it with "
                 f"`python -m source.cli migrate --db {parsed.url}`"
             )
-        return SqliteTaskQueue(parsed.url, parsed.sqlite_path)
+        return SqliteTaskQueue(parsed.url, parsed.sqlite_path, clock=clock)
     from source.queue.postgres import PostgresTaskQueue  # psycopg is only imported for Postgres URLs
 
-    return PostgresTaskQueue(parsed.url, pool_size=pool_size, connect_timeout=connect_timeout)
+    return PostgresTaskQueue(parsed.url, pool_size=pool_size, connect_timeout=connect_timeout, clock=clock)
 
 
 def open_reigh_edge(supabase_url: str, token: str, *, timeout: float = 30.0) -> TaskQueue:

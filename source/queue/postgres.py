@@ -1,5 +1,6 @@
 """The fleet backend: PostgreSQL (or a Supabase project, through its Postgres connection string), psycopg 3 with a
-connection pool. Claims use `FOR UPDATE SKIP LOCKED`; every time comes from the server's clock.
+connection pool. Claims use `FOR UPDATE SKIP LOCKED`; every time comes from the server's clock (unless the queue was
+given a clock: then the statements that decide time use it, see base.QueueBase).
 
 Which statements run depends on what the database holds (`detect_dialect`): our own schema (or nothing yet, which
 becomes ours) uses `sql/postgres/`; Reigh's schema (its `tasks` table with the `task_status` enum and `uuid[]`
@@ -26,7 +27,8 @@ from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from source.queue.core import RetryableConflict, SqlTaskQueue, Transaction
+from source.queue.base import Clock, RetryableConflict, Transaction
+from source.queue.core import SqlTaskQueue
 from source.queue.models import IncompatibleSchema, QueueRefused, QueueUnavailable, RowRefused
 from source.queue.sqlfiles import Statement
 from source.queue.urls import redact_url
@@ -171,11 +173,13 @@ class _PostgresTransaction(Transaction):
 class PostgresTaskQueue(SqlTaskQueue):
     backend = "postgres"
 
-    def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 15.0) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 4, connect_timeout: float = 15.0, clock: Clock | None = None
+    ) -> None:
         if pool_size < 1:
             raise ValueError(f"pool_size: expected an integer >= 1; got {pool_size!r}")
         dialect = probe_connection(url, timeout=connect_timeout)
-        super().__init__(url, dialect)
+        super().__init__(url, dialect, clock=clock)
         self.task_ids_are_uuids = dialect == "reigh"
         self.connect_timeout = connect_timeout
         self._pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(

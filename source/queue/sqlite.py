@@ -18,7 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from source.queue.core import SqlTaskQueue, Transaction
+from source.queue.base import Clock, Transaction
+from source.queue.core import SqlTaskQueue
 from source.queue.models import QueueUnavailable
 from source.queue.rows import sqlite_text
 from source.queue.sqlfiles import Statement
@@ -33,12 +34,15 @@ def utc_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _utc_now() -> str:
-    return utc_timestamp(datetime.now(UTC))
+def _utc_now(now: str | None = None) -> str:
+    """`utc_now()`, or `utc_now(:now)`: the queue's injected instant (already utc_timestamp text), else the clock."""
+    return utc_timestamp(datetime.now(UTC)) if now is None else now
 
 
-def _utc_after(seconds: float | None) -> str:
-    return utc_timestamp(datetime.now(UTC) + timedelta(seconds=float(seconds or 0.0)))
+def _utc_after(seconds: float | None, now: str | None = None) -> str:
+    """`utc_after(seconds)`, or `utc_after(seconds, :now)`: counted from the injected instant when there is one."""
+    start = datetime.now(UTC) if now is None else datetime.fromisoformat(now)
+    return utc_timestamp(start + timedelta(seconds=float(seconds or 0.0)))
 
 
 def _encode(value: Any) -> Any:
@@ -69,8 +73,8 @@ class _SqliteTransaction(Transaction):
 class SqliteTaskQueue(SqlTaskQueue):
     backend = "sqlite"
 
-    def __init__(self, url: str, path: Path) -> None:
-        super().__init__(url, "sqlite")
+    def __init__(self, url: str, path: Path, *, clock: Clock | None = None) -> None:
+        super().__init__(url, "sqlite", clock=clock)
         self.path = path.resolve()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
@@ -94,8 +98,10 @@ class SqliteTaskQueue(SqlTaskQueue):
             connection.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as error:
             raise QueueUnavailable(f"cannot open SQLite database {self.path}: {error}") from error
-        connection.create_function("utc_now", 0, _utc_now)
-        connection.create_function("utc_after", 1, _utc_after)
+        for arguments in (0, 1):  # utc_now() and utc_now(:now)
+            connection.create_function("utc_now", arguments, _utc_now)
+        for arguments in (1, 2):  # utc_after(seconds) and utc_after(seconds, :now)
+            connection.create_function("utc_after", arguments, _utc_after)
         self._local.connection = connection
         self._local.pid = os.getpid()
         with self._connections_lock:

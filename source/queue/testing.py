@@ -5,6 +5,9 @@
             queue = open_queue(url)
 
 Nothing here runs unless a test asks for it; `TEST_DATABASE_URL` names the server (see `postgres_admin_url`).
+
+`ManualClock` is a clock for `open_queue(url, clock=...)` that moves only when told, so a test advances time past a
+lease or a back-off instead of sleeping.
 """
 
 from __future__ import annotations
@@ -13,10 +16,25 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 TEST_DATABASE_URL_ENV = "TEST_DATABASE_URL"
 REQUIRE_POSTGRES_ENV = "REQUIRE_POSTGRES"
+
+
+class ManualClock:
+    """A queue clock that stands still until `advance`d; it starts at the real time, so rows it stamps sit among
+    rows stamped by the database's clock."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = datetime.now(UTC) if start is None else start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
 
 
 def postgres_admin_url() -> str | None:

@@ -4,8 +4,9 @@ retries, cascades, the orchestrator completion hook, idempotent children."""
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -16,11 +17,52 @@ from source.queue import (
     TaskQueue,
     TaskStateError,
     TaskStatus,
+    WorkerIdInUse,
+    open_queue,
 )
+from source.queue.testing import ManualClock
 
 
 def claim(queue: TaskQueue, worker: str = "w1", lease: float = 30.0):
     return queue.claim(worker, lease_seconds=lease)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def timed_queue(queue_url: str, clock: ManualClock) -> Iterator[TaskQueue]:
+    """The queue on a clock the test moves: leases expire and back-offs pass without sleeping."""
+    opened = open_queue(queue_url, clock=clock)
+    opened.migrate()
+    yield opened
+    opened.close()
+
+
+def test_the_injected_clock_decides_expiry_and_the_database_clock_is_the_default(queue_url: str) -> None:
+    long_ago = datetime(2001, 1, 1, tzinfo=UTC)
+    timed = open_queue(queue_url, clock=ManualClock(long_ago))
+    real = open_queue(queue_url)
+    try:
+        timed.migrate()
+        task_id = timed.enqueue("t", {})
+        task = timed.claim("w1", lease_seconds=60)
+        assert task is not None
+        assert (task.generation_started_at, task.lease_expires_at) == (long_ago, long_ago + timedelta(seconds=60))
+        assert timed.reclaim_expired() == 0, "a minute has not passed on the injected clock"
+        assert real.reclaim_expired() == 1, "on the database's clock that lease ended in 2001"
+        assert real.get(task_id).status is TaskStatus.QUEUED
+    finally:
+        timed.close()
+        real.close()
+    naive = open_queue(queue_url, clock=lambda: datetime(2001, 1, 1))
+    try:
+        with pytest.raises(ValueError, match="clock: expected a timezone-aware datetime"):
+            naive.count_ready()
+    finally:
+        naive.close()
 
 
 def test_claim_takes_highest_priority_then_oldest_and_sets_lease(queue: TaskQueue) -> None:
@@ -99,19 +141,46 @@ def test_lease_renewal_belongs_to_the_holder(queue: TaskQueue) -> None:
     assert queue.renew_lease(task_id, "intruder", 60) is False
 
 
-def test_expired_lease_is_reclaimed_with_one_attempt_used_then_fails_past_the_cap(queue: TaskQueue) -> None:
+def test_leases_and_worker_heartbeats_count_from_the_injected_clock(timed_queue: TaskQueue, clock: ManualClock) -> None:
+    queue = timed_queue
+    task_id = queue.enqueue("t", {})
+    assert claim(queue, "w1", lease=30) is not None
+    assert queue.get(task_id).lease_expires_at == clock.now + timedelta(seconds=30)
+    clock.advance(20)
+    assert queue.renew_lease(task_id, "w1", 30) is True
+    assert queue.get(task_id).lease_expires_at == clock.now + timedelta(seconds=30)
+    clock.advance(29)
+    assert queue.reclaim_expired() == 0, "renewed 29 s ago for 30 s"
+    clock.advance(2)
+    assert queue.reclaim_expired() == 1
+
+    queue.register_worker("pod-1", session_id="first", metadata={}, stale_seconds=30)
+    clock.advance(20)
+    assert queue.beat_worker("pod-1", session_id="first", status="idle", current_task_id=None, metadata={})
+    assert [worker.last_heartbeat for worker in queue.list_workers()] == [clock.now]
+    clock.advance(20)
+    with pytest.raises(WorkerIdInUse):
+        queue.register_worker("pod-1", session_id="second", metadata={}, stale_seconds=30)
+    clock.advance(11)
+    queue.register_worker("pod-1", session_id="second", metadata={}, stale_seconds=30)
+
+
+def test_expired_lease_is_reclaimed_with_one_attempt_used_then_fails_past_the_cap(
+    timed_queue: TaskQueue, clock: ManualClock
+) -> None:
+    queue = timed_queue
     task_id = queue.enqueue("t", {}, max_attempts=2)
     dependent = queue.enqueue("t", {}, depends_on=[task_id])
     assert claim(queue, "crashed-1", lease=0.2) is not None
     assert queue.reclaim_expired() == 0, "the lease has not expired yet"
-    time.sleep(0.35)
+    clock.advance(0.35)
     assert queue.reclaim_expired() == 1
     task = queue.get(task_id)
     assert (task.status, task.attempts, task.worker_id) == (TaskStatus.QUEUED, 1, None)
     assert "lease expired on worker crashed-1 (attempt 1 of 2)" in (task.error_message or "")
 
     assert claim(queue, "crashed-2", lease=0.2) is not None
-    time.sleep(0.35)
+    clock.advance(0.35)
     assert queue.reclaim_expired() == 1
     task = queue.get(task_id)
     assert (task.status, task.attempts) == (TaskStatus.FAILED, 2)
@@ -120,10 +189,11 @@ def test_expired_lease_is_reclaimed_with_one_attempt_used_then_fails_past_the_ca
     assert queue.get(dependent).error_message.startswith(f"dependency {task_id} failed: lease expired")
 
 
-def test_the_old_holder_cannot_finish_a_reclaimed_task(queue: TaskQueue) -> None:
+def test_the_old_holder_cannot_finish_a_reclaimed_task(timed_queue: TaskQueue, clock: ManualClock) -> None:
+    queue = timed_queue
     task_id = queue.enqueue("t", {})
     assert claim(queue, "slow", lease=0.2) is not None
-    time.sleep(0.3)
+    clock.advance(0.3)
     queue.reclaim_expired()
     assert claim(queue, "fresh", lease=30) is not None
     with pytest.raises(TaskNotOwned, match="worker slow no longer holds it"):
@@ -177,12 +247,13 @@ def test_the_attempt_that_succeeds_is_counted_and_the_progress_says_how_it_ended
     assert (queue.get(failed).attempts, queue.get(failed).progress["message"]) == (1, "Failed")
 
 
-def test_retry_back_off_delays_the_next_claim(queue: TaskQueue) -> None:
+def test_retry_back_off_delays_the_next_claim(timed_queue: TaskQueue, clock: ManualClock) -> None:
+    queue = timed_queue
     task_id = queue.enqueue("t", {})
     assert claim(queue) is not None
     queue.fail(task_id, "w1", "flaky network", retryable=True, retry_delay_seconds=0.4)
     assert claim(queue) is None, "not claimable during the back-off"
-    time.sleep(0.5)
+    clock.advance(0.5)
     task = claim(queue)
     assert task is not None and task.id == task_id
 
@@ -335,7 +406,10 @@ def test_orchestrator_without_stitch_takes_the_last_childs_output(queue: TaskQue
     assert queue.get(parent_id).output_location == "seg1.mp4"
 
 
-def test_crash_between_children_enqueued_and_orchestrator_marked_reruns_without_duplicates(queue: TaskQueue) -> None:
+def test_crash_between_children_enqueued_and_orchestrator_marked_reruns_without_duplicates(
+    timed_queue: TaskQueue, clock: ManualClock
+) -> None:
+    queue = timed_queue
     parent_id = queue.enqueue("travel_orchestrator", {})
     assert claim(queue, "doomed", lease=0.2) is not None
     first_ids = queue.enqueue_children(parent_id, _travel_children())
@@ -345,7 +419,7 @@ def test_crash_between_children_enqueued_and_orchestrator_marked_reruns_without_
         assert task is not None
         queue.complete(task.id, "gpu", output_location=f"{task.role}.mp4")
     assert queue.get(parent_id).status is TaskStatus.IN_PROGRESS, "not awaiting yet: the hook must not fire"
-    time.sleep(0.3)
+    clock.advance(0.3)
     assert queue.reclaim_expired() == 1
 
     rerun = claim(queue, "rescuer")

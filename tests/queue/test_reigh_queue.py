@@ -4,8 +4,8 @@ task_types, its workers table and its timing trigger), and our extra state only 
 
 from __future__ import annotations
 
-import time
 import uuid
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -20,15 +20,34 @@ from source.queue import (
     WorkerIdInUse,
     open_queue,
 )
+from source.queue.testing import ManualClock
 
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture
-def reigh_queue(reigh_db: ReighDatabase) -> TaskQueue:
-    queue = open_queue(reigh_db.url)
+def _open_reigh_queue(reigh_db: ReighDatabase, clock: ManualClock | None = None) -> TaskQueue:
+    queue = open_queue(reigh_db.url, clock=clock)
     queue.migrate()
     queue.register_worker("w1", session_id="s1", metadata={}, stale_seconds=30)
+    return queue
+
+
+@pytest.fixture
+def reigh_queue(reigh_db: ReighDatabase) -> Iterator[TaskQueue]:
+    queue = _open_reigh_queue(reigh_db)
+    yield queue
+    queue.close()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def timed_reigh_queue(reigh_db: ReighDatabase, clock: ManualClock) -> Iterator[TaskQueue]:
+    """On a clock the test moves: leases expire without sleeping."""
+    queue = _open_reigh_queue(reigh_db, clock)
     yield queue
     queue.close()
 
@@ -128,11 +147,14 @@ def test_children_copy_the_project_and_fail_or_cancel_with_their_orchestrator(
     assert {task_row(reigh_db.url, task)["status"] for task in (parent, segment, stitch)} == {"Cancelled"}
 
 
-def test_expired_leases_use_attempts_and_give_up_at_the_cap(reigh_queue: TaskQueue, reigh_db: ReighDatabase) -> None:
+def test_expired_leases_use_attempts_and_give_up_at_the_cap(
+    timed_reigh_queue: TaskQueue, reigh_db: ReighDatabase, clock: ManualClock
+) -> None:
+    reigh_queue = timed_reigh_queue
     task_id = reigh_queue.enqueue("travel_segment", {}, project_id=reigh_db.project_id, max_attempts=2)
     for attempt in (1, 2):
         assert reigh_queue.claim("w1", lease_seconds=0.05) is not None
-        time.sleep(0.2)
+        clock.advance(0.2)
         assert reigh_queue.reclaim_expired() == 1
         row = task_row(reigh_db.url, task_id)
         assert row["attempts"] == attempt

@@ -12,6 +12,7 @@ import os
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 from loop_helpers import in_process_settings
 
 from source.queue import TaskQueue, TaskStatus, WorkerIdInUse, open_queue
+from source.queue.testing import ManualClock
 from source.tasks import WorkerServices, default_registry
 from source.tasks.context import make_work_dir, remove_stale_work_dirs
 from source.worker import EXIT_STARTUP_FAILED, run
@@ -164,15 +166,22 @@ def test_scratch_folders_stay_inside_the_work_root_and_are_unique(tmp_path: Path
     assert not old.exists() and first.exists()
 
 
-def test_a_worker_id_held_by_a_live_worker_is_not_taken(sqlite_queue: TaskQueue, sqlite_url: str, tmp_path: Path):
-    sqlite_queue.register_worker("pod-1", session_id="first", metadata={"pid": 1}, stale_seconds=30)
-    with pytest.raises(WorkerIdInUse, match="worker id 'pod-1' is held by a live worker"):
-        sqlite_queue.register_worker("pod-1", session_id="second", metadata={}, stale_seconds=30)
-    assert not sqlite_queue.beat_worker("pod-1", session_id="second", status="idle", current_task_id=None, metadata={})
-    # Once the holder's heartbeat is older than a lease it is presumed dead, and its id may be taken.
-    time.sleep(0.3)
-    sqlite_queue.register_worker("pod-1", session_id="second", metadata={}, stale_seconds=0.2)
-    assert not sqlite_queue.beat_worker("pod-1", session_id="first", status="idle", current_task_id=None, metadata={})
+def test_a_worker_id_held_by_a_live_worker_is_not_taken(sqlite_url: str, tmp_path: Path):
+    clock = ManualClock()  # moved instead of slept on
+    with closing(open_queue(sqlite_url, clock=clock)) as sqlite_queue:
+        sqlite_queue.migrate()
+        sqlite_queue.register_worker("pod-1", session_id="first", metadata={"pid": 1}, stale_seconds=30)
+        with pytest.raises(WorkerIdInUse, match="worker id 'pod-1' is held by a live worker"):
+            sqlite_queue.register_worker("pod-1", session_id="second", metadata={}, stale_seconds=30)
+        assert not sqlite_queue.beat_worker(
+            "pod-1", session_id="second", status="idle", current_task_id=None, metadata={}
+        )
+        # Once the holder's heartbeat is older than a lease it is presumed dead, and its id may be taken.
+        clock.advance(0.3)
+        sqlite_queue.register_worker("pod-1", session_id="second", metadata={}, stale_seconds=0.2)
+        assert not sqlite_queue.beat_worker(
+            "pod-1", session_id="first", status="idle", current_task_id=None, metadata={}
+        )
 
 
 def test_a_second_worker_with_the_same_id_neither_starts_nor_reclaims_the_live_task(

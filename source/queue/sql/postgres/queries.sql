@@ -1,7 +1,10 @@
 -- The queue's statements for PostgreSQL (psycopg 3, `%(named)s` parameters). Times come from the server's clock
--- (now()), so workers on many machines agree on lease expiry. Every task query returns the columns of `tasks` plus
--- `depends_on_list` (text[], link-table order). The link table holds ids as text; `t.id::text` keeps the joins valid
--- on a Reigh table whose id column is uuid (and is a no-op on ours).
+-- (now()), so workers on many machines agree on lease expiry. The statements that decide time (claim readiness,
+-- lease expiry and renewal, back-off, worker staleness) take `%(now)s`, the queue's injected clock, and use
+-- COALESCE(%(now)s::timestamptz, now()) for every time they write or compare: NULL (the default) is the server's
+-- now(). Every task query returns the columns of `tasks` plus `depends_on_list` (text[], link-table order). The link
+-- table holds ids as text; `t.id::text` keeps the joins valid on a Reigh table whose id column is uuid (and is a
+-- no-op on ours).
 
 -- name: create_schema_version
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -88,12 +91,14 @@ LIMIT %(limit)s
 -- makes a concurrent claimer move on to the next candidate instead of waiting or returning nothing.
 UPDATE tasks
 SET status = 'In Progress', worker_id = %(worker_id)s,
-    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s::double precision),
-    heartbeat_at = now(), generation_started_at = now(), updated_at = now(), progress = NULL
+    lease_expires_at
+        = COALESCE(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s::double precision),
+    heartbeat_at = COALESCE(%(now)s::timestamptz, now()), generation_started_at = COALESCE(%(now)s::timestamptz, now()),
+    updated_at = COALESCE(%(now)s::timestamptz, now()), progress = NULL
 WHERE id = (
     SELECT t.id FROM tasks t
     WHERE t.status = 'Queued' AND t.blocked = false
-      AND (t.available_at IS NULL OR t.available_at <= now())
+      AND (t.available_at IS NULL OR t.available_at <= COALESCE(%(now)s::timestamptz, now()))
       AND (%(task_types)s::text[] IS NULL OR t.task_type = ANY(%(task_types)s::text[]))
     ORDER BY t.priority DESC, t.created_at ASC, t.seq ASC
     LIMIT 1
@@ -105,7 +110,7 @@ RETURNING id
 -- Whether a claim that found nothing lost a race (something is ready) or the queue is idle.
 SELECT t.id FROM tasks t
 WHERE t.status = 'Queued' AND t.blocked = false
-  AND (t.available_at IS NULL OR t.available_at <= now())
+  AND (t.available_at IS NULL OR t.available_at <= COALESCE(%(now)s::timestamptz, now()))
   AND (%(task_types)s::text[] IS NULL OR t.task_type = ANY(%(task_types)s::text[]))
 ORDER BY t.priority DESC, t.created_at ASC, t.seq ASC
 LIMIT 1
@@ -113,7 +118,7 @@ LIMIT 1
 -- name: count_ready
 SELECT COUNT(*) AS n FROM tasks t
 WHERE t.status = 'Queued' AND t.blocked = false
-  AND (t.available_at IS NULL OR t.available_at <= now())
+  AND (t.available_at IS NULL OR t.available_at <= COALESCE(%(now)s::timestamptz, now()))
   AND (%(task_types)s::text[] IS NULL OR t.task_type = ANY(%(task_types)s::text[]))
 
 -- name: classify_unclassified
@@ -175,8 +180,9 @@ WHERE t.status = 'Queued' AND t.blocked = true
 
 -- name: renew_lease
 UPDATE tasks
-SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s::double precision), heartbeat_at = now(),
-    updated_at = now()
+SET lease_expires_at
+        = COALESCE(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s::double precision),
+    heartbeat_at = COALESCE(%(now)s::timestamptz, now()), updated_at = COALESCE(%(now)s::timestamptz, now())
 WHERE id = %(task_id)s AND worker_id = %(worker_id)s AND status = 'In Progress' AND NOT awaiting_children
 RETURNING id
 
@@ -199,7 +205,8 @@ RETURNING id
 UPDATE tasks
 SET status = 'Queued', attempts = attempts + 1, error_message = %(error_message)s, worker_id = NULL,
     lease_expires_at = NULL, heartbeat_at = NULL, generation_started_at = NULL,
-    available_at = now() + make_interval(secs => %(delay_seconds)s::double precision), updated_at = now()
+    available_at = COALESCE(%(now)s::timestamptz, now()) + make_interval(secs => %(delay_seconds)s::double precision),
+    updated_at = COALESCE(%(now)s::timestamptz, now())
 WHERE id = %(task_id)s AND status = 'In Progress'
 RETURNING id
 
@@ -251,7 +258,8 @@ RETURNING id
 WITH expired AS (
     SELECT t.id FROM tasks t
     WHERE t.status = 'In Progress' AND NOT t.awaiting_children
-      AND ((%(of_worker)s::text IS NULL AND t.lease_expires_at IS NOT NULL AND t.lease_expires_at < now())
+      AND ((%(of_worker)s::text IS NULL AND t.lease_expires_at IS NOT NULL
+            AND t.lease_expires_at < COALESCE(%(now)s::timestamptz, now()))
            OR (%(of_worker)s::text IS NOT NULL AND t.worker_id = %(of_worker)s::text))
     FOR UPDATE OF t SKIP LOCKED
 ), gave_up AS (
@@ -259,7 +267,8 @@ WITH expired AS (
     SET attempts = attempts + 1, status = 'Failed',
         error_message = 'lease expired on worker ' || COALESCE(worker_id, '?') || '; gave up after '
             || (attempts + 1) || ' attempts',
-        lease_expires_at = NULL, heartbeat_at = NULL, available_at = NULL, updated_at = now()
+        lease_expires_at = NULL, heartbeat_at = NULL, available_at = NULL,
+        updated_at = COALESCE(%(now)s::timestamptz, now())
     WHERE id IN (SELECT id FROM expired) AND status = 'In Progress' AND attempts + 1 >= max_attempts
     RETURNING id, status::text AS status, error_message
 ), requeued AS (
@@ -268,7 +277,7 @@ WITH expired AS (
         error_message = 'lease expired on worker ' || COALESCE(worker_id, '?') || ' (attempt '
             || (attempts + 1) || ' of ' || max_attempts || ')',
         lease_expires_at = NULL, heartbeat_at = NULL, available_at = NULL, generation_started_at = NULL,
-        worker_id = NULL, updated_at = now()
+        worker_id = NULL, updated_at = COALESCE(%(now)s::timestamptz, now())
     WHERE id IN (SELECT id FROM expired) AND status = 'In Progress' AND attempts + 1 < max_attempts
     RETURNING id, status::text AS status, error_message
 )
@@ -296,19 +305,24 @@ SELECT MIN(created_at) AS created_at FROM tasks WHERE status = 'Queued'
 -- heartbeat is older than %(stale_seconds)s (a crashed process: its leases have expired too). A live holder keeps
 -- it: nothing is returned, and the caller must not run (it would reclaim the live holder's tasks as its own).
 INSERT INTO workers (id, status, last_heartbeat, current_task_id, metadata, started_at, session_id)
-VALUES (%(worker_id)s, 'starting', now(), NULL, %(metadata)s, now(), %(session_id)s)
+VALUES (
+    %(worker_id)s, 'starting', COALESCE(%(now)s::timestamptz, now()), NULL, %(metadata)s,
+    COALESCE(%(now)s::timestamptz, now()), %(session_id)s
+)
 ON CONFLICT (id) DO UPDATE SET
     status = 'starting', last_heartbeat = excluded.last_heartbeat, current_task_id = NULL,
     metadata = excluded.metadata, started_at = excluded.started_at, session_id = excluded.session_id
 WHERE workers.status IN ('stopped', 'error') OR workers.last_heartbeat IS NULL
-   OR workers.last_heartbeat < now() - make_interval(secs => %(stale_seconds)s::double precision)
+   OR workers.last_heartbeat
+      < COALESCE(%(now)s::timestamptz, now()) - make_interval(secs => %(stale_seconds)s::double precision)
    OR workers.session_id = excluded.session_id
 RETURNING id
 
 -- name: beat_worker
 -- A heartbeat, only while this process still holds the id.
 UPDATE workers
-SET status = %(status)s, last_heartbeat = now(), current_task_id = %(current_task_id)s, metadata = %(metadata)s
+SET status = %(status)s, last_heartbeat = COALESCE(%(now)s::timestamptz, now()),
+    current_task_id = %(current_task_id)s, metadata = %(metadata)s
 WHERE id = %(worker_id)s AND session_id = %(session_id)s
 RETURNING id
 

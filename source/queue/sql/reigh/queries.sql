@@ -7,7 +7,11 @@
 --
 -- Readiness is computed at claim time, as Reigh's own claim does (`all_dependencies_complete`): there is no
 -- `blocked` cache to keep, so the classify_* statements have nothing to do here. Every task query returns the
--- columns core.SqlTaskQueue._task_from_row reads.
+-- columns base.QueueBase._task_from_row reads.
+--
+-- As in sql/postgres, the statements that decide time take `%(now)s` (the queue's injected clock) and use
+-- COALESCE(%(now)s::timestamptz, now()) for every time they write or compare; NULL (the default) is the server's
+-- now().
 
 -- name: create_schema_version
 -- One statement (a DO block) so the schema exists before its first table; runs under lock_for_migration.
@@ -131,7 +135,7 @@ WITH picked AS (
     LEFT JOIN headless.task_state s ON s.task_id = t.id
     WHERE t.status = 'Queued'
       AND (%(task_types)s::text[] IS NULL OR t.task_type = ANY(%(task_types)s::text[]))
-      AND (s.available_at IS NULL OR s.available_at <= now())
+      AND (s.available_at IS NULL OR s.available_at <= COALESCE(%(now)s::timestamptz, now()))
       AND NOT EXISTS (
           SELECT 1 FROM unnest(t.dependant_on) AS dependency(id)
           LEFT JOIN tasks d ON d.id = dependency.id
@@ -141,12 +145,15 @@ WITH picked AS (
     FOR UPDATE OF t SKIP LOCKED
 ), claimed AS (
     UPDATE tasks t
-    SET status = 'In Progress', worker_id = %(worker_id)s, generation_started_at = now(), updated_at = now()
+    SET status = 'In Progress', worker_id = %(worker_id)s, generation_started_at = COALESCE(%(now)s::timestamptz, now()),
+        updated_at = COALESCE(%(now)s::timestamptz, now())
     FROM picked WHERE t.id = picked.id AND t.status = 'Queued'
     RETURNING t.id
 ), leased AS (
     INSERT INTO headless.task_state (task_id, lease_expires_at, heartbeat_at, progress)
-    SELECT id, now() + make_interval(secs => %(lease_seconds)s::double precision), now(), NULL FROM claimed
+    SELECT id, COALESCE(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s::double precision),
+           COALESCE(%(now)s::timestamptz, now()), NULL
+    FROM claimed
     ON CONFLICT (task_id) DO UPDATE
     SET lease_expires_at = excluded.lease_expires_at, heartbeat_at = excluded.heartbeat_at, progress = NULL
 )
@@ -158,7 +165,7 @@ SELECT t.id::text AS id FROM tasks t
 LEFT JOIN headless.task_state s ON s.task_id = t.id
 WHERE t.status = 'Queued'
   AND (%(task_types)s::text[] IS NULL OR t.task_type = ANY(%(task_types)s::text[]))
-  AND (s.available_at IS NULL OR s.available_at <= now())
+  AND (s.available_at IS NULL OR s.available_at <= COALESCE(%(now)s::timestamptz, now()))
   AND NOT EXISTS (
       SELECT 1 FROM unnest(t.dependant_on) AS dependency(id)
       LEFT JOIN tasks d ON d.id = dependency.id
@@ -170,7 +177,7 @@ SELECT COUNT(*) AS n FROM tasks t
 LEFT JOIN headless.task_state s ON s.task_id = t.id
 WHERE t.status = 'Queued'
   AND (%(task_types)s::text[] IS NULL OR t.task_type = ANY(%(task_types)s::text[]))
-  AND (s.available_at IS NULL OR s.available_at <= now())
+  AND (s.available_at IS NULL OR s.available_at <= COALESCE(%(now)s::timestamptz, now()))
   AND NOT EXISTS (
       SELECT 1 FROM unnest(t.dependant_on) AS dependency(id)
       LEFT JOIN tasks d ON d.id = dependency.id
@@ -191,7 +198,9 @@ SELECT 1 WHERE false
 
 -- name: renew_lease
 UPDATE headless.task_state s
-SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s::double precision), heartbeat_at = now()
+SET lease_expires_at
+        = COALESCE(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s::double precision),
+    heartbeat_at = COALESCE(%(now)s::timestamptz, now())
 FROM tasks t
 WHERE s.task_id = t.id AND t.id = %(task_id)s::uuid AND t.worker_id = %(worker_id)s AND t.status = 'In Progress'
   AND NOT s.awaiting_children
@@ -224,12 +233,13 @@ SELECT id::text AS id FROM done
 WITH requeued AS (
     UPDATE tasks
     SET status = 'Queued', attempts = attempts + 1, error_message = %(error_message)s, worker_id = NULL,
-        generation_started_at = NULL, updated_at = now()
+        generation_started_at = NULL, updated_at = COALESCE(%(now)s::timestamptz, now())
     WHERE id = %(task_id)s::uuid AND status = 'In Progress'
     RETURNING id
 ), backed_off AS (
     INSERT INTO headless.task_state (task_id, available_at)
-    SELECT id, now() + make_interval(secs => %(delay_seconds)s::double precision) FROM requeued
+    SELECT id, COALESCE(%(now)s::timestamptz, now()) + make_interval(secs => %(delay_seconds)s::double precision)
+    FROM requeued
     ON CONFLICT (task_id) DO UPDATE
     SET lease_expires_at = NULL, heartbeat_at = NULL, available_at = excluded.available_at
 )
@@ -316,7 +326,8 @@ WITH expired AS (
     SELECT t.id FROM tasks t
     LEFT JOIN headless.task_state s ON s.task_id = t.id
     WHERE t.status = 'In Progress' AND NOT COALESCE(s.awaiting_children, false)
-      AND ((%(of_worker)s::text IS NULL AND s.lease_expires_at IS NOT NULL AND s.lease_expires_at < now())
+      AND ((%(of_worker)s::text IS NULL AND s.lease_expires_at IS NOT NULL
+            AND s.lease_expires_at < COALESCE(%(now)s::timestamptz, now()))
            OR (%(of_worker)s::text IS NOT NULL AND t.worker_id = %(of_worker)s::text))
     FOR UPDATE OF t SKIP LOCKED
 ), gave_up AS (
@@ -324,7 +335,7 @@ WITH expired AS (
     SET attempts = t.attempts + 1, status = 'Failed',
         error_message = 'lease expired on worker ' || COALESCE(t.worker_id, '?') || '; gave up after '
             || (t.attempts + 1) || ' attempts',
-        updated_at = now()
+        updated_at = COALESCE(%(now)s::timestamptz, now())
     FROM expired LEFT JOIN headless.task_state s ON s.task_id = expired.id
     WHERE t.id = expired.id AND t.attempts + 1 >= COALESCE(s.max_attempts, 3)
     RETURNING t.id, t.status::text AS status, t.error_message
@@ -333,7 +344,7 @@ WITH expired AS (
     SET attempts = t.attempts + 1, status = 'Queued',
         error_message = 'lease expired on worker ' || COALESCE(t.worker_id, '?') || ' (attempt '
             || (t.attempts + 1) || ' of ' || COALESCE(s.max_attempts, 3) || ')',
-        generation_started_at = NULL, worker_id = NULL, updated_at = now()
+        generation_started_at = NULL, worker_id = NULL, updated_at = COALESCE(%(now)s::timestamptz, now())
     FROM expired LEFT JOIN headless.task_state s ON s.task_id = expired.id
     WHERE t.id = expired.id AND t.attempts + 1 < COALESCE(s.max_attempts, 3)
     RETURNING t.id, t.status::text AS status, t.error_message
@@ -374,24 +385,30 @@ SELECT MIN(created_at) AS created_at FROM tasks WHERE status = 'Queued'
 -- with the instance_type Reigh's heartbeat uses for outside workers; Reigh's metadata keys are kept.
 WITH taken AS (
     INSERT INTO headless.worker_sessions (worker_id, session_id, status, last_heartbeat, current_task_id, started_at)
-    SELECT %(worker_id)s, %(session_id)s, 'starting', now(), NULL, now()
+    SELECT %(worker_id)s, %(session_id)s, 'starting', COALESCE(%(now)s::timestamptz, now()), NULL,
+           COALESCE(%(now)s::timestamptz, now())
     WHERE NOT EXISTS (
         SELECT 1 FROM workers w
         WHERE w.id = %(worker_id)s AND w.status = 'active'
-          AND w.last_heartbeat > now() - make_interval(secs => %(stale_seconds)s::double precision)
+          AND w.last_heartbeat
+              > COALESCE(%(now)s::timestamptz, now()) - make_interval(secs => %(stale_seconds)s::double precision)
           AND NOT EXISTS (SELECT 1 FROM headless.worker_sessions o WHERE o.worker_id = w.id))
     ON CONFLICT (worker_id) DO UPDATE SET
-        session_id = excluded.session_id, status = 'starting', last_heartbeat = now(), current_task_id = NULL,
-        started_at = now()
+        session_id = excluded.session_id, status = 'starting', last_heartbeat = COALESCE(%(now)s::timestamptz, now()),
+        current_task_id = NULL, started_at = COALESCE(%(now)s::timestamptz, now())
     WHERE worker_sessions.status IN ('stopped', 'error')
-       OR worker_sessions.last_heartbeat < now() - make_interval(secs => %(stale_seconds)s::double precision)
+       OR worker_sessions.last_heartbeat
+          < COALESCE(%(now)s::timestamptz, now()) - make_interval(secs => %(stale_seconds)s::double precision)
        OR worker_sessions.session_id = excluded.session_id
     RETURNING worker_id
 ), registered AS (
     INSERT INTO workers (id, instance_type, status, last_heartbeat, metadata, created_at)
-    SELECT worker_id, 'external', 'active', now(), %(metadata)s, now() FROM taken
+    SELECT worker_id, 'external', 'active', COALESCE(%(now)s::timestamptz, now()), %(metadata)s,
+           COALESCE(%(now)s::timestamptz, now())
+    FROM taken
     ON CONFLICT (id) DO UPDATE SET
-        status = 'active', last_heartbeat = now(), metadata = COALESCE(workers.metadata, '{}'::jsonb) || excluded.metadata
+        status = 'active', last_heartbeat = COALESCE(%(now)s::timestamptz, now()),
+        metadata = COALESCE(workers.metadata, '{}'::jsonb) || excluded.metadata
 )
 SELECT worker_id AS id FROM taken
 
@@ -400,12 +417,13 @@ SELECT worker_id AS id FROM taken
 -- names the loaded model (workers.current_model, which Reigh's claim uses for model affinity).
 WITH beat AS (
     UPDATE headless.worker_sessions
-    SET status = %(status)s, last_heartbeat = now(), current_task_id = %(current_task_id)s
+    SET status = %(status)s, last_heartbeat = COALESCE(%(now)s::timestamptz, now()),
+        current_task_id = %(current_task_id)s
     WHERE worker_id = %(worker_id)s AND session_id = %(session_id)s
     RETURNING worker_id
 ), reigh AS (
     UPDATE workers w
-    SET last_heartbeat = now(),
+    SET last_heartbeat = COALESCE(%(now)s::timestamptz, now()),
         status = CASE WHEN %(status)s::text IN ('stopped', 'error') THEN 'inactive' ELSE 'active' END,
         metadata = COALESCE(w.metadata, '{}'::jsonb) || %(metadata)s,
         current_model = COALESCE(%(metadata)s->>'current_model', w.current_model)

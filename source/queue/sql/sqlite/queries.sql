@@ -1,5 +1,8 @@
 -- The queue's statements for SQLite. Parameters are `:named`; `utc_now()` and `utc_after(seconds)` are Python
 -- functions registered on every connection (ISO-8601 UTC with microseconds, so text order is time order).
+-- The statements that decide time (claim readiness, lease expiry and renewal, back-off, worker staleness) take
+-- `:now`, the queue's injected clock: `utc_now(:now)` and `utc_after(seconds, :now)` count from it, and from the real
+-- clock when it is NULL (the default). Every time such a statement writes or compares comes from that one instant.
 -- Every task query returns the columns of `tasks` plus `depends_on_list` (JSON array, link-table order) and `seq`
 -- (insertion order, the tie-breaker after created_at).
 
@@ -89,12 +92,12 @@ LIMIT :limit
 -- classify_* statements below), so the claim reads one partial index however many tasks wait for others.
 -- BEGIN IMMEDIATE makes it atomic across processes.
 UPDATE tasks
-SET status = 'In Progress', worker_id = :worker_id, lease_expires_at = utc_after(:lease_seconds),
-    heartbeat_at = utc_now(), generation_started_at = utc_now(), updated_at = utc_now(), progress = NULL
+SET status = 'In Progress', worker_id = :worker_id, lease_expires_at = utc_after(:lease_seconds, :now),
+    heartbeat_at = utc_now(:now), generation_started_at = utc_now(:now), updated_at = utc_now(:now), progress = NULL
 WHERE id = (
     SELECT t.id FROM tasks t
     WHERE t.status = 'Queued' AND t.blocked = 0
-      AND (t.available_at IS NULL OR t.available_at <= utc_now())
+      AND (t.available_at IS NULL OR t.available_at <= utc_now(:now))
       AND (:task_types IS NULL OR t.task_type IN (SELECT value FROM json_each(:task_types)))
     ORDER BY t.priority DESC, t.created_at ASC, t.rowid ASC
     LIMIT 1
@@ -105,7 +108,7 @@ RETURNING id
 -- Whether a claim that found nothing lost a race (something is ready) or the queue is idle.
 SELECT t.id FROM tasks t
 WHERE t.status = 'Queued' AND t.blocked = 0
-  AND (t.available_at IS NULL OR t.available_at <= utc_now())
+  AND (t.available_at IS NULL OR t.available_at <= utc_now(:now))
   AND (:task_types IS NULL OR t.task_type IN (SELECT value FROM json_each(:task_types)))
 ORDER BY t.priority DESC, t.created_at ASC, t.rowid ASC
 LIMIT 1
@@ -113,7 +116,7 @@ LIMIT 1
 -- name: count_ready
 SELECT COUNT(*) AS n FROM tasks t
 WHERE t.status = 'Queued' AND t.blocked = 0
-  AND (t.available_at IS NULL OR t.available_at <= utc_now())
+  AND (t.available_at IS NULL OR t.available_at <= utc_now(:now))
   AND (:task_types IS NULL OR t.task_type IN (SELECT value FROM json_each(:task_types)))
 
 -- name: classify_unclassified
@@ -174,7 +177,8 @@ WHERE t.status = 'Queued' AND t.blocked = 1
         WHERE l.task_id = t.id AND (d.status IS NULL OR d.status <> 'Complete')))
 
 -- name: renew_lease
-UPDATE tasks SET lease_expires_at = utc_after(:lease_seconds), heartbeat_at = utc_now(), updated_at = utc_now()
+UPDATE tasks
+SET lease_expires_at = utc_after(:lease_seconds, :now), heartbeat_at = utc_now(:now), updated_at = utc_now(:now)
 WHERE id = :task_id AND worker_id = :worker_id AND status = 'In Progress' AND awaiting_children = 0
 RETURNING id
 
@@ -197,7 +201,7 @@ RETURNING id
 UPDATE tasks
 SET status = 'Queued', attempts = attempts + 1, error_message = :error_message, worker_id = NULL,
     lease_expires_at = NULL, heartbeat_at = NULL, generation_started_at = NULL,
-    available_at = utc_after(:delay_seconds), updated_at = utc_now()
+    available_at = utc_after(:delay_seconds, :now), updated_at = utc_now(:now)
 WHERE id = :task_id AND status = 'In Progress'
 RETURNING id
 
@@ -257,9 +261,9 @@ SET attempts = attempts + 1,
     lease_expires_at = NULL, heartbeat_at = NULL, available_at = NULL,
     generation_started_at = CASE WHEN attempts + 1 >= max_attempts THEN generation_started_at ELSE NULL END,
     worker_id = CASE WHEN attempts + 1 >= max_attempts THEN worker_id ELSE NULL END,
-    updated_at = utc_now()
+    updated_at = utc_now(:now)
 WHERE status = 'In Progress' AND awaiting_children = 0
-  AND ((:of_worker IS NULL AND lease_expires_at IS NOT NULL AND lease_expires_at < utc_now())
+  AND ((:of_worker IS NULL AND lease_expires_at IS NOT NULL AND lease_expires_at < utc_now(:now))
        OR (:of_worker IS NOT NULL AND worker_id = :of_worker))
 RETURNING id, status, error_message
 
@@ -283,19 +287,19 @@ SELECT MIN(created_at) AS created_at FROM tasks WHERE status = 'Queued'
 -- heartbeat is older than :stale_seconds (a crashed process: its leases have expired too). A live holder keeps
 -- it: nothing is returned, and the caller must not run (it would reclaim the live holder's tasks as its own).
 INSERT INTO workers (id, status, last_heartbeat, current_task_id, metadata, started_at, session_id)
-VALUES (:worker_id, 'starting', utc_now(), NULL, :metadata, utc_now(), :session_id)
+VALUES (:worker_id, 'starting', utc_now(:now), NULL, :metadata, utc_now(:now), :session_id)
 ON CONFLICT (id) DO UPDATE SET
     status = 'starting', last_heartbeat = excluded.last_heartbeat, current_task_id = NULL,
     metadata = excluded.metadata, started_at = excluded.started_at, session_id = excluded.session_id
 WHERE workers.status IN ('stopped', 'error') OR workers.last_heartbeat IS NULL
-   OR workers.last_heartbeat < utc_after(-:stale_seconds)
+   OR workers.last_heartbeat < utc_after(-:stale_seconds, :now)
    OR workers.session_id = excluded.session_id
 RETURNING id
 
 -- name: beat_worker
 -- A heartbeat, only while this process still holds the id.
 UPDATE workers
-SET status = :status, last_heartbeat = utc_now(), current_task_id = :current_task_id, metadata = :metadata
+SET status = :status, last_heartbeat = utc_now(:now), current_task_id = :current_task_id, metadata = :metadata
 WHERE id = :worker_id AND session_id = :session_id
 RETURNING id
 
