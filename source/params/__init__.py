@@ -30,7 +30,6 @@ from source.params.resolve import (
     resolve_generation,
     resolve_payload,
 )
-from source.params.task_row import TaskStatus
 from source.params.travel import (
     GenerationSpec,
     SegmentTaskParams,
@@ -54,7 +53,6 @@ __all__ = [
     "PhaseSpec",
     "Resolved",
     "ResolvedValue",
-    "TaskStatus",
     "TravelOrchestratorParams",
     "TravelSegmentParams",
     "TravelStitchParams",

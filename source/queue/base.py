@@ -170,9 +170,8 @@ class QueueBase(ABC):
         status_text = text("status")
         try:
             status = TaskStatus.parse(status_text)
-        except ValueError:
-            if str(status_text).strip().lower() != "error":  # legacy upstream spelling of a failure
-                problems.append(f"status: {str(status_text)[:40]!r} is not a known status")
+        except ValueError:  # upstream's loose spellings ("error", "canceled", ...) are parsed, not refused
+            problems.append(f"status: {str(status_text)[:40]!r} is not a known status")
             status = TaskStatus.FAILED
         params = json_column("params")
         if params is not None and not isinstance(params, dict):

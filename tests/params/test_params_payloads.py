@@ -8,7 +8,6 @@ from source.params import (
     GenerationTaskParams,
     OrchestratorDetails,
     PayloadError,
-    TaskStatus,
     TravelOrchestratorParams,
     TravelSegmentParams,
     TravelStitchParams,
@@ -146,6 +145,8 @@ def test_secret_values_never_appear_in_errors():
 
 
 def test_task_status_reads_the_spellings_rows_and_people_use():
+    from source.queue import TaskStatus
+
     assert TaskStatus("canceled") is TaskStatus.CANCELLED and TaskStatus.CANCELLED.is_terminal
     assert TaskStatus("in progress") is TaskStatus.IN_PROGRESS and TaskStatus("Queued") is TaskStatus.QUEUED
     assert TaskStatus("error") is TaskStatus.FAILED and TaskStatus.parse("in-progress") is TaskStatus.IN_PROGRESS
