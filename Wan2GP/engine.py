@@ -38,7 +38,6 @@ from Wan2GP.conditioning import (
     reference_pixels,
 )
 from Wan2GP.loading import LoadedModel, ModelLoadError, load_model, quiet_library_progress_bars
-from Wan2GP.lora_files import LoraDownloadError
 from Wan2GP.prompt_text import DEFAULT_PROMPT_MODEL
 from Wan2GP.request import GenerationRequest, InvalidGenerationParams, check_param_names, resolve_request
 from Wan2GP.sampler import (
@@ -61,7 +60,6 @@ __all__ = [
     "GenerationCancelled",
     "GenerationResult",
     "InvalidGenerationParams",
-    "LoraDownloadError",
     "ModelLoadError",
     "ProgressEvent",
     "PromptOutcome",
@@ -419,8 +417,8 @@ class WanEngine:
         )
 
         paths = [
-            resolve_lora_file(source, self.lora_dir, field=f"activated_loras[{index}]")
-            for index, source in enumerate(request.lora_sources)
+            resolve_lora_file(source, self.lora_dir, field=field)
+            for source, field in zip(request.lora_sources, request.lora_fields, strict=True)
         ]
         # Which mode is cheaper depends on how many forwards each set of strengths holds for (bench/README.md).
         spans = forward_spans(

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import PIL.Image
 from loguru import logger
@@ -52,6 +54,11 @@ ACCEPTED_PARAMS: tuple[str, ...] = (
     "output_dir",
     "output_filename",
 )
+
+# Not a WGP name: the model definition's built-in LoRAs as local files, one per entry of its "loras", in that order.
+# The engine fetches no LoRA URLs, so a caller of a model whose definition names them by URL downloads them first
+# (the worker does, through its LoRA store) and hands the files over here; the definition's multipliers still apply.
+BUILTIN_LORA_FILES = "builtin_lora_files"
 
 # Upstream's factory defaults (models/_settings.json and the Wan handler), used where neither the caller nor the model
 # definition gives a value.
@@ -115,6 +122,7 @@ class _WgpParams(BaseModel):
     sample_solver: str
     activated_loras: tuple[str | Path, ...] = ()
     loras_multipliers: str | tuple[str | float, ...] = ""
+    builtin_lora_files: tuple[str | Path, ...] | None = None
     image_start: ImageInput | None = None
     image_end: ImageInput | None = None
     video_guide: Path | None = None
@@ -162,6 +170,7 @@ class GenerationRequest:
     seed: int
     plan: GenerationPlan
     lora_sources: tuple[str, ...]  # model-definition LoRAs first, then the caller's activated_loras
+    lora_fields: tuple[str, ...]  # the parameter each of lora_sources came from, with its index there
     image_start: ImageInput | None
     image_end: ImageInput | None
     video_guide: Path | None
@@ -186,12 +195,37 @@ class GenerationRequest:
 
 
 def check_param_names(params: Mapping[str, Any]) -> None:
-    unknown = sorted(str(name) for name in params if name not in ACCEPTED_PARAMS)
+    accepted = (*ACCEPTED_PARAMS, BUILTIN_LORA_FILES)
+    unknown = sorted(str(name) for name in params if name not in accepted)
     if unknown:
         raise InvalidGenerationParams(
             unknown,
-            f"unknown parameter(s): {', '.join(unknown)}. Accepted: {', '.join(ACCEPTED_PARAMS)}",
+            f"unknown parameter(s): {', '.join(unknown)}. Accepted: {', '.join(accepted)}",
         )
+
+
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(source: str) -> bool:
+    return _URL_SCHEME.match(source) is not None
+
+
+def lora_url_refused(
+    source: str, field: str, *, what: str = "the LoRA", then: str = "pass the local file"
+) -> InvalidGenerationParams:
+    """The error for a LoRA URL that reached the engine: it takes local files only, so the caller downloads first."""
+    try:  # the host only: a URL's path, query or user part may carry a token
+        parts = urlsplit(source)
+        shown = f"{parts.scheme}://{parts.hostname or ''}/…"
+    except ValueError:
+        shown = "unparsable"
+    return InvalidGenerationParams(
+        [field.split("[")[0]],
+        f"{field}: {what} is a URL ({shown}), and the engine fetches no LoRA URLs: it takes local LoRA files or names "
+        f"in its LoRA folder. The caller must download it first (the worker's LoRA store does, within its size and "
+        f"time caps) and {then}",
+    )
 
 
 def generation_size(value: str) -> tuple[int, int]:
@@ -254,6 +288,36 @@ def _lora_multipliers(definition: ModelDefinition, user: str | tuple[str | float
         lines = [line for line in user.splitlines() if not line.strip().startswith("#")]
         return built_in + " ".join(lines).replace("|", " ").split()
     return built_in + list(user)
+
+
+def _lora_sources(definition: ModelDefinition, wgp: _WgpParams) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Every LoRA the generation runs, with the parameter each came from: the model definition's built-in LoRAs
+    first (the caller's builtin_lora_files in their place when given), then activated_loras. URLs are refused here,
+    before any model is loaded."""
+    if wgp.builtin_lora_files is None:
+        for index, source in enumerate(definition.loras):
+            if is_url(source):
+                raise lora_url_refused(
+                    source,
+                    BUILTIN_LORA_FILES,
+                    what=f"model {definition.id}'s built-in LoRA loras[{index}]",
+                    then=f"pass the local files in {BUILTIN_LORA_FILES}, one per built-in LoRA in its definition's order",
+                )
+        built_in: tuple[str | Path, ...] = definition.loras
+    elif len(wgp.builtin_lora_files) != len(definition.loras):
+        raise InvalidGenerationParams(
+            [BUILTIN_LORA_FILES],
+            f"{BUILTIN_LORA_FILES}: expected {len(definition.loras)} file(s), one per built-in LoRA of model "
+            f"{definition.id} in its definition's order, got {len(wgp.builtin_lora_files)}",
+        )
+    else:
+        built_in = wgp.builtin_lora_files
+    entries = [(str(source), f"{BUILTIN_LORA_FILES}[{index}]") for index, source in enumerate(built_in)]
+    entries += [(str(source), f"activated_loras[{index}]") for index, source in enumerate(wgp.activated_loras)]
+    for source, field in entries:
+        if is_url(source):
+            raise lora_url_refused(source, field)
+    return tuple(source for source, _ in entries), tuple(field for _, field in entries)
 
 
 def resolve_request(
@@ -320,7 +384,7 @@ def resolve_request(
             f"output_filename: expected a plain file name of at most 200 bytes, got {wgp.output_filename[:60]!r}",
         )
 
-    lora_sources = tuple(definition.loras) + tuple(str(item) for item in wgp.activated_loras)
+    lora_sources, lora_fields = _lora_sources(definition, wgp)
     try:
         plan = build_plan(
             num_inference_steps=wgp.num_inference_steps,
@@ -354,6 +418,7 @@ def resolve_request(
         seed=seed,
         plan=plan,
         lora_sources=lora_sources,
+        lora_fields=lora_fields,
         image_start=wgp.image_start,
         image_end=wgp.image_end,
         video_guide=wgp.video_guide,

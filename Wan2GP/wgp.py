@@ -46,6 +46,11 @@ def generate_video(
 
     Unknown parameter names raise InvalidGenerationParams listing them; missing ones come from the model definition,
     then the system defaults. Cancelling via ``cancel_event`` raises GenerationCancelled between denoising steps.
+
+    LoRAs are local files or names in the engine's LoRA folder: the engine fetches no URLs, so a URL in
+    ``activated_loras`` is refused naming it. A model whose definition names built-in LoRAs by URL needs them
+    downloaded first and passed as ``builtin_lora_files`` (one local file per entry of the definition's ``loras``, in
+    its order; not a WGP name); the worker does this through its LoRA store.
     """
     engine = engine if engine is not None else WanEngine()
     return engine.generate(

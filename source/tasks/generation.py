@@ -26,6 +26,7 @@ from source.tasks.travel_support import (
     fetch_loras,
     load_model_definition,
     run_engine,
+    with_builtin_loras,
 )
 from Wan2GP.catalog import ModelDefinition
 
@@ -126,7 +127,8 @@ def _generate_image(ctx: TaskContext, request: dict[str, Any]) -> TaskOutcome:
 
 
 def _render(ctx: TaskContext, request: dict[str, Any]) -> Any:
-    """The engine's decoded frames, without the mp4 `run_engine` writes; its failures mapped the same way."""
+    """The engine's decoded frames, without the mp4 `run_engine` writes; its LoRAs and failures handled the same way."""
+    request = with_builtin_loras(ctx, request)
     engine = ctx.services.engine()
     with engine_failures(ctx):
         return engine.render(engine.resolve(request), progress=engine_progress(ctx), cancel=ctx.cancel_event)

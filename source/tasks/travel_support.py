@@ -117,8 +117,8 @@ def fetch_input(
 
 
 def fetch_loras(ctx: TaskContext, sources: list[str], *, field: str) -> list[Path]:
-    """Local LoRA files for the payload's LoRA URLs or names, through the one LoRA store (keyed by URL, checked by
-    content, downloads capped like every other input)."""
+    """Local LoRA files for LoRA URLs or names (the payload's, or a model definition's built-in ones), through the one
+    LoRA store (keyed by URL, checked by content, downloads capped like every other input)."""
     settings = ctx.settings
     store = LoraStore(
         settings.lora_dir,
@@ -145,8 +145,19 @@ def _download_failure(ctx: TaskContext, field: str, error: DownloadError) -> Exc
     return TransientTaskError(message) if error.transient else TaskInputError(message)
 
 
+def with_builtin_loras(ctx: TaskContext, request: dict[str, Any]) -> dict[str, Any]:
+    """`request` with its model's built-in LoRAs (the catalog names them, often as Hugging Face URLs) fetched through
+    the LoRA store like the payload's, as builtin_lora_files: the engine fetches no URLs."""
+    model = load_model_definition(str(request["model"]), field="model")
+    if not model.loras:
+        return request
+    paths = fetch_loras(ctx, list(model.loras), field=f"model {model.id}: loras")
+    return {**request, "builtin_lora_files": [str(path) for path in paths]}
+
+
 def run_engine(ctx: TaskContext, request: dict[str, Any]) -> Any:
     """Generate on this worker's engine (an mp4 in the task's scratch folder), failures mapped by engine_failures."""
+    request = with_builtin_loras(ctx, request)
     engine = ctx.services.engine()
     with engine_failures(ctx):
         return engine.generate(request, output_dir=ctx.work_dir, progress=engine_progress(ctx), cancel=ctx.cancel_event)
@@ -155,8 +166,8 @@ def run_engine(ctx: TaskContext, request: dict[str, Any]) -> Any:
 @contextmanager
 def engine_failures(ctx: TaskContext) -> Iterator[None]:
     """Map the engine's failures onto the worker's kinds: bad parameters fail the task, a cancel is a cancel, a model
-    or LoRA that did not load is transient, a broken GPU stops the worker (classify_gpu_failure)."""
-    from Wan2GP.engine import GenerationCancelled, InvalidGenerationParams, LoraDownloadError, ModelLoadError
+    that did not load is transient, a broken GPU stops the worker (classify_gpu_failure)."""
+    from Wan2GP.engine import GenerationCancelled, InvalidGenerationParams, ModelLoadError
 
     try:
         yield
@@ -164,7 +175,7 @@ def engine_failures(ctx: TaskContext) -> Iterator[None]:
         raise TaskInputError(str(error)) from error
     except GenerationCancelled as error:
         raise TaskCancelled(str(error)) from error
-    except (ModelLoadError, LoraDownloadError) as error:
+    except ModelLoadError as error:
         raise TransientTaskError(str(error)) from error
     except Exception as error:
         gpu_failure = classify_gpu_failure(error)

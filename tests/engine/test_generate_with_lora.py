@@ -1,13 +1,17 @@
-"""LoRAs through the engine: resolved by path or name, strengths from the plan applied, base weights restored."""
+"""LoRAs through the engine: resolved by path or name, strengths from the plan applied, base weights restored; URLs
+refused (its callers download them: the worker through its LoRA store)."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from Wan2GP.catalog import default_catalog_dir, load_catalog
 from Wan2GP.engine import InvalidGenerationParams, WanEngine
 
 INNER_DIM = 24  # tiny transformer: 2 heads x 12
@@ -119,3 +123,57 @@ def test_full_delta_lora_applies_per_phase_and_is_undone(engine: WanEngine, tmp_
     assert (both - high_only).abs().max() > 1e-3
     for expert, transformer in experts.items():
         assert all(torch.equal(transformer.state_dict()[n], v) for n, v in before[expert].items())
+
+
+HUB_LORA_URL = "https://huggingface.co/someone/wan-loras/resolve/main/style.safetensors?token=SIGNED-SECRET"
+BUILT_IN_MODEL = "wan_tiny_t2v_built_in_lora"
+
+
+@pytest.fixture
+def built_in_lora_engine(engine: WanEngine, tmp_path: Path) -> WanEngine:
+    """An engine whose catalog has wan_tiny_t2v (same seed, same weights) with a built-in LoRA named by URL."""
+    definition = json.loads((default_catalog_dir() / "wan_tiny_t2v.json").read_text())
+    definition["model"].update(loras=[HUB_LORA_URL], loras_multipliers=["0.5"])
+    folder = tmp_path / "catalog"
+    folder.mkdir()
+    (folder / f"{BUILT_IN_MODEL}.json").write_text(json.dumps(definition))
+    return WanEngine(device="cpu", cache_dir=engine.cache_dir, catalog=load_catalog(extra_dirs=[folder]))
+
+
+def test_a_lora_url_handed_to_the_engine_is_refused_naming_the_field(engine: WanEngine, fake_hub, tmp_path) -> None:
+    local = write_lora(tmp_path / "local.safetensors", seed=6)
+    with pytest.raises(InvalidGenerationParams) as caught:
+        engine.resolve({"model": "wan_tiny_t2v", "activated_loras": [str(local), HUB_LORA_URL]})
+    assert caught.value.fields == ("activated_loras",)
+    message = str(caught.value)
+    assert message.startswith("activated_loras[1]: ") and "download it first" in message
+    assert "SIGNED-SECRET" not in message and "style.safetensors" not in message  # the host only
+    assert fake_hub.requests == []  # nothing fetched, not even from the Hub
+
+
+def test_a_built_in_lora_url_is_refused_until_the_caller_hands_over_its_file(
+    built_in_lora_engine: WanEngine, engine: WanEngine, fake_hub, tmp_path: Path
+) -> None:
+    with pytest.raises(InvalidGenerationParams) as caught:
+        built_in_lora_engine.resolve({"model": BUILT_IN_MODEL})
+    assert caught.value.fields == ("builtin_lora_files",)
+    message = str(caught.value)
+    assert message.startswith(f"builtin_lora_files: model {BUILT_IN_MODEL}'s built-in LoRA loras[0] is a URL")
+    assert "download it first" in message and "SIGNED-SECRET" not in message
+    for files, field in (([HUB_LORA_URL], "builtin_lora_files[0]"), ([], "builtin_lora_files")):
+        with pytest.raises(InvalidGenerationParams, match=rf"^{re.escape(field)}: ") as caught:
+            built_in_lora_engine.resolve({"model": BUILT_IN_MODEL, "builtin_lora_files": files})
+        assert caught.value.fields == ("builtin_lora_files",)
+    assert fake_hub.requests == []
+
+    # The downloaded file in its place runs at the definition's multiplier, before the caller's LoRAs.
+    lora = write_lora(tmp_path / "built_in.safetensors", seed=7)
+    built_in = latents(built_in_lora_engine, model=BUILT_IN_MODEL, builtin_lora_files=[str(lora)])
+    same = latents(engine, model="wan_tiny_t2v", activated_loras=[str(lora)], loras_multipliers="0.5")
+    assert torch.allclose(built_in, same, atol=1e-5, rtol=0)
+    request = built_in_lora_engine.resolve(
+        {"model": BUILT_IN_MODEL, "builtin_lora_files": [str(lora)], "activated_loras": ["named_style"]}
+    )
+    assert request.lora_sources == (str(lora), "named_style")
+    assert request.lora_fields == ("builtin_lora_files[0]", "activated_loras[0]")
+    built_in_lora_engine.unload()
