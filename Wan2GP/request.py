@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from Wan2GP import limits
 from Wan2GP.catalog import ModelDefinition
-from Wan2GP.schedule import GenerationPlan, PlanError, build_plan
+from Wan2GP.schedule import GenerationPlan, PlanError, build_plan, multiplier_tokens
 
 # Every parameter name generate_video accepts. Anything else is an error, never silently dropped.
 ACCEPTED_PARAMS: tuple[str, ...] = (
@@ -283,11 +283,7 @@ def _lora_multipliers(definition: ModelDefinition, user: str | tuple[str | float
         return user if isinstance(user, str) else list(user)
     built_in: list[str | float] = list(definition.loras_multipliers)
     built_in += ["1.0"] * (len(definition.loras) - len(built_in))
-    if isinstance(user, str):
-        # WGP's string grammar: comment lines dropped, "|" read as a space, one whitespace token per LoRA.
-        lines = [line for line in user.splitlines() if not line.strip().startswith("#")]
-        return built_in + " ".join(lines).replace("|", " ").split()
-    return built_in + list(user)
+    return built_in + multiplier_tokens(user)  # WGP's grammar, read in one place (schedule.py)
 
 
 def _lora_sources(definition: ModelDefinition, wgp: _WgpParams) -> tuple[tuple[str, ...], tuple[str, ...]]:

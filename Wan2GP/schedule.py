@@ -276,7 +276,7 @@ def build_plan(
     starts = (0, start2, start3)  # first step of phase 1, 2, 3
     switch_step = starts[switch_phase] if switch_phase < phases else n
 
-    tokens = _multiplier_tokens(loras_multipliers)
+    tokens = multiplier_tokens(loras_multipliers)
     names = tuple(str(name) for name in lora_names)
     if num_loras is None:
         count = len(names) if names else len(tokens)
@@ -326,11 +326,12 @@ def build_plan(
 # LoRA multipliers (upstream_engine_spec §4.1-§4.3)
 
 
-def _multiplier_tokens(loras_multipliers: str | Sequence[str | float] | None) -> list[str]:
+def multiplier_tokens(loras_multipliers: str | Sequence[str | float] | None) -> list[str]:
+    """WGP's loras_multipliers grammar: one token per LoRA. A string drops its comment lines (#), joins its lines and
+    reads "|" (the accelerator/user LoRA boundary) as a space; a list gives one token per element, never split."""
     if loras_multipliers is None:
         return []
     if isinstance(loras_multipliers, str):
-        # WGP: comment lines (#) dropped, lines joined, "|" (accelerator/user LoRA boundary) read as a space.
         lines = [line for line in loras_multipliers.splitlines() if not line.strip().startswith("#")]
         return " ".join(lines).replace("|", " ").split()
     tokens = []
