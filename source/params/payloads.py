@@ -776,20 +776,6 @@ class GenerationTaskParams(WgpGenerationFields):
     def model_id(self) -> str | None:
         return self.model or self.model_name
 
-    def wgp_params(self) -> dict[str, Any]:
-        """The engine parameters this payload gives (WGP names, `model` excluded): its own keys and aliases, with its
-        phase_config applied on top. Model defaults are left to the engine. Raises PayloadError for a bad
-        phase_config."""
-        from source.params.resolve import payload_layers, resolve_layers
-
-        resolved = resolve_layers(payload_layers(self, name="params", root="")).as_params()
-        resolved.pop("model", None)
-        return resolved
-
-    def lora_sources(self) -> list[str]:
-        """The payload's LoRA files/URLs, in the order of wgp_params()["loras_multipliers"]."""
-        return [str(source) for source in self.wgp_params().get("activated_loras", [])]
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Lenient views for explaining a plan: only what affects generation is typed, nothing is required, so a payload

@@ -521,3 +521,12 @@ def _tokens(multipliers: Any) -> list[str]:
         lines = [line for line in multipliers.splitlines() if not line.strip().startswith("#")]
         return " ".join(lines).replace("|", " ").split()
     return [str(item) for item in multipliers]
+
+
+def generation_params(payload: GenerationTaskParams) -> dict[str, Any]:
+    """The engine parameters a generation payload gives (WGP names, `model` excluded): its own keys and aliases, with
+    its phase_config applied on top. Model defaults are left to the engine. Raises PayloadError for a bad
+    phase_config."""
+    resolved = resolve_layers(payload_layers(payload, name="params", root="")).as_params()
+    resolved.pop("model", None)
+    return resolved

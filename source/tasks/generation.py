@@ -13,6 +13,7 @@ from typing import Any
 from PIL import Image
 
 from source.params.payloads import GenerationTaskParams
+from source.params.resolve import generation_params
 from source.tasks.context import (
     TaskContext,
     TaskInputError,
@@ -64,7 +65,7 @@ def parse_generation(raw: Any, task_type: str) -> tuple[GenerationTaskParams, Mo
 
 def handle_generation(ctx: TaskContext) -> TaskOutcome:
     params, model = parse_generation(ctx.task.params, ctx.task.task_type)
-    request = params.wgp_params()
+    request = generation_params(params)
     request["model"] = model.id
     image_out = ctx.task.task_type in IMAGE_TASK_TYPES
     if image_out:
@@ -81,8 +82,9 @@ def handle_generation(ctx: TaskContext) -> TaskOutcome:
             )
             for index, source in enumerate(request["image_refs"])
         ]
-    if params.lora_sources():
-        request["activated_loras"] = [str(p) for p in fetch_loras(ctx, params.lora_sources(), field="activated_loras")]
+    if request.get("activated_loras"):
+        sources = [str(source) for source in request["activated_loras"]]
+        request["activated_loras"] = [str(p) for p in fetch_loras(ctx, sources, field="activated_loras")]
     if image_out:
         return _generate_image(ctx, request)
     result = run_engine(ctx, request)

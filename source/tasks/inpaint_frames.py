@@ -22,6 +22,7 @@ from source.media.images import resize_frames
 from source.media.video import VideoWriter, probe_video, read_frames
 from source.params.errors import PayloadError
 from source.params.join import DEFAULT_VACE_MODEL, InpaintFramesParams
+from source.params.resolve import generation_params
 from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, TransientTaskError, parse_params
 from source.tasks.join_clips import generation_size
 from source.tasks.travel_support import fetch_input, fetch_loras, load_model_definition, run_engine
@@ -97,13 +98,14 @@ def handle_inpaint_frames(ctx: TaskContext) -> TaskOutcome:
     )
 
     try:
-        request = params.wgp_params()
+        request = generation_params(params)
     except PayloadError as error:
         raise TaskInputError(str(error)) from error
     for key in _OWN_KEYS:
         request.pop(key, None)
-    if params.lora_sources():
-        request["activated_loras"] = [str(p) for p in fetch_loras(ctx, params.lora_sources(), field="activated_loras")]
+    if request.get("activated_loras"):
+        sources = [str(source) for source in request["activated_loras"]]
+        request["activated_loras"] = [str(p) for p in fetch_loras(ctx, sources, field="activated_loras")]
     request.update(
         model=model.id,
         resolution=f"{width}x{height}",

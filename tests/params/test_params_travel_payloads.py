@@ -9,6 +9,7 @@ import pytest
 
 from source.params import PayloadError, parse_model
 from source.params.payloads import GenerationTaskParams
+from source.params.resolve import generation_params
 from source.params.travel import (
     GenerationSpec,
     SegmentTaskParams,
@@ -146,19 +147,19 @@ def test_generation_task_params_wgp_params():
         },
     )
     assert params.model == "t2v"
-    assert params.wgp_params() == {
+    assert generation_params(params) == {
         "prompt": "a fox",
         "video_length": 17,
         "num_inference_steps": 8,
         "activated_loras": ["https://x/a.safetensors"],
         "loras_multipliers": "0.5",
     }
-    assert params.lora_sources() == ["https://x/a.safetensors"]
+    assert generation_params(params)["activated_loras"] == ["https://x/a.safetensors"]
     phased = parse_model(
         GenerationTaskParams,
         {"num_inference_steps": 20, "phase_config": {"steps_per_phase": [2, 2], "phases": [{}, {}]}},
     )
-    assert phased.wgp_params()["num_inference_steps"] == 4 and phased.lora_sources() == []
+    assert generation_params(phased)["num_inference_steps"] == 4 and generation_params(phased)["activated_loras"] == []
 
 
 def test_a_segment_row_written_by_the_orchestrator_explains_like_the_orchestrator(catalog):
