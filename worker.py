@@ -11,8 +11,8 @@ import sys
 
 from source.demo import run_demo
 from source.tasks import default_registry
-from source.tasks.services import build_services
 from source.worker import EXIT_STARTUP_FAILED, SettingsError, run, settings_from_values
+from source.worker.services import build_services
 
 
 def build_arg_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from loguru import logger
 from pydantic import BaseModel
@@ -31,9 +31,6 @@ from source.params.base import PayloadModel
 from source.params.errors import PayloadError, parse_model
 from source.queue import ChildSpec, QueueError, TaskQueue, TaskRecord
 from source.storage.paths import safe_component
-
-if TYPE_CHECKING:
-    from source.worker.settings import WorkerSettings
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -67,6 +64,25 @@ class TaskOutcome:
     result: dict[str, Any] = field(default_factory=dict)
     awaiting_children: bool = False
     message: str = ""
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """What a handler may read of the worker's settings, and nothing else: where its own outputs and LoRAs live, what
+    inputs it may fetch (roots, addresses, sizes, time), and what enhance_prompt does without its model. The worker
+    builds it from its own settings (WorkerSettings.for_tasks): handlers never see the worker's."""
+
+    output_dir: Path
+    lora_dir: Path
+    input_roots: tuple[Path, ...]
+    allow_private_urls: bool
+    supabase_url: str | None  # our own bucket's host is a trusted download host
+    max_image_mb: float
+    max_video_mb: float
+    max_lora_mb: float
+    download_seconds: float
+    stall_seconds: float
+    prompt_fallback: bool
 
 
 @dataclass
@@ -125,7 +141,7 @@ class TaskContext:
     worker_id: str
     output_dir: Path
     work_dir: Path
-    settings: WorkerSettings
+    settings: TaskSettings
     services: WorkerServices
     cancel_event: threading.Event = field(default_factory=threading.Event)
     progress_write_interval_seconds: float = 1.0

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from loguru import logger
@@ -23,12 +23,10 @@ from source.tasks.context import (
     TaskCancelled,
     TaskContext,
     TaskInputError,
+    TaskSettings,
     TransientTaskError,
 )
 from Wan2GP.catalog import CatalogError, ModelDefinition, load_catalog
-
-if TYPE_CHECKING:
-    from source.worker.settings import WorkerSettings
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -69,7 +67,7 @@ MEGABYTE = 1024 * 1024
 InputKind = Literal["image", "video"]
 
 
-def network_policy(settings: WorkerSettings) -> NetworkPolicy:
+def network_policy(settings: TaskSettings) -> NetworkPolicy:
     """Where payload URLs may lead: public addresses, plus the hosts the operator configured (a Hub mirror in
     HF_ENDPOINT, the Supabase project our own outputs are uploaded to), plus private ones with --allow-private-urls."""
     hosts = [hub_endpoint_host(), urlsplit(settings.supabase_url).hostname if settings.supabase_url else None]
@@ -78,7 +76,7 @@ def network_policy(settings: WorkerSettings) -> NetworkPolicy:
     )
 
 
-def input_limits(settings: WorkerSettings, *, max_mb: float) -> DownloadLimits:
+def input_limits(settings: TaskSettings, *, max_mb: float) -> DownloadLimits:
     return DownloadLimits(
         max_bytes=int(max_mb * MEGABYTE),
         total_seconds=settings.download_seconds,

@@ -282,7 +282,7 @@ class Worker:
             worker_id=self.settings.worker_id,
             output_dir=self.settings.output_dir,
             work_dir=work_dir,
-            settings=self.settings,
+            settings=self.settings.for_tasks(),
             services=self.services,
         )
         watch = self.supervisor.watch(task, context.cancel_event)

@@ -8,8 +8,8 @@ import pytest
 from source.demo import KEYFRAMES_DIR
 from source.queue import open_queue
 from source.tasks import default_registry
-from source.tasks.services import build_services
 from source.worker import run, settings_from_values
+from source.worker.services import build_services
 
 
 @pytest.fixture

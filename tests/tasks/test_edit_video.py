@@ -14,7 +14,7 @@ from source.media.video import read_frames, write_frames
 from source.queue import TaskStatus
 from source.tasks.context import TaskContext
 from source.tasks.edit_video import handle_edit_video_orchestrator
-from source.tasks.services import build_services
+from source.worker.services import build_services
 
 SIZE = 64
 FRAMES = 40
@@ -153,7 +153,7 @@ def test_the_edit_tools_payload_with_user_loras_plans_its_bridges(worker_env, so
             worker_id="w",
             output_dir=worker_env.tmp,
             work_dir=work_dir,
-            settings=worker_env.settings,
+            settings=worker_env.settings.for_tasks(),
             services=build_services(worker_env.settings),
         )
     )

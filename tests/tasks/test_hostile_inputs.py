@@ -15,8 +15,8 @@ from typing import Any
 
 from source.queue import TaskStatus
 from source.tasks import default_registry
-from source.tasks.services import build_services
 from source.worker import run
+from source.worker.services import build_services
 
 KEYFRAME = sorted((Path(__file__).resolve().parents[2] / "source" / "assets" / "keyframes").glob("*.png"))[0]
 

@@ -24,7 +24,7 @@ from source.tasks.join_clips import (
     handle_join_clips_orchestrator,
     plan_joins,
 )
-from source.tasks.services import build_services
+from source.worker.services import build_services
 
 SIZE = 64
 TOLERANCE = 2.5  # codec error on a channel mean; neighbouring source frames differ by 6
@@ -227,7 +227,7 @@ def run_orchestrator_here(worker_env, params: dict):
         worker_id="w",
         output_dir=worker_env.tmp,
         work_dir=work_dir,
-        settings=worker_env.settings,
+        settings=worker_env.settings.for_tasks(),
         services=build_services(worker_env.settings),
     )
     return orchestrator_id, handle_join_clips_orchestrator(context)

@@ -21,8 +21,8 @@ from tiny_loras import write_tiny_lora
 from source.demo import KEYFRAMES_DIR, travel_summary
 from source.queue import TaskStatus
 from source.tasks.context import TaskContext
-from source.tasks.services import build_services
 from source.tasks.travel_orchestrator import handle_travel_orchestrator
+from source.worker.services import build_services
 from Wan2GP.catalog import load_catalog
 
 REPO = Path(__file__).resolve().parents[2]
@@ -196,7 +196,7 @@ def test_rerunning_a_crashed_orchestrator_creates_no_duplicates(worker_env):
                 worker_id="crashed-worker",
                 output_dir=worker_env.tmp,
                 work_dir=work_dir,
-                settings=worker_env.settings,
+                settings=worker_env.settings.for_tasks(),
                 services=build_services(worker_env.settings),
             )
         )
@@ -295,7 +295,7 @@ def test_num_new_segments_to_generate_takes_the_first_entries_of_longer_lists(wo
             worker_id="w",
             output_dir=worker_env.tmp,
             work_dir=work_dir,
-            settings=worker_env.settings,
+            settings=worker_env.settings.for_tasks(),
             services=build_services(worker_env.settings),
         )
     )

@@ -14,8 +14,8 @@ from log_capture import captured_warnings
 
 from source.demo import KEYFRAMES_DIR
 from source.tasks.context import TaskContext, TransientTaskError
-from source.tasks.services import build_services
 from source.tasks.travel_orchestrator import handle_travel_orchestrator
+from source.worker.services import build_services
 from Wan2GP.prompt_text import DEFAULT_BASE_PROMPT
 
 KEYFRAMES = sorted(str(path) for path in KEYFRAMES_DIR.glob("*.png"))[:3]
@@ -70,7 +70,7 @@ class Run:
             worker_id="w",
             output_dir=self.settings.output_dir,
             work_dir=work_dir,
-            settings=self.settings,
+            settings=self.settings.for_tasks(),
             services=self.services,
         )
         return handle_travel_orchestrator(ctx)

@@ -110,7 +110,7 @@ def test_progress_is_throttled_but_the_last_step_is_written(
         worker_id="in-process",
         output_dir=tmp_path,
         work_dir=tmp_path,
-        settings=in_process_settings(sqlite_url, tmp_path),
+        settings=in_process_settings(sqlite_url, tmp_path).for_tasks(),
         services=WorkerServices(),
         progress_write_interval_seconds=60.0,
     )
