@@ -9,15 +9,14 @@ a small Unigram vocabulary built in memory (machine_feasibility §3).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel, WanVACETransformer3DModel
 from loguru import logger
 from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
+
+from Wan2GP.model_folders import build_folder_atomically
 
 # Bump when the tiny architecture changes, so stale cache folders are rebuilt instead of silently reused.
 TINY_FORMAT_VERSION = 1
@@ -122,28 +121,6 @@ def build_tiny_model(architecture: str, experts: int, seed: int, target_dir: Pat
         Path(target_dir), build, lambda folder: tiny_model_is_current(folder, architecture, experts, seed)
     )
     logger.info("Built tiny Wan model ({}, {} expert(s), seed {}) in {}", architecture, experts, seed, target_dir)
-    return target_dir
-
-
-def build_folder_atomically(
-    target_dir: Path, build: Callable[[Path], None], is_current: Callable[[Path], bool]
-) -> Path:
-    """`build` fills a staging folder beside `target_dir`, which is then renamed into place: a crashed or concurrent
-    build never leaves a half-written model behind. When another process finished the same build first
-    (`is_current`), its folder is kept (it may already be loading it)."""
-    target_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}.", dir=target_dir.parent))
-    try:
-        build(staging)
-        if is_current(target_dir):
-            shutil.rmtree(staging, ignore_errors=True)
-            return target_dir
-        if target_dir.exists():
-            shutil.rmtree(target_dir)
-        staging.rename(target_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target_dir
 
 

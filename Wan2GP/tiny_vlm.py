@@ -21,7 +21,7 @@ from transformers import (
     Qwen2VLImageProcessorPil,
 )
 
-from Wan2GP.tiny import build_folder_atomically
+from Wan2GP.model_folders import build_folder_atomically
 
 TINY_VLM_FORMAT_VERSION = 1
 MARKER_FILE = "tiny_vlm.json"

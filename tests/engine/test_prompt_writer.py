@@ -192,3 +192,11 @@ def test_a_prompt_model_repo_comes_through_the_hub_client_and_writes_like_the_lo
             assert from_hub.write(request) == local.write(request)
     with pytest.raises(PromptWriterUnavailable, match="test-org/absent"):
         resolve_prompt_model("test-org/absent", tmp_path / "engine_cache")
+
+
+def test_the_prompt_writer_path_does_not_import_diffusers() -> None:
+    """The VLM path needs transformers only: diffusers (the Wan model classes) stays out of a process that only
+    writes prompts."""
+    script = "import sys, Wan2GP.prompt_writer; print('diffusers' in sys.modules)"
+    answer = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, timeout=120)
+    assert answer.stdout.strip() == "False"

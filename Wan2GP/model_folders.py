@@ -1,0 +1,31 @@
+"""Model folders on disk, written so that no reader ever sees half of one (pure Python: the tiny Wan models and the
+tiny VLM share it without importing each other's libraries)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def build_folder_atomically(
+    target_dir: Path, build: Callable[[Path], None], is_current: Callable[[Path], bool]
+) -> Path:
+    """`build` fills a staging folder beside `target_dir`, which is then renamed into place: a crashed or concurrent
+    build never leaves a half-written model behind. When another process finished the same build first
+    (`is_current`), its folder is kept (it may already be loading it)."""
+    target_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}.", dir=target_dir.parent))
+    try:
+        build(staging)
+        if is_current(target_dir):
+            shutil.rmtree(staging, ignore_errors=True)
+            return target_dir
+        if target_dir.exists():
+            shutil.rmtree(target_dir)
+        staging.rename(target_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target_dir
