@@ -21,7 +21,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from source.cli.present import progress_text, status_text, task_json
 from source.params.redact import redact
 from source.queue import (
     QueueError,
@@ -31,6 +30,7 @@ from source.queue import (
     open_queue,
     resolve_db_url,
 )
+from source.queue.present import progress_text, status_text, task_json
 
 ROW_KEYS = frozenset(
     {"task_type", "params", "id", "task_id", "dependant_on", "depends_on", "project_id", "priority", "max_attempts"}

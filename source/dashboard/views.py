@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from source.cli.present import progress_text, status_text, task_json
 from source.queue import TaskQueue, TaskRecord, TaskStatus
+from source.queue.present import progress_text, status_text, task_json
 
 MAX_TREE_DEPTH = 4
 THROUGHPUT_WINDOW = timedelta(hours=1)

@@ -4,6 +4,7 @@ Handlers talk to the queue only through `TaskContext` / `TaskQueue` (never SQL).
 handler modules load heavy libraries lazily.
 """
 
+from source.tasks.builtin_handlers import default_registry
 from source.tasks.context import (
     FatalWorkerError,
     ServiceNotConfigured,
@@ -15,7 +16,7 @@ from source.tasks.context import (
     WorkerServices,
     parse_params,
 )
-from source.tasks.registry import Handler, TaskRegistry, UnknownTaskType, default_registry
+from source.tasks.registry import Handler, TaskRegistry, UnknownTaskType
 
 __all__ = [
     "FatalWorkerError",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from source.tasks import diagnostic
 from source.tasks.edit_video import handle_edit_video_orchestrator, parse_edit_video
 from source.tasks.extract_frame import handle_extract_frame, parse_extract_frame
 from source.tasks.generation import DEFAULT_MODEL_BY_TASK_TYPE, handle_generation, parse_generation
@@ -23,6 +24,14 @@ from source.tasks.travel_orchestrator import handle_travel_orchestrator, parse_o
 from source.tasks.travel_segment import handle_travel_segment, parse_segment
 from source.tasks.travel_stitch import handle_travel_stitch, parse_stitch
 from source.tasks.wan_i2v import handle_wan_2_2_i2v, parse_wan_2_2_i2v
+
+
+def default_registry() -> TaskRegistry:
+    """A new registry with the diagnostic task types and every generation task type this worker handles."""
+    registry = TaskRegistry()
+    diagnostic.register(registry)
+    register_all(registry)
+    return registry
 
 
 def register_all(registry: TaskRegistry) -> None:

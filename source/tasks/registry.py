@@ -69,13 +69,3 @@ class TaskRegistry:
 
     def __len__(self) -> int:
         return len(self._handlers)
-
-
-def default_registry() -> TaskRegistry:
-    """A new registry with the diagnostic task types and the product handlers."""
-    from source.tasks import builtin_handlers, diagnostic  # they import this module for Handler
-
-    registry = TaskRegistry()
-    diagnostic.register(registry)
-    builtin_handlers.register_all(registry)
-    return registry

@@ -1,4 +1,4 @@
-"""How a task row is shown to people, the same in the CLI and the dashboard: status, progress, redacted JSON."""
+"""How a queue row is shown to people, the same in the CLI and the dashboard: status, progress, redacted JSON."""
 
 from __future__ import annotations
 
