@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from reigh_app import insert_as_app
 from starlette.testclient import TestClient
 
 from source.dashboard.app import create_app
@@ -193,3 +194,24 @@ def test_the_cli_command_serves_the_dashboard_on_loopback(tmp_path: Path) -> Non
         output, _ = process.communicate(timeout=20)
     assert f"dashboard on http://127.0.0.1:{port}/" in output and "(admin)" in output
     assert TOKEN not in output
+
+
+@pytest.mark.postgres
+def test_the_dashboard_reads_reighs_own_tables(reigh_db, outputs: Path) -> None:
+    """Over Reigh's schema (tests/reigh_schema.sql, rows inserted as the app inserts them): the same pages and API."""
+    task_id = insert_as_app(
+        reigh_db.url, reigh_db.project_id, "travel_orchestrator", {"orchestrator_details": {"model_name": "m1"}}
+    )
+    queue = open_queue(reigh_db.url)
+    queue.migrate()
+    try:
+        assert queue.dialect == "reigh"
+        http = client(queue, outputs)
+        assert http.get("/api/stats").json()["by_status"]["Queued"] == 1
+        listed = http.get("/api/tasks").json()
+        assert [(row["id"], row["model"], row["status"]) for row in listed] == [(task_id, "m1", "Queued")]
+        assert http.get(f"/api/tasks/{task_id}").json()["children"] == []
+        assert http.get("/api/throughput").json() == [] and http.get("/api/workers").status_code == 200
+        assert http.get(f"/tasks/{task_id}").status_code == 200
+    finally:
+        queue.close()
