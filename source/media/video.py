@@ -55,18 +55,24 @@ def _tail(text: str | bytes) -> str:
     return text[-_STDERR_TAIL_CHARS:]
 
 
+# How every video we deliver is encoded (the CRF is the caller's): what players expect, streamable from the start.
+DELIVERY_ENCODING = {
+    "format": "mp4",
+    "vcodec": "libx264",
+    "pix_fmt": "yuv420p",
+    "preset": "medium",
+    "movflags": "+faststart",
+}
+
+
 def encode_stream(stream: ffmpeg.nodes.FilterableStream, out: Path, *, crf: int, what: str) -> None:
     """Run an ffmpeg-python filter graph into `out` as every video we deliver is encoded (libx264 yuv420p at `crf`,
     faststart, one frame out per frame in). A failure is a MediaError: `what`, then the tail of ffmpeg's stderr."""
     command = (
         stream.output(
             str(out),
-            format="mp4",
-            vcodec="libx264",
-            pix_fmt="yuv420p",
+            **DELIVERY_ENCODING,
             crf=crf,
-            preset="medium",
-            movflags="+faststart",
             fps_mode="passthrough",  # frame counts are part of every contract: no frame dropped or doubled
         )
         .global_args("-loglevel", "error")
@@ -271,15 +277,7 @@ class VideoWriter:
                 str(self._partial_path), format="mp4", vcodec="libx264rgb", pix_fmt="rgb24", qp=0, preset="veryfast"
             )
         else:
-            encoded = source.output(
-                str(self._partial_path),
-                format="mp4",
-                vcodec="libx264",
-                pix_fmt="yuv420p",
-                crf=crf,
-                preset="medium",
-                movflags="+faststart",
-            )
+            encoded = source.output(str(self._partial_path), **DELIVERY_ENCODING, crf=crf)
         command = encoded.global_args("-loglevel", "error").overwrite_output().compile(cmd=ffmpeg_exe())
         # stderr goes to a file, not a pipe: a pipe nobody drains can fill up and stall ffmpeg while we write stdin.
         self._stderr: IO[bytes] = tempfile.TemporaryFile()
