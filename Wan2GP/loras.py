@@ -115,8 +115,13 @@ class _Write:
         # One fp32 sum from the pristine copy, rounded once: no drift however often strengths change. The copy
         # travels in its own dtype and widens on the device: converting on the host first sends twice the bytes
         # (bf16 -> fp32) through a pageable-memory path (bench/README.md measured ~3 GB/s that way).
-        original = self.original.to(device=parameter.device, copy=True).float()
-        value = original.clone()
+        value = self.original.to(device=parameter.device, copy=True).float()
+        # Only DoRA normalises against the original weight: only then is a second fp32 copy kept beside the sum.
+        dora_active = any(
+            isinstance(term, LowRank) and term.magnitude is not None and strength
+            for (_, term), strength in zip(self.terms, wanted, strict=True)
+        )
+        original = value.clone() if dora_active else None
         for (_, term), strength in zip(self.terms, wanted, strict=True):
             if strength == 0.0:
                 continue
@@ -125,6 +130,7 @@ class _Write:
             elif term.magnitude is None:
                 value.addmm_(term.up.float(), term.down.float(), alpha=strength)
             else:
+                assert original is not None  # dora_active
                 value.add_(_dora_weight(original, term) - original, alpha=strength)
         parameter.copy_(value)
         self.applied = state
