@@ -130,25 +130,24 @@ def frame_contract(task: TaskRecord, children: list[TaskRecord]) -> dict[str, An
 
 def throughput(tasks: Iterable[TaskRecord], *, now: datetime) -> list[dict[str, Any]]:
     """Per model, the tasks completed in the last hour and how long their generation took."""
-    per_model: dict[str, list[float]] = {}
+    completed: dict[str, int] = {}
+    durations: dict[str, list[float]] = {}  # only the tasks whose generation start is known
     for task in tasks:
         finished = task.generation_processed_at or task.updated_at
         if task.status is not TaskStatus.COMPLETE or finished is None or now - finished > THROUGHPUT_WINDOW:
             continue
-        started = task.generation_started_at
-        seconds = (finished - started).total_seconds() if started is not None else None
-        per_model.setdefault(model_of(task), []).append(seconds if seconds is not None else float("nan"))
-    rows = []
-    for model, durations in sorted(per_model.items()):
-        known = [value for value in durations if value == value]
-        rows.append(
-            {
-                "model": model,
-                "completed_last_hour": len(durations),
-                "median_seconds": statistics.median(known) if known else None,
-            }
-        )
-    return rows
+        model = model_of(task)
+        completed[model] = completed.get(model, 0) + 1
+        if task.generation_started_at is not None:
+            durations.setdefault(model, []).append((finished - task.generation_started_at).total_seconds())
+    return [
+        {
+            "model": model,
+            "completed_last_hour": count,
+            "median_seconds": statistics.median(durations[model]) if model in durations else None,
+        }
+        for model, count in sorted(completed.items())
+    ]
 
 
 def worker_summary(worker: Any, *, now: datetime) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,7 @@ from reigh_app import insert_as_app
 from starlette.testclient import TestClient
 
 from source.dashboard.app import create_app
-from source.dashboard.views import media_url
+from source.dashboard.views import media_url, throughput
 from source.queue import ChildSpec, TaskQueue, TaskStatus, open_queue
 
 TOKEN = "dashboard-admin-token-for-tests"
@@ -215,3 +216,21 @@ def test_the_dashboard_reads_reighs_own_tables(reigh_db, outputs: Path) -> None:
         assert http.get(f"/tasks/{task_id}").status_code == 200
     finally:
         queue.close()
+
+
+def test_throughput_counts_the_last_hours_completed_generations_per_model(queue: TaskQueue, outputs: Path) -> None:
+    for model, outcome in (("wan_a", "complete"), ("wan_a", "complete"), ("wan_b", "complete"), ("wan_a", "fail")):
+        queue.enqueue("t2v", {"model": model})
+        task = queue.claim("w1", lease_seconds=60)
+        if outcome == "complete":
+            queue.complete(task.id, "w1", output_location=None, result={"model": model})
+        else:
+            queue.fail(task.id, "w1", "out of memory")
+    queue.enqueue("t2v", {"model": "wan_c"})  # still queued: not throughput
+    rows = client(queue, outputs).get("/api/throughput").json()
+    assert [(row["model"], row["completed_last_hour"]) for row in rows] == [("wan_a", 2), ("wan_b", 1)]
+    assert all(row["median_seconds"] is not None and row["median_seconds"] >= 0 for row in rows)
+    # The same from every row the queue holds (failed and queued ones are not throughput), and nothing an hour later.
+    now = datetime.now(UTC)
+    assert throughput(queue.list_tasks(), now=now) == rows
+    assert throughput(queue.list_tasks(), now=now + timedelta(hours=1, minutes=1)) == []
