@@ -129,7 +129,7 @@ def _command(
         logger.remove()
         logger.add(sys.stderr, level="WARNING", format="{level}: {message}")
         try:
-            with _open(args.db, create=creates) as queue:
+            with opened_queue(args.db, create=creates) as queue:
                 return int(body(args, queue) or 0)
         except (CommandError, QueueError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
@@ -139,10 +139,11 @@ def _command(
 
 
 @contextmanager
-def _open(url: str | None, *, create: bool) -> Iterator[TaskQueue]:
-    """Only the commands that create (enqueue, migrate) create or upgrade the schema; the others read what is there,
-    and say what to run when it is missing or older than this code (a read never alters anyone's database)."""
-    queue = open_queue(resolve_db_url(url), pool_size=1, create=create)
+def opened_queue(url: str | None, *, create: bool, pool_size: int = 1) -> Iterator[TaskQueue]:
+    """The queue a command works on. Only the commands that create (enqueue, migrate) create or upgrade the schema;
+    the others read what is there, and say what to run when it is missing or older than this code (a read never
+    alters anyone's database). CommandError for that; QueueError or ValueError when the URL cannot be opened."""
+    queue = open_queue(resolve_db_url(url), pool_size=pool_size, create=create)
     try:
         if create:
             queue.migrate()

@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from source.queue import QueueError, open_queue, resolve_db_url
+from source.cli.admin import CommandError, opened_queue
+from source.queue import QueueError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -44,28 +45,13 @@ def run(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir or os.environ.get("HW_OUTPUT_DIR") or "outputs").expanduser().resolve()
     token = args.admin_token or os.environ.get("HW_DASHBOARD_TOKEN") or None
     try:
-        queue = open_queue(resolve_db_url(args.db), create=False)
-        version = queue.schema_version()
-    except (QueueError, ValueError) as error:
+        # The pages' requests run in parallel in uvicorn's thread pool: a few connections, not one.
+        with opened_queue(args.db, create=False, pool_size=4) as queue:
+            mode = "admin" if token else "read-only"
+            print(f"dashboard on http://{args.host}:{args.port}/ over {queue.redacted_url} ({mode})")
+            app = create_app(queue, output_dir=output_dir, admin_token=token)
+            uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    except (CommandError, QueueError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    if version < queue.latest_version:
-        print(
-            f"error: {queue.redacted_url} has no current queue schema: run `python -m source.cli migrate`",
-            file=sys.stderr,
-        )
-        queue.close()
-        return 1
-    print(
-        f"dashboard on http://{args.host}:{args.port}/ over {queue.redacted_url} ({'admin' if token else 'read-only'})"
-    )
-    try:
-        uvicorn.run(
-            create_app(queue, output_dir=output_dir, admin_token=token),
-            host=args.host,
-            port=args.port,
-            log_level="warning",
-        )
-    finally:
-        queue.close()
     return 0

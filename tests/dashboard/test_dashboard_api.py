@@ -234,3 +234,27 @@ def test_throughput_counts_the_last_hours_completed_generations_per_model(queue:
     now = datetime.now(UTC)
     assert throughput(queue.list_tasks(), now=now) == rows
     assert throughput(queue.list_tasks(), now=now + timedelta(hours=1, minutes=1)) == []
+
+
+def test_the_cli_command_refuses_a_database_without_the_queue_schema(tmp_path: Path, capsys, monkeypatch) -> None:
+    import sqlite3
+
+    import uvicorn
+
+    from source.cli.__main__ import main
+
+    def serve(*args: object, **kwargs: object) -> None:  # a regression fails here instead of serving forever
+        raise AssertionError("the dashboard was served over a database without the queue schema")
+
+    monkeypatch.setattr(uvicorn, "run", serve)
+
+    missing = tmp_path / "missing.db"
+    assert main(["dashboard", "--db", f"sqlite:///{missing}"]) == 1
+    assert "no queue database" in capsys.readouterr().err and not missing.exists()  # read, never created
+
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE notes (text TEXT)")
+    assert main(["dashboard", "--db", f"sqlite:///{other}"]) == 1
+    error = capsys.readouterr().err
+    assert "has no queue schema" in error and "python -m source.cli migrate" in error  # never migrated by a read
