@@ -113,20 +113,8 @@ class WorkerSettings:
                 raise SettingsError(f"input_roots: {root} is not a folder")
 
     def for_tasks(self) -> TaskSettings:
-        """The part of these settings a task handler reads (source.tasks.context.TaskSettings)."""
-        return TaskSettings(
-            output_dir=self.output_dir,
-            lora_dir=self.lora_dir,
-            input_roots=self.input_roots,
-            allow_private_urls=self.allow_private_urls,
-            supabase_url=self.supabase_url,
-            max_image_mb=self.max_image_mb,
-            max_video_mb=self.max_video_mb,
-            max_lora_mb=self.max_lora_mb,
-            download_seconds=self.download_seconds,
-            stall_seconds=self.stall_seconds,
-            prompt_fallback=self.prompt_fallback,
-        )
+        """The part of these settings a task handler reads (source.tasks.context.TaskSettings names them)."""
+        return TaskSettings(**{name: getattr(self, name) for name in TaskSettings.__dataclass_fields__})
 
     @property
     def uses_reigh_edge(self) -> bool:
