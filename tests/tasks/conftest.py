@@ -3,12 +3,16 @@ tiny models built once per session."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from source.demo import KEYFRAMES_DIR
-from source.queue import open_queue
+from source.queue import TaskRecord, open_queue
 from source.tasks import default_registry
-from source.worker import run, settings_from_values
+from source.tasks.context import TaskContext, WorkerServices
+from source.worker import WorkerSettings, run, settings_from_values
 from source.worker.services import build_services
 
 
@@ -37,6 +41,26 @@ def worker_env(tmp_path, model_cache):
     class Env:
         def drain(self) -> int:
             return run(settings, registry=default_registry(), services=build_services(settings))
+
+        def context(
+            self,
+            task: TaskRecord,
+            *,
+            worker_id: str = "w",
+            settings: WorkerSettings = settings,
+            services: WorkerServices | None = None,
+            output_dir: Path | None = None,
+        ) -> TaskContext:
+            """What the worker hands a handler, for running one in this process on a fresh work folder."""
+            return TaskContext(
+                task=task,
+                queue=queue,
+                worker_id=worker_id,
+                output_dir=output_dir or tmp_path,
+                work_dir=Path(tempfile.mkdtemp(prefix="work", dir=tmp_path)),
+                settings=settings.for_tasks(),
+                services=services or build_services(settings),
+            )
 
     env = Env()
     env.queue, env.settings, env.tmp = queue, settings, tmp_path

@@ -12,9 +12,7 @@ from reigh_payloads import edit_video_params, edit_video_portion, lightbox_edit_
 
 from source.media.video import read_frames, write_frames
 from source.queue import TaskStatus
-from source.tasks.context import TaskContext
 from source.tasks.edit_video import handle_edit_video_orchestrator
-from source.worker.services import build_services
 
 SIZE = 64
 FRAMES = 40
@@ -144,19 +142,7 @@ def test_the_edit_tools_payload_with_user_loras_plans_its_bridges(worker_env, so
     )
     orchestrator_id = worker_env.queue.enqueue("edit_video_orchestrator", payload, project_id="p")
     task = worker_env.queue.claim("w", lease_seconds=60)
-    work_dir = worker_env.tmp / "work"
-    work_dir.mkdir()
-    outcome = handle_edit_video_orchestrator(
-        TaskContext(
-            task=task,
-            queue=worker_env.queue,
-            worker_id="w",
-            output_dir=worker_env.tmp,
-            work_dir=work_dir,
-            settings=worker_env.settings.for_tasks(),
-            services=build_services(worker_env.settings),
-        )
-    )
+    outcome = handle_edit_video_orchestrator(worker_env.context(task))
     assert outcome.result["expected_final_frames"] == 40 - 8 + 7
     (bridge,) = [c for c in worker_env.queue.children(orchestrator_id) if c.role == "bridge"]
     generation = bridge.params["generation"]

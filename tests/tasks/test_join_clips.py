@@ -16,7 +16,6 @@ from reigh_payloads import join_clips_params
 from source.media.video import read_frames, write_frames
 from source.params.join import ClipSpan
 from source.queue import TaskStatus
-from source.tasks.context import TaskContext
 from source.tasks.join_clips import (
     JoinPlanError,
     JoinRequest,
@@ -24,7 +23,6 @@ from source.tasks.join_clips import (
     handle_join_clips_orchestrator,
     plan_joins,
 )
-from source.worker.services import build_services
 
 SIZE = 64
 TOLERANCE = 2.5  # codec error on a channel mean; neighbouring source frames differ by 6
@@ -219,18 +217,7 @@ def run_orchestrator_here(worker_env, params: dict):
     """Enqueue a join_clips_orchestrator row and run its handler in this process (no engine is needed for it)."""
     orchestrator_id = worker_env.queue.enqueue("join_clips_orchestrator", params, project_id="p")
     task = worker_env.queue.claim("w", lease_seconds=60)
-    work_dir = worker_env.tmp / "work"
-    work_dir.mkdir()
-    context = TaskContext(
-        task=task,
-        queue=worker_env.queue,
-        worker_id="w",
-        output_dir=worker_env.tmp,
-        work_dir=work_dir,
-        settings=worker_env.settings.for_tasks(),
-        services=build_services(worker_env.settings),
-    )
-    return orchestrator_id, handle_join_clips_orchestrator(context)
+    return orchestrator_id, handle_join_clips_orchestrator(worker_env.context(task))
 
 
 def test_reigh_payload_plans_bridges_with_its_phase_config_and_loras(worker_env):

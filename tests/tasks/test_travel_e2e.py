@@ -20,9 +20,7 @@ from tiny_loras import write_tiny_lora
 
 from source.demo import KEYFRAMES_DIR, travel_summary
 from source.queue import TaskStatus
-from source.tasks.context import TaskContext
 from source.tasks.travel_orchestrator import handle_travel_orchestrator
-from source.worker.services import build_services
 from Wan2GP.catalog import load_catalog
 
 REPO = Path(__file__).resolve().parents[2]
@@ -185,21 +183,7 @@ def test_rerunning_a_crashed_orchestrator_creates_no_duplicates(worker_env):
     orchestrator_id = worker_env.queue.enqueue("travel_orchestrator", _run1_payload("wan_tiny_i2v_2_2"), project_id="p")
     task = worker_env.queue.claim("crashed-worker", lease_seconds=60)
     assert task.id == orchestrator_id
-    contexts = []
-    for _ in range(2):
-        work_dir = worker_env.tmp / f"work{len(contexts)}"
-        work_dir.mkdir()
-        contexts.append(
-            TaskContext(
-                task=task,
-                queue=worker_env.queue,
-                worker_id="crashed-worker",
-                output_dir=worker_env.tmp,
-                work_dir=work_dir,
-                settings=worker_env.settings.for_tasks(),
-                services=build_services(worker_env.settings),
-            )
-        )
+    contexts = [worker_env.context(task, worker_id="crashed-worker") for _ in range(2)]
     first = handle_travel_orchestrator(contexts[0])
     second = handle_travel_orchestrator(contexts[1])
     assert first.result["child_ids"] == second.result["child_ids"]
@@ -286,19 +270,7 @@ def test_num_new_segments_to_generate_takes_the_first_entries_of_longer_lists(wo
     )
     orchestrator_id = worker_env.queue.enqueue("travel_orchestrator", params, project_id="p")
     task = worker_env.queue.claim("w", lease_seconds=60)
-    work_dir = worker_env.tmp / "work"
-    work_dir.mkdir()
-    outcome = handle_travel_orchestrator(
-        TaskContext(
-            task=task,
-            queue=worker_env.queue,
-            worker_id="w",
-            output_dir=worker_env.tmp,
-            work_dir=work_dir,
-            settings=worker_env.settings.for_tasks(),
-            services=build_services(worker_env.settings),
-        )
-    )
+    outcome = handle_travel_orchestrator(worker_env.context(task))
     assert outcome.result["segment_frames"] == [13, 17]
     assert outcome.result["expected_final_frames"] == 13 + 17 - 4
     children = worker_env.queue.children(orchestrator_id)

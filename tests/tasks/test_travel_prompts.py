@@ -13,7 +13,7 @@ import pytest
 from log_capture import captured_warnings
 
 from source.demo import KEYFRAMES_DIR
-from source.tasks.context import TaskContext, TransientTaskError
+from source.tasks.context import TransientTaskError
 from source.tasks.travel_orchestrator import handle_travel_orchestrator
 from source.worker.services import build_services
 from Wan2GP.prompt_text import DEFAULT_BASE_PROMPT
@@ -62,18 +62,10 @@ class Run:
         assert self.task.id == self.id
 
     def handle(self):
-        work_dir = self.env.tmp / f"work{len(list(self.env.tmp.glob('work*')))}"
-        work_dir.mkdir()
-        ctx = TaskContext(
-            task=self.task,
-            queue=self.env.queue,
-            worker_id="w",
-            output_dir=self.settings.output_dir,
-            work_dir=work_dir,
-            settings=self.settings.for_tasks(),
-            services=self.services,
+        context = self.env.context(
+            self.task, settings=self.settings, services=self.services, output_dir=self.settings.output_dir
         )
-        return handle_travel_orchestrator(ctx)
+        return handle_travel_orchestrator(context)
 
     def segment_prompts(self) -> list[str]:
         segments = sorted(
