@@ -88,7 +88,8 @@ def expand_per_segment(values: list[int] | int | None, count: int, field: str) -
     return list(values)
 
 
-def _pick_text(per_segment: list[str], index: int, fallback: str) -> str:
+def pick_text(per_segment: list[str], index: int, fallback: str) -> str:
+    """Segment `index`'s entry of a per-segment text list, or `fallback` where it is missing or blank."""
     text = per_segment[index] if index < len(per_segment) else ""
     return text if text and text.strip() else fallback
 
@@ -135,7 +136,7 @@ def plan_travel(
         overlap_prev = quantized_overlaps[i - 1] if i > 0 else 0
         overlap_next = quantized_overlaps[i] if i < count - 1 else 0
         carries_tail = chained and i > 0 and overlap_prev > 0
-        prompt = _pick_text(enhanced_prompts, i, _pick_text(base_prompts, i, base_prompt))
+        prompt = pick_text(enhanced_prompts, i, pick_text(base_prompts, i, base_prompt))
         prompt = " ".join(part for part in (text_before.strip(), prompt.strip(), text_after.strip()) if part)
         segments.append(
             SegmentPlan(
@@ -147,7 +148,7 @@ def plan_travel(
                 start_image=None if carries_tail else images[i],
                 end_image=images[i + 1] if len(images) > i + 1 else None,
                 prompt=prompt,
-                negative_prompt=_pick_text(negative_prompts, i, negative_prompt),
+                negative_prompt=pick_text(negative_prompts, i, negative_prompt),
                 seed=seed,
                 depends_on_previous=carries_tail,
                 timeline_start=timeline_start,

@@ -23,6 +23,7 @@ from loguru import logger
 
 from source.params.payloads import OrchestratorDetails
 from source.tasks.context import TaskContext, TaskInputError, TransientTaskError
+from source.tasks.travel_plan import pick_text
 from source.tasks.travel_support import fetch_input
 from Wan2GP.prompt_text import DEFAULT_BASE_PROMPT
 
@@ -44,7 +45,7 @@ def segment_prompts(
 ) -> SegmentPrompts:
     """The enhanced prompts of a run's `count` segments (`frames` each, at `fps`), written by the prompt model
     where the payload asks for it and does not give them."""
-    given = [_text_at(details.enhanced_prompts_expanded, i) for i in range(count)]
+    given = [pick_text(details.enhanced_prompts_expanded, i, "").strip() for i in range(count)]
     needed = [i for i in range(count) if not given[i]]
     if not details.enhance_prompt or not needed:
         return SegmentPrompts(enhanced=given)
@@ -121,12 +122,7 @@ def _keyframe(ctx: TaskContext, images: list[str], index: int, fetched: dict[int
 
 
 def _base_prompt(details: OrchestratorDetails, index: int) -> str:
-    return _text_at(details.base_prompts_expanded, index) or (details.base_prompt or "").strip()
-
-
-def _text_at(values: list[str] | None, index: int) -> str:
-    text = values[index] if values is not None and index < len(values) else ""
-    return (text or "").strip()
+    return pick_text(details.base_prompts_expanded, index, details.base_prompt).strip()
 
 
 def _share(ctx: TaskContext, details: OrchestratorDetails, prompts: list[str]) -> None:
