@@ -26,6 +26,7 @@ from starlette.templating import Jinja2Templates
 
 from source.dashboard.views import task_detail, task_summary, throughput, worker_summary
 from source.queue import QueueError, TaskNotFound, TaskQueue, TaskStateError, TaskStatus
+from source.storage.paths import PathOutsideRoot, confine
 
 HERE = Path(__file__).resolve().parent
 LIST_LIMIT_MAX = 1000
@@ -96,8 +97,9 @@ def create_app(queue: TaskQueue, *, output_dir: Path, admin_token: str | None = 
         return endpoint
 
     def files(request: Request) -> Response:
-        wanted = (output_dir / request.path_params["path"]).resolve()
-        if not wanted.is_relative_to(output_dir):
+        try:
+            wanted = confine(output_dir, request.path_params["path"])
+        except PathOutsideRoot:
             return JSONResponse({"error": "outside the output folder"}, status_code=403)
         if not wanted.is_file():
             return JSONResponse({"error": "no such file"}, status_code=404)

@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from source.queue import TaskQueue, TaskRecord, TaskStatus
 from source.queue.present import progress_text, status_text, task_json
+from source.storage.paths import within_roots
 
 MAX_TREE_DEPTH = 4
 THROUGHPUT_WINDOW = timedelta(hours=1)
@@ -23,11 +24,8 @@ def media_url(location: str | None, output_dir: Path) -> str | None:
         return None
     if location.startswith(("http://", "https://")):
         return location
-    try:
-        relative = Path(location).resolve().relative_to(output_dir.resolve())
-    except (ValueError, OSError):
-        return None
-    return "/files/" + quote(relative.as_posix())
+    inside = within_roots(Path(location), [output_dir])
+    return None if inside is None else "/files/" + quote(inside.relative_to(output_dir.resolve()).as_posix())
 
 
 def eta_seconds(task: TaskRecord, now: datetime) -> float | None:

@@ -145,6 +145,7 @@ def test_files_come_only_from_inside_the_output_folder(queue: TaskQueue, outputs
         "/files/%2E%2E/secret.txt",
         "/files/travel_stitch/%2E%2E/%2E%2E/secret.txt",
         "/files/link_out",
+        "/files/travel_stitch/run%00final.mp4",
         f"/files/{secret}",
         f"/files//{secret}",
     ):
