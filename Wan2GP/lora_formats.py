@@ -33,18 +33,18 @@ import torch
 from peft.utils.other import get_pattern_key
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-# The expert a part of a file is for: ALL_EXPERTS, or the engine's expert names.
+from Wan2GP.sampler import EXPERTS
+
+# The expert a part of a file is for: ALL_EXPERTS, or one of the engine's expert names (sampler.EXPERTS).
 ALL_EXPERTS = "*"
-HIGH_NOISE_EXPERT = "high"
-LOW_NOISE_EXPERT = "low"
 
 # ai-toolkit's DualWanTransformer3DModel: transformer_1 runs the high-noise steps, transformer_2 the low-noise ones.
-_AI_TOOLKIT_EXPERTS = {"1": HIGH_NOISE_EXPERT, "2": LOW_NOISE_EXPERT}
+_AI_TOOLKIT_EXPERTS = {"1": EXPERTS[0], "2": EXPERTS[1]}
 _AI_TOOLKIT_PART = re.compile(r"^(?P<prefix>(?:model\.)?diffusion_model\.|transformer\.)?transformer_(?P<n>[12])\.")
 
 # Key prefixes written by the various trainers and converters; the first match is stripped.
 _KEY_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "transformer.")
-_KOHYA_PREFIX = re.compile(r"^lora_unet_(?P<double>_)?(?:diffusion_model_)?")
+_KOHYA_PREFIX = re.compile(r"^lora_unet__?(?:diffusion_model_)?")  # "lora_unet__": VideoX-Fun
 _KOHYA_TEXT_ENCODER = re.compile(r"^lora_te\d?_")  # a text-encoder LoRA in the same file: names no transformer module
 
 # Other spellings of the parameter names (upstream's MMGP normalises them the same way).
