@@ -39,7 +39,8 @@ TINY_MIN_PIXELS = 4 * 28 * 28
 TINY_MAX_PIXELS = 16 * 28 * 28
 
 
-def _tokenizer() -> Qwen2TokenizerFast:
+def byte_level_tokenizer() -> Qwen2TokenizerFast:
+    """One token per byte plus Qwen's chat and vision special tokens: the tiny model's, and the GPU benchmark's."""
     vocabulary = {symbol: index for index, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     tokenizer = Tokenizer(models.BPE(vocab=vocabulary, merges=[]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -93,7 +94,7 @@ def build_tiny_vlm(seed: int, target_dir: Path) -> Path:
     def build(staging: Path) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            tokenizer = _tokenizer()
+            tokenizer = byte_level_tokenizer()
             tokenizer.save_pretrained(staging)
             _model(tokenizer).save_pretrained(staging)
             size = {"shortest_edge": TINY_MIN_PIXELS, "longest_edge": TINY_MAX_PIXELS}

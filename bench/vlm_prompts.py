@@ -35,7 +35,7 @@ from random_models import fill_random
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
 from Wan2GP.prompt_writer import PromptRequest, PromptWriter, weights_bytes
-from Wan2GP.tiny_vlm import SPECIAL_TOKENS, _tokenizer
+from Wan2GP.tiny_vlm import SPECIAL_TOKENS, byte_level_tokenizer
 
 # Qwen/Qwen2.5-VL-7B-Instruct config.json (the public repo's values).
 TEXT_7B: dict[str, Any] = dict(
@@ -83,7 +83,7 @@ TINY_VISION = dict(
 
 def build_model_folder(folder: Path, device: torch.device, *, tiny: bool, seed: int = 0) -> int:
     """A random-weight model folder at the 7B size (or tiny); returns its parameter count."""
-    tokenizer = _tokenizer()
+    tokenizer = byte_level_tokenizer()
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     text = dict(
         TINY_TEXT if tiny else TEXT_7B,
