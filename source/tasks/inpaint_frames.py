@@ -24,8 +24,7 @@ from source.params.errors import PayloadError
 from source.params.join import DEFAULT_VACE_MODEL, InpaintFramesParams
 from source.params.resolve import generation_params
 from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, TransientTaskError, parse_params
-from source.tasks.join_clips import generation_size
-from source.tasks.travel_support import fetch_input, fetch_loras, load_model_definition, run_engine
+from source.tasks.travel_support import fetch_input, fetch_loras, generation_size, load_model_definition, run_engine
 from Wan2GP.catalog import ModelDefinition
 
 # Inputs this handler builds itself; a payload's own values for them would contradict the guide.
@@ -82,11 +81,7 @@ def handle_inpaint_frames(ctx: TaskContext) -> TaskOutcome:
     )
     frames = read_frames(source)
     out_width, out_height = info.width // 2 * 2, info.height // 2 * 2  # yuv420p needs even sides
-    width, height = generation_size(
-        tuple(int(side) for side in params.resolution.split("x")) if params.resolution else (info.width, info.height),  # type: ignore[arg-type]
-        window.frames,
-        field="resolution",
-    )
+    width, height = generation_size(params.resolution or (info.width, info.height), window.frames, field="resolution")
     slots = [
         *frames[window.start : start],
         *[None] * (end - start),

@@ -63,7 +63,7 @@ from source.params.payloads import GenerationSpec
 from source.queue import ChildSpec, TaskStatus
 from source.storage.paths import safe_component
 from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, TransientTaskError, parse_params
-from source.tasks.travel_support import fetch_input, fetch_loras, load_model_definition, run_engine
+from source.tasks.travel_support import fetch_input, fetch_loras, generation_size, load_model_definition, run_engine
 from Wan2GP import limits
 from Wan2GP.catalog import ModelDefinition
 
@@ -261,8 +261,7 @@ def bridge_settings(
     resolution, size_field = pick("resolution")
     size = None
     if resolution and not details.use_input_video_resolution:
-        width, height = (int(side) for side in resolution.split("x"))
-        size = (width, height)
+        size = limits.parse_resolution(resolution)
     seed = pick("seed")[0]
     return BridgeSettings(
         request=request,
@@ -317,17 +316,6 @@ def warn_unused_settings(details: JoinRunSettings) -> None:
     ):
         if getattr(details, name):
             logger.warning(f"orchestrator_details.{name} is ignored: {reason}")
-
-
-def generation_size(size: tuple[int, int], frames: int, *, field: str) -> tuple[int, int]:
-    """A requested width x height floored to multiples of 16 (Wan's patch grid), checked against the limits."""
-    width, height = size[0] // 16 * 16, size[1] // 16 * 16
-    if width < 16 or height < 16:
-        raise TaskInputError(f"{field}: expected at least 16x16, got {size[0]}x{size[1]}")
-    problem = limits.check_geometry(width, height, frames)
-    if problem is not None:
-        raise TaskInputError(f"{field}: {problem}")
-    return width, height
 
 
 def fetch_clip(ctx: TaskContext, url: str, index: int, *, field: str) -> tuple[Path, VideoInfo]:
@@ -491,7 +479,7 @@ def bridge_slots(before: np.ndarray | None, gap: int, after: np.ndarray | None, 
 
 def handle_join_clips_segment(ctx: TaskContext) -> TaskOutcome:
     params, model = parse_bridge(ctx.task.params)
-    width, height = (int(side) for side in params.resolution.split("x"))
+    width, height = limits.parse_resolution(params.resolution)
     before = _span_frames(ctx, params.context_before, field="context_before")
     after = _span_frames(ctx, params.context_after, field="context_after")
     slots = bridge_slots(before, params.gap_frames, after, keep_bridging_images=params.keep_bridging_images)
@@ -602,7 +590,7 @@ def handle_join_final_stitch(ctx: TaskContext) -> TaskOutcome:
             spans.append(FrameSpan(Path(video), 0, seam.frames))
             overlaps += [seam.context_before, seam.context_after]
 
-    width, height = (int(side) for side in params.resolution.split("x"))
+    width, height = limits.parse_resolution(params.resolution)
     out_path = ctx.work_dir / f"join_{safe_component(params.orchestrator_run_id)}_final.mp4"
     try:
         splice_spans(

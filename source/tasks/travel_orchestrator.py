@@ -31,7 +31,7 @@ from source.queue import ChildSpec
 from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, parse_params
 from source.tasks.travel_plan import TravelPlan, TravelPlanError, plan_travel
 from source.tasks.travel_prompts import SegmentPrompts, segment_prompts
-from source.tasks.travel_support import load_model_definition, travel_model_for
+from source.tasks.travel_support import generation_size, load_model_definition, travel_model_for
 from Wan2GP import limits
 from Wan2GP.catalog import ModelDefinition
 
@@ -145,12 +145,12 @@ def plan_run(ctx: TaskContext, parsed: ParsedTravel) -> RunPlan:
     except TravelPlanError as error:
         raise TaskInputError(str(error)) from error
 
-    width, height = _resolution(
-        details.parsed_resolution_wh or model.settings.get("resolution", limits.DEFAULT_RESOLUTION)
+    # Checked here, before any segment is enqueued, not by every segment's engine call.
+    width, height = generation_size(
+        details.parsed_resolution_wh or model.settings.get("resolution", limits.DEFAULT_RESOLUTION),
+        max(segment.frames for segment in plan.segments),
+        field="orchestrator_details.parsed_resolution_wh",
     )
-    too_big = limits.check_geometry(width, height, max(segment.frames for segment in plan.segments))
-    if too_big is not None:  # found here, before any segment is enqueued, not by every segment's engine call
-        raise TaskInputError(f"orchestrator_details.parsed_resolution_wh: {too_big}")
     fps = details.fps_helpers or model.fps
     prompts = segment_prompts(ctx, details, count=count, frames=[s.frames for s in plan.segments], fps=fps)
     if prompts.written or prompts.not_enhanced:
@@ -285,11 +285,3 @@ def _segment_guidance(details: OrchestratorDetails, index: int, *, run_frames: i
         videos.append(video.model_copy(update=update))
     strength = pair.structure_motion_strength if pair is not None else None
     return guidance.model_copy(update={"videos": videos, **({"strength": strength} if strength is not None else {})})
-
-
-def _resolution(text: str) -> tuple[int, int]:
-    """'902x508' -> (896, 496): what Wan generates for the payload's size (limits.snap_resolution)."""
-    try:
-        return limits.snap_resolution(*limits.parse_resolution(text))
-    except ValueError as error:
-        raise TaskInputError(f"orchestrator_details.parsed_resolution_wh: {error}") from None

@@ -26,6 +26,7 @@ from source.tasks.context import (
     TaskSettings,
     TransientTaskError,
 )
+from Wan2GP import limits
 from Wan2GP.catalog import CatalogError, ModelDefinition, load_catalog
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -82,6 +83,20 @@ def input_limits(settings: TaskSettings, *, max_mb: float) -> DownloadLimits:
         total_seconds=settings.download_seconds,
         stall_seconds=settings.stall_seconds,
     )
+
+
+def generation_size(size: tuple[int, int] | str, frames: int, *, field: str) -> tuple[int, int]:
+    """The size Wan generates for a requested one ("WxH" or (width, height)): each side floored to a multiple of 16
+    (limits.snap_resolution), checked against the limits for `frames` frames; TaskInputError naming `field`."""
+    try:
+        requested = limits.parse_resolution(size) if isinstance(size, str) else size
+        width, height = limits.snap_resolution(*requested)
+    except ValueError as error:
+        raise TaskInputError(f"{field}: {error}") from None
+    problem = limits.check_geometry(width, height, frames)
+    if problem is not None:
+        raise TaskInputError(f"{field}: {problem}")
+    return width, height
 
 
 def fetch_input(
