@@ -309,13 +309,10 @@ def parse_join_orchestrator(raw: Any) -> tuple[JoinClipsOrchestratorParams, list
 
 
 def warn_unused_settings(details: JoinRunSettings) -> None:
-    for name, reason in (
-        ("enhance_prompt", "the prompt model writes travel segments' prompts only; join prompts are used as given"),
-        ("audio_url", "this worker writes video only; the audio is not added"),
-        ("vid2vid_init_strength", "the engine starts every bridge from noise"),
-    ):
+    """A WARNING for each setting the user turned on that this worker does not honour (NOT_USED says why)."""
+    for name in ("enhance_prompt", "audio_url", "vid2vid_init_strength"):
         if getattr(details, name):
-            logger.warning(f"orchestrator_details.{name} is ignored: {reason}")
+            logger.warning(f"orchestrator_details.{name} is ignored: {JoinRunSettings.NOT_USED[name]}")
 
 
 def fetch_clip(ctx: TaskContext, url: str, index: int, *, field: str) -> tuple[Path, VideoInfo]:

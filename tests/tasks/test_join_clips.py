@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from log_capture import captured_warnings
 from reigh_payloads import join_clips_params
 
 from source.media.video import read_frames, write_frames
-from source.params.join import ClipSpan
+from source.params.join import ClipSpan, JoinRunSettings
 from source.queue import TaskStatus
 from source.tasks.join_clips import (
     JoinPlanError,
@@ -22,6 +23,7 @@ from source.tasks.join_clips import (
     bridge_gap_frames,
     handle_join_clips_orchestrator,
     plan_joins,
+    warn_unused_settings,
 )
 
 SIZE = 64
@@ -287,3 +289,9 @@ def test_bad_input_fails_the_orchestrator_naming_the_field(worker_env, clips, ch
     assert orchestrator.status == TaskStatus.FAILED and orchestrator.attempts <= 1
     assert orchestrator.error_message.startswith(message), orchestrator.error_message
     assert worker_env.queue.children(orchestrator_id) == []
+
+
+def test_settings_the_user_turned_on_and_this_worker_ignores_are_warned_with_their_reason() -> None:
+    with captured_warnings() as warnings:
+        warn_unused_settings(JoinRunSettings(audio_url="https://example.com/a.mp3", vid2vid_init_strength=0.0))
+    assert warnings == ["orchestrator_details.audio_url is ignored: this worker writes video only"]  # 0.0 is off
