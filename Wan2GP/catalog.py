@@ -1,11 +1,14 @@
 """The model catalog: `Wan2GP/defaults/<id>.json` model definitions in the upstream schema (upstream_engine_spec §2.1).
 
 Each file holds a `"model"` object (name, description, architecture, URLs, LoRAs, ...) plus, at the top level, the
-default generation settings of that model (WGP parameter names). On top of the upstream schema every definition says
-where its diffusers-format weights come from (`model.weights`), how many experts it has, its dtypes and fps.
+default generation settings of that model (WGP parameter names). On top of the upstream schema a definition may say
+where its diffusers-format weights come from (`model.weights`), how many experts it has, its dtypes and fps; an
+upstream file without them has them filled in from its architecture and URLs through `Wan2GP.architectures`.
 
 Every file is validated when the catalog loads, including a dry run of the per-step plan from its settings, so a
-broken definition fails at start-up with the file and field named, not halfway through a generation.
+broken definition fails at start-up with the file and field named, not halfway through a generation. A file of an
+architecture this engine does not run (upstream's Hunyuan, Flux, LTX ...) is set aside with the reason, which is
+the error when that model is asked for.
 """
 
 from __future__ import annotations
@@ -13,17 +16,23 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from Wan2GP.architectures import (
+    ARCHITECTURES,
+    UPSTREAM_BASE_MODELS,
+    Architecture,
+    is_hub_file_url,
+    known_checkpoint,
+)
 from Wan2GP.limits import DEFAULT_RESOLUTION, parse_resolution
 from Wan2GP.schedule import PlanError, build_plan, normalize_solver
 
-ARCHITECTURES: tuple[str, ...] = ("t2v", "t2v_2_2", "i2v_2_2", "vace_14B", "vace_14B_2_2")
-_TWO_EXPERT_ARCHITECTURES = ("t2v_2_2", "i2v_2_2", "vace_14B_2_2")
 DTYPES: tuple[str, ...] = ("bfloat16", "float16", "float32")
 
 # Names that earlier payloads used for models that were later renamed (seed 001 sends the bare name).
@@ -44,6 +53,9 @@ class WeightsSource(BaseModel):
     revision: str = "main"
     local_dir: Path | None = None
     tiny_seed: int | None = None
+    # Single-file checkpoints (Hub "resolve" URLs), one per expert, for the transformers of a finetune that has no
+    # diffusers-format repo; the other components and the transformer config come from repo_id.
+    checkpoints: tuple[str, ...] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -62,13 +74,31 @@ class WeightsSource(BaseModel):
         given = [name for name in ("repo_id", "local_dir", "tiny_seed") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError(f"expected exactly one of repo_id, local_dir or tiny, got {given or 'none'}")
+        if self.checkpoints is not None:
+            if self.repo_id is None or not self.checkpoints:
+                raise ValueError("checkpoints: expected one or two checkpoint URLs together with a repo_id")
+            bad = [url for url in self.checkpoints if not is_hub_file_url(url)]
+            if bad:
+                raise ValueError(
+                    f"checkpoints: expected Hugging Face resolve URLs of .safetensors files, got {bad[0]!r}"
+                )
         return self
 
     @property
-    def kind(self) -> Literal["repo", "local", "tiny"]:
+    def kind(self) -> Literal["repo", "checkpoints", "local", "tiny"]:
         if self.repo_id is not None:
-            return "repo"
+            return "repo" if self.checkpoints is None else "checkpoints"
         return "local" if self.local_dir is not None else "tiny"
+
+    def describe(self) -> str:
+        """Where the weights come from, in a few words (the CLI's catalog listing)."""
+        if self.kind == "tiny":
+            return f"tiny (seed {self.tiny_seed})"
+        if self.kind == "local":
+            return f"folder {self.local_dir}"
+        if self.kind == "checkpoints":
+            return f"{len(self.checkpoints or ())} checkpoint file(s) + {self.repo_id}"
+        return f"{self.repo_id}@{self.revision}"
 
 
 class _ModelSettings(BaseModel):
@@ -121,11 +151,11 @@ class _ModelSection(BaseModel):
     modules: list[Any] = Field(default_factory=list)
     loras: list[str] = Field(default_factory=list)
     loras_multipliers: list[str | float] = Field(default_factory=list)
-    weights: WeightsSource
-    experts: Literal[1, 2]
+    weights: WeightsSource | None = None  # None: from the architecture and URLs (Wan2GP.architectures)
+    experts: Literal[1, 2] | None = None  # None: 2 with a URLs2 or a two-expert architecture, else 1
     transformer_dtype: str = "bfloat16"
     vae_dtype: str = "float32"
-    fps: int = Field(default=16, ge=1)
+    fps: int | None = Field(default=None, ge=1)  # None: the architecture's
     # The same model family in the other travel mode: Reigh sends model_type "vace" with its i2v model's name when a
     # run needs structure guidance, and the worker runs the VACE counterpart named here.
     travel_counterparts: dict[Literal["vace", "i2v"], str] = Field(default_factory=dict)
@@ -154,9 +184,9 @@ class _ModelSection(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> _ModelSection:
-        if self.architecture in _TWO_EXPERT_ARCHITECTURES and self.experts != 2:
+        if ARCHITECTURES[self.architecture].experts == 2 and self.experts == 1:
             raise ValueError(f"architecture {self.architecture} has two experts, got experts={self.experts}")
-        if self.URLs2 is not None and self.experts != 2:
+        if self.URLs2 and self.experts == 1:
             raise ValueError(f"URLs2 (a second transformer) needs experts=2, got experts={self.experts}")
         if len(self.loras_multipliers) not in (0, len(self.loras)):
             raise ValueError(f"loras_multipliers has {len(self.loras_multipliers)} entries for {len(self.loras)} loras")
@@ -185,19 +215,32 @@ class ModelDefinition(BaseModel):
     urls2: str | tuple[str, ...] | None = None
     options: dict[str, Any] = Field(default_factory=dict)  # other "model" keys (group, lock_guidance_phases, ...)
     source_file: Path | None = None
+    # Provenance, for `cli models show`: the file each setting came from (a later folder's file overrides key by
+    # key), and how the weights were decided.
+    setting_files: dict[str, Path] = Field(default_factory=dict)
+    weights_origin: str = "model.weights"
+
+    @property
+    def spec(self) -> Architecture:
+        return ARCHITECTURES[self.architecture]
 
     @property
     def is_vace(self) -> bool:
-        return self.architecture.startswith("vace")
+        return self.spec.kind == "vace"
 
     @property
     def is_i2v(self) -> bool:
-        return self.architecture.startswith("i2v")
+        """Start/end images as input channels (Wan 2.1 i2v and flf2v, Wan 2.2 i2v)."""
+        return self.spec.kind in ("i2v", "flf2v")
+
+    @property
+    def is_ti2v(self) -> bool:
+        return self.spec.kind == "ti2v"
 
     @property
     def travel_mode(self) -> str | None:
         """How this model travels between keyframes: "vace" (guide + mask), "i2v" (start/end images) or None."""
-        return "vace" if self.is_vace else "i2v" if self.is_i2v else None
+        return self.spec.travel_mode
 
     @property
     def is_tiny(self) -> bool:
@@ -215,10 +258,12 @@ class ModelDefinition(BaseModel):
 
 
 class Catalog:
-    """The model definitions by id. Read-only once loaded."""
+    """The model definitions by id. Read-only once loaded. `set_aside` holds, by id, why a definition that was
+    found is not offered (an architecture this engine does not run)."""
 
-    def __init__(self, definitions: Mapping[str, ModelDefinition]) -> None:
+    def __init__(self, definitions: Mapping[str, ModelDefinition], set_aside: Mapping[str, str] | None = None) -> None:
         self._definitions = dict(definitions)
+        self.set_aside: dict[str, str] = dict(set_aside or {})
 
     def resolve_id(self, model_id: str, *, warn: bool = True) -> str:
         """The catalog id for `model_id`, following legacy aliases (logged as a warning unless warn=False);
@@ -230,6 +275,8 @@ class Catalog:
             if warn:
                 logger.warning("model {!r} is a legacy name; using {!r}", model_id, alias)
             return alias
+        if model_id in self.set_aside:
+            raise CatalogError(f"model {model_id!r}: {self.set_aside[model_id]}")
         known = ", ".join(self.ids())
         raise CatalogError(f"unknown model {model_id!r}; known models: {known}")
 
@@ -251,13 +298,30 @@ def default_catalog_dir() -> Path:
     return Path(__file__).resolve().parent / "defaults"
 
 
+# "model" keys of the upstream schema this engine reads; any other is accepted and listed once at DEBUG.
+_READ_MODEL_KEYS = frozenset(
+    {"name", "description", "architecture", "URLs", "URLs2", "loras", "loras_multipliers", "weights", "experts"}
+    | {"transformer_dtype", "vae_dtype", "fps", "travel_counterparts"}
+)
+
+
+@dataclass
+class _Found:
+    """A definition as read from its file(s), before validation: later folders' files merged in key by key."""
+
+    path: Path
+    data: dict[str, Any]
+    setting_files: dict[str, Path]
+
+
 def load_catalog(directory: Path | None = None, extra_dirs: Sequence[Path] = ()) -> Catalog:
     """Load and validate every `*.json` in `directory` (default: the bundled defaults), then in `extra_dirs`.
 
     A file in a later directory with an id already loaded is merged into it key by key, the later file winning (as
-    upstream finetunes merge into defaults); its "model" object is merged the same way.
+    upstream finetunes merge into defaults); its "model" object is merged the same way. Definitions of architectures
+    this engine does not run are set aside (logged once, the reason kept for the error when one is asked for).
     """
-    raw: dict[str, tuple[Path, dict[str, Any]]] = {}
+    found: dict[str, _Found] = {}
     for folder in [directory or default_catalog_dir(), *extra_dirs]:
         folder = Path(folder)
         if not folder.is_dir():
@@ -265,18 +329,46 @@ def load_catalog(directory: Path | None = None, extra_dirs: Sequence[Path] = ())
         for path in sorted(folder.glob("*.json")):
             data = _read_json(path)
             model_id = path.stem
-            if model_id in raw:
-                _, earlier = raw[model_id]
-                merged = {**earlier, **data}
-                merged["model"] = {**earlier.get("model", {}), **data.get("model", {})}
+            settings_files = {key: path for key in data if key != "model"}
+            if model_id in found:
+                earlier = found[model_id]
+                merged = {**earlier.data, **data}
+                merged["model"] = {**earlier.data.get("model", {}), **data.get("model", {})}
                 data = merged
-            raw[model_id] = (path, data)
-    definitions = {model_id: _definition(model_id, path, data) for model_id, (path, data) in raw.items()}
+                settings_files = {**earlier.setting_files, **settings_files}
+            found[model_id] = _Found(path, data, settings_files)
+
+    set_aside: dict[str, str] = {}
+    sections: dict[str, _ModelSection] = {}
+    for model_id, item in found.items():
+        architecture = item.data["model"].get("architecture")
+        if isinstance(architecture, str) and architecture not in ARCHITECTURES:
+            set_aside[model_id] = (
+                f"{item.path}: architecture {architecture!r} is not one this engine runs "
+                f"(it runs {', '.join(ARCHITECTURES)})"
+            )
+            continue
+        try:
+            sections[model_id] = _ModelSection.model_validate(item.data["model"])
+        except ValidationError as error:
+            raise CatalogError(f"{item.path}: {_first_error(error, 'model')}") from None
+    if set_aside:
+        by_architecture: dict[str, int] = {}
+        for model_id in set_aside:
+            name = str(found[model_id].data["model"].get("architecture"))
+            by_architecture[name] = by_architecture.get(name, 0) + 1
+        shown = ", ".join(f"{name} ({count})" for name, count in sorted(by_architecture.items()))
+        logger.info(
+            "set aside {} model definition(s) of architectures this engine does not run: {}", len(set_aside), shown
+        )
+
+    completed = _WeightsResolver(sections, found)
+    definitions = {
+        model_id: _definition(model_id, found[model_id], section, *completed.resolve(model_id))
+        for model_id, section in sections.items()
+    }
+    _log_unread_keys(definitions.values())
     for definition in definitions.values():
-        for field, urls in (("model.URLs", definition.urls), ("model.URLs2", definition.urls2)):
-            # A string URLs is the id of the model whose weight files this one reuses.
-            if isinstance(urls, str) and urls not in definitions:
-                raise CatalogError(f"{definition.source_file}: {field}: expected a catalog model id, got {urls!r}")
         for mode, counterpart_id in definition.travel_counterparts.items():
             counterpart = definitions.get(counterpart_id)
             if counterpart is None or counterpart.travel_mode != mode:
@@ -284,7 +376,112 @@ def load_catalog(directory: Path | None = None, extra_dirs: Sequence[Path] = ())
                     f"{definition.source_file}: model.travel_counterparts.{mode}: expected the id of a {mode} model "
                     f"in the catalog, got {counterpart_id!r}"
                 )
-    return Catalog(definitions)
+    return Catalog(definitions, set_aside)
+
+
+class _WeightsResolver:
+    """Fills in `weights` and `experts` for definitions that do not give them (upstream files), from the
+    architecture table and the URLs/URLs2 fields: a string names another model whose transformers this one reuses,
+    a list names checkpoint files (known ones map to a diffusers-format repo, unknown Hub files are loaded as single
+    files). Never fails: what cannot be resolved falls back to the architecture's own repo, and says so."""
+
+    def __init__(self, sections: Mapping[str, _ModelSection], found: Mapping[str, _Found]) -> None:
+        self._sections = sections
+        self._found = found
+        self._done: dict[str, tuple[WeightsSource, int, str]] = {}
+
+    def resolve(self, model_id: str, _visiting: tuple[str, ...] = ()) -> tuple[WeightsSource, int, str]:
+        if model_id not in self._done:
+            self._done[model_id] = self._resolve(model_id, (*_visiting, model_id))
+        return self._done[model_id]
+
+    def _resolve(self, model_id: str, visiting: tuple[str, ...]) -> tuple[WeightsSource, int, str]:
+        section = self._sections[model_id]
+        spec = ARCHITECTURES[section.architecture]
+        default_experts = 2 if section.URLs2 or spec.experts == 2 else 1
+        if section.weights is not None:
+            return section.weights, section.experts or default_experts, "model.weights"
+        own_repo = WeightsSource(repo_id=spec.repo_id)
+        urls = section.URLs
+        if isinstance(urls, str):
+            other = self._sections.get(urls)
+            base = UPSTREAM_BASE_MODELS.get(urls)
+            if other is None and base is not None and base.kind == spec.kind:
+                origin = f"model.URLs {urls!r}: upstream's base model, {base.repo_id}"
+                return WeightsSource(repo_id=base.repo_id), section.experts or default_experts, origin
+            if other is None or urls in visiting:
+                why = "not a model in the catalog" if other is None else "a circular reference"
+                return (
+                    own_repo,
+                    section.experts or default_experts,
+                    (f"architecture {spec.name}: {spec.repo_id} (model.URLs {urls!r} is {why})"),
+                )
+            other_weights, other_experts, _ = self.resolve(urls, visiting)
+            if ARCHITECTURES[other.architecture].kind != spec.kind:
+                # e.g. upstream's VACE files: URLs "t2v" plus modules ["vace_14B"] (the VACE blocks grafted onto
+                # the t2v transformer); the architecture's diffusers repo holds the combined model.
+                return (
+                    own_repo,
+                    section.experts or default_experts,
+                    (
+                        f"architecture {spec.name}: {spec.repo_id} (model.URLs {urls!r} is a {other.architecture} model "
+                        f"its modules are grafted onto)"
+                    ),
+                )
+            experts = section.experts or max(default_experts, other_experts)
+            return other_weights, experts, f"model.URLs {urls!r}: that model's weights"
+        experts = section.experts or default_experts
+        if not urls:
+            return own_repo, experts, f"architecture {spec.name}: {spec.repo_id}"
+        first = _preferred_checkpoint(urls)
+        known = known_checkpoint(first)
+        if known is not None and known.kind not in (None, spec.kind):
+            return (
+                own_repo,
+                experts,
+                (
+                    f"architecture {spec.name}: {spec.repo_id} (model.URLs names a {known.kind} checkpoint its modules "
+                    f"are grafted onto)"
+                ),
+            )
+        if known is not None:
+            return (
+                WeightsSource(repo_id=known.repo_id),
+                experts,
+                f"model.URLs: {first.rsplit('/', 1)[-1]} is in {known.repo_id}",
+            )
+        second = _preferred_checkpoint(section.URLs2) if isinstance(section.URLs2, list) and section.URLs2 else None
+        files = (first,) if experts == 1 or second is None else (first, second)
+        if all(is_hub_file_url(url) for url in files) and len(files) == experts:
+            return (
+                WeightsSource(repo_id=spec.repo_id, checkpoints=files),
+                experts,
+                f"model.URLs: single-file checkpoint(s), other components from {spec.repo_id}",
+            )
+        return (
+            own_repo,
+            experts,
+            f"architecture {spec.name}: {spec.repo_id} (model.URLs {first!r} is not a known checkpoint)",
+        )
+
+
+def _preferred_checkpoint(urls: Sequence[str]) -> str:
+    """Upstream lists one checkpoint in several encodings (bf16, fp16, quanto int8): take the first 16-bit one."""
+    for url in urls:
+        name = url.rsplit("/", 1)[-1].lower()
+        if "quanto" not in name and "int8" not in name:
+            return url
+    return urls[0]
+
+
+def _log_unread_keys(definitions: Any) -> None:
+    unread: dict[str, int] = {}
+    for definition in definitions:
+        for key in definition.options:
+            unread[key] = unread.get(key, 0) + 1
+    if unread:
+        listed = ", ".join(f"{key} ({count})" for key, count in sorted(unread.items()))
+        logger.debug("model definition keys accepted and not used by this engine: {}", listed)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -297,36 +494,36 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _definition(model_id: str, path: Path, data: dict[str, Any]) -> ModelDefinition:
+def _definition(
+    model_id: str, item: _Found, section: _ModelSection, weights: WeightsSource, experts: int, weights_origin: str
+) -> ModelDefinition:
+    path, data = item.path, item.data
     settings_data = {key: value for key, value in data.items() if key != "model"}
-    try:
-        section = _ModelSection.model_validate(data["model"])
-    except ValidationError as error:
-        raise CatalogError(f"{path}: {_first_error(error, 'model')}") from None
     try:
         settings = _ModelSettings.model_validate(settings_data)
     except ValidationError as error:
         raise CatalogError(f"{path}: {_first_error(error, '')}") from None
-    known = {"name", "description", "architecture", "URLs", "URLs2", "loras", "loras_multipliers", "weights"}
-    known |= {"experts", "transformer_dtype", "vae_dtype", "fps", "travel_counterparts"}
+    spec = ARCHITECTURES[section.architecture]
     definition = ModelDefinition(
         id=model_id,
         name=section.name,
         description=section.description,
         architecture=section.architecture,
-        experts=section.experts,
-        weights=section.weights,
+        experts=experts,
+        weights=weights,
         loras=tuple(section.loras),
         loras_multipliers=tuple(str(m) for m in section.loras_multipliers),
         transformer_dtype=section.transformer_dtype,
         vae_dtype=section.vae_dtype,
-        fps=section.fps,
+        fps=section.fps or spec.fps,
         travel_counterparts=dict(section.travel_counterparts),
         settings=settings_data,
         urls=section.URLs if isinstance(section.URLs, str) else tuple(section.URLs),
         urls2=section.URLs2 if section.URLs2 is None or isinstance(section.URLs2, str) else tuple(section.URLs2),
-        options={k: v for k, v in data["model"].items() if k not in known},
+        options={k: v for k, v in data["model"].items() if k not in _READ_MODEL_KEYS},
         source_file=path,
+        setting_files=item.setting_files,
+        weights_origin=weights_origin,
     )
     _check_plan(definition, settings)
     return definition

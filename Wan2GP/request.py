@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from Wan2GP import limits
 from Wan2GP.catalog import ModelDefinition
 from Wan2GP.schedule import GenerationPlan, PlanError, build_plan, multiplier_tokens
+from Wan2GP.upstream_settings import NOT_IMPLEMENTED_PARAMS, UI_ONLY_PARAMS
 
 # Every parameter name generate_video accepts. Anything else is an error, never silently dropped.
 ACCEPTED_PARAMS: tuple[str, ...] = (
@@ -194,8 +195,23 @@ class GenerationRequest:
         return "M" in self.video_prompt_type
 
 
+def setting_status(name: str) -> str:
+    """What this engine does with a setting of a model definition: "used", "not implemented" or "UI only"."""
+    if name in ACCEPTED_PARAMS:
+        return "used"
+    return "UI only" if name in UI_ONLY_PARAMS else "not implemented"
+
+
 def check_param_names(params: Mapping[str, Any]) -> None:
     accepted = (*ACCEPTED_PARAMS, BUILTIN_LORA_FILES)
+    not_implemented = sorted(str(name) for name in params if name in NOT_IMPLEMENTED_PARAMS)
+    if not_implemented:
+        raise InvalidGenerationParams(
+            not_implemented,
+            f"{', '.join(not_implemented)}: not implemented by this engine (upstream Wan2GP has "
+            f"{'it' if len(not_implemented) == 1 else 'them'}); leave {'it' if len(not_implemented) == 1 else 'them'} "
+            "out of the request",
+        )
     unknown = sorted(str(name) for name in params if name not in accepted)
     if unknown:
         raise InvalidGenerationParams(

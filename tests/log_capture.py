@@ -11,8 +11,15 @@ from loguru import logger
 @contextmanager
 def captured_warnings() -> Iterator[list[str]]:
     """The loguru WARNING (and worse) messages logged inside the block."""
+    with captured_messages("WARNING") as messages:
+        yield messages
+
+
+@contextmanager
+def captured_messages(level: str) -> Iterator[list[str]]:
+    """The loguru messages at `level` and worse logged inside the block."""
     messages: list[str] = []
-    handler_id = logger.add(lambda message: messages.append(message.record["message"]), level="WARNING")
+    handler_id = logger.add(lambda message: messages.append(message.record["message"]), level=level)
     try:
         yield messages
     finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from loguru import logger
+
 from source.cli import admin, dashboard, plan
 
 
@@ -19,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # stdout is for results; the libraries' info lines (migrations, cascades, catalog loading) would only be noise
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING", format="{level}: {message}")
     return int(args.func(args) or 0)
 
 

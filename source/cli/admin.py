@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from loguru import logger
 from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
@@ -125,9 +124,6 @@ def _command(
     """`creates`: the command may make a new SQLite queue (enqueue, migrate); the others need an existing one."""
 
     def run(args: argparse.Namespace) -> int:
-        # stdout is for results; the queue's own info lines (migrations, cascades) would only be noise here
-        logger.remove()
-        logger.add(sys.stderr, level="WARNING", format="{level}: {message}")
         try:
             with opened_queue(args.db, create=creates) as queue:
                 return int(body(args, queue) or 0)

@@ -40,6 +40,7 @@ from source.params.base import (
 from source.params.errors import Expected
 from source.params.phase_config import PhaseConfig, SolverName
 from Wan2GP import limits
+from Wan2GP.upstream_settings import NOT_IMPLEMENTED_PARAMS
 
 MAX_LORAS = 64  # LoRAs in one generation (real runs use up to a handful)
 
@@ -99,6 +100,9 @@ GuidancePhases = Annotated[Integer, AfterValidator(_guidance_phases)]
 NonNegativeInt = Annotated[Integer, AfterValidator(_non_negative)]
 
 
+_REIGH_SENDS = frozenset({"cfg_star_switch", "cfg_zero_step"})
+
+
 class WgpGenerationFields(PayloadModel):
     """Generation parameters in WGP's names, accepted at every level of a payload (upstream
     extract_orchestrator_parameters copies them from orchestrator_details into segments)."""
@@ -142,6 +146,18 @@ class WgpGenerationFields(PayloadModel):
             "lora_multipliers objects); the phase_config itself is what runs"
         }
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_not_implemented(cls, data: Any) -> Any:
+        # Upstream settings the engine does not implement: asked for explicitly, the task fails naming them rather
+        # than running without them. Reigh's app sends CFG-zero*'s two keys (switched off) in every travel payload and
+        # our orchestrator copies them onto segment rows: those pass, reported as not used (NOT_USED).
+        if isinstance(data, dict):
+            refused = sorted(str(key) for key in data if key in NOT_IMPLEMENTED_PARAMS and key not in _REIGH_SENDS)
+            if refused:
+                raise ValueError(f"{', '.join(refused)}: not implemented by this engine; leave out of the payload")
+        return data
 
     @model_validator(mode="before")
     @classmethod
