@@ -12,7 +12,9 @@ import sys
 from source.demo import run_demo
 from source.tasks import default_registry
 from source.worker import EXIT_STARTUP_FAILED, SettingsError, run, settings_from_values
+from source.worker.logs import configure_logging
 from source.worker.services import build_services
+from Wan2GP.catalog import CatalogError
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -168,6 +170,15 @@ def build_arg_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="give a download up after this long without a byte [env HW_STALL_SECONDS; default 30]",
     )
+    parser.add_argument(
+        "--defaults-dir",
+        dest="defaults_dirs",
+        action="append",
+        metavar="DIR",
+        help="a folder of model definition files (upstream Wan2GP's defaults/*.json as they are) loaded over the "
+        "bundled ones; a file with a bundled model's name overrides it key by key (repeat for more) "
+        "[env HW_DEFAULTS_DIRS, separated by ':']",
+    )
     demo = parser.add_argument_group("demo")
     demo.add_argument(
         "--demo",
@@ -198,15 +209,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker.py: {error}", file=sys.stderr)
         return EXIT_STARTUP_FAILED
 
-    services = build_services(settings)
+    # The worker's log format from the first line: loading the model catalog already logs.
+    configure_logging(level=settings.log_level, json_lines=settings.log_json, worker_id=settings.worker_id)
+    try:
+        services = build_services(settings)
+    except CatalogError as error:  # a broken definition file is found at start-up, not by the first task using it
+        print(f"worker.py: {error}", file=sys.stderr)
+        return EXIT_STARTUP_FAILED
+    registry = default_registry(services.catalog)
     if demo:
-        return run_demo(
-            settings, model=demo_model, registry=default_registry(), services=services, fresh_db=args.db is None
-        )
+        return run_demo(settings, model=demo_model, registry=registry, services=services, fresh_db=args.db is None)
     if demo_model:
         print("worker.py: --model only applies to --demo (a task names its own model)", file=sys.stderr)
         return EXIT_STARTUP_FAILED
-    return run(settings, registry=default_registry(), services=services)
+    return run(settings, registry=registry, services=services)
 
 
 if __name__ == "__main__":

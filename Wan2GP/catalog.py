@@ -419,15 +419,15 @@ class _WeightsResolver:
             other_weights, other_experts, _ = self.resolve(urls, visiting)
             if ARCHITECTURES[other.architecture].kind != spec.kind:
                 # e.g. upstream's VACE files: URLs "t2v" plus modules ["vace_14B"] (the VACE blocks grafted onto
-                # the t2v transformer); the architecture's diffusers repo holds the combined model.
-                return (
-                    own_repo,
-                    section.experts or default_experts,
-                    (
-                        f"architecture {spec.name}: {spec.repo_id} (model.URLs {urls!r} is a {other.architecture} model "
-                        f"its modules are grafted onto)"
-                    ),
-                )
+                # the t2v transformer). On an official base, the architecture's diffusers repo holds exactly that
+                # combined model; on a finetune's checkpoint, the checkpoint is what the definition runs.
+                experts = section.experts or default_experts
+                if other_weights.checkpoints is not None:
+                    finetune = WeightsSource(repo_id=spec.repo_id, checkpoints=other_weights.checkpoints[:experts])
+                    origin = f"model.URLs {urls!r}: that {other.architecture} finetune's checkpoint(s), modules of {spec.name}"
+                    return finetune, experts, origin
+                origin = f"architecture {spec.name}: {spec.repo_id} (model.URLs {urls!r} is a {other.architecture} model its modules are grafted onto)"
+                return own_repo, experts, origin
             experts = section.experts or max(default_experts, other_experts)
             return other_weights, experts, f"model.URLs {urls!r}: that model's weights"
         experts = section.experts or default_experts

@@ -3,10 +3,22 @@ tiny VLM share it without importing each other's libraries)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+def default_cache_dir() -> Path:
+    """Where the engine keeps what it builds or converts (tiny models, LoRAs): $WAN2GP_CACHE, else ~/.cache/wan2gp.
+    Hugging Face downloads stay in the Hub's own cache (HF_HOME)."""
+    return Path(os.environ.get("WAN2GP_CACHE") or Path.home() / ".cache" / "wan2gp")
+
+
+def tiny_model_folder(cache_dir: Path, model_id: str) -> Path:
+    """The folder a tiny catalog model is built in."""
+    return Path(cache_dir) / "tiny" / model_id
 
 
 def build_folder_atomically(

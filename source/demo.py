@@ -22,7 +22,6 @@ from source.queue import TaskRecord, TaskStatus, open_queue
 from source.tasks import TaskRegistry, WorkerServices
 from source.worker import WorkerSettings, run
 from source.worker.logs import configure_logging
-from Wan2GP.catalog import load_catalog
 
 KEYFRAMES_DIR = Path(__file__).parent / "assets" / "keyframes"
 DEMO_MODEL = "wan_tiny_i2v_2_2"
@@ -70,7 +69,7 @@ def run_demo(
     configure_logging(level=settings.log_level, json_lines=settings.log_json, worker_id=settings.worker_id)
     console = Console(stderr=True)
     model_id = model or DEMO_MODEL
-    definition = load_catalog().get(model_id)
+    definition = services.catalog.get(model_id)
     if fresh_db and settings.db_url.startswith("sqlite:///"):
         db_file = Path(settings.db_url.removeprefix("sqlite:///"))
         for suffix in ("", "-wal", "-shm"):

@@ -7,7 +7,7 @@ import sys
 
 from loguru import logger
 
-from source.cli import admin, dashboard, plan
+from source.cli import admin, dashboard, models, plan
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.register(commands)
     admin.register(commands)
     dashboard.register(commands)
+    models.register(commands)
     return parser
 
 

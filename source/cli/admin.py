@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from source.cli.catalog_args import catalog_from, catalog_options
 from source.params.redact import redact
 from source.queue import (
     QueueError,
@@ -61,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     enqueue = subparsers.add_parser(
         "enqueue",
-        parents=[database],
+        parents=[database, catalog_options()],
         help="add a task from a JSON file",
         description="Add a task. FILE holds the params object, or a row-like object {task_type, params, "
         "dependant_on?, depends_on?, project_id?, priority?, max_attempts?}. Prints the new id on the last line.",
@@ -156,7 +157,7 @@ def opened_queue(url: str | None, *, create: bool, pool_size: int = 1) -> Iterat
         queue.close()
 
 
-def _check_payload(task_type: str, params: Any) -> None:
+def _check_payload(task_type: str, params: Any, args: argparse.Namespace) -> None:
     """What this worker's handler for `task_type` checks first (payload model, model name), before any queue sees
     the row: the task type must be one the worker handles."""
     from source.tasks import default_registry  # the handlers' modules; none of them imports torch
@@ -164,7 +165,7 @@ def _check_payload(task_type: str, params: Any) -> None:
     from source.tasks.registry import UnknownTaskType
 
     try:
-        default_registry().check(task_type, params)
+        default_registry(catalog_from(args)).check(task_type, params)
     except UnknownTaskType as error:
         raise PayloadRefused(f"{error} (--no-validate inserts it anyway)") from None
     except TaskInputError as error:
@@ -226,7 +227,7 @@ def _enqueue(args: argparse.Namespace, queue: TaskQueue) -> None:
     if not task_type:
         raise CommandError(f'{args.file}: no task type: pass --type T, or put "task_type" in the file')
     if not args.no_validate:
-        _check_payload(str(task_type), params)
+        _check_payload(str(task_type), params, args)
     new_id = queue.enqueue(
         task_type,
         params,

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from source.cli.catalog_args import catalog_from, catalog_options
 from source.params.errors import PayloadError, parse_model
 from source.params.payloads import GenerationOverrides
 from source.params.redact import redact
@@ -34,6 +35,7 @@ class PlanInputError(ValueError):
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "plan",
+        parents=[catalog_options()],
         help="explain the per-step plan of a payload (timesteps, phases, expert, guidance, LoRA strengths)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -49,7 +51,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="a travel payload's segment N, with that pair's overrides (phase_configs_expanded[N], "
         "loras_per_segment_expanded[N]); without it a payload with per-pair overrides is explained segment by segment",
     )
-    parser.add_argument("--catalog-dir", type=Path, action="append", default=[], help="extra model definition dir")
     parser.set_defaults(func=run)
     return parser
 
@@ -57,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     try:
         data = read_json(args.file)
-        catalog = load_catalog(extra_dirs=args.catalog_dir or ())
+        catalog = catalog_from(args)
         segments = [args.segment] if args.segment is not None else per_pair_segments(data)
         if not segments:
             explained = explain_payload(data, model=args.model, catalog=catalog)
@@ -147,13 +148,6 @@ class ExplainedPlan:
             for name, value, source in self.resolved.rows():
                 sources.add_row(name, repr(redact({name: value})[name]), source)
             console.print(sources)
-
-
-def explain_file(
-    path: Path, *, model: str | None = None, extra_catalog_dirs: list[Path] | None = None
-) -> ExplainedPlan:
-    """Read FILE and explain it (raises PayloadError / PlanInputError / CatalogError on bad input)."""
-    return explain_payload(read_json(path), model=model, catalog=load_catalog(extra_dirs=extra_catalog_dirs or ()))
 
 
 def read_json(path: Path) -> Any:

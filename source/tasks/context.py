@@ -31,6 +31,7 @@ from source.params.base import PayloadModel
 from source.params.errors import PayloadError, parse_model
 from source.queue import ChildSpec, QueueError, TaskQueue, TaskRecord
 from source.storage.paths import safe_component
+from Wan2GP.catalog import Catalog, load_catalog
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -92,6 +93,9 @@ class WorkerServices:
 
     engine_factory: Callable[[], Any] | None = None
     storage_factory: Callable[[], Any] | None = None
+    # The model definitions handlers look models up in: the bundled ones plus the worker's --defaults-dir folders,
+    # loaded (and validated) once at start-up; the engine gets the same catalog.
+    catalog: Catalog = field(default_factory=load_catalog)
     _engine: Any = field(default=None, init=False, repr=False)
     _storage: Any = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)

@@ -37,6 +37,7 @@ from source.tasks.join_clips import (
     plan_joins,
     warn_unused_settings,
 )
+from Wan2GP.catalog import Catalog
 
 ROOT = "orchestrator_details"
 
@@ -47,7 +48,7 @@ def _sorted_portions(params: EditVideoOrchestratorParams) -> list[tuple[int, Por
     return sorted(enumerate(portions), key=lambda pair: pair[1].start_frame)
 
 
-def parse_edit_video(raw: Any) -> tuple[EditVideoOrchestratorParams, list[BridgeSettings]]:
+def parse_edit_video(raw: Any, *, catalog: Catalog) -> tuple[EditVideoOrchestratorParams, list[BridgeSettings]]:
     """The payload and every portion's bridge settings; TaskInputError naming the field."""
     params = parse_params(EditVideoOrchestratorParams, raw, prefix="")
     details = params.orchestrator_details
@@ -69,6 +70,7 @@ def parse_edit_video(raw: Any) -> tuple[EditVideoOrchestratorParams, list[Bridge
             bridge_settings(
                 details,
                 override,
+                catalog=catalog,
                 request=request,
                 root=ROOT,
                 override_root=override_root,
@@ -102,7 +104,7 @@ def keeper_spans(url: str, total: int, portions: list[tuple[int, Portion]]) -> l
 
 
 def handle_edit_video_orchestrator(ctx: TaskContext) -> TaskOutcome:
-    params, settings = parse_edit_video(ctx.task.params)
+    params, settings = parse_edit_video(ctx.task.params, catalog=ctx.services.catalog)
     details = params.orchestrator_details
     warn_unused_settings(details)
     url = details.source_video_url

@@ -29,7 +29,7 @@ from source.tasks.travel_support import (
     run_engine,
     with_builtin_loras,
 )
-from Wan2GP.catalog import ModelDefinition
+from Wan2GP.catalog import Catalog, ModelDefinition
 
 # Default model per task type when the row names none. Upstream mapped `i2v` to a model that does not exist
 # (`i2v_14B`, §10.21); every entry here is in Wan2GP/defaults and a test checks that.
@@ -52,10 +52,10 @@ IMAGE_TASK_TYPES = frozenset({"wan_2_2_t2i"})
 _INPUT_FILES = {"image_start": "image", "image_end": "image", "video_guide": "video", "video_mask": "video"}
 
 
-def parse_generation(raw: Any, task_type: str) -> tuple[GenerationTaskParams, ModelDefinition]:
+def parse_generation(raw: Any, task_type: str, *, catalog: Catalog) -> tuple[GenerationTaskParams, ModelDefinition]:
     """The payload and its model (the row's, else the task type's default); TaskInputError naming the field."""
     params = parse_params(GenerationTaskParams, raw, prefix="")
-    model = load_model_definition(params.model or DEFAULT_MODEL_BY_TASK_TYPE[task_type], field="model")
+    model = load_model_definition(catalog, params.model or DEFAULT_MODEL_BY_TASK_TYPE[task_type], field="model")
     if task_type in IMAGE_TASK_TYPES and (model.is_i2v or model.is_vace):
         raise TaskInputError(
             f"model: expected a text-to-video model for {task_type}, got {model.id!r} (architecture {model.architecture})"
@@ -64,7 +64,7 @@ def parse_generation(raw: Any, task_type: str) -> tuple[GenerationTaskParams, Mo
 
 
 def handle_generation(ctx: TaskContext) -> TaskOutcome:
-    params, model = parse_generation(ctx.task.params, ctx.task.task_type)
+    params, model = parse_generation(ctx.task.params, ctx.task.task_type, catalog=ctx.services.catalog)
     request = generation_params(params)
     request["model"] = model.id
     image_out = ctx.task.task_type in IMAGE_TASK_TYPES

@@ -21,18 +21,18 @@ from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, parse
 from source.tasks.travel_plan import quantize_frames
 from source.tasks.travel_segment import generate_segment
 from source.tasks.travel_support import load_model_definition, travel_model_for
-from Wan2GP.catalog import ModelDefinition
+from Wan2GP.catalog import Catalog, ModelDefinition
 from Wan2GP.limits import parse_resolution
 
 DEFAULT_MODEL = "wan_2_2_i2v_lightning_baseline_2_2_2"  # Reigh's default for segments (individualTravelSegment.ts)
 
 
-def parse_individual_segment(raw: Any) -> tuple[SegmentTaskParams, ModelDefinition]:
+def parse_individual_segment(raw: Any, *, catalog: Catalog) -> tuple[SegmentTaskParams, ModelDefinition]:
     """The row as the segment our orchestrator would have written, and its model; TaskInputError naming the field."""
     params = parse_params(IndividualTravelSegmentParams, raw, prefix="")
     levels = levels_of(params)
-    requested = load_model_definition(levels.model_name() or DEFAULT_MODEL, field="model_name")
-    model, mode = travel_model_for(requested, _model_type(params), field="params")
+    requested = load_model_definition(catalog, levels.model_name() or DEFAULT_MODEL, field="model_name")
+    model, mode = travel_model_for(catalog, requested, _model_type(params), field="params")
     guidance = params.travel_guidance
     if guidance is not None and guidance.active and mode != "vace":
         raise TaskInputError(f"travel_guidance: {guidance.kind} guidance needs a VACE model; {model.id!r} is {mode}")
@@ -82,7 +82,7 @@ def parse_individual_segment(raw: Any) -> tuple[SegmentTaskParams, ModelDefiniti
 
 
 def handle_individual_travel_segment(ctx: TaskContext) -> TaskOutcome:
-    segment, model = parse_individual_segment(ctx.task.params)
+    segment, model = parse_individual_segment(ctx.task.params, catalog=ctx.services.catalog)
     logger.info(
         f"individual segment {segment.segment_index}: {segment.segment_frames_target} frames at "
         f"{segment.parsed_resolution_wh}, {model.id} ({segment.travel_mode})"

@@ -25,7 +25,7 @@ from source.params.join import DEFAULT_VACE_MODEL, InpaintFramesParams
 from source.params.resolve import generation_params
 from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, TransientTaskError, parse_params
 from source.tasks.travel_support import fetch_input, fetch_loras, generation_size, load_model_definition, run_engine
-from Wan2GP.catalog import ModelDefinition
+from Wan2GP.catalog import Catalog, ModelDefinition
 
 # Inputs this handler builds itself; a payload's own values for them would contradict the guide.
 _OWN_KEYS = ("video_guide", "video_mask", "video_prompt_type", "image_start", "image_end", "image_refs")
@@ -55,17 +55,17 @@ def plan_inpaint_window(total: int, start: int, end: int, context: int) -> Inpai
     )
 
 
-def parse_inpaint(raw: Any) -> tuple[InpaintFramesParams, ModelDefinition]:
+def parse_inpaint(raw: Any, *, catalog: Catalog) -> tuple[InpaintFramesParams, ModelDefinition]:
     params = parse_params(InpaintFramesParams, raw, prefix="")
     field = "model" if params.model else "model_name" if params.model_name else "model"
-    model = load_model_definition(params.model_id or DEFAULT_VACE_MODEL, field=field)
+    model = load_model_definition(catalog, params.model_id or DEFAULT_VACE_MODEL, field=field)
     if not model.is_vace:
         raise TaskInputError(f"{field}: expected a VACE model (inpainting needs a guide and a mask), got {model.id!r}")
     return params, model
 
 
 def handle_inpaint_frames(ctx: TaskContext) -> TaskOutcome:
-    params, model = parse_inpaint(ctx.task.params)
+    params, model = parse_inpaint(ctx.task.params, catalog=ctx.services.catalog)
     source = fetch_input(ctx, params.video_path, ctx.work_dir / "source", field="video_path", kind="video")
     info = probe_video(source)
     start, end = params.inpaint_start_frame, params.inpaint_end_frame

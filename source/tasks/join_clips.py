@@ -65,7 +65,7 @@ from source.storage.paths import safe_component
 from source.tasks.context import TaskContext, TaskInputError, TaskOutcome, TransientTaskError, parse_params
 from source.tasks.travel_support import fetch_input, fetch_loras, generation_size, load_model_definition, run_engine
 from Wan2GP import limits
-from Wan2GP.catalog import ModelDefinition
+from Wan2GP.catalog import Catalog, ModelDefinition
 
 BRIDGE_ROLE = "bridge"
 FINAL_ROLE = "final"
@@ -237,6 +237,7 @@ def bridge_settings(
     details: JoinRunSettings,
     override: JoinOverrides | None,
     *,
+    catalog: Catalog,
     request: JoinRequest,
     root: str,
     override_root: str,
@@ -249,7 +250,7 @@ def bridge_settings(
         return pick_setting(details, override, name, root=root, override_root=override_root)
 
     model_id, model_field = pick("model")
-    model = load_model_definition(model_id or DEFAULT_VACE_MODEL, field=model_field)
+    model = load_model_definition(catalog, model_id or DEFAULT_VACE_MODEL, field=model_field)
     if not model.is_vace:
         raise TaskInputError(
             f"{model_field}: expected a VACE model (a bridge is generated from a guide and a mask), got {model.id!r}"
@@ -284,7 +285,7 @@ def _join_request(details: JoinClipsDetails, override: JoinOverrides | None, ind
     return JoinRequest(context, gap, replace, context_field=context_field, gap_field=gap_field)
 
 
-def parse_join_orchestrator(raw: Any) -> tuple[JoinClipsOrchestratorParams, list[BridgeSettings]]:
+def parse_join_orchestrator(raw: Any, *, catalog: Catalog) -> tuple[JoinClipsOrchestratorParams, list[BridgeSettings]]:
     """The payload and every join's settings (models and phase plans checked); TaskInputError naming the field."""
     params = parse_params(JoinClipsOrchestratorParams, raw, prefix="")
     details = params.orchestrator_details
@@ -296,6 +297,7 @@ def parse_join_orchestrator(raw: Any) -> tuple[JoinClipsOrchestratorParams, list
             bridge_settings(
                 details,
                 override,
+                catalog=catalog,
                 request=_join_request(details, override, index),
                 root="orchestrator_details",
                 override_root=f"orchestrator_details.per_join_settings[{index}]",
@@ -404,7 +406,7 @@ def enqueue_join_run(
 
 
 def handle_join_clips_orchestrator(ctx: TaskContext) -> TaskOutcome:
-    params, settings = parse_join_orchestrator(ctx.task.params)
+    params, settings = parse_join_orchestrator(ctx.task.params, catalog=ctx.services.catalog)
     details = params.orchestrator_details
     warn_unused_settings(details)
     spans, names, infos = [], [], []
@@ -446,9 +448,9 @@ def handle_join_clips_orchestrator(ctx: TaskContext) -> TaskOutcome:
 # join_clips_segment: one bridge.
 
 
-def parse_bridge(raw: Any) -> tuple[BridgeTaskParams, ModelDefinition]:
+def parse_bridge(raw: Any, *, catalog: Catalog) -> tuple[BridgeTaskParams, ModelDefinition]:
     params = parse_params(BridgeTaskParams, raw, prefix="")
-    return params, load_model_definition(params.model_name, field="model_name")
+    return params, load_model_definition(catalog, params.model_name, field="model_name")
 
 
 def _span_frames(ctx: TaskContext, span: ClipSpan | None, *, field: str) -> np.ndarray | None:
@@ -475,7 +477,7 @@ def bridge_slots(before: np.ndarray | None, gap: int, after: np.ndarray | None, 
 
 
 def handle_join_clips_segment(ctx: TaskContext) -> TaskOutcome:
-    params, model = parse_bridge(ctx.task.params)
+    params, model = parse_bridge(ctx.task.params, catalog=ctx.services.catalog)
     width, height = limits.parse_resolution(params.resolution)
     before = _span_frames(ctx, params.context_before, field="context_before")
     after = _span_frames(ctx, params.context_after, field="context_after")

@@ -33,7 +33,7 @@ from source.tasks.travel_plan import TravelPlan, TravelPlanError, plan_travel
 from source.tasks.travel_prompts import SegmentPrompts, segment_prompts
 from source.tasks.travel_support import generation_size, load_model_definition, travel_model_for
 from Wan2GP import limits
-from Wan2GP.catalog import ModelDefinition
+from Wan2GP.catalog import Catalog, ModelDefinition
 
 
 class ParsedTravel(NamedTuple):
@@ -46,13 +46,13 @@ class ParsedTravel(NamedTuple):
     warnings: list[str]
 
 
-def parse_orchestrator(raw: Any) -> ParsedTravel:
+def parse_orchestrator(raw: Any, *, catalog: Catalog) -> ParsedTravel:
     """The payload, its model and travel mode, and what every segment will generate with (each segment's plan checked
     against the model), with the plans' warnings; TaskInputError naming the field."""
     params = parse_params(TravelOrchestratorParams, raw, prefix="")
     details = params.orchestrator_details
-    requested = load_model_definition(details.model_name, field="orchestrator_details.model_name")
-    model, mode = travel_model_for(requested, details.model_type)
+    requested = load_model_definition(catalog, details.model_name, field="orchestrator_details.model_name")
+    model, mode = travel_model_for(catalog, requested, details.model_type)
     guidance = details.travel_guidance
     if guidance is not None and guidance.active and mode != "vace":
         raise TaskInputError(
@@ -84,7 +84,7 @@ class RunPlan(NamedTuple):
 
 
 def handle_travel_orchestrator(ctx: TaskContext) -> TaskOutcome:
-    parsed = parse_orchestrator(ctx.task.params)
+    parsed = parse_orchestrator(ctx.task.params, catalog=ctx.services.catalog)
     for warning in parsed.warnings:
         logger.warning(warning)
     details = parsed.params.orchestrator_details

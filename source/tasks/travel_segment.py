@@ -28,16 +28,16 @@ from source.tasks.travel_support import (
     travel_model_for,
 )
 from Wan2GP import limits
-from Wan2GP.catalog import ModelDefinition
+from Wan2GP.catalog import Catalog, ModelDefinition
 
 
-def parse_segment(raw: Any) -> tuple[SegmentTaskParams, ModelDefinition]:
+def parse_segment(raw: Any, *, catalog: Catalog) -> tuple[SegmentTaskParams, ModelDefinition]:
     params = parse_params(SegmentTaskParams, raw, prefix="")
-    return params, load_model_definition(params.model_name, field="model_name")
+    return params, load_model_definition(catalog, params.model_name, field="model_name")
 
 
 def handle_travel_segment(ctx: TaskContext) -> TaskOutcome:
-    params, model = parse_segment(ctx.task.params)
+    params, model = parse_segment(ctx.task.params, catalog=ctx.services.catalog)
     return generate_segment(ctx, params, model)
 
 
@@ -79,7 +79,7 @@ def generate_segment(ctx: TaskContext, params: SegmentTaskParams, model: ModelDe
         "loras_multipliers": list(generation.lora_multipliers),
     }
     # Rows written by our orchestrator say the mode; a segment row from elsewhere gets it from what the model is.
-    mode = params.travel_mode or travel_model_for(model, None, field="params")[1]
+    mode = params.travel_mode or travel_model_for(ctx.services.catalog, model, None, field="params")[1]
     if mode == "vace":
         # Only a chained segment carries the previous tail (the plan then gives it no start keyframe); independent
         # segments also overlap their neighbours, but only the stitch uses that.

@@ -27,20 +27,20 @@ from source.tasks.context import (
     TransientTaskError,
 )
 from Wan2GP import limits
-from Wan2GP.catalog import CatalogError, ModelDefinition, load_catalog
+from Wan2GP.catalog import Catalog, CatalogError, ModelDefinition
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-def load_model_definition(model_name: str, *, field: str) -> ModelDefinition:
+def load_model_definition(catalog: Catalog, model_name: str, *, field: str) -> ModelDefinition:
     try:
-        return load_catalog().get(model_name)
+        return catalog.get(model_name)
     except CatalogError as error:
         raise TaskInputError(f"{field}: {error}") from error
 
 
 def travel_model_for(
-    model: ModelDefinition, requested: str | None, *, field: str = "orchestrator_details"
+    catalog: Catalog, model: ModelDefinition, requested: str | None, *, field: str = "orchestrator_details"
 ) -> tuple[ModelDefinition, str]:
     """The model a travel run generates with and its mode ("vace" or "i2v"), from what the model IS (upstream guessed
     it from substrings of the name, §10.16). Reigh asks for VACE by sending model_type "vace" with its i2v model's
@@ -61,7 +61,7 @@ def travel_model_for(
             f"{requested} counterpart in the catalog; name a {requested} model in model_name"
         )
     logger.info(f"model_type {requested!r}: running {counterpart} (the {requested} counterpart of {model.id})")
-    return load_model_definition(counterpart, field=f"{field}.model_type"), requested
+    return load_model_definition(catalog, counterpart, field=f"{field}.model_type"), requested
 
 
 MEGABYTE = 1024 * 1024
@@ -161,7 +161,7 @@ def _download_failure(ctx: TaskContext, field: str, error: DownloadError) -> Exc
 def with_builtin_loras(ctx: TaskContext, request: dict[str, Any]) -> dict[str, Any]:
     """`request` with its model's built-in LoRAs (the catalog names them, often as Hugging Face URLs) fetched through
     the LoRA store like the payload's, as builtin_lora_files: the engine fetches no URLs."""
-    model = load_model_definition(str(request["model"]), field="model")
+    model = load_model_definition(ctx.services.catalog, str(request["model"]), field="model")
     if not model.loras:
         return request
     paths = fetch_loras(ctx, list(model.loras), field=f"model {model.id}: loras")

@@ -9,14 +9,17 @@ from typing import Any
 from source.tasks.context import TaskContext, TaskOutcome
 from source.tasks.generation import handle_generation, parse_generation
 from source.tasks.travel_orchestrator import handle_travel_orchestrator, parse_orchestrator
+from Wan2GP.catalog import Catalog
 
 
 def is_travel_run(raw: Any) -> bool:
     return isinstance(raw, dict) and "orchestrator_details" in raw
 
 
-def parse_wan_2_2_i2v(raw: Any) -> object:
-    return parse_orchestrator(raw) if is_travel_run(raw) else parse_generation(raw, task_type="wan_2_2_i2v")
+def parse_wan_2_2_i2v(raw: Any, *, catalog: Catalog) -> object:
+    if is_travel_run(raw):
+        return parse_orchestrator(raw, catalog=catalog)
+    return parse_generation(raw, task_type="wan_2_2_i2v", catalog=catalog)
 
 
 def handle_wan_2_2_i2v(ctx: TaskContext) -> TaskOutcome:

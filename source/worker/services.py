@@ -6,9 +6,13 @@ from __future__ import annotations
 from source.storage import storage_from_settings
 from source.tasks.context import WorkerServices
 from source.worker.settings import WorkerSettings
+from Wan2GP.catalog import load_catalog
 
 
 def build_services(settings: WorkerSettings) -> WorkerServices:
+    """CatalogError when a model definition file (bundled or in --defaults-dir) is invalid."""
+    catalog = load_catalog(extra_dirs=settings.defaults_dirs)
+
     def make_engine():
         from Wan2GP.engine import WanEngine  # torch is imported here, not at worker start-up
 
@@ -19,6 +23,7 @@ def build_services(settings: WorkerSettings) -> WorkerServices:
             cache_dir=settings.model_cache_dir,
             lora_dir=settings.lora_dir,
             prompt_model=settings.prompt_model,
+            catalog=catalog,
         )
 
     def make_storage():
@@ -28,7 +33,7 @@ def build_services(settings: WorkerSettings) -> WorkerServices:
             settings.output_dir, settings.supabase_url, settings.supabase_key, settings.supabase_bucket
         )
 
-    return WorkerServices(engine_factory=make_engine, storage_factory=make_storage)
+    return WorkerServices(engine_factory=make_engine, storage_factory=make_storage, catalog=catalog)
 
 
 def _library_logs_into_the_worker_log() -> None:

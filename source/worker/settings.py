@@ -56,6 +56,7 @@ class WorkerSettings:
     model_cache_dir: Path | None = None  # None: the engine's default ($WAN2GP_CACHE or ~/.cache/wan2gp)
     lora_dir: Path = field(default_factory=lambda: default_lora_dir(None, os.environ))
     prompt_model: str = DEFAULT_PROMPT_MODEL  # the VLM behind enhance_prompt: repo id, local folder or "tiny"
+    defaults_dirs: tuple[Path, ...] = ()  # folders of model definition files over the bundled ones (upstream's)
     prompt_fallback: bool = True  # the VLM cannot load: run with the base prompts (False: fail the travel run)
     supabase_url: str | None = None
     supabase_key: str | None = field(default=None, repr=False)  # a secret: kept out of reprs and logs
@@ -111,6 +112,9 @@ class WorkerSettings:
         for root in self.input_roots:
             if not root.is_dir():
                 raise SettingsError(f"input_roots: {root} is not a folder")
+        for folder in self.defaults_dirs:
+            if not folder.is_dir():
+                raise SettingsError(f"defaults_dirs: {folder} is not a folder of model definition files")
 
     def for_tasks(self) -> TaskSettings:
         """The part of these settings a task handler reads (source.tasks.context.TaskSettings names them)."""
@@ -198,6 +202,10 @@ def settings_from_values(values: Mapping[str, Any], environ: Mapping[str, str] |
         model_cache_dir=model_cache_dir,
         lora_dir=_path(pick("lora_dir", "HW_LORA_DIR", str, None)) or default_lora_dir(model_cache_dir, env),
         prompt_model=pick("prompt_model", "HW_PROMPT_MODEL", str, default_of("prompt_model")),
+        defaults_dirs=tuple(
+            _path(text)
+            for text in (values.get("defaults_dirs") or _from_env("HW_DEFAULTS_DIRS", _path_list, env) or ())
+        ),
         prompt_fallback=pick("prompt_fallback", "HW_PROMPT_FALLBACK", _parse_bool, default_of("prompt_fallback")),
         supabase_url=supabase_url,
         supabase_access_token=access_token,

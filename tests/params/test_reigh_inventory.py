@@ -39,6 +39,7 @@ from source.tasks.edit_video import parse_edit_video
 from source.tasks.individual_segment import parse_individual_segment
 from source.tasks.join_clips import parse_join_orchestrator
 from source.tasks.travel_orchestrator import parse_orchestrator
+from Wan2GP.catalog import load_catalog
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reigh_payloads.md"
 
@@ -389,7 +390,7 @@ def test_every_row_of_the_doc_has_a_worker_entry(doc_text: str):
 @pytest.mark.parametrize(("task", "builder", "parse", "model"), CASES, ids=CASE_IDS)
 def test_every_key_reigh_sends_has_a_row(inventory: Inventory, task: str, builder, parse, model):
     params = builder()
-    parse(params)  # the handler accepts it
+    parse(params, catalog=load_catalog())  # the handler accepts it
     missing = sorted(placement for placement in placements(params) if placement not in inventory[task])
     assert not missing, f"{task}: keys of Reigh's payload without a row in docs/reigh_payloads.md: {missing}"
 
@@ -397,7 +398,7 @@ def test_every_key_reigh_sends_has_a_row(inventory: Inventory, task: str, builde
 @pytest.mark.parametrize(("task", "builder", "parse", "model"), CASES, ids=CASE_IDS)
 def test_not_used_in_the_doc_is_what_the_code_reports(inventory: Inventory, task: str, builder, parse, model):
     params = builder()
-    parse(params)
+    parse(params, catalog=load_catalog())
     reported = reported_unused(model, params)
     unread = DECLARED_BUT_UNREAD.get(task, set())
     problems = []

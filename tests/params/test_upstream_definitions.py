@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import PIL.Image
 import pytest
 
 from source.params import GenerationTaskParams, PayloadError, parse_model
@@ -29,8 +30,10 @@ def _architecture(path: Path) -> str:
 
 
 @pytest.mark.parametrize("folder", [WAN2GP, HEADLESS], ids=["wan2gp", "headless"])
-def test_every_upstream_file_loads_unmodified(folder: Path) -> None:
+def test_every_upstream_file_loads_unmodified(folder: Path, tmp_path: Path) -> None:
     catalog = load_catalog(extra_dirs=[folder])
+    image = tmp_path / "key.png"
+    PIL.Image.new("RGB", (64, 64), (200, 30, 30)).save(image)
     files = sorted(folder.glob("*.json"))
     assert len(files) >= 30
     for path in files:
@@ -38,11 +41,14 @@ def test_every_upstream_file_loads_unmodified(folder: Path) -> None:
             definition = catalog.get(path.stem)
             assert definition.source_file == path
             assert definition.experts in (1, 2)
-            # Every setting of a plain upstream file still resolves into a request (defaults only, no inputs; the
-            # built-in LoRAs as the worker's LoRA store would hand them over, downloaded).
-            resolve_request(
-                {"builtin_lora_files": [f"{index}.safetensors" for index in range(len(definition.loras))]}, definition
-            )
+            # Every setting of a plain upstream file still resolves into a request: defaults, the images its
+            # architecture takes, and the built-in LoRAs as the worker's LoRA store hands them over, downloaded.
+            params: dict = {"builtin_lora_files": [f"{index}.safetensors" for index in range(len(definition.loras))]}
+            if definition.spec.takes_start_image:
+                params["image_start"] = str(image)
+            if definition.spec.takes_end_image:
+                params["image_end"] = str(image)
+            resolve_request(params, definition)
         else:
             assert path.stem in catalog.set_aside
             with pytest.raises(CatalogError, match=f"architecture {_architecture(path)!r} is not one this engine"):

@@ -40,7 +40,9 @@ def worker_env(tmp_path, model_cache):
 
     class Env:
         def drain(self) -> int:
-            return run(settings, registry=default_registry(), services=build_services(settings))
+            """Runs the loop as worker.py does, on this env's settings (a test may replace them)."""
+            services = build_services(self.settings)
+            return run(self.settings, registry=default_registry(services.catalog), services=services)
 
         def context(
             self,

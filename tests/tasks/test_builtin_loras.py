@@ -7,6 +7,7 @@ bundled one plus a tiny model whose definition names a built-in LoRA by its hugg
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -16,12 +17,11 @@ import pytest
 from local_http import FakeHub
 from tiny_loras import write_tiny_lora
 
-import source.tasks.travel_support
 import Wan2GP.engine
 import Wan2GP.lora_files
 from source.media.video import read_frames
 from source.queue import TaskStatus
-from Wan2GP.catalog import default_catalog_dir, load_catalog
+from Wan2GP.catalog import default_catalog_dir
 
 REPO_ID = "someone/wan-accelerators"
 LORA_FILE = "speed/tiny_speed_lora.safetensors"
@@ -31,19 +31,15 @@ PARAMS = {"prompt": "a red kite", "video_length": 9, "seed": 5}
 
 
 @pytest.fixture
-def catalog_with_builtin_lora(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The bundled catalog plus MODEL, for the handlers' model lookups and the worker's engine alike."""
+def catalog_with_builtin_lora(worker_env, tmp_path: Path) -> Path:
+    """MODEL in a folder the worker loads over the bundled catalog (--defaults-dir), for the handlers' model lookups
+    and the worker's engine alike."""
     definition = json.loads((default_catalog_dir() / "wan_tiny_t2v.json").read_text())
     definition["model"].update(loras=[BUILTIN_URL], loras_multipliers=["1.0"])
     folder = tmp_path / "catalog"
     folder.mkdir()
     (folder / f"{MODEL}.json").write_text(json.dumps(definition))
-
-    def catalog():
-        return load_catalog(extra_dirs=[folder])
-
-    monkeypatch.setattr(source.tasks.travel_support, "load_catalog", catalog)
-    monkeypatch.setattr(Wan2GP.engine, "load_catalog", catalog)
+    worker_env.settings = dataclasses.replace(worker_env.settings, defaults_dirs=(folder,))
     return folder
 
 

@@ -28,6 +28,7 @@ from source.demo import KEYFRAMES_DIR
 from source.media.video import read_frames, write_frames
 from source.queue import TaskStatus
 from source.tasks.individual_segment import parse_individual_segment
+from Wan2GP.catalog import load_catalog
 
 REPO = Path(__file__).resolve().parents[2]
 KEYFRAMES = sorted(str(p) for p in KEYFRAMES_DIR.glob("*.png"))
@@ -197,7 +198,7 @@ def test_individual_travel_segment_runs_on_its_own(worker_env, ffprobe):
     assert sum(task.result["forward_passes"].values()) == 2
     # The app copies the phase_config's step sum, shift and guidance to the lower levels too; only the provenance
     # shows that the highest level, individual_segment_params, is the one that ran.
-    segment, _ = parse_individual_segment(params)
+    segment, _ = parse_individual_segment(params, catalog=load_catalog())
     assert segment.generation.sources["num_inference_steps"] == "individual_segment_params.phase_config"
     assert segment.segment_index == 2 and segment.pair_shot_generation_id == "pair-c"
 

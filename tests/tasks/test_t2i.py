@@ -13,6 +13,7 @@ from source.queue import TaskStatus
 from source.tasks import default_registry
 from source.tasks.context import TaskInputError
 from source.tasks.generation import parse_generation
+from Wan2GP.catalog import load_catalog
 from Wan2GP.engine import WanEngine
 
 # What Reigh's image generation sends for a Wan model (model name, prompt, resolution, seed, steps, a flag we keep but
@@ -52,7 +53,7 @@ def test_png_is_the_engines_first_frame_at_the_requested_size(worker_env, model_
 
 
 def test_t2i_defaults_to_upstreams_model_and_refuses_image_or_vace_models():
-    _params, model = parse_generation({"prompt": "a cat"}, "wan_2_2_t2i")
+    _params, model = parse_generation({"prompt": "a cat"}, "wan_2_2_t2i", catalog=load_catalog())
     assert model.id == "t2v_2_2"
     for model_id in ("wan_tiny_i2v_2_2", "wan_tiny_vace"):
         with pytest.raises(

@@ -20,7 +20,8 @@ from source.tasks import (
     WorkerServices,
     default_registry,
 )
-from source.worker import SettingsError, run, settings_from_values
+from source.worker import EXIT_STARTUP_FAILED, SettingsError, run, settings_from_values
+from worker import main as worker_main
 
 pytestmark = pytest.mark.usefixtures("restore_loguru")
 
@@ -241,6 +242,17 @@ def test_misconfigured_storage_and_input_settings_stop_the_worker_at_start(tmp_p
     roots = settings_from_values({}, {"HW_INPUT_ROOTS": f"{tmp_path}:{tmp_path}", "HW_ALLOW_PRIVATE_URLS": "yes"})
     assert roots.input_roots == (tmp_path, tmp_path) and roots.allow_private_urls is True
     assert settings_from_values({}, {}).input_roots == (), "no local reads unless the operator names a folder"
+    with pytest.raises(SettingsError, match="defaults_dirs: .* is not a folder of model definition files"):
+        settings_from_values({"defaults_dirs": [str(tmp_path / "missing")]}, {})
+    assert settings_from_values({}, {"HW_DEFAULTS_DIRS": str(tmp_path)}).defaults_dirs == (tmp_path,)
+
+
+def test_a_broken_definition_in_defaults_dir_stops_the_worker_at_start_naming_the_file(tmp_path: Path, capsys) -> None:
+    (tmp_path / "mine.json").write_text('{"model": {"name": "mine", "architecture": "t2v"}, "guidance_phases": 9}')
+    db = f"sqlite:///{tmp_path / 'q.db'}"
+    assert worker_main(["--db", db, "--defaults-dir", str(tmp_path), "--once"]) == EXIT_STARTUP_FAILED
+    error = capsys.readouterr().err
+    assert "mine.json: guidance_phases" in error
 
 
 def test_default_registry_has_the_diagnostic_types_and_a_clear_unknown_type_error() -> None:
