@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from source.media.images import contact_sheet, evenly_spaced
 from source.media.video import read_frames
 from source.queue import TaskRecord, TaskStatus, open_queue
 from source.tasks import TaskRegistry, WorkerServices
@@ -110,7 +111,7 @@ def run_demo(
             f"Wan2GP/defaults/<model>.json, e.g. `python worker.py --demo --model {REAL_DEMO_MODEL}` on a GPU pod."
         )
     if final.output_location and Path(final.output_location).is_file():
-        sheet = contact_sheet(keyframe_paths(), Path(final.output_location))
+        sheet = keyframes_and_video_sheet(keyframe_paths(), Path(final.output_location))
         console.print(f"contact sheet (keyframes above, frames of the video below): {sheet}")
     console.print("[green]demo finished[/green], the stitched video:")
     print(final.output_location)
@@ -121,26 +122,13 @@ def keyframe_paths() -> list[Path]:
     return sorted(KEYFRAMES_DIR.glob("*.png"))
 
 
-def contact_sheet(keyframes: list[Path], video: Path, *, samples: int = 6, height: int = 128) -> Path:
-    """A PNG beside `video`: the keyframes in a row on top, `samples` evenly spaced frames of the video below, each
-    scaled to `height` pixels, so a person sees at a glance what went in and what came out."""
-    frames = read_frames(video)
-    picks = [frames[round(i * (len(frames) - 1) / max(1, samples - 1))] for i in range(min(samples, len(frames)))]
+def keyframes_and_video_sheet(keyframes: list[Path], video: Path, *, samples: int = 6, height: int = 128) -> Path:
+    """A PNG beside `video`: the keyframes in a row on top, `samples` evenly spaced frames of the video below."""
     rows = [
         [PIL.Image.open(path).convert("RGB") for path in keyframes],
-        [PIL.Image.fromarray(frame) for frame in picks],
+        [PIL.Image.fromarray(frame) for frame in evenly_spaced(read_frames(video), samples)],
     ]
-    scaled = [[image.resize((max(1, image.width * height // image.height), height)) for image in row] for row in rows]
-    width = max(sum(image.width for image in row) for row in scaled)
-    sheet = PIL.Image.new("RGB", (width, height * len(scaled)), (255, 255, 255))
-    for row_index, row in enumerate(scaled):
-        left = 0
-        for image in row:
-            sheet.paste(image, (left, row_index * height))
-            left += image.width
-    out = video.with_name(f"{video.stem}_contact.png")
-    sheet.save(out)
-    return out
+    return contact_sheet(rows, video.with_name(f"{video.stem}_contact.png"), height=height)
 
 
 def travel_summary(orchestrator: TaskRecord, children: list[TaskRecord]) -> Table:

@@ -7,7 +7,7 @@ import sys
 
 from loguru import logger
 
-from source.cli import admin, dashboard, models, plan
+from source.cli import admin, compare, dashboard, models, plan
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin.register(commands)
     dashboard.register(commands)
     models.register(commands)
+    compare.register(commands)
     return parser
 
 

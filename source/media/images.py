@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from source.media.video import MediaError
 
@@ -60,3 +60,35 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return frames
     resized = [np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.LANCZOS)) for frame in frames]
     return np.stack(resized).astype(np.uint8, copy=False)
+
+
+def evenly_spaced(frames: np.ndarray, count: int) -> list[np.ndarray]:
+    """`count` frames spread over the clip, first and last included (all of them when it has fewer)."""
+    total = len(frames)
+    return [frames[round(i * (total - 1) / max(1, count - 1))] for i in range(min(count, total))]
+
+
+def contact_sheet(
+    rows: list[list[Image.Image]], out: Path, *, height: int = 128, labels: list[str] | None = None
+) -> Path:
+    """A PNG of images in rows, each scaled to `height` pixels, a row's label (if given) written at its left: what
+    went in and what came out, at a glance."""
+    scaled = [[image.resize((max(1, image.width * height // image.height), height)) for image in row] for row in rows]
+    label_width = 0
+    if labels:
+        font = ImageFont.load_default()
+        label_width = 12 + max(
+            int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=font)) for text in labels
+        )
+    width = label_width + max((sum(image.width for image in row) for row in scaled), default=1)
+    sheet = Image.new("RGB", (width, height * len(scaled)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for row_index, row in enumerate(scaled):
+        if labels:
+            draw.text((6, row_index * height + height // 2 - 6), labels[row_index], fill=(0, 0, 0))
+        left = label_width
+        for image in row:
+            sheet.paste(image, (left, row_index * height))
+            left += image.width
+    sheet.save(out)
+    return out

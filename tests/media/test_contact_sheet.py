@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from source.demo import contact_sheet, keyframe_paths
+from source.demo import keyframe_paths, keyframes_and_video_sheet
 from source.media.video import write_frames
 
 
@@ -16,7 +16,7 @@ def test_the_contact_sheet_shows_the_keyframes_above_evenly_spaced_frames(tmp_pa
     video = tmp_path / "final.mp4"
     write_frames(frames, video, fps=16, lossless_rgb=True)
 
-    sheet_path = contact_sheet(keyframe_paths(), video, samples=4, height=32)
+    sheet_path = keyframes_and_video_sheet(keyframe_paths(), video, samples=4, height=32)
     assert sheet_path == tmp_path / "final_contact.png"
     sheet = PIL.Image.open(sheet_path).convert("RGB")
     assert sheet.size == (4 * (64 * 32 // 48), 2 * 32)  # 4 frames of 42 px are wider than 3 keyframes of 32 px
