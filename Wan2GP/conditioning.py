@@ -1,7 +1,9 @@
-"""What the transformer sees besides the noisy latents: i2v image conditioning and the VACE control context.
+"""What the transformer sees besides the noisy latents: i2v image conditioning (with Wan 2.1's CLIP image tokens),
+Wan 2.2 5B's start-frame latents and the VACE control context.
 
 Layouts follow upstream Wan (upstream_engine_spec §3.6, §3.8, §9.8-§9.11). Pixel tensors are (C, F, H, W) in
-[-1, 1]; latent tensors are (1, C, T, H/8, W/8) with T = (F - 1) // 4 + 1.
+[-1, 1]; latent tensors are (1, z, T, H/s, W/s) with T = (F - 1) // 4 + 1: z = 16 and s = 8 for every Wan VAE but
+Wan 2.2 5B's (z = 48, s = 16).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKLWan
+from transformers import CLIPImageProcessorPil, CLIPVisionModel
 
 from Wan2GP.video_io import DecodedVideo
 
@@ -20,6 +23,9 @@ from Wan2GP.video_io import DecodedVideo
 GUIDE_GREY_LEVEL = 127
 MASK_THRESHOLD = 127.5
 I2V_MASK_CHANNELS = 4  # the first frame's mask is repeated 4x: one channel per frame folded into a latent frame
+# Wan 2.1 i2v / flf2v condition on the CLIP tokens of the vision tower's penultimate layer (Wan's "use_31_block" of
+# ViT-H/14's 32), not on its last layer's.
+CLIP_HIDDEN_LAYER = -2
 
 
 class VaeCodec:
@@ -68,26 +74,37 @@ def load_image(source: Path | str | PIL.Image.Image) -> PIL.Image.Image:
         return image.convert("RGB")
 
 
-def image_to_pixels(image: PIL.Image.Image, width: int, height: int) -> torch.Tensor:
-    """RGB image -> (3, 1, H, W) float32 in [-1, 1], Lanczos-resized to exactly W x H.
+def frame_image(image: PIL.Image.Image, width: int, height: int) -> PIL.Image.Image:
+    """An RGB image Lanczos-resized to exactly W x H: a start or end frame as every encoder of it sees it.
 
     Upstream's UI keeps the image's aspect ratio at the requested pixel budget; Headless-Wan2GP pre-resizes start and
     end images to the exact requested size, and so do we: the output size is always the requested one.
     """
     if image.size != (width, height):
         image = image.resize((width, height), PIL.Image.Resampling.LANCZOS)
-    array = np.asarray(image, dtype=np.float32)  # (H, W, 3)
+    return image
+
+
+def black_frame(width: int, height: int) -> PIL.Image.Image:
+    """What an i2v model is given for a start image it was not given: a black frame (-1), as upstream."""
+    return PIL.Image.new("RGB", (width, height), (0, 0, 0))
+
+
+def image_to_pixels(image: PIL.Image.Image, width: int, height: int) -> torch.Tensor:
+    """RGB image -> (3, 1, H, W) float32 in [-1, 1], Lanczos-resized to exactly W x H (`frame_image`)."""
+    array = np.asarray(frame_image(image, width, height), dtype=np.float32)  # (H, W, 3)
     pixels = torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
     return pixels.unsqueeze(1)
 
 
 @dataclass(frozen=True)
 class ImageCondition:
-    """Wan 2.2 i2v conditioning: ``channels`` (1, 20, T, h, w) = [mask(4), image latents(16)], concatenated after the
-    16 noise channels, and the clean latent of the start frame, re-injected at every step (upstream §9.9)."""
+    """i2v / flf2v conditioning (Wan 2.1 and 2.2): ``channels`` (1, 20, T, h, w) = [mask(4), image latents(16)],
+    concatenated after the 16 noise channels, and the clean latent of the start frame, re-injected at every step
+    (upstream §9.9)."""
 
     channels: torch.Tensor
-    first_frame_latents: torch.Tensor  # (1, 16, 1, h, w)
+    first_frame_latents: torch.Tensor  # (1, z, 1, h, w)
 
 
 def build_image_condition(
@@ -120,6 +137,22 @@ def build_image_condition(
 
     channels = torch.cat([mask, image_latents], dim=1)
     return ImageCondition(channels=channels, first_frame_latents=image_latents[:, :, :1].clone())
+
+
+@torch.no_grad()
+def clip_image_tokens(
+    encoder: CLIPVisionModel, processor: CLIPImageProcessorPil, images: list[PIL.Image.Image]
+) -> torch.Tensor:
+    """Wan 2.1 i2v / flf2v: the CLIP tokens of each image, (N, tokens, width) float32, for the transformer's
+    ``encoder_hidden_states_image``. The processor resizes, crops and normalises as the model's repo says.
+
+    i2v passes the start image alone; flf2v the first and the last frame, in that order, as a batch of two: its
+    transformer folds them into one sequence with a position embedding over both (diffusers' WanImageEmbedding).
+    """
+    inputs = processor(images=images, return_tensors="pt")
+    pixel_values = inputs["pixel_values"].to(device=encoder.device, dtype=encoder.dtype)
+    hidden_states = encoder(pixel_values=pixel_values, output_hidden_states=True).hidden_states
+    return hidden_states[CLIP_HIDDEN_LAYER].float()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

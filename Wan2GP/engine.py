@@ -8,7 +8,6 @@ frees the first. There is no module-level state: the worker holds its own engine
 from __future__ import annotations
 
 import gc
-import os
 import re
 import sys
 import threading
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import PIL.Image
 import torch
 from loguru import logger
 from tqdm import tqdm
@@ -28,8 +28,11 @@ from tqdm import tqdm
 from Wan2GP.catalog import Catalog, CatalogError, ModelDefinition, load_catalog
 from Wan2GP.conditioning import (
     VaeCodec,
+    black_frame,
     build_image_condition,
     build_vace_context,
+    clip_image_tokens,
+    frame_image,
     guide_pixels,
     image_to_pixels,
     latent_frames,
@@ -38,6 +41,7 @@ from Wan2GP.conditioning import (
     reference_pixels,
 )
 from Wan2GP.loading import LoadedModel, ModelLoadError, load_model, quiet_library_progress_bars
+from Wan2GP.model_folders import default_cache_dir
 from Wan2GP.prompt_text import DEFAULT_PROMPT_MODEL
 from Wan2GP.request import GenerationRequest, InvalidGenerationParams, check_param_names, resolve_request
 from Wan2GP.sampler import (
@@ -99,7 +103,7 @@ class RenderedVideo:
     """A generation before it is written: final latents and uint8 frames, for callers (and tests) that need them."""
 
     request: GenerationRequest
-    latents: torch.Tensor  # (1, 16, T, h, w) float32
+    latents: torch.Tensor  # (1, z, T, h, w) float32: z = 16, or 48 for Wan 2.2 5B
     frames: np.ndarray  # (F, H, W, 3) uint8
     forward_passes: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
@@ -116,10 +120,6 @@ class PromptOutcome:
 # Room the VLM needs on the device beyond its weights: the vision tower's and the decoder's activations for one
 # side-by-side image of at most 1280 merged tiles and 512 new tokens, with allocator slack.
 PROMPT_MODEL_ACTIVATION_BYTES = 3 * 2**30
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("WAN2GP_CACHE") or Path.home() / ".cache" / "wan2gp")
 
 
 def default_device() -> torch.device:
@@ -266,8 +266,9 @@ class WanEngine:
         model = self._loaded
         if model is None:
             return
-        for module in (*model.transformers.values(), model.text_encoder, model.vae):
-            module.to(device)
+        for module in (*model.transformers.values(), model.text_encoder, model.vae, model.image_encoder):
+            if module is not None:
+                module.to(device)
         if device.type == "cpu":
             gc.collect()
             torch.cuda.empty_cache()
@@ -441,15 +442,24 @@ class WanEngine:
             negative_embeds = encoder.encode(negative)
 
         size = dict(num_frames=request.num_frames, width=request.width, height=request.height)
+        start_image = _frame_image(request.image_start, request)
+        end_image = _frame_image(request.image_end, request)
         if model.definition.is_i2v:
-            start = _image_pixels(request.image_start, request)
-            end = _image_pixels(request.image_end, request)
+            start = _pixels(start_image, request)
+            end = _pixels(end_image, request)
             image = build_image_condition(codec, start=start, end=end, **size)
             return Conditioning(
                 prompt_embeds=prompt_embeds,
                 negative_embeds=negative_embeds,
                 image_channels=image.channels.to(model.transformer_dtype),
                 first_frame_latents=image.first_frame_latents if self.reinject_start_frame else None,
+                model_kwargs=self._clip_kwargs(model, start_image, end_image, request),
+            )
+        if model.definition.is_ti2v:
+            # Wan 2.2 5B: a start image is the clean first latent frame itself (no extra channels, no CLIP).
+            start_latents = None if start_image is None else codec.encode(_pixels(start_image, request))
+            return Conditioning(
+                prompt_embeds=prompt_embeds, negative_embeds=negative_embeds, clean_first_frame=start_latents
             )
         if model.definition.is_vace:
             guide, mask = self._guide_and_mask(request)
@@ -477,6 +487,25 @@ class WanEngine:
             )
         return Conditioning(prompt_embeds=prompt_embeds, negative_embeds=negative_embeds)
 
+    def _clip_kwargs(
+        self,
+        model: LoadedModel,
+        start_image: PIL.Image.Image | None,
+        end_image: PIL.Image.Image | None,
+        request: GenerationRequest,
+    ) -> dict[str, torch.Tensor] | None:
+        """Wan 2.1 i2v / flf2v: the CLIP tokens the transformer attends to besides the prompt. i2v sees the start
+        frame only, even with an end image (its transformer takes one image's tokens); flf2v the first and the last
+        (resolve_request makes sure both are given). None for architectures without CLIP."""
+        if model.image_encoder is None or model.image_processor is None:
+            return None
+        images = [start_image if start_image is not None else black_frame(request.width, request.height)]
+        if model.definition.spec.kind == "flf2v":
+            assert end_image is not None, "resolve_request refuses an flf2v request without image_end"
+            images.append(end_image)
+        tokens = clip_image_tokens(model.image_encoder, model.image_processor, images)
+        return {"encoder_hidden_states_image": tokens.to(device=self.device, dtype=model.transformer_dtype)}
+
     def _guide_and_mask(self, request: GenerationRequest) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         size = dict(num_frames=request.num_frames, width=request.width, height=request.height)
         guide = mask = None
@@ -497,10 +526,15 @@ class WanEngine:
 # helpers
 
 
-def _image_pixels(source: Any, request: GenerationRequest) -> torch.Tensor | None:
+def _frame_image(source: Any, request: GenerationRequest) -> PIL.Image.Image | None:
+    """A start or end image at the generation's size, or None when not given."""
     if source is None:
         return None
-    return image_to_pixels(load_image(source), request.width, request.height)
+    return frame_image(load_image(source), request.width, request.height)
+
+
+def _pixels(image: PIL.Image.Image | None, request: GenerationRequest) -> torch.Tensor | None:
+    return None if image is None else image_to_pixels(image, request.width, request.height)
 
 
 def _check_cancel(cancel: threading.Event | None, where: str) -> None:

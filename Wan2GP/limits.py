@@ -85,6 +85,7 @@ def check_geometry(width: int, height: int, frames: int) -> str | None:
 
 
 SIZE_BLOCK = 16  # Wan 2.1/2.2: VAE stride 8 x patch 2; generated sides are multiples of this
+TI2V_SIZE_BLOCK = 32  # Wan 2.2 5B (ti2v): its VAE's stride is 16, x patch 2 (upstream's vae_block_size 32)
 DEFAULT_RESOLUTION = "832x480"  # WGP's default where neither the request nor the model definition gives one
 RESOLUTION_FORM = '"WIDTHxHEIGHT" such as "832x480"'
 
@@ -100,10 +101,10 @@ def parse_resolution(text: object) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def snap_resolution(width: int, height: int) -> tuple[int, int]:
-    """The size Wan generates for a requested one: each side floored to a multiple of SIZE_BLOCK (upstream's rule);
-    ValueError when a side would be smaller than one block."""
-    snapped = (width // SIZE_BLOCK * SIZE_BLOCK, height // SIZE_BLOCK * SIZE_BLOCK)
-    if min(snapped) < SIZE_BLOCK:
-        raise ValueError(f"expected width and height of at least {SIZE_BLOCK} pixels, got {width}x{height}")
+def snap_resolution(width: int, height: int, block: int = SIZE_BLOCK) -> tuple[int, int]:
+    """The size Wan generates for a requested one: each side floored to a multiple of `block` (SIZE_BLOCK, or
+    TI2V_SIZE_BLOCK for Wan 2.2 5B: upstream's rule); ValueError when a side would be smaller than one block."""
+    snapped = (width // block * block, height // block * block)
+    if min(snapped) < block:
+        raise ValueError(f"expected width and height of at least {block} pixels, got {width}x{height}")
     return snapped

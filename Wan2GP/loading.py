@@ -2,7 +2,9 @@
 
 Real models come from a diffusers-format Hugging Face repo (only the subfolders this engine uses are downloaded) or a
 local folder; tiny test models are built from their seed into the cache folder first. All three then go through the
-same ``from_pretrained(..., local_files_only=True)`` calls, so tests exercise the loading path GPU pods use.
+same ``from_pretrained(..., local_files_only=True)`` calls, so tests exercise the loading path GPU pods use. A
+finetune published as single-file transformer checkpoints takes its transformers from those files instead
+(Wan2GP.checkpoints) and the rest from its architecture's repo.
 """
 
 from __future__ import annotations
@@ -16,9 +18,16 @@ import torch
 import transformers.utils.logging
 from diffusers import AutoencoderKLWan, WanTransformer3DModel, WanVACETransformer3DModel
 from loguru import logger
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5EncoderModel
+from transformers import (
+    AutoTokenizer,
+    CLIPImageProcessorPil,
+    CLIPVisionModel,
+    PreTrainedTokenizerBase,
+    UMT5EncoderModel,
+)
 
 from Wan2GP.catalog import ModelDefinition
+from Wan2GP.model_folders import tiny_model_folder
 from Wan2GP.tiny import ensure_tiny_model
 
 TRANSFORMER_SUBFOLDERS = {"high": "transformer", "low": "transformer_2"}
@@ -51,6 +60,9 @@ class LoadedModel:
     transformer_dtype: torch.dtype
     vae_dtype: torch.dtype
     text_dtype: torch.dtype
+    # Wan 2.1 i2v / flf2v: the CLIP vision tower and its image processor (None for every other architecture).
+    image_encoder: CLIPVisionModel | None = None
+    image_processor: CLIPImageProcessorPil | None = None
 
     @property
     def model_id(self) -> str:
@@ -72,15 +84,17 @@ def needed_subfolders(definition: ModelDefinition) -> list[str]:
     transformers = [TRANSFORMER_SUBFOLDERS["high"]]
     if definition.experts == 2:
         transformers.append(TRANSFORMER_SUBFOLDERS["low"])
-    # Never image_encoder: Wan 2.2 i2v has no CLIP, and t2v/VACE never need one.
-    return [*transformers, "vae", "text_encoder", "tokenizer"]
+    # The CLIP image encoder only where the architecture conditions on it (Wan 2.1 i2v / flf2v): Wan 2.2 i2v repos
+    # ship one too, unused.
+    clip = ["image_encoder", "image_processor"] if definition.spec.clip_image_encoder else []
+    return [*transformers, "vae", "text_encoder", "tokenizer", *clip]
 
 
 def resolve_weights_dir(definition: ModelDefinition, cache_dir: Path) -> Path:
     """The local diffusers-format folder of ``definition``'s weights (downloading or building it if needed)."""
     source = definition.weights
     if source.tiny_seed is not None:
-        folder = cache_dir / "tiny" / definition.id
+        folder = tiny_model_folder(cache_dir, definition.id)
         return ensure_tiny_model(folder, definition.architecture, definition.experts, source.tiny_seed)
     if source.local_dir is not None:
         folder = source.local_dir if source.local_dir.is_absolute() else cache_dir / source.local_dir
@@ -99,7 +113,11 @@ def _download(definition: ModelDefinition) -> Path:
     from huggingface_hub import snapshot_download
 
     source = definition.weights
-    patterns = ["model_index.json"] + [f"{name}/*" for name in needed_subfolders(definition)]
+    # Single-file checkpoints bring the transformer weights (Wan2GP.checkpoints): from the repo, only their config.
+    config_only = set(TRANSFORMER_SUBFOLDERS.values()) if source.kind == "checkpoints" else set()
+    patterns = ["model_index.json"] + [
+        f"{name}/config.json" if name in config_only else f"{name}/*" for name in needed_subfolders(definition)
+    ]
     logger.info("Fetching {} ({}@{}): {}", definition.id, source.repo_id, source.revision, ", ".join(patterns))
     try:
         # Uses the standard Hugging Face cache (HF_HOME), so pods share downloads with other tools.
@@ -128,17 +146,22 @@ def load_components(definition: ModelDefinition, weights_dir: Path, device: torc
     def prepared(module: torch.nn.Module) -> torch.nn.Module:
         return module.to(device).eval().requires_grad_(False)
 
-    transformers = {}
-    for expert in ("high", "low")[: definition.experts]:
-        transformers[expert] = prepared(
-            transformer_class.from_pretrained(
+    if definition.weights.kind == "checkpoints":
+        from Wan2GP.checkpoints import load_checkpoint_transformers  # here: that module imports this one
+
+        loaded = load_checkpoint_transformers(definition, weights_dir, transformer_class, transformer_dtype, device)
+    else:
+        loaded = {
+            expert: transformer_class.from_pretrained(
                 weights_dir,
                 subfolder=TRANSFORMER_SUBFOLDERS[expert],
                 torch_dtype=transformer_dtype,
                 local_files_only=True,
                 **placement,
             )
-        )
+            for expert in ("high", "low")[: definition.experts]
+        }
+    transformers = {expert: prepared(module) for expert, module in loaded.items()}
     vae = prepared(
         AutoencoderKLWan.from_pretrained(
             weights_dir, subfolder="vae", torch_dtype=vae_dtype, local_files_only=True, **placement
@@ -150,6 +173,18 @@ def load_components(definition: ModelDefinition, weights_dir: Path, device: torc
         )
     )
     tokenizer = AutoTokenizer.from_pretrained(weights_dir, subfolder="tokenizer", local_files_only=True)
+    image_encoder = image_processor = None
+    if definition.spec.clip_image_encoder:
+        # float32 on every device, as diffusers' Wan i2v examples load it: it runs once per generation.
+        image_encoder = prepared(
+            CLIPVisionModel.from_pretrained(
+                weights_dir, subfolder="image_encoder", dtype=torch.float32, local_files_only=True, **placement
+            )
+        )
+        # The PIL processor: transformers' default one needs torchvision, which no build of the pinned torch matches.
+        image_processor = CLIPImageProcessorPil.from_pretrained(
+            weights_dir, subfolder="image_processor", local_files_only=True
+        )
     return LoadedModel(
         definition=definition,
         weights_dir=weights_dir,
@@ -161,6 +196,8 @@ def load_components(definition: ModelDefinition, weights_dir: Path, device: torc
         transformer_dtype=transformer_dtype,
         vae_dtype=vae_dtype,
         text_dtype=text_dtype,
+        image_encoder=image_encoder,
+        image_processor=image_processor,
     )
 
 

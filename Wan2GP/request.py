@@ -244,10 +244,10 @@ def lora_url_refused(
     )
 
 
-def generation_size(value: str) -> tuple[int, int]:
+def generation_size(value: str, block: int = limits.SIZE_BLOCK) -> tuple[int, int]:
     """The size a "WxH" request generates at (limits.parse_resolution, then limits.snap_resolution)."""
     try:
-        return limits.snap_resolution(*limits.parse_resolution(value))
+        return limits.snap_resolution(*limits.parse_resolution(value), block)
     except ValueError as error:
         raise InvalidGenerationParams(["resolution"], f"resolution: {error}") from None
 
@@ -342,7 +342,7 @@ def resolve_request(
     except ValidationError as error:
         raise _validation_error(error) from None
 
-    width, height = generation_size(wgp.resolution)
+    width, height = generation_size(wgp.resolution, limits.TI2V_SIZE_BLOCK if definition.is_ti2v else limits.SIZE_BLOCK)
     num_frames = frame_count(wgp.video_length, definition)
     too_big = limits.check_geometry(width, height, num_frames)
     if too_big is not None:
@@ -351,10 +351,20 @@ def resolve_request(
     if seed is None or seed < 0:
         seed = (rng or random.Random()).randint(0, MAX_SEED)
 
-    if (wgp.image_start is not None or wgp.image_end is not None) and not definition.is_i2v:
-        field = "image_start" if wgp.image_start is not None else "image_end"
+    for field, image, taken, which in (
+        ("image_start", wgp.image_start, definition.spec.takes_start_image, "start"),
+        ("image_end", wgp.image_end, definition.spec.takes_end_image, "end"),
+    ):
+        if image is not None and not taken:
+            raise InvalidGenerationParams(
+                [field], f"{field}: model {definition.id} ({definition.architecture}) takes no {which} image"
+            )
+    if definition.spec.kind == "flf2v" and wgp.image_end is None:
+        # its transformer takes the CLIP tokens of exactly two images, the first and the last frame
         raise InvalidGenerationParams(
-            [field], f"{field}: model {definition.id} ({definition.architecture}) is not an image-to-video model"
+            ["image_end"],
+            f"image_end: model {definition.id} ({definition.architecture}) generates from a first to a last frame: "
+            "expected an end image, got none",
         )
     if (wgp.video_guide is not None or wgp.video_mask is not None) and not definition.is_vace:
         field = "video_guide" if wgp.video_guide is not None else "video_mask"

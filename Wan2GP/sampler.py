@@ -110,13 +110,17 @@ class Conditioning:
     negative_embeds: torch.Tensor | None  # None when no step has guidance != 1
     image_channels: torch.Tensor | None = None  # i2v: (1, 20, T, h, w), concatenated after the latents
     first_frame_latents: torch.Tensor | None = None  # i2v: clean start-frame latents, re-injected every step
-    model_kwargs: Mapping[str, torch.Tensor] | None = None  # e.g. VACE control_hidden_states and their scale
+    # e.g. VACE control_hidden_states and their scale; Wan 2.1 i2v's CLIP tokens (encoder_hidden_states_image)
+    model_kwargs: Mapping[str, torch.Tensor] | None = None
     reference_frames: int = 0  # VACE: leading latent frames that hold reference images, dropped from the result
+    # ti2v (Wan 2.2 5B) with a start image: its clean latent frame (1, z, 1, h, w) stands as the first latent frame
+    # before every forward, where its tokens get timestep 0 (the rest the step's), and in the result.
+    clean_first_frame: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
 class DenoiseResult:
-    latents: torch.Tensor  # (1, 16, T, h, w) float32
+    latents: torch.Tensor  # (1, z, T, h, w) float32
     forward_passes: dict[str, int]
 
 
@@ -131,6 +135,22 @@ def model_timestep_for(plan: GenerationPlan, step: StepPlan) -> float:
 def expert_for_step(step: StepPlan, transformers: Mapping[str, torch.nn.Module]) -> str:
     """The plan says "low" from the switch phase on; a single-expert model keeps its only transformer (upstream)."""
     return step.expert if step.expert in transformers else "high"
+
+
+def token_timesteps(
+    timestep: float, latent_shape: tuple[int, ...], patch_size: tuple[int, int, int], clean_frames: int
+) -> torch.Tensor:
+    """(1, tokens) float32: one timestep per transformer token, 0 on the tokens of the first `clean_frames` latent
+    frames (already clean: Wan 2.2 5B's start image), `timestep` on the others. Tokens run frame by frame, then row
+    by row, as the transformer flattens its patches; Wan's temporal patch is 1, so one latent frame is one token frame."""
+    frames, height, width = latent_shape[2:]
+    patch_frames, patch_height, patch_width = patch_size
+    if patch_frames != 1:
+        raise ValueError(f"patch_size: expected a temporal patch of 1 (every Wan transformer), got {patch_size}")
+    per_frame = (height // patch_height) * (width // patch_width)
+    values = torch.full((1, frames * per_frame), timestep, dtype=torch.float32)
+    values[:, : clean_frames * per_frame] = 0.0
+    return values
 
 
 def denoise(
@@ -151,6 +171,7 @@ def denoise(
     solver = make_solver(plan, device, generator)
     model_kwargs = dict(conditioning.model_kwargs or {})
     first_frame = conditioning.first_frame_latents
+    clean_first_frame = conditioning.clean_first_frame
     forward_passes = dict.fromkeys(EXPERTS, 0)
 
     for step in plan.steps:
@@ -167,12 +188,21 @@ def denoise(
             # i2v (upstream §9.9): the start frame is re-noised to the current noise level before every forward.
             frame_noise = torch.randn(first_frame.shape, generator=generator, device=device, dtype=torch.float32)
             latents[:, :, : first_frame.shape[2]] = first_frame * (1.0 - sigma) + frame_noise * sigma
+        if clean_first_frame is not None:
+            # ti2v: the start frame stays clean, and the model is told so by a timestep of 0 on its tokens. Written in
+            # place (diffusers blends it into a copy): every solver works elementwise, so no other frame changes.
+            latents[:, :, :1] = clean_first_frame
+            patch_size = tuple(transformer.config.patch_size)
+            timestep = token_timesteps(model_timestep, latents.shape, patch_size, clean_frames=1).to(device)
+        else:
+            # one value for every token (ti2v without a start image too: what diffusers' per-token timesteps amount
+            # to there, without their per-token modulation tensors)
+            timestep = torch.full((1,), model_timestep, dtype=torch.float32, device=device)
 
         model_input = latents
         if conditioning.image_channels is not None:
             model_input = torch.cat([latents, conditioning.image_channels], dim=1)
         model_input = model_input.to(model_dtype)
-        timestep = torch.full((1,), model_timestep, dtype=torch.float32, device=device)
 
         conditional = _velocity(transformer, model_input, timestep, conditioning.prompt_embeds, model_kwargs)
         forward_passes[expert] += 1
@@ -192,6 +222,8 @@ def denoise(
 
     if first_frame is not None:
         latents[:, :, : first_frame.shape[2]] = first_frame
+    if clean_first_frame is not None:
+        latents[:, :, :1] = clean_first_frame
     if conditioning.reference_frames:
         latents = latents[:, :, conditioning.reference_frames :]
     return DenoiseResult(latents=latents, forward_passes=forward_passes)
