@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +130,10 @@ class _ModelSettings(BaseModel):
     @classmethod
     def _solver(cls, value: str | None) -> str | None:
         if value is not None:
-            normalize_solver(value)  # raises PlanError (a ValueError) naming the accepted solvers
+            try:
+                normalize_solver(value)
+            except PlanError as error:
+                raise ValueError(error.reason) from None  # the reason only: the location is added once, by the caller
         return value
 
     @field_validator("resolution")
@@ -312,6 +316,7 @@ class _Found:
     path: Path
     data: dict[str, Any]
     setting_files: dict[str, Path]
+    from_extra_dir: bool = False  # any of its files from an extra folder (--defaults-dir), not the bundled one
 
 
 def load_catalog(directory: Path | None = None, extra_dirs: Sequence[Path] = ()) -> Catalog:
@@ -319,16 +324,26 @@ def load_catalog(directory: Path | None = None, extra_dirs: Sequence[Path] = ())
 
     A file in a later directory with an id already loaded is merged into it key by key, the later file winning (as
     upstream finetunes merge into defaults); its "model" object is merged the same way. Definitions of architectures
-    this engine does not run are set aside (logged once, the reason kept for the error when one is asked for).
+    this engine does not run are set aside (logged once, the reason kept for the error when one is asked for). So is
+    a definition from `extra_dirs` that is invalid (upstream's files use solvers and settings this engine does not
+    have): one WARNING naming the file and field, and the others load; an invalid bundled file is a CatalogError.
     """
     found: dict[str, _Found] = {}
-    for folder in [directory or default_catalog_dir(), *extra_dirs]:
+    set_aside: dict[str, str] = {}
+    for order, folder in enumerate([directory or default_catalog_dir(), *extra_dirs]):
         folder = Path(folder)
         if not folder.is_dir():
             raise CatalogError(f"{folder}: not a directory of model definitions")
         for path in sorted(folder.glob("*.json")):
-            data = _read_json(path)
             model_id = path.stem
+            try:
+                data = _read_json(path)
+            except CatalogError as error:
+                if order == 0:
+                    raise
+                set_aside[model_id] = str(error)
+                found.pop(model_id, None)
+                continue
             settings_files = {key: path for key in data if key != "model"}
             if model_id in found:
                 earlier = found[model_id]
@@ -336,13 +351,14 @@ def load_catalog(directory: Path | None = None, extra_dirs: Sequence[Path] = ())
                 merged["model"] = {**earlier.data.get("model", {}), **data.get("model", {})}
                 data = merged
                 settings_files = {**earlier.setting_files, **settings_files}
-            found[model_id] = _Found(path, data, settings_files)
+            found[model_id] = _Found(path, data, settings_files, from_extra_dir=order > 0)
 
-    set_aside: dict[str, str] = {}
+    other_families: dict[str, str] = {}
     sections: dict[str, _ModelSection] = {}
     for model_id, item in found.items():
         architecture = item.data["model"].get("architecture")
         if isinstance(architecture, str) and architecture not in ARCHITECTURES:
+            other_families[model_id] = str(architecture)
             set_aside[model_id] = (
                 f"{item.path}: architecture {architecture!r} is not one this engine runs "
                 f"(it runs {', '.join(ARCHITECTURES)})"
@@ -351,32 +367,41 @@ def load_catalog(directory: Path | None = None, extra_dirs: Sequence[Path] = ())
         try:
             sections[model_id] = _ModelSection.model_validate(item.data["model"])
         except ValidationError as error:
-            raise CatalogError(f"{item.path}: {_first_error(error, 'model')}") from None
-    if set_aside:
-        by_architecture: dict[str, int] = {}
-        for model_id in set_aside:
-            name = str(found[model_id].data["model"].get("architecture"))
-            by_architecture[name] = by_architecture.get(name, 0) + 1
-        shown = ", ".join(f"{name} ({count})" for name, count in sorted(by_architecture.items()))
+            _set_aside_or_raise(set_aside, item, f"{item.path}: {_first_error(error, 'model')}")
+    if other_families:
+        counts = Counter(other_families.values())
+        shown = ", ".join(f"{name} ({count})" for name, count in sorted(counts.items()))
         logger.info(
-            "set aside {} model definition(s) of architectures this engine does not run: {}", len(set_aside), shown
+            "set aside {} model definition(s) of architectures this engine does not run: {}", len(other_families), shown
         )
 
     completed = _WeightsResolver(sections, found)
-    definitions = {
-        model_id: _definition(model_id, found[model_id], section, *completed.resolve(model_id))
-        for model_id, section in sections.items()
-    }
+    definitions = {}
+    for model_id, section in sections.items():
+        try:
+            definitions[model_id] = _definition(model_id, found[model_id], section, *completed.resolve(model_id))
+        except CatalogError as error:
+            _set_aside_or_raise(set_aside, found[model_id], str(error))
     _log_unread_keys(definitions.values())
-    for definition in definitions.values():
+    for definition in list(definitions.values()):
         for mode, counterpart_id in definition.travel_counterparts.items():
             counterpart = definitions.get(counterpart_id)
             if counterpart is None or counterpart.travel_mode != mode:
-                raise CatalogError(
+                message = (
                     f"{definition.source_file}: model.travel_counterparts.{mode}: expected the id of a {mode} model "
                     f"in the catalog, got {counterpart_id!r}"
                 )
+                _set_aside_or_raise(set_aside, found[definition.id], message)
+                definitions.pop(definition.id, None)
     return Catalog(definitions, set_aside)
+
+
+def _set_aside_or_raise(set_aside: dict[str, str], item: _Found, message: str) -> None:
+    """A broken bundled definition stops the load; one from an extra folder is set aside with one WARNING."""
+    if not item.from_extra_dir:
+        raise CatalogError(message)
+    logger.warning("model definition set aside: {}", message)
+    set_aside[item.path.stem] = message
 
 
 class _WeightsResolver:
@@ -498,6 +523,11 @@ def _definition(
     model_id: str, item: _Found, section: _ModelSection, weights: WeightsSource, experts: int, weights_origin: str
 ) -> ModelDefinition:
     path, data = item.path, item.data
+    if weights.checkpoints is not None and len(weights.checkpoints) != experts:
+        raise CatalogError(
+            f"{path}: model.weights.checkpoints: expected one checkpoint per expert ({experts}), "
+            f"got {len(weights.checkpoints)}"
+        )
     settings_data = {key: value for key, value in data.items() if key != "model"}
     try:
         settings = _ModelSettings.model_validate(settings_data)

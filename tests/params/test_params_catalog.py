@@ -137,6 +137,20 @@ def _tiny(**settings) -> dict:
             "model.weights",
         ),
         ({**_tiny(), "model": {**_tiny()["model"], "architecture": "i2v_2_2"}}, "two experts"),
+        (
+            {
+                **_tiny(),
+                "model": {
+                    **_tiny()["model"],
+                    "experts": 2,
+                    "weights": {
+                        "repo_id": "a/b",
+                        "checkpoints": ["https://huggingface.co/a/b/resolve/main/x.safetensors"],
+                    },
+                },
+            },
+            "model.weights.checkpoints: expected one checkpoint per expert (2), got 1",
+        ),
         ({**_tiny(), "model": {**_tiny()["model"], "vae_dtype": "int8"}}, "model.vae_dtype"),
         (
             {**_tiny(), "model": {**_tiny()["model"], "loras": ["a"], "loras_multipliers": ["1;0"]}},

@@ -165,3 +165,26 @@ def test_the_16_bit_checkpoint_is_chosen_whatever_the_order(tmp_path: Path) -> N
     (tmp_path / "mine.json").write_text(json.dumps(data))
     definition = load_catalog(extra_dirs=[tmp_path]).get("mine")
     assert definition.weights.checkpoints == (hub + "my_t2v_mbf16.safetensors",)
+
+
+def test_an_invalid_file_in_an_extra_folder_is_set_aside_not_the_whole_catalog(tmp_path: Path) -> None:
+    (tmp_path / "lcm_model.json").write_text(
+        json.dumps({"model": {"name": "x", "architecture": "t2v"}, "sample_solver": "lcm"})
+    )
+    (tmp_path / "not_json.json").write_text("{")
+    (tmp_path / "fine.json").write_text(json.dumps({"model": {"name": "y", "architecture": "t2v_1.3B"}}))
+    with captured_messages("WARNING") as warnings:
+        catalog = load_catalog(extra_dirs=[tmp_path])
+    assert catalog.get("fine").architecture == "t2v_1.3B"
+    assert [message for message in warnings if "lcm_model.json" in message] == [
+        f"model definition set aside: {tmp_path / 'lcm_model.json'}: sample_solver: expected one of "
+        '"euler", "unipc", "dpm++", "dpm++_sde" or "" (= unipc), got \'lcm\''
+    ]
+    with pytest.raises(CatalogError, match="lcm_model.json: sample_solver"):
+        catalog.get("lcm_model")
+    with pytest.raises(CatalogError, match="not_json.json: not valid JSON"):
+        catalog.get("not_json")
+    # The same file among the bundled ones is a broken installation: the load stops.
+    (tmp_path / "not_json.json").unlink()
+    with pytest.raises(CatalogError, match="lcm_model.json: sample_solver"):
+        load_catalog(tmp_path)
