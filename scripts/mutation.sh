@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Mutation testing of the core modules (scripts/mutation.py says how; README "Tests that bite" has the last scores).
+# Not part of CI: about half an hour on 2 cores for every module. Arguments go to scripts/mutation.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet -r requirements.txt -r requirements-dev.txt
+export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}"
+exec .venv/bin/python scripts/mutation.py "$@"
