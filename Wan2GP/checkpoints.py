@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 
 from Wan2GP.architectures import hub_file
 from Wan2GP.catalog import ModelDefinition
-from Wan2GP.loading import TRANSFORMER_SUBFOLDERS, ModelLoadError
+from Wan2GP.model_folders import TRANSFORMER_SUBFOLDERS, ModelLoadError
 
 _FLOAT_DTYPES = frozenset({"F16", "BF16", "F32"})  # safetensors' names of the encodings diffusers loads as they are
 

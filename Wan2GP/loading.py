@@ -27,15 +27,11 @@ from transformers import (
 )
 
 from Wan2GP.catalog import ModelDefinition
-from Wan2GP.model_folders import tiny_model_folder
+from Wan2GP.checkpoints import load_checkpoint_transformers
+from Wan2GP.model_folders import TRANSFORMER_SUBFOLDERS, ModelLoadError, tiny_model_folder
 from Wan2GP.tiny import ensure_tiny_model
 
-TRANSFORMER_SUBFOLDERS = {"high": "transformer", "low": "transformer_2"}
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-class ModelLoadError(RuntimeError):
-    """The weights of a catalog model could not be found, downloaded or loaded."""
 
 
 def quiet_library_progress_bars() -> None:
@@ -147,8 +143,6 @@ def load_components(definition: ModelDefinition, weights_dir: Path, device: torc
         return module.to(device).eval().requires_grad_(False)
 
     if definition.weights.kind == "checkpoints":
-        from Wan2GP.checkpoints import load_checkpoint_transformers  # here: that module imports this one
-
         loaded = load_checkpoint_transformers(definition, weights_dir, transformer_class, transformer_dtype, device)
     else:
         loaded = {

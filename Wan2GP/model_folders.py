@@ -1,5 +1,6 @@
-"""Model folders on disk, written so that no reader ever sees half of one (pure Python: the tiny Wan models and the
-tiny VLM share it without importing each other's libraries)."""
+"""Model folders on disk: what a Wan repo holds where, where the engine caches, and folders written so that no reader
+ever sees half of one (pure Python: the tiny Wan models and the tiny VLM share it without importing each other's
+libraries)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,13 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+# Where each expert's transformer lives in a diffusers-format Wan repo.
+TRANSFORMER_SUBFOLDERS = {"high": "transformer", "low": "transformer_2"}
+
+
+class ModelLoadError(RuntimeError):
+    """The weights of a catalog model could not be found, downloaded or loaded."""
 
 
 def default_cache_dir() -> Path:

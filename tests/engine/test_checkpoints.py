@@ -30,7 +30,7 @@ from Wan2GP.architectures import ARCHITECTURES
 from Wan2GP.catalog import ModelDefinition, default_catalog_dir, load_catalog
 from Wan2GP.checkpoints import load_checkpoint_transformers
 from Wan2GP.engine import ModelLoadError, WanEngine
-from Wan2GP.loading import TRANSFORMER_SUBFOLDERS
+from Wan2GP.model_folders import TRANSFORMER_SUBFOLDERS
 
 FINETUNE_REPO = "finetuner/tiny-finetunes"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
