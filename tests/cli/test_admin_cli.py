@@ -254,9 +254,15 @@ def test_enqueue_refuses_what_the_worker_would_refuse(cli, queue_url: str, tmp_p
     assert json.loads(cli("list", "--json", "--db", queue_url).stdout) == []  # nothing reached the queue
 
     assert enqueue("debug_sleep", {"seconds": 0}).returncode == 0
+    # A model the worker loads from its --defaults-dir: the check looks it up in the same folders.
+    defaults = tmp_path / "defaults"
+    defaults.mkdir()
+    (defaults / "my_t2v.json").write_text(json.dumps({"model": {"name": "mine", "architecture": "t2v_1.3B"}}))
+    assert enqueue("t2v", {"model": "my_t2v", "prompt": "a cat"}).returncode == 2
+    assert enqueue("t2v", {"model": "my_t2v", "prompt": "a cat"}, "--defaults-dir", str(defaults)).returncode == 0
     forced = enqueue("no_such_type", {}, "--no-validate")
     assert forced.returncode == 0, forced.stderr
-    assert len(json.loads(cli("list", "--json", "--db", queue_url).stdout)) == 2
+    assert len(json.loads(cli("list", "--json", "--db", queue_url).stdout)) == 3
 
 
 def test_the_command_line_entry_point_runs_as_its_own_process(cli_process, tmp_path: Path) -> None:
