@@ -110,8 +110,9 @@ def _blend_join(
 ) -> np.ndarray:
     """The O output frames that replace both segments' overlap."""
     overlap = len(next_head)
-    if regenerate_anchors and overlap > 1:
-        # The last overlap frame of the next segment is its regenerated anchor: keep it exact, blend the rest.
+    if regenerate_anchors:
+        # The last overlap frame of the next segment is its regenerated anchor: keep it exact (unsharpened, even when it
+        # is the only overlap frame), blend the rest.
         blended = crossfade(prev_tail[: overlap - 1], next_head[: overlap - 1], sharp_amount=sharp_amount)
         return np.concatenate([blended, next_head[overlap - 1 :]])
     return crossfade(prev_tail, next_head, sharp_amount=sharp_amount)
