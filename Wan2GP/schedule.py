@@ -94,7 +94,7 @@ def phase_thresholds(
     """switch_threshold and switch_threshold2 that give exactly `steps_per_phase` steps per phase.
 
     Each threshold is the float64 midpoint of the last timestep of one phase and the first of the next, because a
-    phase starts at the first step with `t <= threshold`. A phase boundary at the end of the run gives None.
+    phase starts at the first step with `t <= threshold`. A phase that is not there (1 or 2 counts) gives None.
     """
     counts = [_check_count(f"steps_per_phase[{i}]", c) for i, c in enumerate(steps_per_phase)]
     if not 1 <= len(counts) <= 3:
@@ -107,7 +107,7 @@ def phase_thresholds(
     boundary = 0
     for count in counts[:-1]:
         boundary += count
-        found.append(float((t[boundary - 1] + t[boundary]) / 2.0) if boundary < num_steps else None)
+        found.append(float((t[boundary - 1] + t[boundary]) / 2.0))  # boundary < num_steps: every count is >= 1
     found += [None] * (2 - len(found))
     return found[0], found[1]
 

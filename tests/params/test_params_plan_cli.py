@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from loguru import logger
 
 from source.cli import plan as plan_cli
 
@@ -17,6 +19,20 @@ EXAMPLES = ROOT / "source" / "examples"
 H = "https://huggingface.co/org/repo/resolve/main/high.safetensors"
 L = "https://huggingface.co/org/repo/resolve/main/low.safetensors"
 S = "https://example.com/style.safetensors"
+
+
+@pytest.fixture
+def cli_logging() -> Iterator[None]:
+    """loguru as `python -m source.cli` sets it up (WARNING and worse to stderr), for tests that read stderr whole.
+
+    The libraries log DEBUG lines (catalog loading) that the CLI does not show; loguru's default sink holds the stderr
+    of the moment it was imported, which a second in-process pytest run (mutmut's) has closed, so its error report
+    would land in the captured stderr. Listed before capsys, so the default sink comes back after capsys is gone."""
+    logger.remove()
+    logger.add(lambda message: sys.stderr.write(message), level="WARNING", format="{level}: {message}")
+    yield
+    logger.remove()
+    logger.add(sys.stderr)  # loguru's default: DEBUG and worse to the stderr of now
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -165,7 +181,7 @@ def test_table_output_subprocess():
         ([1, 2, 3], "params"),
     ],
 )
-def test_malformed_inputs_exit_2(tmp_path, capsys, payload, field):
+def test_malformed_inputs_exit_2(cli_logging, tmp_path, capsys, payload, field):
     assert plan_cli.main([str(write(tmp_path, payload)), "--json"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
