@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from source.queue import InvalidQueueUrl, TaskStatus, open_queue, redact_url, resolve_db_url
+from source.queue import InvalidQueueUrl, TaskStatus, open_queue, redact_url, resolve_db_url, sqlfiles
 from source.queue.sqlfiles import Statement, load_migrations, load_queries, parse_named_statements
+from source.queue.testing import (
+    REQUIRE_POSTGRES_ENV,
+    ManualClock,
+    postgres_admin_url,
+    postgres_required,
+    with_credentials,
+    with_database,
+    with_search_path,
+)
 from source.queue.urls import parse_db_url
 
 
@@ -267,3 +277,162 @@ def test_a_reigh_table_from_before_uuid_array_dependencies_is_refused_not_altere
                 "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()"
             ).fetchone()
         assert columns == (7,) and tables == (1,)
+
+
+def test_the_environment_gives_the_url_when_none_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HW_DB_URL", raising=False)
+    monkeypatch.setenv("DATABASE_URL", "  ")
+    assert resolve_db_url() == "sqlite:///tasks.db"  # blank is not set
+    monkeypatch.setenv("DATABASE_URL", "postgresql://env/db")
+    assert resolve_db_url() == "postgresql://env/db"
+
+
+@pytest.mark.parametrize(
+    ("value", "required"), [("1", True), (" TRUE ", True), ("yes", True), ("no", False), ("", False)]
+)
+def test_require_postgres_reads_yes_or_no(monkeypatch: pytest.MonkeyPatch, value: str, required: bool) -> None:
+    monkeypatch.setenv(REQUIRE_POSTGRES_ENV, value)
+    assert postgres_required() is required
+    monkeypatch.delenv(REQUIRE_POSTGRES_ENV)
+    assert postgres_required() is False
+
+
+def test_test_database_urls_are_rewritten_part_by_part() -> None:
+    assert with_credentials("postgresql://old:p@ss@db:5432/q?sslmode=off", "u", "pw") == (
+        "postgresql://u:pw@db:5432/q?sslmode=off"
+    )
+    assert with_credentials("postgresql://db/q", "u", "pw") == "postgresql://u:pw@db/q"
+    assert with_database("postgresql://u@db:5432/postgres?x=1", "other") == "postgresql://u@db:5432/other?x=1"
+    assert with_search_path("postgresql://db/q?options=-cjit%3Doff&sslmode=off", "s1") == (
+        "postgresql://db/q?sslmode=off&options=-csearch_path%3Ds1"
+    )
+
+
+def test_the_manual_clock_moves_only_when_told() -> None:
+    start = datetime(2001, 1, 1, tzinfo=UTC)
+    clock = ManualClock(start)
+    assert clock() == start
+    clock.advance(1.5)
+    assert clock() == start + timedelta(seconds=1.5)
+    assert abs(ManualClock()() - datetime.now(UTC)) < timedelta(seconds=5)
+
+
+def test_the_test_server_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_DATABASE_URL", " postgresql://db/x ")
+    assert postgres_admin_url() == "postgresql://db/x"
+    monkeypatch.setenv("TEST_DATABASE_URL", "  ")
+    assert postgres_admin_url() is None
+    monkeypatch.delenv("TEST_DATABASE_URL")
+    assert postgres_admin_url() is None
+
+
+def test_statement_file_errors_name_the_file_the_line_and_the_statement() -> None:
+    def error(text: str) -> str:
+        with pytest.raises(ValueError) as caught:
+            parse_named_statements(text, source="q.sql")
+        return str(caught.value)
+
+    assert error("-- name: a\n-- only a comment\n") == "q.sql: statement 'a' is empty"
+    assert error("-- name: a\n-- application_name: x\n-- application_name: y\nSELECT 1") == (
+        "q.sql: statement 'a' names application_name more than once"
+    )
+    assert error("-- name: a\nSELECT 1\n-- name: b\nSELECT 2\n-- name: a\nSELECT 3") == (
+        "q.sql:5: statement 'a' is defined twice"
+    )
+    assert error("-- comment\nSELECT 1\n-- name: a\nSELECT 2") == "q.sql:2: SQL before the first '-- name:' header"
+    text = "-- name: a\nSELECT 1\n    -- an indented comment\nFROM t;\n-- name: b\n  -- application_name: claim_task  \nSELECT 2"
+    assert parse_named_statements(text, source="q.sql") == [
+        Statement("a", "SELECT 1\nFROM t", None),
+        Statement("b", "SELECT 2", "claim_task"),
+    ]
+
+
+def _migrations_folder(tmp_path: Path, names: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "sql" / "test"
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / name).write_text(f"-- name: s1\nSELECT '{name}'\n-- name: s2\nSELECT 2\n")
+    monkeypatch.setattr(sqlfiles.resources, "files", lambda package: tmp_path)
+
+
+def test_migrations_load_in_version_order_and_other_files_are_ignored(tmp_path: Path, monkeypatch) -> None:
+    names = ["migration_0002_second.sql", "queries.sql", "migration_0001_first_one.sql", "migration_3_bad.sql"]
+    _migrations_folder(tmp_path, names, monkeypatch)
+    migrations = load_migrations("test")
+    assert [(migration.version, migration.title) for migration in migrations] == [(1, "first_one"), (2, "second")]
+    assert [statement.name for statement in migrations[0].statements] == ["s1", "s2"]
+    assert migrations[0].statements[0].sql == "SELECT 'migration_0001_first_one.sql'"
+
+
+def test_a_gap_in_migration_versions_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _migrations_folder(tmp_path, ["migration_0001_a.sql", "migration_0003_c.sql"], monkeypatch)
+    with pytest.raises(ValueError, match=r"^sql/test: migration versions must be 1\.\.N without gaps; found \[1, 3\]$"):
+        load_migrations("test")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres:topsecret@127.0.0.1:5432/postgres?sslmode=bogus",
+        "postgresql://postgres:topsecret@127.0.0.1:5432/postgres?bogus=1",
+    ],
+)
+def test_a_malformed_postgres_url_is_refused_at_once(url: str) -> None:
+    from source.queue import QueueRefused
+
+    started = time.monotonic()
+    with pytest.raises(QueueRefused) as error:
+        open_queue(url, connect_timeout=15.0)
+    assert time.monotonic() - started < 2.0
+    assert str(error.value).startswith("postgresql://postgres:***@127.0.0.1:5432/postgres?")
+    assert "topsecret" not in str(error.value) and "\n" not in str(error.value)
+
+
+def test_which_connection_failures_are_worth_another_try() -> None:
+    import psycopg
+
+    from source.queue.postgres import _is_permanent
+
+    for permanent in (
+        psycopg.ProgrammingError('invalid URI query parameter: "bogus"'),
+        psycopg.OperationalError('connection is bad: invalid sslmode value: "bogus"'),
+        psycopg.OperationalError('connection failed: FATAL:  password authentication failed for user "u"'),
+        psycopg.OperationalError('connection failed: FATAL:  database "nope" does not exist'),
+    ):
+        assert _is_permanent(permanent), permanent
+    for transient in (
+        psycopg.OperationalError("connection failed: FATAL:  sorry, too many clients already"),
+        psycopg.OperationalError("connection failed: FATAL:  remaining connection slots are reserved"),
+        psycopg.OperationalError("connection failed: FATAL:  the database system is starting up"),
+        psycopg.OperationalError("connection failed: FATAL:  the database system is shutting down"),
+        psycopg.OperationalError("connection failed: FATAL:  the database system is in recovery mode"),
+        psycopg.OperationalError("connection failed: FATAL:  the database system is not yet accepting connections"),
+        psycopg.OperationalError("connection failed: Connection refused"),
+    ):
+        assert not _is_permanent(transient), transient
+
+
+@pytest.mark.postgres
+def test_postgres_connections_are_named_and_the_pool_size_checked(postgres_database_url: str) -> None:
+    import psycopg
+
+    from source.queue.testing import temporary_schema
+
+    with pytest.raises(ValueError, match="^pool_size: expected an integer >= 1; got 0$"):
+        open_queue(postgres_database_url, pool_size=0)
+    with temporary_schema(postgres_database_url) as url:
+        ours = open_queue(url, pool_size=1)
+        theirs = open_queue(url + "&application_name=their_app")
+        try:
+            ours.migrate()
+            with psycopg.connect(postgres_database_url) as connection:
+                names = {
+                    row[0]
+                    for row in connection.execute(
+                        "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
+                    )
+                }
+            assert {"headless-wan2gp", "their_app"} <= names
+        finally:
+            ours.close()
+            theirs.close()

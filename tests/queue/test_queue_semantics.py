@@ -18,7 +18,9 @@ from source.queue import (
     TaskStateError,
     TaskStatus,
     WorkerIdInUse,
+    WorkerRecord,
     open_queue,
+    redact_url,
 )
 from source.queue.testing import ManualClock
 
@@ -604,3 +606,239 @@ def test_enqueue_refuses_params_no_worker_could_read_back(queue: TaskQueue) -> N
     with pytest.raises(ValueError, match=r"params: \d+ bytes of JSON; at most 2097152"):
         queue.enqueue("t", {"prompt": "x" * (3 * 1024 * 1024)})
     assert queue.list_tasks() == []
+
+
+# ---------------------------------------------------------------------------------------------- ids, lists, stats
+
+
+def test_a_whole_id_wins_over_the_longer_ids_it_starts(queue: TaskQueue) -> None:
+    short = queue.enqueue("t", {}, task_id="task-1")
+    queue.enqueue("t", {}, task_id="task-10")
+    assert queue.resolve_id(short) == "task-1"  # also the start of task-10: the whole id wins
+
+
+def test_an_id_prefix_needs_four_characters_and_a_single_match(queue: TaskQueue) -> None:
+    for task_id in ("abcd-1", "abcd-2", "abcx-3", "zyxw-1"):
+        queue.enqueue("t", {}, task_id=task_id)
+    assert queue.resolve_id("zyxw") == "zyxw-1"
+    with pytest.raises(TaskNotFound, match="^task id: no task with id 'zyx'$"):
+        queue.resolve_id("zyx")
+    with pytest.raises(TaskNotFound, match="^task id: no task with id 'nope'$"):
+        queue.resolve_id("nope")
+    with pytest.raises(
+        TaskStateError, match=r"^task id 'abcd' is ambiguous: it starts abcd-1, abcd-2; give more of it$"
+    ):
+        queue.resolve_id("abcd")
+    with pytest.raises(TaskNotFound):  # three characters are too few, even when they start several ids
+        queue.resolve_id("abc")
+
+
+def test_an_ambiguous_prefix_shows_two_matches_and_says_there_are_more(queue: TaskQueue) -> None:
+    for task_id in ("run-a", "run-b", "run-c"):
+        queue.enqueue("t", {}, task_id=task_id)
+    with pytest.raises(
+        TaskStateError, match=r"^task id 'run-' is ambiguous: it starts run-a, run-b, \.\.\.; give more"
+    ):
+        queue.resolve_id("run-")
+
+
+def test_list_tasks_filters_by_status_and_shows_200_by_default(queue: TaskQueue) -> None:
+    done = queue.enqueue("t", {})
+    for _ in range(200):
+        queue.enqueue("t", {})
+    assert claim(queue).id == done
+    queue.complete(done, "w1", output_location=None)
+    assert [task.id for task in queue.list_tasks(status="complete")] == [done]
+    assert [task.id for task in queue.list_tasks(status=TaskStatus.COMPLETE)] == [done]
+    assert len(queue.list_tasks()) == 200
+    assert len(queue.list_tasks(status="Queued", limit=300)) == 200
+
+
+def test_stats_count_every_status_worker_and_the_oldest_waiting_task(queue: TaskQueue, queue_url: str) -> None:
+    assert queue.stats()["oldest_queued_at"] is None
+    first = queue.enqueue("t", {})
+    queue.enqueue("t", {})
+    _foreign_sql(
+        queue_url,
+        [
+            (
+                "INSERT INTO tasks (id, task_type, params, status, created_at) VALUES (?, 't', '{}', ?, now())",
+                ("x", "Done"),
+            )
+        ]
+        if queue_url.startswith("sqlite")
+        else [],
+    )
+    for worker in ("w1", "w2", "w3"):
+        queue.register_worker(worker, session_id=worker, metadata={}, stale_seconds=30)
+    queue.beat_worker("w3", session_id="w3", status="busy", current_task_id=None, metadata={})
+    stats = queue.stats()
+    assert stats["oldest_queued_at"] == queue.get(first).created_at.isoformat()
+    assert stats["workers"] == {"starting": 2, "busy": 1}
+    if queue_url.startswith("sqlite"):  # a status another app wrote is counted under its own spelling
+        assert stats["by_status"]["Done"] == 1 and stats["total"] == 3
+
+
+def test_stats_count_ready_tasks_on_the_queues_clock(timed_queue: TaskQueue, clock: ManualClock) -> None:
+    task_id = timed_queue.enqueue("t", {})
+    assert claim(timed_queue) is not None
+    timed_queue.fail(task_id, "w1", "flaky", retryable=True, retry_delay_seconds=60)
+    assert timed_queue.stats()["ready"] == 0
+    clock.advance(120)
+    assert timed_queue.stats()["ready"] == 1
+
+
+# ---------------------------------------------------------------------------------------------- a worker's calls
+
+
+def test_lease_seconds_must_be_positive_to_renew(queue: TaskQueue) -> None:
+    task_id = queue.enqueue("t", {})
+    claim(queue)
+    with pytest.raises(ValueError, match="^lease_seconds: expected a positive number of seconds; got 0$"):
+        queue.renew_lease(task_id, "w1", 0)
+
+
+def test_progress_is_stored_with_its_percentage_and_a_short_message(queue: TaskQueue) -> None:
+    task_id = queue.enqueue("t", {})
+    claim(queue)
+    queue.report_progress(task_id, "w1", step=1, total=3)
+    assert queue.get(task_id).progress == {"step": 1, "total": 3, "percent": 33.3, "message": ""}
+    queue.report_progress(task_id, "w1", step=1, total=1, message="m" * 300)
+    progress = queue.get(task_id).progress
+    assert progress["percent"] == 100.0
+    assert progress["message"] == "m" * 160 + "... (140 more characters)"  # cut to 200
+    queue.report_progress(task_id, "w1", step=0, total=0, message="starting")
+    assert queue.get(task_id).progress["percent"] == 0.0
+
+
+def test_only_the_holder_releases_a_task(queue: TaskQueue) -> None:
+    task_id = queue.enqueue("t", {})
+    claim(queue)
+    with pytest.raises(TaskNotOwned, match=f"^cannot release task {task_id}: worker w2 no longer holds it"):
+        queue.release(task_id, "w2")
+
+
+def test_a_database_queue_has_no_app_to_share_prompts_with(queue: TaskQueue) -> None:
+    assert queue.share_prompts("t", "shot", ["a"]) is False
+
+
+def test_a_queue_shows_its_backend_and_url_without_the_password(queue: TaskQueue, queue_url: str) -> None:
+    kind = "SqliteTaskQueue" if queue_url.startswith("sqlite") else "PostgresTaskQueue"
+    assert repr(queue) == f"{kind}({redact_url(queue_url)!r})"
+
+
+def test_task_ids_must_be_plain_names(queue: TaskQueue) -> None:
+    expected = (
+        "^task_id: expected 1 to 128 characters of letters, digits and . _ : - starting with a letter or digit; got "
+    )
+    with pytest.raises(ValueError, match=expected + r"'\.\./x'$"):
+        queue.enqueue("t", {}, task_id="../x")
+    with pytest.raises(ValueError, match=expected + "'5'$"):
+        queue.enqueue("t", {}, task_id=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=expected + f"'{'a' * 60}'$"):
+        queue.enqueue("t", {}, task_id="a" * 129)
+
+
+def test_records_are_json_ready(queue: TaskQueue) -> None:
+    first = queue.enqueue("t", {})
+    second = queue.enqueue("t", {}, depends_on=[first])
+    row = queue.get(second).to_dict()
+    assert row["depends_on"] == [first] and row["status"] == "Queued" and isinstance(row["created_at"], str)
+    queue.register_worker("gpu-1", session_id="s", metadata={"gpu": "H100"}, stale_seconds=30)
+    worker = queue.list_workers()[0]
+    assert worker.to_dict() == {
+        "id": "gpu-1",
+        "status": "starting",
+        "last_heartbeat": worker.last_heartbeat.isoformat(),
+        "current_task_id": None,
+        "metadata": {"gpu": "H100"},
+        "started_at": worker.started_at.isoformat(),
+    }
+    assert WorkerRecord("w", "stopped", None, None).to_dict()["last_heartbeat"] is None
+    assert WorkerRecord("w", "stopped", None, None).to_dict()["started_at"] is None
+
+
+def test_a_worker_id_in_use_says_who_holds_it(queue: TaskQueue) -> None:
+    queue.register_worker("gpu-1", session_id="one", metadata={"hostname": "box", "pid": 42}, stale_seconds=30)
+    with pytest.raises(WorkerIdInUse) as caught:
+        queue.register_worker("gpu-1", session_id="two", metadata={}, stale_seconds=30)
+    holder = caught.value.holder
+    assert holder.id == "gpu-1"
+    assert str(caught.value) == (
+        f"worker id 'gpu-1' is held by a live worker (host box, pid 42, status starting, last heartbeat "
+        f"{holder.last_heartbeat.isoformat()}); give this worker another --worker-id, or stop the other one"
+    )
+    unknown = WorkerIdInUse(WorkerRecord("w", "busy", None, None))
+    assert "(host ?, pid ?, status busy, last heartbeat never)" in str(unknown)
+
+
+def test_a_schema_table_without_migrations_is_version_0(queue_url: str) -> None:
+    opened = open_queue(queue_url)
+    try:
+        assert opened.migrate(target_version=0) == 0
+        assert opened.schema_version() == 0
+        assert opened.migrate(target_version=1) == opened.schema_version() == 1
+    finally:
+        opened.close()
+
+
+def test_cancelling_a_child_cancels_its_orchestrator_naming_the_child(queue: TaskQueue) -> None:
+    parent_id = queue.enqueue("travel_orchestrator", {})
+    assert claim(queue, "orch") is not None
+    seg0, seg1, stitch = queue.enqueue_children(parent_id, _travel_children())
+    queue.await_children(parent_id, "orch", "waiting")
+    assert set(queue.cancel(seg1, "not wanted")) == {seg1, parent_id, seg0, stitch}
+    parent = queue.get(parent_id)
+    assert (parent.status, parent.error_message) == (
+        TaskStatus.CANCELLED,
+        f"child {seg1} (segment 1) cancelled: not wanted",
+    )
+    assert queue.get(stitch).error_message == f"dependency {seg1} cancelled: not wanted"
+
+
+def test_count_ready_counts_claimable_tasks_of_the_given_types(timed_queue: TaskQueue, clock: ManualClock) -> None:
+    queue = timed_queue
+    first = queue.enqueue("seg", {})
+    queue.enqueue("seg", {}, dependant_on=first)
+    queue.enqueue("stitch", {})
+    assert queue.count_ready() == 2
+    assert queue.count_ready(task_types=["seg"]) == 1
+    assert queue.count_ready(task_types=["stitch", "seg"]) == 2
+    assert queue.count_ready(task_types=[]) == 2  # no filter
+    assert claim(queue).id == first
+    queue.fail(first, "w1", "flaky", retryable=True, retry_delay_seconds=60)
+    assert queue.count_ready(task_types=["seg"]) == 0, "backing off"
+    clock.advance(120)  # on the queue's clock, not the database's
+    assert queue.count_ready(task_types=["seg"]) == 1
+
+
+def test_retry_refuses_while_another_dependency_stays_cancelled(queue: TaskQueue) -> None:
+    first, second = queue.enqueue("t", {}), queue.enqueue("t", {})
+    both = queue.enqueue("t", {}, depends_on=[first, second])
+    queue.cancel(first)
+    queue.cancel(second)
+    assert queue.get(both).status is TaskStatus.CANCELLED
+    with pytest.raises(TaskStateError, match=f"task {both} depends on {second}, which is Cancelled; retry {second}"):
+        queue.retry(first)  # resets first and both, but second stays Cancelled
+    with pytest.raises(TaskStateError, match=f"depends on {first}, which is Cancelled"):
+        queue.retry(both)
+    assert queue.get(first).status is TaskStatus.CANCELLED, "nothing was reset"
+
+
+def test_retry_of_a_row_whose_dependency_does_not_exist(queue: TaskQueue, queue_url: str) -> None:
+    insert = "INSERT INTO tasks (id, task_type, params, status, dependant_on, created_at) VALUES (?, 't', '{}', 'Failed', ?, now())"
+    _foreign_sql(queue_url, [(insert, ("orphan", "ghost"))])
+    assert queue.retry("orphan") == ["orphan"]
+    assert queue.get("orphan").status is TaskStatus.QUEUED
+
+
+def test_an_unreadable_worker_metadata_is_shown_as_its_reason(queue: TaskQueue, queue_url: str) -> None:
+    queue.register_worker("w", session_id="s", metadata={"gpu": "x"}, stale_seconds=30)
+    if queue_url.startswith("sqlite"):
+        _foreign_sql(queue_url, [("UPDATE workers SET metadata = ? WHERE id = 'w'", ("{not json",))])
+        reason = "metadata: not valid JSON at character 1"
+    else:
+        deep = '{"a": ' + "[" * 70 + "]" * 70 + "}"
+        _foreign_sql(queue_url, [("UPDATE workers SET metadata = ?::jsonb WHERE id = 'w'", (deep,))])
+        reason = "metadata: JSON nested deeper than 64 levels"
+    assert queue.list_workers()[0].metadata == {"decode_error": reason}

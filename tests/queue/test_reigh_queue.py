@@ -132,6 +132,8 @@ def test_children_copy_the_project_and_fail_or_cancel_with_their_orchestrator(
     assert reigh_queue.enqueue_children(parent, [ChildSpec("travel_segment", {}, role="segment", segment_index=0)]) == [
         segment
     ]  # keyed: a re-run orchestrator finds its children
+    assert [child.id for child in reigh_queue.children(parent)] == [segment, stitch]
+    assert reigh_queue.children("not-a-uuid") == []  # no task, and no uuid cast error
     reigh_queue.await_children(parent, "w1", "waiting")
     assert {task_row(reigh_db.url, child)["project_id"] for child in (segment, stitch)} == {
         uuid.UUID(reigh_db.project_id)
