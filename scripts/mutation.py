@@ -38,12 +38,14 @@ TARGETS: dict[str, list[str]] = {
         "tests/engine/test_request.py",
     ],
     "Wan2GP/sampler.py": [
+        "tests/engine/test_sampler_steps.py",
         "tests/engine/test_equivalence.py",
         "tests/engine/test_equivalence_conditioning.py",
         "tests/engine/test_wan_family.py",
         "tests/engine/test_generate.py",
     ],
     "Wan2GP/conditioning.py": [
+        "tests/engine/test_conditioning_layouts.py",
         "tests/engine/test_equivalence_conditioning.py",
         "tests/engine/test_wan_family.py",
         "tests/engine/test_generate.py",
@@ -55,8 +57,8 @@ TARGETS: dict[str, list[str]] = {
     ],
     "Wan2GP/request.py": [
         "tests/engine/test_request.py",
+        "tests/engine/test_request_checks.py",
         "tests/params/test_upstream_definitions.py",
-        "tests/engine/test_generate.py",
     ],
     "source/params/phase_config.py": [
         "tests/params/test_params_phase_config.py",
