@@ -114,3 +114,19 @@ class FixedSigmasUniPC(UniPCMultistepScheduler):
 
     def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):  # noqa: ANN001, ANN201
         super().set_timesteps(sigmas=self.fixed_sigmas.copy(), device=device)
+
+
+DIFFUSERS_ATOL = 1e-4  # reloaded/independently run models differ in the last bits (machine_feasibility §3)
+BROKEN_GAP = 1e-2  # a planted bug must miss diffusers by far more than the tolerance
+
+
+def assert_matches_diffusers(ours: torch.Tensor, reference: torch.Tensor, broken_kind: str | None) -> None:
+    """Within DIFFUSERS_ATOL of diffusers' output; with a bug planted (`broken_kind`), further than BROKEN_GAP from it."""
+    assert reference.shape == ours.shape
+    gap = (ours - reference).abs().max().item()
+    if broken_kind is None:
+        assert gap <= DIFFUSERS_ATOL, f"max |ours - diffusers| = {gap:.2e}"
+    else:
+        assert gap > BROKEN_GAP, (
+            f"{broken_kind}: still within {gap:.2e} of diffusers, so this comparison would not catch it"
+        )

@@ -23,7 +23,14 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import WanImageToVideoPipeline, WanPipeline, WanVACEPipeline
-from engine_helpers import FixedSigmasEuler, forward_log, frames_video, gradient_image
+from engine_helpers import (
+    BROKEN_GAP,
+    FixedSigmasEuler,
+    assert_matches_diffusers,
+    forward_log,
+    frames_video,
+    gradient_image,
+)
 from lora_fixtures import make_lora_spec, write_original
 
 import Wan2GP.engine as engine_module
@@ -35,8 +42,6 @@ from Wan2GP.video_io import read_video
 
 PROMPT = "a lighthouse on a cliff at dusk"
 NEGATIVE = "blurry noise"
-ATOL = 1e-4  # the tolerance of the text-to-video comparisons (test_equivalence.py)
-BROKEN_GAP = 1e-2  # a broken conditioning must miss by far more than the tolerance
 
 
 @contextmanager
@@ -92,15 +97,6 @@ def _scheduler(sigmas: list[float]) -> FixedSigmasEuler:
     scheduler = FixedSigmasEuler(shift=1.0)
     scheduler.fixed_sigmas = np.asarray(sigmas[:-1])
     return scheduler
-
-
-def _assert_matches(ours: torch.Tensor, reference: torch.Tensor, kind: str | None) -> None:
-    assert reference.shape == ours.shape
-    gap = (ours - reference).abs().max().item()
-    if kind is None:
-        assert gap <= ATOL, f"max |ours - diffusers| = {gap:.2e}"
-    else:
-        assert gap > BROKEN_GAP, f"{kind}: still within {gap:.2e} of diffusers, so this comparison would not catch it"
 
 
 def _our_params(model_id: str, **specific: object) -> dict[str, object]:
@@ -194,7 +190,7 @@ def test_i2v_matches_wan_image_to_video_pipeline(
         assert log.calls == ["high"] * 4 + ["low"] * 4 and ours.forward_passes == {"high": 4, "low": 4}
     else:
         assert log.calls == ["high"] * 8 and ours.forward_passes == {"high": 8, "low": 0}
-    _assert_matches(ours.latents, reference, kind)
+    assert_matches_diffusers(ours.latents, reference, kind)
 
 
 def test_reinjection_makes_frame_0_exactly_the_start_latent(
@@ -319,7 +315,7 @@ def test_vace_matches_wan_vace_pipeline(
         guidance_scale_2=1.5 if boundary_ratio is not None else None,
     )
     # diffusers' latent output keeps the reference frames in front; ours drops them as the decoder would
-    _assert_matches(ours.latents, reference[:, :, references:], kind)
+    assert_matches_diffusers(ours.latents, reference[:, :, references:], kind)
 
 
 def test_a_reference_image_is_fitted_and_padded_white() -> None:
@@ -378,4 +374,4 @@ def test_a_constant_strength_lora_matches_diffusers_adapters(
     finally:
         pipe.unload_lora_weights()  # the engine's session-wide transformers go back to their base modules
     assert (ours.latents - without.latents).abs().max() > BROKEN_GAP  # the LoRA matters at this strength
-    _assert_matches(ours.latents, reference, None)
+    assert_matches_diffusers(ours.latents, reference, None)

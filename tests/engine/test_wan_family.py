@@ -19,7 +19,7 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import WanImageToVideoPipeline, WanPipeline
-from engine_helpers import FixedSigmasEuler, ffprobe, gradient_image
+from engine_helpers import BROKEN_GAP, FixedSigmasEuler, assert_matches_diffusers, ffprobe, gradient_image
 from transformers import CLIPImageProcessorPil, CLIPVisionModel
 
 import Wan2GP.conditioning as conditioning_module
@@ -35,8 +35,6 @@ from Wan2GP.wgp import generate_video
 
 PROMPT = "a lighthouse on a cliff at dusk"
 NEGATIVE = "blurry noise"
-ATOL = 1e-4  # the tolerance of the other comparisons with diffusers (test_equivalence.py)
-BROKEN_GAP = 1e-2  # a broken conditioning must miss by far more than the tolerance
 FRAMES = 9
 
 
@@ -97,15 +95,6 @@ def broken(kind: str | None) -> Iterator[None]:
         yield
     finally:
         patch.undo()
-
-
-def _assert_matches(ours: torch.Tensor, reference: torch.Tensor, kind: str | None) -> None:
-    assert reference.shape == ours.shape
-    gap = (ours - reference).abs().max().item()
-    if kind is None:
-        assert gap <= ATOL, f"max |ours - diffusers| = {gap:.2e}"
-    else:
-        assert gap > BROKEN_GAP, f"{kind}: still within {gap:.2e} of diffusers, so this comparison would not catch it"
 
 
 def _render(engine: WanEngine, model_id: str, kind: str | None, **specific: object) -> RenderedVideo:
@@ -179,7 +168,7 @@ def test_i2v_matches_wan_image_to_video_pipeline_with_clip(
     clip = dict(image_encoder=model.image_encoder, image_processor=model.image_processor)
     pipe = _pipeline(StartImageClipPipeline, model, ours, **clip)
     reference = _reference_latents(pipe, ours, image=start, last_image=end if with_end else None)
-    _assert_matches(ours.latents, reference, kind)
+    assert_matches_diffusers(ours.latents, reference, kind)
 
 
 FLF2V_BREAKS = [
@@ -202,7 +191,7 @@ def test_flf2v_matches_wan_image_to_video_pipeline_with_both_images_clip_encoded
     reference = _reference_latents(
         _pipeline(WanImageToVideoPipeline, model, ours, **clip), ours, image=start, last_image=end
     )
-    _assert_matches(ours.latents, reference, kind)
+    assert_matches_diffusers(ours.latents, reference, kind)
 
 
 # -- Wan 2.2 TI2V 5B --------------------------------------------------------------------------------------------------
@@ -223,7 +212,7 @@ def test_ti2v_text_to_video_matches_wan_pipeline_with_expanded_timesteps(engine:
 
     model = engine.load("wan_tiny_ti2v")
     reference = _reference_latents(_pipeline(WanPipeline, model, ours, expand_timesteps=True), ours)
-    _assert_matches(ours.latents, reference, kind)
+    assert_matches_diffusers(ours.latents, reference, kind)
 
 
 @pytest.mark.parametrize("kind", TI2V_I2V_BREAKS)
@@ -236,7 +225,7 @@ def test_ti2v_image_to_video_matches_wan_image_to_video_pipeline_with_expanded_t
     model = engine.load("wan_tiny_ti2v")
     pipe = _pipeline(WanImageToVideoPipeline, model, ours, expand_timesteps=True)
     reference = _reference_latents(pipe, ours, image=start)
-    _assert_matches(ours.latents, reference, kind)
+    assert_matches_diffusers(ours.latents, reference, kind)
 
 
 def test_ti2v_first_latent_frame_is_exactly_the_start_image(engine: WanEngine) -> None:
