@@ -290,6 +290,21 @@ def test_enqueue_after_the_dependency_failed_fails_at_once(queue: TaskQueue) -> 
     assert task.error_message == f"dependency {root} failed: broken"
 
 
+def test_enqueue_after_a_later_dependency_was_cancelled_is_cancelled_at_once(queue: TaskQueue) -> None:
+    # Every dependency is looked at, not only the first (Reigh's dependant_on column holds just that one).
+    done = queue.enqueue("seg", {})
+    queued = queue.enqueue("seg", {})
+    cancelled = queue.enqueue("seg", {})
+    assert claim(queue) is not None
+    queue.complete(done, "w1", output_location="a.mp4")
+    queue.cancel(cancelled)
+    stitch = queue.enqueue("stitch", {}, depends_on=[done, queued, cancelled])
+    task = queue.get(stitch)
+    assert task.status is TaskStatus.CANCELLED
+    assert task.error_message == f"dependency {cancelled} cancelled: cancelled by admin"
+    assert queue.get(queued).status is TaskStatus.QUEUED  # a dependency is not touched by its dependent's cascade
+
+
 def test_cancel_cascades_and_is_idempotent(queue: TaskQueue) -> None:
     root = queue.enqueue("seg", {})
     child = queue.enqueue("seg", {}, dependant_on=root)
@@ -561,13 +576,18 @@ def test_rows_written_by_another_app_wait_for_their_dependencies(queue: TaskQueu
             ),
             (insert, ("free", None)),
             (insert, ("on-a-ghost", "no-such-task")),
+            (insert, ("linked-to-a-ghost", None)),
+            (
+                "INSERT INTO task_dependencies (task_id, depends_on_id, position) VALUES (?, ?, 0)",
+                ("linked-to-a-ghost", "no-such-task"),
+            ),
         ],
     )
     assert {claim(queue).id, claim(queue).id} == {dependency, "free"}
-    assert claim(queue) is None, "the other three wait"
+    assert claim(queue) is None, "the other four wait"
     queue.complete(dependency, "w1", output_location=None)
     assert {claim(queue).id, claim(queue).id} == {"via-column", "via-link"}
-    assert claim(queue) is None, "a dependency that does not exist keeps its task waiting"
+    assert claim(queue) is None, "a dependency that does not exist keeps its task waiting, in either column"
 
 
 def test_a_dependency_completed_behind_the_queues_back_is_noticed_by_refresh(queue: TaskQueue, queue_url: str) -> None:
