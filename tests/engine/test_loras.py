@@ -542,6 +542,8 @@ def test_forward_spans_group_constant_strengths_per_expert() -> None:
         ("low", 1, (0.0, 1.0)),
     ]
     assert forward_spans(steps) == {"high": [4, 2], "low": [2]}
+    # the same strengths on both sides of the expert switch are still two spans, one per expert
+    assert forward_spans([("high", 2, (1.0,)), ("high", 1, (1.0,)), ("low", 2, (1.0,))]) == {"high": [3], "low": [2]}
 
 
 def test_few_step_runs_stay_unmerged_and_long_constant_runs_merge() -> None:

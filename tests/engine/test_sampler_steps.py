@@ -86,6 +86,7 @@ def test_a_one_expert_model_runs_low_noise_steps_on_its_only_transformer(engine:
 def test_a_negative_prompt_is_needed_only_when_some_step_has_guidance(engine: WanEngine) -> None:
     assert not needs_negative_prompt(_plan(engine, guidance_scale=1))
     assert needs_negative_prompt(_plan(engine, guidance_scale=3))
+    assert needs_negative_prompt(_plan(engine, guidance_scale=0.5))  # below 1 guides away from the prompt
     # guidance only in the last phase is enough
     two_phases = _plan(engine, guidance_phases=2, guidance_scale=1, guidance2_scale=2, switch_threshold=800)
     assert needs_negative_prompt(two_phases)
@@ -198,6 +199,26 @@ def test_a_step_with_guidance_and_no_negative_prompt_is_refused(engine: WanEngin
         )
 
 
+def test_leading_reference_frames_are_denoised_with_the_video_and_dropped_from_the_result(engine: WanEngine) -> None:
+    plan, model, embeds = _t2v_inputs(engine, guidance_scale=1)
+
+    def run(reference_frames: int) -> torch.Tensor:
+        conditioning = Conditioning(prompt_embeds=embeds, negative_embeds=None, reference_frames=reference_frames)
+        return denoise(
+            plan=plan,
+            transformers=model.transformers,
+            conditioning=conditioning,
+            latent_shape=(1, 16, 3, 4, 4),
+            generator=torch.Generator().manual_seed(0),
+            model_dtype=torch.float32,
+        ).latents
+
+    whole = run(0)
+    assert whole.shape[2] == 3
+    assert torch.equal(run(1), whole[:, :, 1:])
+    assert torch.equal(run(2), whole[:, :, 2:])
+
+
 def test_cancel_names_the_step_it_stopped_before(engine: WanEngine) -> None:
     plan, model, embeds = _t2v_inputs(engine, guidance_scale=1)
     cancel = threading.Event()
@@ -253,9 +274,10 @@ def test_i2v_start_frame_is_renoised_to_each_steps_level_from_the_seeded_generat
     assert torch.equal(result.latents[:, :, :1], first_frame)
 
 
-def test_a_bf16_models_velocities_are_combined_in_float32(engine: WanEngine) -> None:
+@pytest.mark.parametrize("guidance", [3.5, 0.5])  # below 1 too: only exactly 1 skips the unconditional pass
+def test_a_bf16_models_velocities_are_combined_in_float32(engine: WanEngine, guidance: float) -> None:
     # Wan2GP's numerics: each forward's output widened to float32 before CFG and the solver, latents kept in float32.
-    plan, model, embeds = _t2v_inputs(engine, guidance_scale=3.5, sample_solver="euler")
+    plan, model, embeds = _t2v_inputs(engine, guidance_scale=guidance, sample_solver="euler")
     transformer = copy.deepcopy(model.transformers["high"]).to(torch.bfloat16)
     outputs: list[torch.Tensor] = []
     transformer.register_forward_hook(lambda _module, _args, output: outputs.append(output[0].clone()))
