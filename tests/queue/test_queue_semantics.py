@@ -847,9 +847,15 @@ def test_retry_refuses_while_another_dependency_stays_cancelled(queue: TaskQueue
 
 def test_retry_of_a_row_whose_dependency_does_not_exist(queue: TaskQueue, queue_url: str) -> None:
     insert = "INSERT INTO tasks (id, task_type, params, status, dependant_on, created_at) VALUES (?, 't', '{}', 'Failed', ?, now())"
-    _foreign_sql(queue_url, [(insert, ("orphan", "ghost"))])
+    link = "INSERT INTO task_dependencies (task_id, depends_on_id, position) VALUES (?, ?, 0)"
+    _foreign_sql(
+        queue_url,
+        [(insert, ("orphan", "ghost")), (insert, ("linked-orphan", None)), (link, ("linked-orphan", "ghost"))],
+    )
     assert queue.retry("orphan") == ["orphan"]
+    assert queue.retry("linked-orphan") == ["linked-orphan"]
     assert queue.get("orphan").status is TaskStatus.QUEUED
+    assert claim(queue) is None, "both wait for a dependency that does not exist, in either column"
 
 
 def test_an_unreadable_worker_metadata_is_shown_as_its_reason(queue: TaskQueue, queue_url: str) -> None:
