@@ -3,6 +3,7 @@ retries, cascades, the orchestrator completion hook, idempotent children."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -180,6 +181,7 @@ def test_expired_lease_is_reclaimed_with_one_attempt_used_then_fails_past_the_ca
     task = queue.get(task_id)
     assert (task.status, task.attempts, task.worker_id) == (TaskStatus.QUEUED, 1, None)
     assert "lease expired on worker crashed-1 (attempt 1 of 2)" in (task.error_message or "")
+    assert queue.get(dependent).status is TaskStatus.QUEUED, "a task that will be retried does not fail its dependents"
 
     assert claim(queue, "crashed-2", lease=0.2) is not None
     clock.advance(0.35)
@@ -188,7 +190,7 @@ def test_expired_lease_is_reclaimed_with_one_attempt_used_then_fails_past_the_ca
     assert (task.status, task.attempts) == (TaskStatus.FAILED, 2)
     assert "gave up after 2 attempts" in (task.error_message or "")
     assert queue.get(dependent).status is TaskStatus.FAILED
-    assert queue.get(dependent).error_message.startswith(f"dependency {task_id} failed: lease expired")
+    assert queue.get(dependent).error_message == f"dependency {task_id} failed: {task.error_message}"
 
 
 def test_the_old_holder_cannot_finish_a_reclaimed_task(timed_queue: TaskQueue, clock: ManualClock) -> None:
@@ -203,6 +205,32 @@ def test_the_old_holder_cannot_finish_a_reclaimed_task(timed_queue: TaskQueue, c
     assert queue.renew_lease(task_id, "slow", 30) is False
     queue.complete(task_id, "fresh", output_location="ok.mp4")
     assert queue.get(task_id).output_location == "ok.mp4"
+
+
+def test_finishing_calls_name_the_action_the_task_and_who_holds_it(queue: TaskQueue) -> None:
+    held = queue.enqueue("t", {})
+    assert claim(queue, "w1").id == held
+    for action, call in [
+        ("complete", lambda worker: queue.complete(held, worker, output_location="x.mp4")),
+        ("fail", lambda worker: queue.fail(held, worker, "boom")),
+        ("mark as awaiting children", lambda worker: queue.await_children(held, worker, "waiting")),
+    ]:
+        expected = f"^cannot {action} task {held}: worker w2 no longer holds it \\(it is In Progress, held by w1\\)$"
+        with pytest.raises(TaskNotOwned, match=expected):
+            call("w2")
+    waiting = queue.enqueue("t", {}, dependant_on=held)
+    with pytest.raises(
+        TaskNotOwned, match=f"^cannot fail task {waiting}: worker w1 no longer holds it \\(it is Queued\\)$"
+    ):
+        queue.fail(waiting, "w1", "boom")
+    # Without a worker id (an admin or the worker's own bookkeeping) a Queued or In Progress task may be finished ...
+    queue.fail(waiting, None, "given up")
+    assert queue.get(waiting).status is TaskStatus.FAILED
+    # ... but not one that already ended
+    with pytest.raises(TaskStateError, match=f"^cannot fail task {waiting}: it is Failed$"):
+        queue.fail(waiting, None, "again")
+    with pytest.raises(TaskStateError, match=f"^cannot complete task {waiting}: it is Failed$"):
+        queue.complete(waiting, None, output_location=None)
 
 
 def test_restarted_worker_id_gets_its_tasks_back_at_once(queue: TaskQueue) -> None:
@@ -401,14 +429,86 @@ def test_orchestrator_completes_through_the_hook_when_its_last_child_completes(q
         assert queue.get(parent_id).status is TaskStatus.IN_PROGRESS
         task = claim(queue, "gpu")
         assert task is not None and task.id == expected
-        queue.complete(task.id, "gpu", output_location=f"{task.role}.mp4")
+        report = {"frames": 97} if task.role == "stitch" else None
+        queue.complete(task.id, "gpu", output_location=f"{task.role}{task.segment_index}.mp4", result=report)
 
     parent = queue.get(parent_id)
     assert parent.status is TaskStatus.COMPLETE
-    assert parent.output_location == "stitch.mp4"
-    assert parent.result is not None and set(parent.result["children"]) == set(ids)
-    assert parent.result["children"][ids[0]]["output_location"] == "segment.mp4"
+    assert parent.output_location == "stitchNone.mp4"
+    assert parent.result == {
+        "children": {
+            ids[0]: {
+                "role": "segment",
+                "segment_index": 0,
+                "task_type": "travel_segment",
+                "output_location": "segment0.mp4",
+            },
+            ids[1]: {
+                "role": "segment",
+                "segment_index": 1,
+                "task_type": "travel_segment",
+                "output_location": "segment1.mp4",
+            },
+            ids[2]: {
+                "role": "stitch",
+                "segment_index": None,
+                "task_type": "travel_stitch",
+                "output_location": "stitchNone.mp4",
+            },
+        },
+        "output_from": ids[2],
+        "output": {"frames": 97},  # what the final child reported, carried up
+    }
     assert queue.reclaim_expired() == 0, "an awaiting orchestrator has no lease to expire"
+
+
+@pytest.mark.parametrize(
+    ("children", "message"),
+    [
+        ([ChildSpec("", {}, role="segment")], "children[0].task_type: expected a non-empty string; got ''"),
+        (
+            [ChildSpec("seg", {}, role="segment"), ChildSpec("seg", "x", role="segment", segment_index=1)],  # type: ignore[arg-type]
+            "children[1].params: expected a JSON object (dict); got str",
+        ),
+        ([ChildSpec("seg", {}, role="")], "children[0].role: expected a non-empty string; got ''"),
+        (
+            [ChildSpec("a", {}, role="a", completes_parent=True), ChildSpec("b", {}, role="b", completes_parent=True)],
+            "children: at most one child may have completes_parent=True",
+        ),
+    ],
+)
+def test_bad_children_are_refused_naming_the_child_and_nothing_is_enqueued(
+    queue: TaskQueue, children: list[ChildSpec], message: str
+) -> None:
+    parent_id = queue.enqueue("travel_orchestrator", {})
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        queue.enqueue_children(parent_id, children)
+    assert queue.children(parent_id) == []
+
+
+def test_children_of_a_parent_that_does_not_exist_name_parent_id(queue: TaskQueue) -> None:
+    ghost = "11111111-1111-1111-1111-111111111111"
+    with pytest.raises(TaskNotFound, match=f"^parent_id: no task with id '{ghost}'$"):
+        queue.enqueue_children(ghost, [ChildSpec("seg", {}, role="segment")])
+
+
+def test_nested_orchestrators_complete_bottom_up_and_release_their_dependents(queue: TaskQueue) -> None:
+    outer = queue.enqueue("join_orchestrator", {})
+    assert claim(queue, "orch").id == outer
+    (inner,) = queue.enqueue_children(outer, [ChildSpec("travel_orchestrator", {}, role="travel")])
+    after_outer = queue.enqueue("notify", {}, dependant_on=outer)
+    queue.await_children(outer, "orch", "waiting for the travel run")
+    assert claim(queue, "orch").id == inner
+    (segment,) = queue.enqueue_children(inner, [ChildSpec("travel_segment", {}, role="segment", segment_index=0)])
+    queue.await_children(inner, "orch", "waiting for 1 child")
+    assert claim(queue, "gpu").id == segment
+    assert claim(queue) is None, "the dependent of the outer orchestrator waits"
+
+    queue.complete(segment, "gpu", output_location="seg.mp4")
+    assert (queue.get(inner).status, queue.get(inner).output_location) == (TaskStatus.COMPLETE, "seg.mp4")
+    assert (queue.get(outer).status, queue.get(outer).output_location) == (TaskStatus.COMPLETE, "seg.mp4")
+    assert queue.get(outer).result["output_from"] == inner
+    assert claim(queue).id == after_outer, "completing an orchestrator releases what depends on it"
 
 
 def test_orchestrator_without_stitch_takes_the_last_childs_output(queue: TaskQueue) -> None:
@@ -588,6 +688,35 @@ def test_rows_written_by_another_app_wait_for_their_dependencies(queue: TaskQueu
     queue.complete(dependency, "w1", output_location=None)
     assert {claim(queue).id, claim(queue).id} == {"via-column", "via-link"}
     assert claim(queue) is None, "a dependency that does not exist keeps its task waiting, in either column"
+
+
+def test_every_readiness_check_reads_both_dependency_columns(queue: TaskQueue, queue_url: str) -> None:
+    # Rows written by another app may hold a dependency in Reigh's dependant_on column alone, in task_dependencies
+    # alone, or one in each; completion (of a dependency, or behind the queue's back) must read both, every time.
+    a, b, c = (queue.enqueue("t", {}) for _ in range(3))
+    insert = "INSERT INTO tasks (id, task_type, params, status, dependant_on, created_at) VALUES (?, 't', '{}', 'Queued', ?, now())"
+    link = "INSERT INTO task_dependencies (task_id, depends_on_id, position) VALUES (?, ?, ?)"
+    _foreign_sql(
+        queue_url,
+        [
+            (insert, ("column-b-link-a", b)),
+            (link, ("column-b-link-a", a, 0)),
+            (insert, ("links-a-and-ghost", None)),
+            (link, ("links-a-and-ghost", a, 0)),
+            (link, ("links-a-and-ghost", "no-such-task", 1)),
+            (insert, ("column-c-link-a", c)),
+            (link, ("column-c-link-a", a, 0)),
+        ],
+    )
+    assert claim(queue).id == a
+    queue.complete(a, "w1", output_location=None)  # rechecks a's dependents
+    assert [claim(queue).id, claim(queue).id] == [b, c]
+    assert claim(queue) is None, "each foreign row still waits for b, a task that does not exist, or c"
+
+    _foreign_sql(queue_url, [("UPDATE tasks SET status = 'Complete' WHERE id = ?", (b,))])
+    queue.refresh_readiness()  # the safety net
+    assert claim(queue).id == "column-b-link-a"
+    assert claim(queue) is None, "the ghost and c still hold the other two"
 
 
 def test_a_dependency_completed_behind_the_queues_back_is_noticed_by_refresh(queue: TaskQueue, queue_url: str) -> None:

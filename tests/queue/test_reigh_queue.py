@@ -90,6 +90,23 @@ def test_claim_waits_for_every_dependency_in_the_uuid_array(reigh_queue: TaskQue
     assert claimed is not None and claimed.id == stitch
 
 
+def test_a_dependency_that_does_not_exist_keeps_a_reigh_task_waiting(
+    reigh_queue: TaskQueue, reigh_db: ReighDatabase
+) -> None:
+    # As Reigh's all_dependencies_complete: an id in dependant_on that names no task is not Complete.
+    done = reigh_queue.enqueue("travel_segment", {}, project_id=reigh_db.project_id)
+    waiting = insert_as_app(reigh_db.url, reigh_db.project_id, "travel_stitch", {})
+    with psycopg.connect(reigh_db.url, autocommit=True) as connection:
+        connection.execute(
+            "UPDATE tasks SET dependant_on = ARRAY[%s::uuid, %s::uuid] WHERE id = %s",
+            [done, str(uuid.uuid4()), waiting],
+        )
+    assert reigh_queue.claim("w1", lease_seconds=30).id == done
+    reigh_queue.complete(done, "w1", output_location="/done.mp4")
+    assert reigh_queue.count_ready() == 0
+    assert reigh_queue.claim("w1", lease_seconds=30) is None
+
+
 def test_timing_columns_are_set_through_the_trigger_and_attempts_counted(
     reigh_queue: TaskQueue, reigh_db: ReighDatabase
 ) -> None:
