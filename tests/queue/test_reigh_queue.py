@@ -107,6 +107,17 @@ def test_a_dependency_that_does_not_exist_keeps_a_reigh_task_waiting(
     assert reigh_queue.claim("w1", lease_seconds=30) is None
 
 
+def test_claim_takes_the_highest_priority_then_the_oldest(reigh_queue: TaskQueue, reigh_db: ReighDatabase) -> None:
+    # Reigh's table has no priority column: ours lives in the headless state row, and the app's rows count as 0.
+    project = reigh_db.project_id
+    app_row = insert_as_app(reigh_db.url, project, "travel_segment", {})
+    low = reigh_queue.enqueue("travel_segment", {}, project_id=project, priority=-1)
+    high = reigh_queue.enqueue("travel_segment", {}, project_id=project, priority=5)
+    later_high = reigh_queue.enqueue("travel_segment", {}, project_id=project, priority=5)
+    claimed = [reigh_queue.claim("w1", lease_seconds=30).id for _ in range(4)]
+    assert claimed == [high, later_high, app_row, low]
+
+
 def test_timing_columns_are_set_through_the_trigger_and_attempts_counted(
     reigh_queue: TaskQueue, reigh_db: ReighDatabase
 ) -> None:
