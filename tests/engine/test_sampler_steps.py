@@ -29,7 +29,7 @@ from Wan2GP.sampler import (
     needs_negative_prompt,
     token_timesteps,
 )
-from Wan2GP.schedule import GenerationPlan
+from Wan2GP.schedule import GenerationPlan, build_plan
 from Wan2GP.text import TEXT_LENGTH
 
 PROMPT = "a lighthouse on a cliff at dusk"
@@ -184,6 +184,86 @@ def _t2v_inputs(engine: WanEngine, **params: object):  # noqa: ANN202
         1, TEXT_LENGTH, model.transformers["high"].config.text_dim, generator=torch.Generator().manual_seed(1)
     )
     return plan, model, embeds
+
+
+def test_ti2v_start_frame_stands_clean_with_timestep_zero_on_its_tokens_at_every_step(engine: WanEngine) -> None:
+    model = engine.load("wan_tiny_ti2v")
+    plan = engine.resolve(
+        {"model": "wan_tiny_ti2v", "prompt": PROMPT, "num_inference_steps": 3, "guidance_scale": 1}
+    ).plan
+    transformer = model.transformers["high"]
+    embeds = torch.randn(1, TEXT_LENGTH, transformer.config.text_dim, generator=torch.Generator().manual_seed(1))
+    clean = torch.randn(1, 48, 1, 4, 6, generator=torch.Generator().manual_seed(2))
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hook = transformer.register_forward_pre_hook(
+        lambda _module, _args, kwargs: seen.append((kwargs["hidden_states"].clone(), kwargs["timestep"].clone())),
+        with_kwargs=True,
+    )
+    try:
+        result = denoise(
+            plan=plan,
+            transformers=model.transformers,
+            conditioning=Conditioning(prompt_embeds=embeds, negative_embeds=None, clean_first_frame=clean),
+            latent_shape=(1, 48, 3, 4, 6),
+            generator=torch.Generator().manual_seed(0),
+            model_dtype=torch.float32,
+        )
+    finally:
+        hook.remove()
+    assert len(seen) == 3
+    for step, (hidden, timestep) in zip(plan.steps, seen, strict=True):
+        assert torch.equal(hidden[:, :, :1], clean)  # the clean frame, not a noisy one, is what the model sees
+        assert not torch.equal(hidden[:, :, 1:2], hidden[:, :, :1])
+        # 4x6 latent pixels in 2x2 patches: 6 tokens per frame; the first frame's are at 0, the rest at the step's
+        assert timestep.tolist() == [[0.0] * 6 + [np.float32(model_timestep_for(plan, step))] * 12]
+    assert torch.equal(result.latents[:, :, :1], clean)
+
+
+def test_each_step_sets_the_lora_strengths_of_its_expert_before_its_forwards(engine: WanEngine) -> None:
+    plan = build_plan(
+        num_inference_steps=4,
+        sample_solver="euler",
+        flow_shift=5.0,
+        guidance_phases=2,
+        guidance_scale=1.0,
+        guidance2_scale=1.0,
+        switch_threshold=900.0,
+        loras_multipliers="0.5,0.75;0 1;0.25",
+        num_loras=2,
+    )
+    model = engine.load("wan_tiny_t2v_2_2")
+    events: list[tuple[str, ...]] = []
+
+    class Recorder:
+        def set_step_strengths(self, expert: str, strengths: tuple[float, ...]) -> None:
+            events.append(("strengths", expert, *strengths))
+
+    hooks = [
+        transformer.register_forward_pre_hook(lambda _module, _args, name=name: events.append(("forward", name)))
+        for name, transformer in model.transformers.items()
+    ]
+    embeds = torch.randn(
+        1, TEXT_LENGTH, model.transformers["high"].config.text_dim, generator=torch.Generator().manual_seed(1)
+    )
+    try:
+        denoise(
+            plan=plan,
+            transformers=model.transformers,
+            conditioning=Conditioning(prompt_embeds=embeds, negative_embeds=None),
+            latent_shape=(1, 16, 1, 4, 4),
+            generator=torch.Generator().manual_seed(0),
+            model_dtype=torch.float32,
+            loras=Recorder(),
+        )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert [step.lora_multipliers for step in plan.steps] == [(0.5, 1.0), (0.75, 1.0), (0.0, 0.25), (0.0, 0.25)]
+    expected: list[tuple[str, ...]] = []
+    for step in plan.steps:
+        expected += [("strengths", step.expert, *step.lora_multipliers), ("forward", step.expert)]
+    assert events == expected
+    assert [event[1] for event in events if event[0] == "forward"] == ["high", "high", "low", "low"]
 
 
 def test_a_step_with_guidance_and_no_negative_prompt_is_refused(engine: WanEngine) -> None:
