@@ -37,23 +37,17 @@ TARGETS: dict[str, list[str]] = {
         "tests/params/test_params_catalog.py",
         "tests/engine/test_request.py",
     ],
+    # The engine modules get their focused tests only: every mutant of `denoise` reruns each test that reaches it,
+    # and the whole-run comparisons with diffusers (test_equivalence_conditioning, test_wan_family) take minutes each.
+    # Their scores are therefore what these files alone catch; the full suite catches at least as much.
     "Wan2GP/sampler.py": [
         "tests/engine/test_sampler_steps.py",
         "tests/engine/test_equivalence.py",
-        "tests/engine/test_equivalence_conditioning.py",
-        "tests/engine/test_wan_family.py",
-        "tests/engine/test_generate.py",
     ],
-    "Wan2GP/conditioning.py": [
-        "tests/engine/test_conditioning_layouts.py",
-        "tests/engine/test_equivalence_conditioning.py",
-        "tests/engine/test_wan_family.py",
-        "tests/engine/test_generate.py",
-    ],
+    "Wan2GP/conditioning.py": ["tests/engine/test_conditioning_layouts.py"],
     "Wan2GP/loras.py": [
         "tests/engine/test_loras.py",
         "tests/engine/test_lora_layouts.py",
-        "tests/engine/test_generate_with_lora.py",
     ],
     "Wan2GP/request.py": [
         "tests/engine/test_request.py",
