@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,8 +19,10 @@ import torch
 from engine_helpers import gradient_image
 
 from Wan2GP.engine import WanEngine
+from Wan2GP.loading import LoadedModel
 from Wan2GP.sampler import (
     Conditioning,
+    DenoiseResult,
     EulerSolver,
     GenerationCancelled,
     denoise,
@@ -186,6 +189,26 @@ def _t2v_inputs(engine: WanEngine, **params: object):  # noqa: ANN202
     return plan, model, embeds
 
 
+def _denoise(
+    plan: GenerationPlan,
+    model: LoadedModel,
+    conditioning: Conditioning,
+    *,
+    shape: tuple[int, ...] = (1, 16, 1, 4, 4),
+    **extra: Any,
+) -> DenoiseResult:
+    """denoise on the model's transformers in float32, its noise from seed 0."""
+    return denoise(
+        plan=plan,
+        transformers=model.transformers,
+        conditioning=conditioning,
+        latent_shape=shape,
+        generator=torch.Generator().manual_seed(0),
+        model_dtype=torch.float32,
+        **extra,
+    )
+
+
 def test_ti2v_start_frame_stands_clean_with_timestep_zero_on_its_tokens_at_every_step(engine: WanEngine) -> None:
     model = engine.load("wan_tiny_ti2v")
     plan = engine.resolve(
@@ -200,13 +223,11 @@ def test_ti2v_start_frame_stands_clean_with_timestep_zero_on_its_tokens_at_every
         with_kwargs=True,
     )
     try:
-        result = denoise(
-            plan=plan,
-            transformers=model.transformers,
-            conditioning=Conditioning(prompt_embeds=embeds, negative_embeds=None, clean_first_frame=clean),
-            latent_shape=(1, 48, 3, 4, 6),
-            generator=torch.Generator().manual_seed(0),
-            model_dtype=torch.float32,
+        result = _denoise(
+            plan,
+            model,
+            Conditioning(prompt_embeds=embeds, negative_embeds=None, clean_first_frame=clean),
+            shape=(1, 48, 3, 4, 6),
         )
     finally:
         hook.remove()
@@ -246,15 +267,7 @@ def test_each_step_sets_the_lora_strengths_of_its_expert_before_its_forwards(eng
         1, TEXT_LENGTH, model.transformers["high"].config.text_dim, generator=torch.Generator().manual_seed(1)
     )
     try:
-        denoise(
-            plan=plan,
-            transformers=model.transformers,
-            conditioning=Conditioning(prompt_embeds=embeds, negative_embeds=None),
-            latent_shape=(1, 16, 1, 4, 4),
-            generator=torch.Generator().manual_seed(0),
-            model_dtype=torch.float32,
-            loras=Recorder(),
-        )
+        _denoise(plan, model, Conditioning(prompt_embeds=embeds, negative_embeds=None), loras=Recorder())
     finally:
         for hook in hooks:
             hook.remove()
@@ -269,14 +282,7 @@ def test_each_step_sets_the_lora_strengths_of_its_expert_before_its_forwards(eng
 def test_a_step_with_guidance_and_no_negative_prompt_is_refused(engine: WanEngine) -> None:
     plan, model, embeds = _t2v_inputs(engine, guidance_scale=3)
     with pytest.raises(RuntimeError, match="step 0 has guidance 3.0 but no negative prompt was encoded"):
-        denoise(
-            plan=plan,
-            transformers=model.transformers,
-            conditioning=Conditioning(prompt_embeds=embeds, negative_embeds=None),
-            latent_shape=(1, 16, 1, 4, 4),
-            generator=torch.Generator().manual_seed(0),
-            model_dtype=torch.float32,
-        )
+        _denoise(plan, model, Conditioning(prompt_embeds=embeds, negative_embeds=None))
 
 
 def test_leading_reference_frames_are_denoised_with_the_video_and_dropped_from_the_result(engine: WanEngine) -> None:
@@ -284,14 +290,7 @@ def test_leading_reference_frames_are_denoised_with_the_video_and_dropped_from_t
 
     def run(reference_frames: int) -> torch.Tensor:
         conditioning = Conditioning(prompt_embeds=embeds, negative_embeds=None, reference_frames=reference_frames)
-        return denoise(
-            plan=plan,
-            transformers=model.transformers,
-            conditioning=conditioning,
-            latent_shape=(1, 16, 3, 4, 4),
-            generator=torch.Generator().manual_seed(0),
-            model_dtype=torch.float32,
-        ).latents
+        return _denoise(plan, model, conditioning, shape=(1, 16, 3, 4, 4)).latents
 
     whole = run(0)
     assert whole.shape[2] == 3
@@ -303,13 +302,10 @@ def test_cancel_names_the_step_it_stopped_before(engine: WanEngine) -> None:
     plan, model, embeds = _t2v_inputs(engine, guidance_scale=1)
     cancel = threading.Event()
     with pytest.raises(GenerationCancelled, match=r"cancelled before step 3/4"):
-        denoise(
-            plan=plan,
-            transformers=model.transformers,
-            conditioning=Conditioning(prompt_embeds=embeds, negative_embeds=None),
-            latent_shape=(1, 16, 1, 4, 4),
-            generator=torch.Generator().manual_seed(0),
-            model_dtype=torch.float32,
+        _denoise(
+            plan,
+            model,
+            Conditioning(prompt_embeds=embeds, negative_embeds=None),
             cancel=cancel,
             on_step=lambda step, expert: cancel.set() if step.index == 1 else None,
         )
