@@ -285,6 +285,15 @@ def test_a_step_with_guidance_and_no_negative_prompt_is_refused(engine: WanEngin
         _denoise(plan, model, Conditioning(prompt_embeds=embeds, negative_embeds=None))
 
 
+def test_an_sde_run_draws_its_step_noise_from_the_runs_generator_not_torchs_global_one(engine: WanEngine) -> None:
+    plan, model, embeds = _t2v_inputs(engine, guidance_scale=1, sample_solver="dpm++_sde")
+    conditioning = Conditioning(prompt_embeds=embeds, negative_embeds=None)
+    torch.manual_seed(1)
+    first = _denoise(plan, model, conditioning).latents
+    torch.manual_seed(2)  # the global generator moved elsewhere: a retried segment must not change
+    assert torch.equal(_denoise(plan, model, conditioning).latents, first)
+
+
 def test_leading_reference_frames_are_denoised_with_the_video_and_dropped_from_the_result(engine: WanEngine) -> None:
     plan, model, embeds = _t2v_inputs(engine, guidance_scale=1)
 
