@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from engine_helpers import gradient_image
+from engine_helpers import forward_log, gradient_image
 
 from Wan2GP.engine import WanEngine
 from Wan2GP.loading import LoadedModel
@@ -253,30 +253,22 @@ def test_each_step_sets_the_lora_strengths_of_its_expert_before_its_forwards(eng
         num_loras=2,
     )
     model = engine.load("wan_tiny_t2v_2_2")
-    events: list[tuple[str, ...]] = []
-
-    class Recorder:
-        def set_step_strengths(self, expert: str, strengths: tuple[float, ...]) -> None:
-            events.append(("strengths", expert, *strengths))
-
-    hooks = [
-        transformer.register_forward_pre_hook(lambda _module, _args, name=name: events.append(("forward", name)))
-        for name, transformer in model.transformers.items()
-    ]
     embeds = torch.randn(
         1, TEXT_LENGTH, model.transformers["high"].config.text_dim, generator=torch.Generator().manual_seed(1)
     )
-    try:
+    with forward_log(model.transformers) as log:
+
+        class Recorder:  # writes into the forward log, so the order of strengths and forwards shows
+            def set_step_strengths(self, expert: str, strengths: tuple[float, ...]) -> None:
+                log.calls.append(f"strengths {expert} {strengths}")
+
         _denoise(plan, model, Conditioning(prompt_embeds=embeds, negative_embeds=None), loras=Recorder())
-    finally:
-        for hook in hooks:
-            hook.remove()
     assert [step.lora_multipliers for step in plan.steps] == [(0.5, 1.0), (0.75, 1.0), (0.0, 0.25), (0.0, 0.25)]
-    expected: list[tuple[str, ...]] = []
+    expected: list[str] = []
     for step in plan.steps:
-        expected += [("strengths", step.expert, *step.lora_multipliers), ("forward", step.expert)]
-    assert events == expected
-    assert [event[1] for event in events if event[0] == "forward"] == ["high", "high", "low", "low"]
+        expected += [f"strengths {step.expert} {step.lora_multipliers}", step.expert]
+    assert log.calls == expected
+    assert [call for call in log.calls if not call.startswith("strengths")] == ["high", "high", "low", "low"]
 
 
 def test_a_step_with_guidance_and_no_negative_prompt_is_refused(engine: WanEngine) -> None:
