@@ -40,8 +40,25 @@ from Wan2GP.conditioning import (
     mask_values,
     reference_pixels,
 )
-from Wan2GP.loading import LoadedModel, ModelLoadError, load_model, quiet_library_progress_bars
+from Wan2GP.loading import (
+    LoadedModel,
+    ModelLoadError,
+    component_dtypes,
+    load_components_of,
+    quiet_library_progress_bars,
+    resolve_weights_dir,
+)
 from Wan2GP.model_folders import default_cache_dir
+from Wan2GP.offload import OffloadedParts, apply_placement, component_devices, model_sizes
+from Wan2GP.placement import (
+    ModelSizes,
+    Placement,
+    VramBudgetTooSmall,
+    WorkSizes,
+    block_cost,
+    needed_bytes,
+    plan_placement,
+)
 from Wan2GP.prompt_text import DEFAULT_PROMPT_MODEL
 from Wan2GP.request import GenerationRequest, InvalidGenerationParams, check_param_names, resolve_request
 from Wan2GP.sampler import (
@@ -73,6 +90,9 @@ __all__ = [
 ]
 
 STAGES = ("load", "encode", "denoise", "decode", "write")
+
+# (definition, weights folder, run device, device per component) -> the loaded components
+ComponentLoader = Callable[[ModelDefinition, Path, torch.device, Mapping[str, torch.device]], LoadedModel]
 
 
 @dataclass(frozen=True)
@@ -126,11 +146,29 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def default_vram_budget(device: torch.device) -> int | None:
+    """The device memory this process may use now: the card's free memory, capped by the per-process memory fraction
+    (`torch.cuda.set_per_process_memory_fraction`); None on a CPU (no budget: everything resident)."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    free, total = torch.cuda.mem_get_info(index)
+    fraction_of = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # torch >= 2.8
+    fraction = fraction_of(index) if fraction_of is not None else 1.0
+    return int(min(free, total * fraction))
+
+
 class WanEngine:
     """`reinject_start_frame` (i2v): Wan2GP puts the clean start-frame latent back, re-noised to the step's level,
     before every forward and once more at the end (upstream_engine_spec §9.9), so frame 0 is exactly the start image;
     diffusers' WanImageToVideoPipeline does not. True (the default) keeps Wan2GP's behaviour; False reproduces
-    diffusers', which is what the equivalence tests compare against."""
+    diffusers', which is what the equivalence tests compare against.
+
+    `vram_budget` (bytes; default: default_vram_budget) decides where the model's parts live (Wan2GP.placement): all
+    resident when they fit, else the encoders offloaded, else the transformers' blocks streamed from pinned host
+    memory; the VAE tiled where its whole-frame decode would not fit. `placement` forces one (tests, benchmarks).
+    `component_loader` reads a model's components onto the devices its placement gives (default: from its weights
+    folder; the GPU benchmarks build random full-size ones instead, bench/memory_profiles.py)."""
 
     def __init__(
         self,
@@ -141,6 +179,9 @@ class WanEngine:
         lora_dir: Path | None = None,
         reinject_start_frame: bool = True,
         prompt_model: str = DEFAULT_PROMPT_MODEL,
+        vram_budget: int | None = None,
+        placement: str | None = None,
+        component_loader: ComponentLoader = load_components_of,
     ) -> None:
         self.reinject_start_frame = reinject_start_frame
         self.prompt_model = prompt_model  # the VLM write_prompts loads: a repo id, a local folder or "tiny"
@@ -149,7 +190,13 @@ class WanEngine:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.catalog = catalog if catalog is not None else load_catalog()
         self.lora_dir = Path(lora_dir) if lora_dir is not None else self.cache_dir / "loras"
+        self.vram_budget = vram_budget if vram_budget is not None else default_vram_budget(self.device)
+        self.forced_placement = placement
+        self._component_loader = component_loader
         self._loaded: LoadedModel | None = None
+        self._sizes: ModelSizes | None = None  # the loaded model's component sizes
+        self._placement: Placement | None = None  # where the loaded model's parts live
+        self._offloaded: OffloadedParts | None = None  # its offloaded parts: page-locked host memory, streamed blocks
         # One generation at a time per engine: the loaded modules are mutated by LoRA attachment.
         self._lock = threading.Lock()
 
@@ -164,23 +211,81 @@ class WanEngine:
         except CatalogError as error:
             raise InvalidGenerationParams(["model"], f"model: {error}") from None
 
-    def load(self, model_id: str) -> LoadedModel:
-        """Make ``model_id`` the loaded model (a no-op when it already is) and return its components."""
+    @property
+    def placement(self) -> Placement | None:
+        """Where the loaded model's parts live (None when no model is loaded)."""
+        return self._placement
+
+    @property
+    def pinned_host_bytes(self) -> int:
+        """Page-locked host memory holding the loaded model's offloaded parts (0 when all of it is resident)."""
+        return self._offloaded.pinned.bytes if self._offloaded is not None else 0
+
+    def load(self, model_id: str, *, width: int = 832, height: int = 480, num_frames: int = 81) -> LoadedModel:
+        """Make ``model_id`` the loaded model and return its components, placed for a generation of this size (a
+        no-op when it is loaded and its placement has room for that size; reloaded in a leaner placement when not)."""
         definition = self.definition(model_id)
         if self._loaded is not None and self._loaded.model_id == definition.id:
-            return self._loaded
+            assert self._sizes is not None and self._placement is not None
+            work = self._sizes.work_for(latent_frames=latent_frames(num_frames), width=width, height=height)
+            if self._fits(self._placement, self._sizes, work):
+                return self._loaded
+            logger.info(
+                "{} at {}x{}x{} needs a leaner placement than {}",
+                model_id,
+                width,
+                height,
+                num_frames,
+                self._placement.kind,
+            )
         self.unload()
         started = time.perf_counter()
-        self._loaded = load_model(definition, self.cache_dir, self.device)
-        logger.info("Loaded {} on {} in {:.2f}s", definition.id, self.device, time.perf_counter() - started)
-        return self._loaded
+        weights_dir = resolve_weights_dir(definition, self.cache_dir)
+        transformer_dtype, vae_dtype, text_dtype = component_dtypes(definition, self.device)
+        sizes = model_sizes(
+            definition, weights_dir, transformer_dtype=transformer_dtype, vae_dtype=vae_dtype, text_dtype=text_dtype
+        )
+        work = sizes.work_for(latent_frames=latent_frames(num_frames), width=width, height=height)
+        try:
+            placement = plan_placement(sizes, work, self.vram_budget, model=definition.id, forced=self.forced_placement)
+        except VramBudgetTooSmall as error:
+            raise InvalidGenerationParams(
+                ["resolution"], f"resolution: {width}x{height}x{num_frames}: {error}"
+            ) from None
+        loaded = self._component_loader(definition, weights_dir, self.device, component_devices(placement, self.device))
+        self._offloaded = apply_placement(
+            placement,
+            self.device,
+            transformers=loaded.transformers,
+            encoders=(loaded.text_encoder, loaded.image_encoder),
+            vae=loaded.vae,
+        )
+        self._loaded, self._sizes, self._placement = loaded, sizes, placement
+        logger.info(
+            "Loaded {} on {} in {:.2f}s, placement {}{}",
+            definition.id,
+            self.device,
+            time.perf_counter() - started,
+            placement.describe(),
+            f", {self.pinned_host_bytes / 1e9:.1f} GB in page-locked host memory" if self.pinned_host_bytes else "",
+        )
+        return loaded
+
+    def _fits(self, placement: Placement, sizes: ModelSizes, work: WorkSizes) -> bool:
+        if self.vram_budget is None or self.forced_placement is not None:
+            return True
+        needed = needed_bytes(placement.kind, sizes, work, vae_tiling=placement.vae_tiling)
+        return needed + placement.resident_blocks * block_cost(sizes) <= self.vram_budget
 
     def unload(self) -> None:
         if self._loaded is None:
             return
         logger.info("Unloading {}", self._loaded.model_id)
-        self._loaded = None
+        self._loaded = self._sizes = self._placement = None
         gc.collect()
+        if self._offloaded is not None:
+            self._offloaded.release()  # unregistered before the buffers can be freed
+            self._offloaded = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -245,6 +350,8 @@ class WanEngine:
         if self.device.type != "cuda" or self._loaded is None:
             return False
         free, _ = torch.cuda.mem_get_info(self.device)
+        if self.vram_budget is not None:  # what this process may still take: the budget, not the card, is the limit
+            free = min(free, self.vram_budget - torch.cuda.memory_reserved(self.device))
         if needed_bytes <= free:
             logger.info(
                 "the prompt model ({:.1f} GB) fits beside {} ({:.1f} GB free)",
@@ -252,6 +359,18 @@ class WanEngine:
                 self._loaded.model_id,
                 free / 1e9,
             )
+            return False
+        if self._placement is not None and self._placement.kind != "resident":
+            # Offloaded parts already live in host memory, tied to their hooks; what is on the device is what the
+            # budget could spare. The model is loaded again for the next generation.
+            logger.info(
+                "{} ({}) is unloaded while the prompt model runs ({:.1f} GB needed, {:.1f} GB free)",
+                self._loaded.model_id,
+                self._placement.kind,
+                needed_bytes / 1e9,
+                free / 1e9,
+            )
+            self.unload()
             return False
         logger.info(
             "{} waits in host memory while the prompt model runs ({:.1f} GB needed, {:.1f} GB free)",
@@ -263,6 +382,7 @@ class WanEngine:
         return True
 
     def _move_loaded(self, device: torch.device) -> None:
+        """Move a resident model (offloaded placements are unloaded instead: _make_room)."""
         model = self._loaded
         if model is None:
             return
@@ -343,16 +463,26 @@ class WanEngine:
         timings: dict[str, float] = {}
         _check_cancel(cancel, "before loading")
         with _stage("load", timings, progress, at=0, total=request.plan.num_inference_steps):
-            model = self.load(request.model)
+            frames_with_references = request.num_frames + 4 * len(request.image_refs)
+            model = self.load(
+                request.model, width=request.width, height=request.height, num_frames=frames_with_references
+            )
             loras = self._open_loras(request, model)
         try:
-            result = self._encode_and_denoise(request, model, loras, timings, progress, cancel)
+            with self._placement_named_on_oom():
+                result = self._encode_and_denoise(request, model, loras, timings, progress, cancel)
         finally:
             if loras is not None:
                 loras.close()  # the transformers go back to their base weights, even on error or cancel
+                if self._offloaded is not None:
+                    self._offloaded.sync()  # and the streamed blocks forget the adapters' host copies
 
         _check_cancel(cancel, "before decoding")
-        with _stage("decode", timings, progress, at=request.plan.num_inference_steps), torch.inference_mode():
+        with (
+            _stage("decode", timings, progress, at=request.plan.num_inference_steps),
+            torch.inference_mode(),
+            self._placement_named_on_oom(),
+        ):
             pixels = VaeCodec(model.vae).decode(result.latents)
             frames = pixels_to_uint8(pixels[:, : request.num_frames])
         return RenderedVideo(
@@ -362,6 +492,17 @@ class WanEngine:
             forward_passes=result.forward_passes,
             timings=timings,
         )
+
+    @contextmanager
+    def _placement_named_on_oom(self) -> Iterator[None]:
+        """Out of memory stays a retryable failure (the worker maps it); the log says which budget and placement were
+        in force, so the retry's operator knows what to change."""
+        try:
+            yield
+        except torch.OutOfMemoryError:
+            placement = self._placement.describe() if self._placement is not None else "none"
+            logger.error("out of device memory under placement {}", placement)
+            raise
 
     def _encode_and_denoise(
         self,
@@ -429,9 +570,15 @@ class WanEngine:
             ]
         )
         try:
-            return LoraRuntime(model.transformers, paths, spans=spans)
+            # Streamed blocks live in host memory between forwards: writing merged weights there would cost a host-side
+            # matmul per weight per strength change, where peft's adapters stream with their blocks and change for free.
+            streamed = self._placement is not None and self._placement.kind == "stream_blocks"
+            runtime = LoraRuntime(model.transformers, paths, spans=spans, mode="unmerged" if streamed else "auto")
         except LoraError as error:
             raise InvalidGenerationParams(["activated_loras"], f"activated_loras: {error}") from None
+        if self._offloaded is not None:
+            self._offloaded.sync()  # the adapters' weights stream with their blocks
+        return runtime
 
     def _conditioning(self, request: GenerationRequest, model: LoadedModel, codec: VaeCodec) -> Conditioning:
         encoder = PromptEncoder(model.tokenizer, model.text_encoder, output_dtype=model.transformer_dtype)

@@ -9,6 +9,7 @@ finetune published as single-file transformer checkpoints takes its transformers
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,17 +134,30 @@ def _download(definition: ModelDefinition) -> Path:
     return folder
 
 
-def load_components(definition: ModelDefinition, weights_dir: Path, device: torch.device) -> LoadedModel:
+def load_components(
+    definition: ModelDefinition,
+    weights_dir: Path,
+    device: torch.device,
+    devices: Mapping[str, torch.device] | None = None,
+) -> LoadedModel:
+    """Every component in its run dtype for `device`, loaded on `devices[component]` ("transformer", "vae",
+    "text_encoder", "image_encoder"; default: all on `device`): host memory for the parts a placement offloads."""
     transformer_dtype, vae_dtype, text_dtype = component_dtypes(definition, device)
     transformer_class = WanVACETransformer3DModel if definition.is_vace else WanTransformer3DModel
-    # On CUDA, place weights straight on the GPU instead of staging 28 GB per expert in host memory first.
-    placement = {"device_map": str(device)} if device.type == "cuda" else {}
+    where = {name: torch.device(device) for name in ("transformer", "vae", "text_encoder", "image_encoder")}
+    where.update(devices or {})
 
-    def prepared(module: torch.nn.Module) -> torch.nn.Module:
-        return module.to(device).eval().requires_grad_(False)
+    def placement(component: str) -> dict[str, str]:
+        # On CUDA, place weights straight on the GPU instead of staging 28 GB per expert in host memory first.
+        return {"device_map": str(where[component])} if where[component].type == "cuda" else {}
+
+    def prepared(module: torch.nn.Module, component: str) -> torch.nn.Module:
+        return module.to(where[component]).eval().requires_grad_(False)
 
     if definition.weights.kind == "checkpoints":
-        loaded = load_checkpoint_transformers(definition, weights_dir, transformer_class, transformer_dtype, device)
+        loaded = load_checkpoint_transformers(
+            definition, weights_dir, transformer_class, transformer_dtype, where["transformer"]
+        )
     else:
         loaded = {
             expert: transformer_class.from_pretrained(
@@ -151,20 +165,22 @@ def load_components(definition: ModelDefinition, weights_dir: Path, device: torc
                 subfolder=TRANSFORMER_SUBFOLDERS[expert],
                 torch_dtype=transformer_dtype,
                 local_files_only=True,
-                **placement,
+                **placement("transformer"),
             )
             for expert in ("high", "low")[: definition.experts]
         }
-    transformers = {expert: prepared(module) for expert, module in loaded.items()}
+    transformers = {expert: prepared(module, "transformer") for expert, module in loaded.items()}
     vae = prepared(
         AutoencoderKLWan.from_pretrained(
-            weights_dir, subfolder="vae", torch_dtype=vae_dtype, local_files_only=True, **placement
-        )
+            weights_dir, subfolder="vae", torch_dtype=vae_dtype, local_files_only=True, **placement("vae")
+        ),
+        "vae",
     )
     text_encoder = prepared(
         UMT5EncoderModel.from_pretrained(
-            weights_dir, subfolder="text_encoder", dtype=text_dtype, local_files_only=True, **placement
-        )
+            weights_dir, subfolder="text_encoder", dtype=text_dtype, local_files_only=True, **placement("text_encoder")
+        ),
+        "text_encoder",
     )
     tokenizer = AutoTokenizer.from_pretrained(weights_dir, subfolder="tokenizer", local_files_only=True)
     image_encoder = image_processor = None
@@ -172,8 +188,13 @@ def load_components(definition: ModelDefinition, weights_dir: Path, device: torc
         # float32 on every device, as diffusers' Wan i2v examples load it: it runs once per generation.
         image_encoder = prepared(
             CLIPVisionModel.from_pretrained(
-                weights_dir, subfolder="image_encoder", dtype=torch.float32, local_files_only=True, **placement
-            )
+                weights_dir,
+                subfolder="image_encoder",
+                dtype=torch.float32,
+                local_files_only=True,
+                **placement("image_encoder"),
+            ),
+            "image_encoder",
         )
         # The PIL processor: transformers' default one needs torchvision, which no build of the pinned torch matches.
         image_processor = CLIPImageProcessorPil.from_pretrained(
@@ -195,9 +216,23 @@ def load_components(definition: ModelDefinition, weights_dir: Path, device: torc
     )
 
 
-def load_model(definition: ModelDefinition, cache_dir: Path, device: torch.device) -> LoadedModel:
-    weights_dir = resolve_weights_dir(definition, cache_dir)
+def load_model(
+    definition: ModelDefinition,
+    cache_dir: Path,
+    device: torch.device,
+    devices: Mapping[str, torch.device] | None = None,
+) -> LoadedModel:
+    return load_components_of(definition, resolve_weights_dir(definition, cache_dir), device, devices)
+
+
+def load_components_of(
+    definition: ModelDefinition,
+    weights_dir: Path,
+    device: torch.device,
+    devices: Mapping[str, torch.device] | None = None,
+) -> LoadedModel:
+    """load_components, its errors as ModelLoadError naming the model."""
     try:
-        return load_components(definition, weights_dir, device)
+        return load_components(definition, weights_dir, device, devices)
     except (OSError, ValueError, KeyError) as error:
         raise ModelLoadError(f"model {definition.id}: cannot load weights from {weights_dir}: {error}") from error

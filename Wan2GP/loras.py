@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from diffusers.utils import recurse_remove_peft_layers
 from loguru import logger
 from peft.tuners.lora import LoraLayer
 
@@ -287,8 +288,7 @@ class LoraRuntime:
             attached.writes = []
             attached.lora_layers = []
             if getattr(attached.transformer, "peft_config", None) or _has_lora_layers(attached.transformer):
-                # unload_lora puts every original Linear (same module, same Parameter) back in its parent
-                attached.transformer.unload_lora()
+                _remove_adapters(attached.transformer)
             if hasattr(attached.transformer, _HELD_BY):
                 delattr(attached.transformer, _HELD_BY)
 
@@ -481,6 +481,17 @@ def _attach(
             )
     except (ValueError, RuntimeError, KeyError) as error:
         raise LoraError(path, f"peft could not attach it ({type(error).__name__}: {error})") from error
+
+
+def _remove_adapters(transformer: torch.nn.Module) -> None:
+    """What diffusers' `unload_lora` does, without its re-application of group offloading (which would undo the
+    engine's own arrangement of streamed and resident blocks, Wan2GP.offload): every original Linear (same module,
+    same Parameter) goes back in its parent and the peft config is dropped."""
+    recurse_remove_peft_layers(transformer)
+    if hasattr(transformer, "peft_config"):
+        del transformer.peft_config
+    if hasattr(transformer, "_hf_peft_config_loaded"):
+        transformer._hf_peft_config_loaded = None
 
 
 def _is_plain_float(parameter: torch.Tensor) -> bool:

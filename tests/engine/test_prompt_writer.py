@@ -200,3 +200,37 @@ def test_the_prompt_writer_path_does_not_import_diffusers() -> None:
     script = "import sys, Wan2GP.prompt_writer; print('diffusers' in sys.modules)"
     answer = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, timeout=120)
     assert answer.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("placement", "budget_gb", "expected_moves", "still_loaded"),
+    [
+        (None, 10, ["cpu", "cuda"], True),  # 30 GB free on the card, but this process's budget leaves 10: move
+        (None, None, [], True),  # no budget: the card's 30 GB free hold both
+        ("stream_blocks", 10, [], False),  # offloaded parts are tied to their hooks: unloaded, reloaded next time
+    ],
+    ids=["budget decides", "card decides", "streamed model is unloaded"],
+)
+def test_the_budget_and_the_placement_decide_how_room_is_made_for_the_prompt_model(
+    placement: str | None,
+    budget_gb: int | None,
+    expected_moves: list[str],
+    still_loaded: bool,
+    model_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = WanEngine(device="cpu", cache_dir=model_cache, prompt_model="tiny", placement=placement)
+    engine.load("wan_tiny_t2v")
+    fake = _FakeCuda(engine, monkeypatch, 30 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    engine.vram_budget = budget_gb * 2**30 if budget_gb is not None else None
+    monkeypatch.setattr("Wan2GP.prompt_writer.weights_bytes", lambda folder: 16 * 10**9)
+
+    def no_writer(*args: object, **kwargs: object) -> None:
+        raise PromptWriterUnavailable("stop here: only the placement is under test")
+
+    monkeypatch.setattr("Wan2GP.prompt_writer.PromptWriter", no_writer)
+    with pytest.raises(PromptWriterUnavailable):
+        engine.write_prompts([PromptRequest(Path("a.png"), None, "", 5, 16.0)])
+    assert fake.moves == expected_moves
+    assert (engine.loaded_model() == "wan_tiny_t2v") is still_loaded

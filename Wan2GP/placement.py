@@ -1,0 +1,181 @@
+"""Where a model's parts live while it generates, chosen from a VRAM budget. Pure Python: bytes in, a Placement out.
+
+Three placements, from fastest to leanest (``Wan2GP.offload`` applies them with diffusers' group offloading):
+
+- ``resident``: every component on the device for the model's lifetime (the only choice on a CPU).
+- ``offload_encoders``: the transformers stay on the device; the text encoder (and Wan 2.1's CLIP tower) wait in
+  pinned host memory and come over layer by layer while they encode, once per generation.
+- ``stream_blocks``: the encoders as above, and each transformer's blocks stream from pinned host memory one block
+  ahead of the compute on a side stream; the device holds a transformer's non-block layers, two blocks and the
+  activations. The expert not in use costs no device memory at all, and switching experts reloads nothing from disk.
+
+The VAE always stays on the device (a few hundred MB); it decodes (and encodes) in tiles when the whole video's
+activations would not fit beside the rest.
+
+The activation figures are estimates calibrated on an H200 (bench/README.md, "Memory profiles"): what a placement
+needs is weights that must be on the device at once + the largest working set of the three stages (encode, denoise,
+decode) + a fixed allocator margin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+GiB = 2**30
+
+PLACEMENTS = ("resident", "offload_encoders", "stream_blocks")
+
+# Kept free on top of every estimate: the CUDA context's own allocations, the caching allocator's fragmentation.
+ALLOCATOR_MARGIN_BYTES = GiB
+# Blocks a streamed transformer holds at once: the one computing and the one being copied in beside it.
+STREAMED_BLOCKS_ON_DEVICE = 2
+# Denoising activations per token per model-dimension unit (bf16), measured: 3.5 GiB over the resident weights at
+# 32,760 tokens for the A14B's dim 5120 (bench/README.md), i.e. ~11.2 bytes per token per unit of dim; rounded up.
+DENOISE_BYTES_PER_TOKEN_DIM = 12
+# Wan VAE decode (float32): peak bytes per output pixel of one frame (it decodes causally, a few frames at a time, so
+# the peak follows the frame size, not the length). Measured on the H200: 9.6 GiB over the VAE's weights at 768x576
+# (22.7 KiB per pixel; bench/README.md, "Memory profiles"), rounded up.
+VAE_DECODE_BYTES_PER_PIXEL = 24 * 1024
+# A resident block's share of the unmerged LoRA adapters that stay beside it (two rank-64 LoRAs on every Linear add
+# ~4% to an A14B block): a margin on each block kept on the device.
+RESIDENT_BLOCK_OVERHEAD = 1.05
+# Tiled decode/encode works on tiles of at most this many pixels a side (diffusers' AutoencoderKLWan tiling default
+# sample tile, 256, plus its blend overlap).
+VAE_TILE_PIXELS = 320 * 320
+
+
+class VramBudgetTooSmall(ValueError):
+    """No placement fits the budget; `minimum` is the smallest budget (bytes) with which the leanest one does."""
+
+    def __init__(self, budget: int, minimum: int, model: str) -> None:
+        self.budget = budget
+        self.minimum = minimum
+        super().__init__(
+            f"vram budget: {budget / GiB:.1f} GiB is too small for {model} at this size; the leanest placement "
+            f"(stream_blocks, tiled VAE) needs at least {minimum / GiB:.1f} GiB"
+        )
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """Bytes of each component at the dtype it runs in."""
+
+    experts: Mapping[str, int]  # whole transformer per expert ("high", and "low" for two-expert models)
+    largest_block: int  # the largest transformer block (what streaming holds per block on the device)
+    transformer_rest: int  # the largest transformer's layers outside its blocks (embedders, head)
+    text_encoder: int
+    text_encoder_largest_layer: int  # the largest single layer (UMT5's token embedding): what streaming it needs
+    image_encoder: int  # 0 when the architecture has no CLIP tower
+    vae: int
+    model_dim: int  # the transformer's hidden size (activations scale with it)
+    blocks: int  # blocks per transformer (streamable one by one)
+    spatial_factor: int  # pixels per latent pixel (the VAE's)
+    patch_size: tuple[int, int, int]  # the transformer's (frames, rows, columns) per token
+
+    def work_for(self, *, latent_frames: int, width: int, height: int) -> WorkSizes:
+        """One generation's geometry: its token count is latent frames x latent rows x latent columns / patch."""
+        frames, rows, columns = self.patch_size
+        tokens = (
+            (latent_frames // frames)
+            * (height // self.spatial_factor // rows)
+            * (width // self.spatial_factor // columns)
+        )
+        return WorkSizes(tokens=tokens, width=width, height=height)
+
+
+@dataclass(frozen=True)
+class WorkSizes:
+    """The geometry of one generation, as the activation estimates need it."""
+
+    tokens: int  # transformer tokens: latent frames x (h / 2) x (w / 2)
+    width: int
+    height: int
+
+    def denoise_bytes(self, sizes: ModelSizes) -> int:
+        return self.tokens * sizes.model_dim * DENOISE_BYTES_PER_TOKEN_DIM
+
+    def decode_bytes(self, *, tiled: bool) -> int:
+        pixels = min(self.width * self.height, VAE_TILE_PIXELS) if tiled else self.width * self.height
+        return pixels * VAE_DECODE_BYTES_PER_PIXEL
+
+
+@dataclass(frozen=True)
+class Placement:
+    kind: str  # one of PLACEMENTS
+    vae_tiling: bool
+    needed: int  # estimated peak device bytes under this placement
+    budget: int | None  # None: no budget (CPU, or a forced placement without one)
+    resident_blocks: int = 0  # stream_blocks: blocks of each transformer kept on the device (the budget's spare room)
+
+    def describe(self) -> str:
+        budget = "no budget" if self.budget is None else f"budget {self.budget / GiB:.1f} GiB"
+        tiling = ", tiled VAE" if self.vae_tiling else ""
+        resident = f", {self.resident_blocks} blocks per transformer resident" if self.resident_blocks else ""
+        return f"{self.kind}{tiling}{resident} (needs ~{self.needed / GiB:.1f} GiB, {budget})"
+
+
+def needed_bytes(kind: str, sizes: ModelSizes, work: WorkSizes, *, vae_tiling: bool) -> int:
+    """Estimated peak device bytes of a generation under `kind`."""
+    if kind not in PLACEMENTS:
+        raise ValueError(f"placement: expected one of {PLACEMENTS}, got {kind!r}")
+    encoders = sizes.text_encoder + sizes.image_encoder
+    transformers = sum(sizes.experts.values())
+    if kind == "resident":
+        weights = transformers + encoders + sizes.vae
+        encode_peak = 0
+    elif kind == "offload_encoders":
+        weights = transformers + sizes.vae
+        encode_peak = sizes.text_encoder_largest_layer
+    else:
+        weights = sizes.vae + sizes.transformer_rest + STREAMED_BLOCKS_ON_DEVICE * sizes.largest_block
+        encode_peak = sizes.text_encoder_largest_layer
+    working = max(encode_peak, work.denoise_bytes(sizes), work.decode_bytes(tiled=vae_tiling))
+    return weights + working + ALLOCATOR_MARGIN_BYTES
+
+
+def plan_placement(
+    sizes: ModelSizes, work: WorkSizes, budget: int | None, *, model: str, forced: str | None = None
+) -> Placement:
+    """The fastest placement that fits `budget` (bytes), untiled VAE before tiled; `forced` names one to use
+    whatever it needs (tests, benchmarks). No budget: resident. VramBudgetTooSmall when nothing fits."""
+    if forced is not None:
+        if forced not in PLACEMENTS:
+            raise ValueError(f"placement: expected one of {PLACEMENTS}, got {forced!r}")
+        tiling = budget is not None and needed_bytes(forced, sizes, work, vae_tiling=False) > budget
+        needed = needed_bytes(forced, sizes, work, vae_tiling=tiling)
+        resident = resident_blocks(sizes, budget - needed) if forced == "stream_blocks" and budget is not None else 0
+        return Placement(forced, tiling, needed + resident * block_cost(sizes), budget, resident)
+    if budget is None:
+        return Placement("resident", False, needed_bytes("resident", sizes, work, vae_tiling=False), None)
+    for kind in PLACEMENTS:
+        for tiling in (False, True):
+            needed = needed_bytes(kind, sizes, work, vae_tiling=tiling)
+            if needed <= budget:
+                resident = resident_blocks(sizes, budget - needed) if kind == "stream_blocks" else 0
+                return Placement(kind, tiling, needed + resident * block_cost(sizes), budget, resident)
+    raise VramBudgetTooSmall(budget, needed_bytes(PLACEMENTS[-1], sizes, work, vae_tiling=True), model)
+
+
+def block_cost(sizes: ModelSizes) -> int:
+    """Device bytes of keeping one more block of every transformer resident."""
+    return int(len(sizes.experts) * sizes.largest_block * RESIDENT_BLOCK_OVERHEAD)
+
+
+def resident_blocks(sizes: ModelSizes, spare: int) -> int:
+    """How many blocks of each transformer the spare room of a budget keeps on the device (fewer bytes cross the bus
+    per forward), at most all of them."""
+    return max(0, min(sizes.blocks, spare // block_cost(sizes)))
+
+
+def parse_budget_gb(value: float | str | None) -> int | None:
+    """`--vram-budget` in GB (GiB, as the cards are sold: a "24 GB" card has 24 GiB) -> bytes; None stays None."""
+    if value is None or value == "":
+        return None
+    try:
+        gigabytes = float(value)
+    except ValueError:
+        raise ValueError(f"vram budget: expected a number of GB, e.g. 24, got {value!r}") from None
+    if not 1.0 <= gigabytes <= 4096.0:
+        raise ValueError(f"vram budget: expected between 1 and 4096 GB, got {value!r}")
+    return int(gigabytes * GiB)
