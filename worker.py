@@ -95,6 +95,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     engine.add_argument("--lora-dir", metavar="DIR", help="downloaded LoRAs [env HW_LORA_DIR; default <cache>/loras]")
     engine.add_argument(
+        "--vram-budget",
+        metavar="GB",
+        type=float,
+        help="device memory the engine plans within: everything resident when the model fits, else the encoders and "
+        "then the transformers' blocks stream from pinned host memory, the VAE tiled [env HW_VRAM_BUDGET; default "
+        "the card's free memory at start-up]",
+    )
+    engine.add_argument(
         "--prompt-model",
         metavar="REPO|DIR",
         help="the Qwen2.5-VL that writes travel prompts when a run asks for enhance_prompt: a Hugging Face repo, a "

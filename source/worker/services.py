@@ -15,6 +15,7 @@ def build_services(settings: WorkerSettings) -> WorkerServices:
 
     def make_engine():
         from Wan2GP.engine import WanEngine  # torch is imported here, not at worker start-up
+        from Wan2GP.placement import parse_budget_gb
 
         _library_logs_into_the_worker_log()
 
@@ -24,6 +25,7 @@ def build_services(settings: WorkerSettings) -> WorkerServices:
             lora_dir=settings.lora_dir,
             prompt_model=settings.prompt_model,
             catalog=catalog,
+            vram_budget=parse_budget_gb(settings.vram_budget_gb),
         )
 
     def make_storage():

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from source.queue import resolve_db_url
 from source.queue.urls import DB_URL_ENV_VARS
 from source.tasks.context import TaskSettings
+from Wan2GP.placement import parse_budget_gb
 from Wan2GP.prompt_text import DEFAULT_PROMPT_MODEL
 
 T = TypeVar("T")
@@ -56,6 +57,7 @@ class WorkerSettings:
     model_cache_dir: Path | None = None  # None: the engine's default ($WAN2GP_CACHE or ~/.cache/wan2gp)
     lora_dir: Path = field(default_factory=lambda: default_lora_dir(None, os.environ))
     prompt_model: str = DEFAULT_PROMPT_MODEL  # the VLM behind enhance_prompt: repo id, local folder or "tiny"
+    vram_budget_gb: float | None = None  # device memory the engine plans within; None: the card's free memory
     defaults_dirs: tuple[Path, ...] = ()  # folders of model definition files over the bundled ones (upstream's)
     prompt_fallback: bool = True  # the VLM cannot load: run with the base prompts (False: fail the travel run)
     supabase_url: str | None = None
@@ -85,6 +87,11 @@ class WorkerSettings:
                 f"heartbeat_seconds ({self.heartbeat_seconds}) must be smaller than lease_seconds "
                 f"({self.lease_seconds}), or leases expire between two renewals"
             )
+        if self.vram_budget_gb is not None:
+            try:
+                parse_budget_gb(self.vram_budget_gb)
+            except ValueError as error:
+                raise SettingsError(f"vram_budget_gb (--vram-budget, HW_VRAM_BUDGET): {error}") from None
         if self.max_tasks is not None and self.max_tasks < 1:
             raise SettingsError(f"max_tasks: expected an integer >= 1; got {self.max_tasks!r}")
         if self.log_level.upper() not in LOG_LEVELS:
@@ -202,6 +209,7 @@ def settings_from_values(values: Mapping[str, Any], environ: Mapping[str, str] |
         model_cache_dir=model_cache_dir,
         lora_dir=_path(pick("lora_dir", "HW_LORA_DIR", str, None)) or default_lora_dir(model_cache_dir, env),
         prompt_model=pick("prompt_model", "HW_PROMPT_MODEL", str, default_of("prompt_model")),
+        vram_budget_gb=pick("vram_budget", "HW_VRAM_BUDGET", float, None),
         defaults_dirs=tuple(
             _path(text)
             for text in (values.get("defaults_dirs") or _from_env("HW_DEFAULTS_DIRS", _path_list, env) or ())

@@ -209,6 +209,22 @@ def test_service_settings_and_the_supabase_key_stays_out_of_reprs(tmp_path: Path
     assert settings_from_values({"lora_dir": str(tmp_path / "mine")}, environ).lora_dir == tmp_path / "mine"
 
 
+def test_the_vram_budget_reaches_the_engine_in_bytes_and_a_bad_one_stops_the_worker(tmp_path: Path) -> None:
+    from source.worker.services import build_services
+
+    assert settings_from_values({}, {}).vram_budget_gb is None
+    assert settings_from_values({}, {"HW_VRAM_BUDGET": "48"}).vram_budget_gb == 48.0
+    settings = settings_from_values({"vram_budget": 24.0, "device": "cpu"}, {"HW_VRAM_BUDGET": "48"})
+    engine = build_services(settings).engine_factory()
+    assert engine.vram_budget == 24 * 2**30
+    assert build_services(settings_from_values({"device": "cpu"}, {})).engine_factory().vram_budget is None  # CPU
+    for bad in ({"vram_budget": 0.0}, {"vram_budget": 9000.0}):
+        with pytest.raises(SettingsError, match="vram_budget_gb .*--vram-budget.*between 1 and 4096 GB"):
+            settings_from_values(bad, {})
+    with pytest.raises(SettingsError, match="HW_VRAM_BUDGET='lots'"):
+        settings_from_values({}, {"HW_VRAM_BUDGET": "lots"})
+
+
 def test_settings_errors_name_the_setting() -> None:
     with pytest.raises(SettingsError, match="HW_LEASE_SECONDS='soon'"):
         settings_from_values({}, {"HW_LEASE_SECONDS": "soon"})
