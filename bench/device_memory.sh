@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs bench/memory_profiles.py on the lent GPU machine (python 3.12 image without diffusers, loguru or pydantic).
+# The wheels travel in .whl/ (git-ignored, bench/README.md says how they are made); imageio_ffmpeg travels unpacked in
+# .whl/extra without its 68 MB ffmpeg binary (nothing here writes a video).
+# Usage there: bash bench/device_memory.sh NAME [memory_profiles args...]; log and JSON go to $OUT/NAME.{log,json}.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}
+name=${1:?usage: device_memory.sh NAME [args...]}
+shift
+mkdir -p "$OUT" /tmp/site
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH="/tmp/site:$PWD/.whl/extra:$PWD:$PWD/bench"
+python3 -c 'import torch, diffusers, transformers, peft, loguru, pydantic, imageio_ffmpeg, Wan2GP.engine
+print("torch", torch.__version__, "diffusers", diffusers.__version__, "transformers", transformers.__version__, "peft", peft.__version__)' || exit 2
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+    free -g
+    python3 bench/memory_profiles.py --json "$OUT/$name.json" --workdir /tmp/memory_profiles "$@" 2>&1
+} | tee "$OUT/$name.log"
