@@ -12,6 +12,7 @@ from diffusers import WanVACETransformer3DModel
 from log_capture import captured_warnings
 from lora_fixtures import (
     ATTENTION_MODULES,
+    FFN_MODULES,
     LoraSpec,
     base_weights,
     make_lora_spec,
@@ -564,3 +565,30 @@ def test_auto_on_cpu_merges_regardless_of_spans(tmp_path: Path) -> None:
     path = write_diffusers(make_lora_spec(transformer, seed=4), tmp_path / "l.safetensors")
     with LoraRuntime({"high": transformer}, [path], spans={"high": [1]}) as runtime:
         assert runtime.mode == "merged"
+
+
+@pytest.mark.parametrize("mode", ["unmerged", "merged"])
+def test_one_file_with_several_ranks_and_alphas_applies_each_modules_own_scale(
+    mode: str, transformer, inputs, tmp_path: Path
+) -> None:
+    """Extractors write a rank (and an alpha) per module: attention at rank 4 with alpha 2, the ffn at rank 2 with alpha
+    8, and one module at rank 8 with alpha 1. peft needs each odd rank and its alpha by name (rank_pattern,
+    alpha_pattern); one scale for all would be off by a factor of 4 on the ffn."""
+    attention = make_lora_spec(transformer, seed=11, rank=4, alpha=2.0, block_modules=ATTENTION_MODULES[1:])
+    ffn = make_lora_spec(transformer, seed=12, rank=2, alpha=8.0, block_modules=FFN_MODULES)
+    single = make_lora_spec(transformer, seed=13, rank=8, alpha=1.0, block_modules=ATTENTION_MODULES[:1])
+    tensors = {}
+    for spec in (attention, ffn, single):
+        path = write_original(spec, tmp_path / "part.safetensors")
+        tensors.update(load_file(str(path)))
+    mixed = tmp_path / "mixed_ranks.safetensors"
+    save_file(tensors, str(mixed))
+
+    expected = run(patched_copy(transformer, [(attention, 0.9), (ffn, 0.9), (single, 0.9)]), inputs)
+    assert (expected - run(transformer, inputs)).abs().max() > 1e-2
+    with LoraRuntime({"high": transformer}, [mixed], mode=mode) as runtime:
+        runtime.set_step_strengths("high", [0.9])
+        assert_close(run(transformer, inputs), expected)
+        if mode == "unmerged":
+            ranks = {layer.r["lora0"] for layer in transformer.modules() if isinstance(layer, LoraLayer)}
+            assert ranks == {2, 4, 8}
