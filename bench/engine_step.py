@@ -20,19 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import torch
-import transformers
 from diffusers import WanTransformer3DModel
 from loguru import logger
-from random_models import A14B_CONFIG, TINY_OVERRIDES, build_text_encoder, build_transformer
+from random_models import A14B_CONFIG, TINY_OVERRIDES, build_text_encoder, build_transformer, run_versions
 from transformers import UMT5EncoderModel
 
 from Wan2GP.sampler import Conditioning, DenoiseResult, denoise
@@ -261,12 +258,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         size = Size(dict(size.transformer_config, num_layers=args.layers), size.text_config, *size_dims(size))
     backends = args.backends or (["native", "_native_cudnn"] if device.type == "cuda" else ["native"])
     report: dict[str, Any] = {
-        "versions": {
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__,
-        },
+        "versions": run_versions(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "size": {"latent_shape": list(size.latent_shape), "tokens": size.tokens, "text_tokens": TEXT_TOKENS},
         "flop_per_forward_counted": flop_per_forward(size),

@@ -35,14 +35,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import numpy as np
 import PIL.Image
 import torch
-import transformers
 from diffusers import AutoencoderKLWan
 from loguru import logger
-from random_models import A14B_CONFIG, TINY_OVERRIDES, build_text_encoder, build_transformer, fill_random
+from random_models import (
+    A14B_CONFIG,
+    TINY_OVERRIDES,
+    build_text_encoder,
+    build_transformer,
+    fill_random,
+    run_versions,
+)
 from safetensors.torch import save_file
 from transformers import AutoTokenizer, UMT5Config
 
@@ -383,12 +388,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     report: dict[str, Any] = {
         "command": " ".join(["python", "bench/memory_profiles.py", *(argv if argv is not None else sys.argv[1:])]),
-        "versions": {
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__,
-        },
+        "versions": run_versions(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "size": [width, height, frames],
         "profiles": [],

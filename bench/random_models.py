@@ -76,3 +76,18 @@ def build_text_encoder(config: dict[str, Any], device: torch.device, seed: int) 
     model = model.to(torch.bfloat16).to_empty(device=device)
     fill_random(model, torch.Generator(device=device).manual_seed(seed))
     return model.eval().requires_grad_(False)
+
+
+def run_versions() -> dict[str, str]:
+    """What a benchmark's results were measured with."""
+    import sys
+
+    import diffusers
+    import transformers
+
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
