@@ -3,8 +3,9 @@
 Sizes come from each component's config built on the meta device (accelerate's `init_empty_weights`), so the engine
 knows what a model needs before it reads a byte of weights, and a resident model still loads straight onto the GPU.
 Offloading is diffusers' own (`apply_group_offloading`): block-level with a side stream for the transformers (one
-block copied in while the previous one computes), leaf-level for the encoders. Host copies are pinned by diffusers
-when a stream is used (CUDA); on a CPU the same hooks run without a stream, which is how the tests exercise them.
+block copied in while the previous one computes; the blocks the budget has room for stay on the device), leaf-level
+for the encoders. On CUDA the host copies live in page-locked buffers made here (PinnedHostMemory); on a CPU the same
+hooks run without a stream, which is how the tests exercise them.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ class PinnedHostMemory:
     """The host copies of offloaded modules in one page-locked buffer per module, registered with CUDA in place.
 
     diffusers pins each tensor with `pin_memory()`, a copy through torch's pinned-memory cache, which rounds every
-    block up to a power of two: measured on the H200, 66 GB of A14B weights took 95.6 GiB of pinned memory and 85 s
+    block up to a power of two: measured on the H200, 63.9 GiB of A14B weights took 95.6 GiB of pinned memory and 85 s
     to load (bench/README.md, "Memory profiles"). Here each module's tensors are copied, one at a time, into one
     ordinary buffer that `cudaHostRegister` then page-locks as it is: the exact size, no second copy. diffusers sees
     the tensors as pinned and keeps them as its host copies. `release()` unregisters the buffers (before they are
