@@ -592,3 +592,47 @@ def test_one_file_with_several_ranks_and_alphas_applies_each_modules_own_scale(
         if mode == "unmerged":
             ranks = {layer.r["lora0"] for layer in transformer.modules() if isinstance(layer, LoraLayer)}
             assert ranks == {2, 4, 8}
+
+
+def test_every_strength_change_costs_a_re_merge_and_a_tie_stays_unmerged() -> None:
+    from Wan2GP.loras import CUDA_MODE_COSTS, ModeCosts, choose_mode
+
+    # ten changes, three forwards each: 9 re-merges outweigh 30 forwards of unmerged matmuls
+    assert choose_mode({"high": [3] * 10}) == "unmerged"
+    merged = CUDA_MODE_COSTS.first_merge + 9 * CUDA_MODE_COSTS.re_merge + CUDA_MODE_COSTS.unmerge
+    assert merged > 30 * CUDA_MODE_COSTS.unmerged_per_forward
+    # at equal cost nothing is written into the weights
+    even = ModeCosts(unmerged_per_forward=1.0, first_merge=2.0, re_merge=1.0, unmerge=1.0)
+    assert choose_mode({"high": [3]}, even) == "unmerged"
+    assert choose_mode({"high": [4]}, even) == "merged"
+
+
+def test_a_bf16_file_on_a_float32_model_loads_in_the_models_dtype(transformer, inputs, spec, tmp_path: Path) -> None:
+    """LoRA files are mostly bf16, CPU runs float32 (and GPU models may be fp16): the adapter takes the layer's dtype."""
+    path = write_diffusers(spec, tmp_path / "bf16.safetensors")
+    save_file({key: value.to(torch.bfloat16) for key, value in load_file(str(path)).items()}, str(path))
+    scale = spec.alpha / spec.rank  # folded into A in the file, then rounded to bf16 with it
+    rounded = LoraSpec(
+        down={name: (value * scale).to(torch.bfloat16).float() for name, value in spec.down.items()},
+        up={name: value.to(torch.bfloat16).float() for name, value in spec.up.items()},
+        alpha=spec.rank,
+        rank=spec.rank,
+    )
+    expected = run(patched_copy(transformer, [(rounded, 1.0)]), inputs)
+    with LoraRuntime({"high": transformer}, [path], mode="unmerged") as runtime:
+        runtime.set_step_strengths("high", [1.0])
+        layers = [layer for layer in transformer.modules() if isinstance(layer, LoraLayer)]
+        assert layers and all(layer.lora_A["lora0"].weight.dtype == torch.float32 for layer in layers)
+        assert_close(run(transformer, inputs), expected)
+
+
+def test_a_layer_with_non_float_weights_is_never_merged_into(spec, tmp_path: Path) -> None:
+    """A quantized (here: float8) weight cannot take a merged delta: merged is refused by name, auto stays unmerged."""
+    transformer = tiny_transformer(seed=0)
+    layer = transformer.blocks[0].attn1.to_q
+    layer.weight = torch.nn.Parameter(layer.weight.data.to(torch.float8_e4m3fn), requires_grad=False)
+    path = write_original(spec, tmp_path / "a.safetensors")
+    with pytest.raises(ValueError, match=r"mode 'merged': layers .*blocks\.0\.attn1\.to_q.* non-float"):
+        LoraRuntime({"high": transformer}, [path], mode="merged")
+    with LoraRuntime({"high": transformer}, [path]) as runtime:
+        assert runtime.mode == "unmerged"
