@@ -636,3 +636,34 @@ def test_a_layer_with_non_float_weights_is_never_merged_into(spec, tmp_path: Pat
         LoraRuntime({"high": transformer}, [path], mode="merged")
     with LoraRuntime({"high": transformer}, [path]) as runtime:
         assert runtime.mode == "unmerged"
+
+
+def test_a_lora_on_the_head_leaves_the_vace_blocks_proj_out_alone(tmp_path: Path) -> None:
+    """The head is `proj_out`, and so is every VACE block's output layer: a LoRA on the head must attach to the head."""
+    torch.manual_seed(0)
+    vace = WanVACETransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=3,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+        vace_layers=[0, 2],
+        vace_in_channels=96,
+    ).eval()
+    generator = torch.Generator().manual_seed(21)
+    out_features = vace.proj_out.out_features
+    down, up = torch.randn(2, 24, generator=generator), torch.randn(out_features, 2, generator=generator)
+    path = tmp_path / "head.safetensors"
+    save_file(
+        {"diffusion_model.head.head.lora_down.weight": down, "diffusion_model.head.head.lora_up.weight": up}, str(path)
+    )
+    with LoraRuntime({"high": vace}, [path], mode="unmerged"):
+        assert isinstance(vace.proj_out, LoraLayer)
+        assert not any(isinstance(block.proj_out, LoraLayer) for block in vace.vace_blocks)
