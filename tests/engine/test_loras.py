@@ -667,3 +667,27 @@ def test_a_lora_on_the_head_leaves_the_vace_blocks_proj_out_alone(tmp_path: Path
     with LoraRuntime({"high": vace}, [path], mode="unmerged"):
         assert isinstance(vace.proj_out, LoraLayer)
         assert not any(isinstance(block.proj_out, LoraLayer) for block in vace.vace_blocks)
+
+
+def test_a_closed_runtime_refuses_strengths_by_name(transformer, spec, tmp_path: Path) -> None:
+    runtime = LoraRuntime({"high": transformer}, [write_original(spec, tmp_path / "a.safetensors")])
+    runtime.close()
+    with pytest.raises(RuntimeError, match=r"^set_step_strengths: this LoraRuntime is closed$"):
+        runtime.set_step_strengths("high", [1.0])
+
+
+def test_peft_refusing_a_file_is_a_lora_error_naming_the_file_and_peft_s_reason(
+    spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transformer = tiny_transformer(seed=0)
+    path = write_original(spec, tmp_path / "refused.safetensors")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise KeyError("lora_B for blocks.0.attn1.to_q")
+
+    monkeypatch.setattr(transformer, "load_lora_adapter", refuse)
+    with pytest.raises(LoraError) as caught:
+        LoraRuntime({"high": transformer}, [path], mode="unmerged")
+    assert caught.value.path == path
+    assert caught.value.problem == "peft could not attach it (KeyError: 'lora_B for blocks.0.attn1.to_q')"
+    assert not any(isinstance(module, LoraLayer) for module in transformer.modules())  # nothing stays attached
