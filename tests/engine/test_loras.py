@@ -691,3 +691,19 @@ def test_peft_refusing_a_file_is_a_lora_error_naming_the_file_and_peft_s_reason(
     assert caught.value.path == path
     assert caught.value.problem == "peft could not attach it (KeyError: 'lora_B for blocks.0.attn1.to_q')"
     assert not any(isinstance(module, LoraLayer) for module in transformer.modules())  # nothing stays attached
+
+
+def test_a_file_with_as_many_bias_deltas_as_pairs_applies(transformer, inputs, tmp_path: Path) -> None:
+    """What applies is pairs plus full deltas: two of each is four changes, not none."""
+    pairs = make_lora_spec(transformer, seed=31, block_modules=["attn1.to_q"])  # one pair per block: two
+    generator = torch.Generator().manual_seed(32)
+    biases = {block: torch.randn(24, generator=generator) for block in (0, 1)}
+    extra = {f"diffusion_model.blocks.{block}.self_attn.q.diff_b": delta for block, delta in biases.items()}
+    path = write_original(pairs, tmp_path / "two_and_two.safetensors", extra=extra)
+    reference = patched_copy(transformer, [(pairs, 1.0)])
+    with torch.no_grad():
+        for block, delta in biases.items():
+            reference.blocks[block].attn1.to_q.bias += delta
+    with LoraRuntime({"high": transformer}, [path]) as runtime:
+        runtime.set_step_strengths("high", [1.0])
+        assert_close(run(transformer, inputs), run(reference, inputs))
