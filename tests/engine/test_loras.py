@@ -707,3 +707,60 @@ def test_a_file_with_as_many_bias_deltas_as_pairs_applies(transformer, inputs, t
     with LoraRuntime({"high": transformer}, [path]) as runtime:
         runtime.set_step_strengths("high", [1.0])
         assert_close(run(transformer, inputs), run(reference, inputs))
+
+
+def _pair_file(path: Path, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Path:
+    """A diffusers/peft-named file of (down, up) pairs, keys as given (with their prefix)."""
+    tensors = {}
+    for key, (down, up) in pairs.items():
+        tensors[f"{key}.lora_A.weight"] = down
+        tensors[f"{key}.lora_B.weight"] = up
+    save_file(tensors, str(path))
+    return path
+
+
+def test_what_a_runtime_refuses_is_named(spec, tmp_path: Path) -> None:
+    transformer = tiny_transformer(seed=0)
+    with pytest.raises(ValueError, match=r"^transformers: expected at least one transformer, e\.g\. \{'high': "):
+        LoraRuntime({}, [])
+    # a pair on a layer that is not Linear
+    norm = _pair_file(
+        tmp_path / "norm.safetensors", {"transformer.blocks.0.norm2": (torch.ones(2, 24), torch.ones(24, 2))}
+    )
+    with pytest.raises(LoraError) as caught:
+        LoraRuntime({"high": transformer}, [norm])
+    assert caught.value.path == norm
+    assert (
+        caught.value.problem
+        == f"blocks.0.norm2 is a {type(transformer.blocks[0].norm2).__name__}; LoRA pairs apply to Linear layers"
+    )
+    # the inputs fit and only the outputs do not
+    wrong_out = _pair_file(
+        tmp_path / "out.safetensors", {"transformer.blocks.0.attn1.to_q": (torch.ones(2, 24), torch.ones(30, 2))}
+    )
+    with pytest.raises(LoraError, match=r"maps 24 inputs to 30 outputs, the layer 24 to 24"):
+        LoraRuntime({"high": transformer}, [wrong_out])
+    # a two-part (high/low) file on one transformer serving both experts
+    parts = _pair_file(
+        tmp_path / "parts.safetensors",
+        {
+            "diffusion_model.transformer_1.blocks.0.attn1.to_q": (torch.ones(2, 24), torch.ones(24, 2)),
+            "diffusion_model.transformer_2.blocks.0.attn1.to_k": (torch.ones(2, 24), torch.ones(24, 2)),
+        },
+    )
+    with pytest.raises(LoraError) as caught:
+        LoraRuntime({"high": transformer, "low": transformer}, [parts])
+    assert caught.value.path == parts
+    assert caught.value.problem == "holds different parts for the experts ['high', 'low'], which share one transformer"
+
+
+def test_a_transformer_with_someone_elses_adapter_is_refused_by_name(spec, tmp_path: Path) -> None:
+    transformer = tiny_transformer(seed=0)
+    foreign = write_diffusers(spec, tmp_path / "foreign.safetensors")
+    transformer.load_lora_adapter(str(foreign), prefix="transformer", adapter_name="theirs")
+    with pytest.raises(
+        RuntimeError,
+        match=r"^transformer \['high'\] already carries LoRA adapters \['theirs'\]; close the previous LoraRuntime "
+        r"before making a new one$",
+    ):
+        LoraRuntime({"high": transformer}, [write_original(spec, tmp_path / "mine.safetensors")])
