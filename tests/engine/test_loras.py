@@ -740,6 +740,15 @@ def test_what_a_runtime_refuses_is_named(spec, tmp_path: Path) -> None:
     )
     with pytest.raises(LoraError, match=r"maps 24 inputs to 30 outputs, the layer 24 to 24"):
         LoraRuntime({"high": transformer}, [wrong_out])
+    # a bias delta of another model's size
+    bias = tmp_path / "bias.safetensors"
+    save_file({"diffusion_model.blocks.0.self_attn.q.diff_b": torch.ones(30)}, str(bias))
+    with pytest.raises(LoraError) as caught:
+        LoraRuntime({"high": transformer}, [bias])
+    assert caught.value.path == bias
+    assert caught.value.problem == (
+        "blocks.0.attn1.to_q.bias: a delta of shape (30,) for a parameter of shape (24,) (a LoRA for another model size?)"
+    )
     # a two-part (high/low) file on one transformer serving both experts
     parts = _pair_file(
         tmp_path / "parts.safetensors",
