@@ -4,6 +4,7 @@ The layouts of the tools that write Wan LoRAs, key by key, are in test_lora_layo
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -627,15 +628,34 @@ def test_a_bf16_file_on_a_float32_model_loads_in_the_models_dtype(transformer, i
 
 
 def test_a_layer_with_non_float_weights_is_never_merged_into(spec, tmp_path: Path) -> None:
-    """A quantized (here: float8) weight cannot take a merged delta: merged is refused by name, auto stays unmerged."""
+    """A quantized (here: float8) weight cannot take a merged delta: merged is refused naming the first three such
+    layers, auto stays unmerged; a bias delta (always written) on a float8 bias is refused in every mode."""
     transformer = tiny_transformer(seed=0)
-    layer = transformer.blocks[0].attn1.to_q
-    layer.weight = torch.nn.Parameter(layer.weight.data.to(torch.float8_e4m3fn), requires_grad=False)
+    quantized = [f"blocks.{block}.attn1.{name}" for block in (0, 1) for name in ("to_q", "to_k")]
+    for name in quantized:
+        layer = transformer.get_submodule(name)
+        layer.weight = torch.nn.Parameter(layer.weight.data.to(torch.float8_e4m3fn), requires_grad=False)
     path = write_original(spec, tmp_path / "a.safetensors")
-    with pytest.raises(ValueError, match=r"mode 'merged': layers .*blocks\.0\.attn1\.to_q.* non-float"):
+    expected = re.escape(str(sorted(quantized)[:3]))  # the file's order: to_k before to_q
+    with pytest.raises(ValueError, match=rf"^mode 'merged': layers {expected} have non-float \(quantized\?\) weights$"):
         LoraRuntime({"high": transformer}, [path], mode="merged")
     with LoraRuntime({"high": transformer}, [path]) as runtime:
         assert runtime.mode == "unmerged"
+
+    biased = tiny_transformer(seed=0)
+    targets = [f"blocks.{block}.attn1.{name}.bias" for block in (0, 1) for name in ("to_q", "to_k")]
+    extra = {}
+    for target in targets:
+        owner = biased.get_submodule(target.rsplit(".", 1)[0])
+        owner.bias = torch.nn.Parameter(owner.bias.data.to(torch.float8_e4m3fn), requires_grad=False)
+        original = target.replace("attn1.to_", "self_attn.").replace(".bias", ".diff_b")
+        extra[f"diffusion_model.{original}"] = torch.ones(24)
+    bias_file = tmp_path / "biases.safetensors"
+    save_file(extra, str(bias_file))
+    listed = re.escape(str(sorted(targets)[:3]))
+    for mode in ("auto", "unmerged"):
+        with pytest.raises(ValueError, match=rf"^LoRA deltas for {listed}: these parameters hold non-float"):
+            LoraRuntime({"high": biased}, [bias_file], mode=mode)
 
 
 def test_a_lora_on_the_head_leaves_the_vace_blocks_proj_out_alone(tmp_path: Path) -> None:
