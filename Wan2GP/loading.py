@@ -216,13 +216,9 @@ def load_components(
     )
 
 
-def load_model(
-    definition: ModelDefinition,
-    cache_dir: Path,
-    device: torch.device,
-    devices: Mapping[str, torch.device] | None = None,
-) -> LoadedModel:
-    return load_components_of(definition, resolve_weights_dir(definition, cache_dir), device, devices)
+def load_model(definition: ModelDefinition, cache_dir: Path, device: torch.device) -> LoadedModel:
+    """Every component on `device` (the engine places them within its budget instead: WanEngine.load)."""
+    return load_components_of(definition, resolve_weights_dir(definition, cache_dir), device)
 
 
 def load_components_of(
