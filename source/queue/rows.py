@@ -76,10 +76,10 @@ def check_json_value(value: Any, column: str) -> None:
         if depth > MAX_JSON_DEPTH:
             raise RowDecodeError(f"{column}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
         if isinstance(item, str):
-            _check_text(item, path, column)
+            _check_text(item, path)
         elif isinstance(item, dict):
             for key, child in item.items():
-                _check_text(key, path, column)
+                _check_text(key, path)
                 stack.append((child, f"{path}.{_short(key)}", depth + 1))
         elif isinstance(item, list):
             stack.extend((child, f"{path}[{index}]", depth + 1) for index, child in enumerate(item))
@@ -87,7 +87,7 @@ def check_json_value(value: Any, column: str) -> None:
             raise RowDecodeError(f"{path}: NaN is not a JSON number")
 
 
-def _check_text(text: str, path: str, column: str) -> None:
+def _check_text(text: str, path: str) -> None:
     # JSON may spell a lone surrogate (\ud800) or NUL (\u0000): Python accepts both, PostgreSQL's jsonb and every
     # UTF-8 writer downstream do not, so a task carrying one would fail later, half-done.
     bad = _BAD_CHARACTER.search(text)

@@ -216,3 +216,9 @@ def test_both_backends_hand_out_utc_timestamps_whatever_the_machines_zone(queue:
         monkeypatch.undo()
         time.tzset()
     assert created.isoformat().endswith("+00:00")
+
+
+def test_an_error_path_shows_keys_of_up_to_40_characters_whole_and_cuts_longer_ones() -> None:
+    forty, forty_one = "k" * 40, "q" * 41
+    assert decode_error(json.dumps({forty: "bad\u0000"})) == f"params.{forty}: text contains a NUL character"
+    assert decode_error(json.dumps({forty_one: "bad\u0000"})) == f"params.{'q' * 37}...: text contains a NUL character"
