@@ -198,9 +198,10 @@ def test_bias_deltas_and_norm_diffs_of_original_files(transformer, inputs, tmp_p
             assert_close(run(transformer, inputs), expected)
 
 
-def test_vace_blocks_of_original_files_map_to_diffusers_vace_blocks(tmp_path: Path) -> None:
+def tiny_vace() -> WanVACETransformer3DModel:
+    """A 3-block VACE transformer with VACE blocks after blocks 0 and 2 (seeded)."""
     torch.manual_seed(0)
-    vace = WanVACETransformer3DModel(
+    return WanVACETransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=2,
         attention_head_dim=12,
@@ -216,6 +217,10 @@ def test_vace_blocks_of_original_files_map_to_diffusers_vace_blocks(tmp_path: Pa
         vace_layers=[0, 2],
         vace_in_channels=96,
     ).eval()
+
+
+def test_vace_blocks_of_original_files_map_to_diffusers_vace_blocks(tmp_path: Path) -> None:
+    vace = tiny_vace()
     generator = torch.Generator().manual_seed(13)
     down, up = torch.randn(2, 24, generator=generator), torch.randn(24, 2, generator=generator)
     tensors = {}
@@ -660,23 +665,7 @@ def test_a_layer_with_non_float_weights_is_never_merged_into(spec, tmp_path: Pat
 
 def test_a_lora_on_the_head_leaves_the_vace_blocks_proj_out_alone(tmp_path: Path) -> None:
     """The head is `proj_out`, and so is every VACE block's output layer: a LoRA on the head must attach to the head."""
-    torch.manual_seed(0)
-    vace = WanVACETransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=16,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=3,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-        vace_layers=[0, 2],
-        vace_in_channels=96,
-    ).eval()
+    vace = tiny_vace()
     generator = torch.Generator().manual_seed(21)
     out_features = vace.proj_out.out_features
     down, up = torch.randn(2, 24, generator=generator), torch.randn(out_features, 2, generator=generator)
