@@ -55,7 +55,6 @@ from Wan2GP.placement import (
     Placement,
     VramBudgetTooSmall,
     WorkSizes,
-    block_cost,
     needed_bytes,
     plan_placement,
 )
@@ -274,8 +273,10 @@ class WanEngine:
     def _fits(self, placement: Placement, sizes: ModelSizes, work: WorkSizes) -> bool:
         if self.vram_budget is None or self.forced_placement is not None:
             return True
-        needed = needed_bytes(placement.kind, sizes, work, vae_tiling=placement.vae_tiling)
-        return needed + placement.resident_blocks * block_cost(sizes) <= self.vram_budget
+        needed = needed_bytes(
+            placement.kind, sizes, work, vae_tiling=placement.vae_tiling, resident_blocks=placement.resident_blocks
+        )
+        return needed <= self.vram_budget
 
     def unload(self) -> None:
         if self._loaded is None:

@@ -70,10 +70,10 @@ def model_sizes(
             config = transformer_class.load_config(weights_dir, subfolder=TRANSFORMER_SUBFOLDERS[expert])
             transformer = transformer_class.from_config(config)
             experts[expert] = module_bytes(transformer, transformer_dtype)
-            blocks = _blocks(transformer)
-            blocks_count = max(blocks_count, len(blocks))
-            largest_block = max([largest_block, *(module_bytes(block, transformer_dtype) for block in blocks)])
-            rest = max(rest, experts[expert] - sum(module_bytes(block, transformer_dtype) for block in blocks))
+            block_bytes = [module_bytes(block, transformer_dtype) for block in _blocks(transformer)]
+            blocks_count = max(blocks_count, len(block_bytes))
+            largest_block = max([largest_block, *block_bytes])
+            rest = max(rest, experts[expert] - sum(block_bytes))
             model_dim = max(
                 model_dim, int(transformer.config.num_attention_heads * transformer.config.attention_head_dim)
             )

@@ -115,8 +115,9 @@ class Placement:
         return f"{self.kind}{tiling}{resident} (needs ~{self.needed / GiB:.1f} GiB, {budget})"
 
 
-def needed_bytes(kind: str, sizes: ModelSizes, work: WorkSizes, *, vae_tiling: bool) -> int:
-    """Estimated peak device bytes of a generation under `kind`."""
+def needed_bytes(kind: str, sizes: ModelSizes, work: WorkSizes, *, vae_tiling: bool, resident_blocks: int = 0) -> int:
+    """Estimated peak device bytes of a generation under `kind` (stream_blocks: with `resident_blocks` of each
+    transformer kept on the device)."""
     if kind not in PLACEMENTS:
         raise ValueError(f"placement: expected one of {PLACEMENTS}, got {kind!r}")
     encoders = sizes.text_encoder + sizes.image_encoder
@@ -129,6 +130,7 @@ def needed_bytes(kind: str, sizes: ModelSizes, work: WorkSizes, *, vae_tiling: b
         encode_peak = sizes.text_encoder_largest_layer
     else:
         weights = sizes.vae + sizes.transformer_rest + STREAMED_BLOCKS_ON_DEVICE * sizes.largest_block
+        weights += resident_blocks * block_cost(sizes)
         encode_peak = sizes.text_encoder_largest_layer
     working = max(encode_peak, work.denoise_bytes(sizes), work.decode_bytes(tiled=vae_tiling))
     return weights + working + ALLOCATOR_MARGIN_BYTES
@@ -139,21 +141,24 @@ def plan_placement(
 ) -> Placement:
     """The fastest placement that fits `budget` (bytes), untiled VAE before tiled; `forced` names one to use
     whatever it needs (tests, benchmarks). No budget: resident. VramBudgetTooSmall when nothing fits."""
+
+    def placed(kind: str, tiling: bool) -> Placement:
+        """`kind` with the budget's spare room (if any) given to resident blocks when it streams them."""
+        spare = None if budget is None else budget - needed_bytes(kind, sizes, work, vae_tiling=tiling)
+        resident = resident_blocks(sizes, spare) if kind == "stream_blocks" and spare is not None else 0
+        needed = needed_bytes(kind, sizes, work, vae_tiling=tiling, resident_blocks=resident)
+        return Placement(kind, tiling, needed, budget, resident)
+
     if forced is not None:
         if forced not in PLACEMENTS:
             raise ValueError(f"placement: expected one of {PLACEMENTS}, got {forced!r}")
-        tiling = budget is not None and needed_bytes(forced, sizes, work, vae_tiling=False) > budget
-        needed = needed_bytes(forced, sizes, work, vae_tiling=tiling)
-        resident = resident_blocks(sizes, budget - needed) if forced == "stream_blocks" and budget is not None else 0
-        return Placement(forced, tiling, needed + resident * block_cost(sizes), budget, resident)
+        return placed(forced, budget is not None and needed_bytes(forced, sizes, work, vae_tiling=False) > budget)
     if budget is None:
-        return Placement("resident", False, needed_bytes("resident", sizes, work, vae_tiling=False), None)
+        return placed("resident", False)
     for kind in PLACEMENTS:
         for tiling in (False, True):
-            needed = needed_bytes(kind, sizes, work, vae_tiling=tiling)
-            if needed <= budget:
-                resident = resident_blocks(sizes, budget - needed) if kind == "stream_blocks" else 0
-                return Placement(kind, tiling, needed + resident * block_cost(sizes), budget, resident)
+            if needed_bytes(kind, sizes, work, vae_tiling=tiling) <= budget:
+                return placed(kind, tiling)
     raise VramBudgetTooSmall(budget, needed_bytes(PLACEMENTS[-1], sizes, work, vae_tiling=True), model)
 
 
