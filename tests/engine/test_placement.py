@@ -313,6 +313,8 @@ def test_consolidated_host_tensors_keep_their_values_and_ties_in_one_aligned_buf
     from Wan2GP.offload import consolidate
 
     text_encoder = copy.deepcopy(engine.load("wan_tiny_t2v").text_encoder)
+    # 12 bytes, first in parameter order: every tensor after it must still start on a 64-byte boundary
+    text_encoder.register_parameter("odd_sized", torch.nn.Parameter(torch.tensor([1.0, 2.0, 3.0]), requires_grad=False))
     tokens = torch.tensor([[5, 9, 2, 0]])
     before = text_encoder(tokens).last_hidden_state
     values = {name: tensor.clone() for name, tensor in text_encoder.state_dict().items()}
