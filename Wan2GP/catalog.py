@@ -158,6 +158,9 @@ class _ModelSection(BaseModel):
     weights: WeightsSource | None = None  # None: from the architecture and URLs (Wan2GP.architectures)
     experts: Literal[1, 2] | None = None  # None: 2 with a URLs2 or a two-expert architecture, else 1
     transformer_dtype: str = "bfloat16"
+    # The transformers' block weights: "auto" (16-bit where a placement fits the VRAM budget and host memory, else
+    # int8), or always "native" (the dtype above), "int8" or "fp8" (Wan2GP.quantization).
+    transformer_weights: Literal["auto", "native", "int8", "fp8"] = "auto"
     vae_dtype: str = "float32"
     fps: int | None = Field(default=None, ge=1)  # None: the architecture's
     # The same model family in the other travel mode: Reigh sends model_type "vace" with its i2v model's name when a
@@ -211,6 +214,7 @@ class ModelDefinition(BaseModel):
     loras: tuple[str, ...] = ()
     loras_multipliers: tuple[str, ...] = ()  # one token per LoRA (floats written as strings)
     transformer_dtype: str = "bfloat16"
+    transformer_weights: str = "auto"  # "auto", "native", "int8" or "fp8" (_ModelSection)
     vae_dtype: str = "float32"
     fps: int = 16
     travel_counterparts: dict[str, str] = Field(default_factory=dict)  # travel mode -> model id
@@ -305,7 +309,7 @@ def default_catalog_dir() -> Path:
 # "model" keys of the upstream schema this engine reads; any other is accepted and listed once at DEBUG.
 _READ_MODEL_KEYS = frozenset(
     {"name", "description", "architecture", "URLs", "URLs2", "loras", "loras_multipliers", "weights", "experts"}
-    | {"transformer_dtype", "vae_dtype", "fps", "travel_counterparts"}
+    | {"transformer_dtype", "transformer_weights", "vae_dtype", "fps", "travel_counterparts"}
 )
 
 
@@ -544,6 +548,7 @@ def _definition(
         loras=tuple(section.loras),
         loras_multipliers=tuple(str(m) for m in section.loras_multipliers),
         transformer_dtype=section.transformer_dtype,
+        transformer_weights=section.transformer_weights,
         vae_dtype=section.vae_dtype,
         fps=section.fps or spec.fps,
         travel_counterparts=dict(section.travel_counterparts),

@@ -45,12 +45,13 @@ from Wan2GP.loading import (
     ModelLoadError,
     component_dtypes,
     load_components_of,
-    quiet_library_progress_bars,
+    quiet_libraries,
     resolve_weights_dir,
 )
 from Wan2GP.model_folders import default_cache_dir
 from Wan2GP.offload import OffloadedParts, apply_placement, component_devices, model_sizes
 from Wan2GP.placement import (
+    HostMemoryTooSmall,
     ModelSizes,
     Placement,
     VramBudgetTooSmall,
@@ -59,6 +60,7 @@ from Wan2GP.placement import (
     plan_placement,
 )
 from Wan2GP.prompt_text import DEFAULT_PROMPT_MODEL
+from Wan2GP.quantization import check_weight_format
 from Wan2GP.request import GenerationRequest, InvalidGenerationParams, check_param_names, resolve_request
 from Wan2GP.sampler import (
     Conditioning,
@@ -90,8 +92,8 @@ __all__ = [
 
 STAGES = ("load", "encode", "denoise", "decode", "write")
 
-# (definition, weights folder, run device, device per component) -> the loaded components
-ComponentLoader = Callable[[ModelDefinition, Path, torch.device, Mapping[str, torch.device]], LoadedModel]
+# (definition, weights folder, run device, device per component, transformer weights format) -> the loaded components
+ComponentLoader = Callable[[ModelDefinition, Path, torch.device, Mapping[str, torch.device], str], LoadedModel]
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,27 @@ def default_vram_budget(device: torch.device) -> int | None:
     return int(min(free, total * fraction))
 
 
+# Host memory left to the process beside the offloaded weights: decoded frames, the loader's one-tensor-at-a-time
+# staging, the Python heap.
+HOST_MEMORY_MARGIN_BYTES = 4 * 2**30
+
+
+def default_host_budget(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """Host memory the offloaded parts may take now: what the system has available (psutil), capped by the cgroup's
+    limit in a container (a pod's limit, not the host's memory), minus HOST_MEMORY_MARGIN_BYTES."""
+    import psutil
+
+    available = psutil.virtual_memory().available
+    limit, usage = cgroup / "memory.max", cgroup / "memory.current"  # cgroup v2
+    try:
+        limit_text = limit.read_text().strip()
+        if limit_text != "max":
+            available = min(available, int(limit_text) - int(usage.read_text()))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 memory controller: the system's figure stands
+    return max(0, available - HOST_MEMORY_MARGIN_BYTES)
+
+
 class WanEngine:
     """`reinject_start_frame` (i2v): Wan2GP puts the clean start-frame latent back, re-noised to the step's level,
     before every forward and once more at the end (upstream_engine_spec §9.9), so frame 0 is exactly the start image;
@@ -166,6 +189,9 @@ class WanEngine:
     `vram_budget` (bytes; default: default_vram_budget) decides where the model's parts live (Wan2GP.placement): all
     resident when they fit, else the encoders offloaded, else the transformers' blocks streamed from pinned host
     memory; the VAE tiled where its whole-frame decode would not fit. `placement` forces one (tests, benchmarks).
+    `host_budget` (bytes; default: default_host_budget when the model loads) bounds the host memory the offloaded
+    parts take. `transformer_weights` ("native", "int8", "fp8"; default: the definition's setting, "auto": native
+    where a placement fits both budgets, else int8) chooses the transformers' block weights (Wan2GP.quantization).
     `component_loader` reads a model's components onto the devices its placement gives (default: from its weights
     folder; the GPU benchmarks build random full-size ones instead, bench/memory_profiles.py)."""
 
@@ -180,17 +206,21 @@ class WanEngine:
         prompt_model: str = DEFAULT_PROMPT_MODEL,
         vram_budget: int | None = None,
         placement: str | None = None,
+        host_budget: int | None = None,
+        transformer_weights: str | None = None,
         component_loader: ComponentLoader = load_components_of,
     ) -> None:
         self.reinject_start_frame = reinject_start_frame
         self.prompt_model = prompt_model  # the VLM write_prompts loads: a repo id, a local folder or "tiny"
-        quiet_library_progress_bars()
+        quiet_libraries()
         self.device = torch.device(device) if device is not None else default_device()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.catalog = catalog if catalog is not None else load_catalog()
         self.lora_dir = Path(lora_dir) if lora_dir is not None else self.cache_dir / "loras"
         self.vram_budget = vram_budget if vram_budget is not None else default_vram_budget(self.device)
         self.forced_placement = placement
+        self.host_budget = host_budget
+        self.transformer_weights = check_weight_format(transformer_weights) if transformer_weights is not None else None
         self._component_loader = component_loader
         self._loaded: LoadedModel | None = None
         self._sizes: ModelSizes | None = None  # the loaded model's component sizes
@@ -241,17 +271,37 @@ class WanEngine:
         started = time.perf_counter()
         weights_dir = resolve_weights_dir(definition, self.cache_dir)
         transformer_dtype, vae_dtype, text_dtype = component_dtypes(definition, self.device)
-        sizes = model_sizes(
-            definition, weights_dir, transformer_dtype=transformer_dtype, vae_dtype=vae_dtype, text_dtype=text_dtype
+        formats = self._weight_formats(definition)
+        sizes_of = model_sizes(
+            definition,
+            weights_dir,
+            transformer_dtype=transformer_dtype,
+            vae_dtype=vae_dtype,
+            text_dtype=text_dtype,
+            weights=formats,
         )
-        work = sizes.work_for(latent_frames=latent_frames(num_frames), width=width, height=height)
+        work = sizes_of[formats[0]].work_for(latent_frames=latent_frames(num_frames), width=width, height=height)
         try:
-            placement = plan_placement(sizes, work, self.vram_budget, model=definition.id, forced=self.forced_placement)
+            placement = plan_placement(
+                sizes_of[formats[0]],
+                work,
+                self.vram_budget,
+                model=definition.id,
+                forced=self.forced_placement,
+                weights=formats[0],
+                host_budget=self._host_budget(),
+                fallback=(formats[1], sizes_of[formats[1]]) if len(formats) > 1 else None,
+            )
         except VramBudgetTooSmall as error:
             raise InvalidGenerationParams(
                 ["resolution"], f"resolution: {width}x{height}x{num_frames}: {error}"
             ) from None
-        loaded = self._component_loader(definition, weights_dir, self.device, component_devices(placement, self.device))
+        except HostMemoryTooSmall as error:
+            raise ModelLoadError(f"model {definition.id}: {error}") from None
+        sizes = sizes_of[placement.weights]
+        loaded = self._component_loader(
+            definition, weights_dir, self.device, component_devices(placement, self.device), placement.weights
+        )
         self._offloaded = apply_placement(
             placement,
             self.device,
@@ -269,6 +319,17 @@ class WanEngine:
             f", {self.pinned_host_bytes / 1e9:.1f} GB in page-locked host memory" if self.pinned_host_bytes else "",
         )
         return loaded
+
+    def _weight_formats(self, definition: ModelDefinition) -> tuple[str, ...]:
+        """The transformer weight formats a load may use, preferred first."""
+        chosen = self.transformer_weights or definition.transformer_weights
+        return ("native", "int8") if chosen == "auto" else (chosen,)
+
+    def _host_budget(self) -> int | None:
+        """Host memory the offloaded parts may take (None: no limit; a CPU runs everything resident)."""
+        if self.host_budget is not None:
+            return self.host_budget
+        return default_host_budget() if self.device.type == "cuda" else None
 
     def _fits(self, placement: Placement, sizes: ModelSizes, work: WorkSizes) -> bool:
         if self.vram_budget is None or self.forced_placement is not None:
@@ -473,12 +534,19 @@ class WanEngine:
             with self._placement_named_on_oom():
                 result = self._encode_and_denoise(request, model, loras, timings, progress, cancel)
         finally:
+            if self._offloaded is not None:
+                self._offloaded.sync()  # streamed 8-bit weights read right again between generations
             if loras is not None:
                 loras.close()  # the transformers go back to their base weights, even on error or cancel
                 if self._offloaded is not None:
                     self._offloaded.sync()  # and the streamed blocks forget the adapters' host copies
 
         _check_cancel(cancel, "before decoding")
+        if self.device.type == "cuda" and self._placement is not None and self._placement.kind != "resident":
+            # The streamed blocks' freed copies leave the cache in block-sized pieces; under a budget the decode's
+            # larger buffers need them given back first (on the H200 at 24 GB: 3.9 GiB cached in pieces, out of
+            # memory asking for 0.95 GiB).
+            torch.cuda.empty_cache()
         with (
             _stage("decode", timings, progress, at=request.plan.num_inference_steps),
             torch.inference_mode(),

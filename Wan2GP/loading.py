@@ -9,6 +9,7 @@ finetune published as single-file transformer checkpoints takes its transformers
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,17 +31,21 @@ from transformers import (
 from Wan2GP.catalog import ModelDefinition
 from Wan2GP.checkpoints import load_checkpoint_transformers
 from Wan2GP.model_folders import TRANSFORMER_SUBFOLDERS, ModelLoadError, tiny_model_folder
+from Wan2GP.quantization import check_weight_format, quantize_transformer
 from Wan2GP.tiny import ensure_tiny_model
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-def quiet_library_progress_bars() -> None:
+def quiet_libraries() -> None:
     """Turn off diffusers', transformers' and huggingface_hub's own tqdm bars ("Loading weights", "Writing model
-    shards", downloads): they interleave with the worker's log lines, and the engine reports loading as a stage."""
+    shards", downloads): they interleave with the worker's log lines, and the engine reports loading as a stage.
+    And torchao's import-time warning per optional CUDA kernel library built for another torch (diffusers imports
+    torchao whenever it offloads): the weight-only 8-bit layouts used here run on plain torch ops."""
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     huggingface_hub.utils.disable_progress_bars()
+    logging.getLogger("torchao").setLevel(logging.ERROR)
 
 
 @dataclass
@@ -139,37 +144,49 @@ def load_components(
     weights_dir: Path,
     device: torch.device,
     devices: Mapping[str, torch.device] | None = None,
+    transformer_weights: str = "native",
 ) -> LoadedModel:
     """Every component in its run dtype for `device`, loaded on `devices[component]` ("transformer", "vae",
-    "text_encoder", "image_encoder"; default: all on `device`): host memory for the parts a placement offloads."""
+    "text_encoder", "image_encoder"; default: all on `device`): host memory for the parts a placement offloads.
+    `transformer_weights` "int8"/"fp8": the transformers' blocks quantized (Wan2GP.quantization), each expert as soon
+    as it is read, so host memory holds one 16-bit expert at most."""
     transformer_dtype, vae_dtype, text_dtype = component_dtypes(definition, device)
     transformer_class = WanVACETransformer3DModel if definition.is_vace else WanTransformer3DModel
     where = {name: torch.device(device) for name in ("transformer", "vae", "text_encoder", "image_encoder")}
     where.update(devices or {})
+    quantized = check_weight_format(transformer_weights) != "native"
+    # 16-bit weights that are quantized on the way cannot be read straight onto a device that only fits 8 bits
+    read_transformers_on = torch.device("cpu") if quantized else where["transformer"]
 
-    def placement(component: str) -> dict[str, str]:
+    def placement(component: str, on: torch.device | None = None) -> dict[str, str]:
         # On CUDA, place weights straight on the GPU instead of staging 28 GB per expert in host memory first.
-        return {"device_map": str(where[component])} if where[component].type == "cuda" else {}
+        on = on if on is not None else where[component]
+        return {"device_map": str(on)} if on.type == "cuda" else {}
 
     def prepared(module: torch.nn.Module, component: str) -> torch.nn.Module:
+        if component == "transformer" and quantized:
+            quantize_transformer(module, transformer_weights, work_device=device, keep_on=where[component])
         return module.to(where[component]).eval().requires_grad_(False)
 
     if definition.weights.kind == "checkpoints":
         loaded = load_checkpoint_transformers(
-            definition, weights_dir, transformer_class, transformer_dtype, where["transformer"]
+            definition, weights_dir, transformer_class, transformer_dtype, read_transformers_on
         )
+        transformers = {expert: prepared(module, "transformer") for expert, module in loaded.items()}
     else:
-        loaded = {
-            expert: transformer_class.from_pretrained(
-                weights_dir,
-                subfolder=TRANSFORMER_SUBFOLDERS[expert],
-                torch_dtype=transformer_dtype,
-                local_files_only=True,
-                **placement("transformer"),
+        transformers = {
+            expert: prepared(
+                transformer_class.from_pretrained(
+                    weights_dir,
+                    subfolder=TRANSFORMER_SUBFOLDERS[expert],
+                    torch_dtype=transformer_dtype,
+                    local_files_only=True,
+                    **placement("transformer", read_transformers_on),
+                ),
+                "transformer",
             )
             for expert in ("high", "low")[: definition.experts]
         }
-    transformers = {expert: prepared(module, "transformer") for expert, module in loaded.items()}
     vae = prepared(
         AutoencoderKLWan.from_pretrained(
             weights_dir, subfolder="vae", torch_dtype=vae_dtype, local_files_only=True, **placement("vae")
@@ -226,9 +243,10 @@ def load_components_of(
     weights_dir: Path,
     device: torch.device,
     devices: Mapping[str, torch.device] | None = None,
+    transformer_weights: str = "native",
 ) -> LoadedModel:
     """load_components, its errors as ModelLoadError naming the model."""
     try:
-        return load_components(definition, weights_dir, device, devices)
+        return load_components(definition, weights_dir, device, devices, transformer_weights)
     except (OSError, ValueError, KeyError) as error:
         raise ModelLoadError(f"model {definition.id}: cannot load weights from {weights_dir}: {error}") from error

@@ -476,6 +476,8 @@ def _attach(
         with warnings.catch_warnings():
             # peft warns that a second adapter makes "multiple adapters in the model": that is the point here.
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            # on 8-bit weights (Wan2GP.quantization) peft cannot merge: the adapters run unmerged there by design
+            warnings.filterwarnings("ignore", message="TorchaoLoraLinear was instantiated without")
             transformer.load_lora_adapter(
                 tensors, prefix=None, adapter_name=adapter_name, metadata=config, low_cpu_mem_usage=True
             )

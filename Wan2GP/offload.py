@@ -10,7 +10,7 @@ hooks run without a stream, which is how the tests exercise them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,26 +23,29 @@ from transformers import AutoConfig, CLIPVisionModel, UMT5EncoderModel
 
 from Wan2GP.catalog import ModelDefinition
 from Wan2GP.model_folders import TRANSFORMER_SUBFOLDERS
-from Wan2GP.placement import ModelSizes, Placement
-
-BLOCK_LISTS = ("blocks", "vace_blocks")  # the ModuleLists diffusers' block-level offloading streams
+from Wan2GP.placement import RESIDENT_BLOCK_ADAPTER_SHARE, ModelSizes, Placement
+from Wan2GP.quantization import (
+    inner_tensors,
+    is_quantized,
+    quantized_module_bytes,
+    tensor_bytes,
+    transformer_blocks,
+)
 
 
 def module_bytes(module: torch.nn.Module, dtype: torch.dtype | None = None) -> int:
     """Bytes of a module's parameters and buffers (shared tensors once), at `dtype` where given (floating ones)."""
-    seen: set[int] = set()
     total = 0
-    for tensor in (*module.parameters(), *module.buffers()):
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        size = dtype.itemsize if dtype is not None and tensor.is_floating_point() else tensor.element_size()
-        total += tensor.numel() * size
+    for tensor in {id(t): t for t in (*module.parameters(), *module.buffers())}.values():
+        if dtype is not None and tensor.is_floating_point():
+            total += tensor.numel() * dtype.itemsize
+        else:
+            total += tensor_bytes(tensor)
     return total
 
 
-def _blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
-    return [block for name in BLOCK_LISTS for block in getattr(transformer, name, None) or []]
+def _block_bytes(block: torch.nn.Module, dtype: torch.dtype, weights: str) -> int:
+    return module_bytes(block, dtype) if weights == "native" else quantized_module_bytes(block, weights, dtype)
 
 
 def _largest_leaf(module: torch.nn.Module, dtype: torch.dtype) -> int:
@@ -59,21 +62,29 @@ def model_sizes(
     transformer_dtype: torch.dtype,
     vae_dtype: torch.dtype,
     text_dtype: torch.dtype,
-) -> ModelSizes:
-    """Each component's bytes at its run dtype, from its config alone (modules built on the meta device)."""
+    weights: Sequence[str] = ("native",),
+) -> dict[str, ModelSizes]:
+    """Each component's bytes at its run dtype, from its config alone (modules built on the meta device), for each
+    format of the transformers' block weights in `weights` ("native", "int8", "fp8")."""
     transformer_class = WanVACETransformer3DModel if definition.is_vace else WanTransformer3DModel
-    experts: dict[str, int] = {}
-    largest_block = rest = model_dim = blocks_count = 0
+    experts: dict[str, dict[str, int]] = {name: {} for name in weights}
+    largest_block = dict.fromkeys(("native", *weights), 0)
+    rest = model_dim = blocks_count = 0
     patch_size: tuple[int, int, int] = (1, 2, 2)
     with init_empty_weights():
         for expert in ("high", "low")[: definition.experts]:
             config = transformer_class.load_config(weights_dir, subfolder=TRANSFORMER_SUBFOLDERS[expert])
             transformer = transformer_class.from_config(config)
-            experts[expert] = module_bytes(transformer, transformer_dtype)
-            block_bytes = [module_bytes(block, transformer_dtype) for block in _blocks(transformer)]
-            blocks_count = max(blocks_count, len(block_bytes))
-            largest_block = max([largest_block, *block_bytes])
-            rest = max(rest, experts[expert] - sum(block_bytes))
+            blocks = transformer_blocks(transformer)
+            blocks_count = max(blocks_count, len(blocks))
+            whole = module_bytes(transformer, transformer_dtype)
+            native_blocks = [module_bytes(block, transformer_dtype) for block in blocks]
+            rest = max(rest, whole - sum(native_blocks))  # the non-block layers keep their dtype in every format
+            largest_block["native"] = max([largest_block["native"], *native_blocks])
+            for name in weights:
+                block_bytes = [_block_bytes(block, transformer_dtype, name) for block in blocks]
+                experts[name][expert] = whole - sum(native_blocks) + sum(block_bytes)
+                largest_block[name] = max([largest_block[name], *block_bytes])
             model_dim = max(
                 model_dim, int(transformer.config.num_attention_heads * transformer.config.attention_head_dim)
             )
@@ -86,20 +97,24 @@ def model_sizes(
             else None
         )
     _tie(text_encoder)  # outside init_empty_weights, which re-creates every parameter assigned inside it
-    return ModelSizes(
-        experts=experts,
-        largest_block=largest_block,
-        transformer_rest=rest,
-        text_encoder=module_bytes(text_encoder, text_dtype),
-        text_encoder_largest_layer=_largest_leaf(text_encoder, text_dtype),
-        # CLIP runs in float32 on every device (Wan2GP.loading)
-        image_encoder=module_bytes(image_encoder, torch.float32) if image_encoder is not None else 0,
-        vae=module_bytes(vae, vae_dtype),
-        model_dim=model_dim,
-        blocks=blocks_count,
-        spatial_factor=int(vae.config.scale_factor_spatial),
-        patch_size=patch_size,
-    )
+    return {
+        name: ModelSizes(
+            experts=experts[name],
+            largest_block=largest_block[name],
+            adapter_room=int(largest_block["native"] * RESIDENT_BLOCK_ADAPTER_SHARE),
+            transformer_rest=rest,
+            text_encoder=module_bytes(text_encoder, text_dtype),
+            text_encoder_largest_layer=_largest_leaf(text_encoder, text_dtype),
+            # CLIP runs in float32 on every device (Wan2GP.loading)
+            image_encoder=module_bytes(image_encoder, torch.float32) if image_encoder is not None else 0,
+            vae=module_bytes(vae, vae_dtype),
+            model_dim=model_dim,
+            blocks=blocks_count,
+            spatial_factor=int(vae.config.scale_factor_spatial),
+            patch_size=patch_size,
+        )
+        for name in weights
+    }
 
 
 def _tie(model: torch.nn.Module) -> None:
@@ -141,14 +156,16 @@ def apply_placement(
         for encoder in encoders:
             if encoder is not None:
                 if use_stream:
-                    pinned.adopt(encoder)
+                    pinned.adopt([encoder], type(encoder).__name__)
                 apply_group_offloading(encoder, offload_type="leaf_level", record_stream=use_stream, **offload)
     streamed: list[StreamedTransformer] = []
     if placement.kind == "stream_blocks":
         for transformer in {id(module): module for module in transformers.values()}.values():
-            if use_stream:
-                pinned.adopt(transformer)
-            streamed.append(StreamedTransformer(transformer, device, placement.resident_blocks, use_stream=use_stream))
+            streamed.append(
+                StreamedTransformer(
+                    transformer, device, placement.resident_blocks, pinned=pinned if use_stream else None
+                )
+            )
     if placement.vae_tiling:
         vae.enable_tiling()
     else:
@@ -175,8 +192,9 @@ class PinnedHostMemory:
     def bytes(self) -> int:
         return sum(buffer.numel() for buffer in self._registered)
 
-    def adopt(self, module: torch.nn.Module) -> None:
-        buffer = consolidate(module)
+    def adopt(self, modules: Sequence[torch.nn.Module], name: str) -> None:
+        """Page-lock the host tensors of `modules` (all of a module's tensors, or e.g. only its streamed blocks')."""
+        buffer = consolidate(modules)
         if buffer is None:
             return
         cudart = torch.cuda.cudart()
@@ -185,7 +203,7 @@ class PinnedHostMemory:
             logger.warning(
                 "could not page-lock {:.1f} GB of host memory for {} ({}): diffusers pins copies instead",
                 buffer.numel() / 1e9,
-                type(module).__name__,
+                name,
                 status,
             )
             return
@@ -203,21 +221,32 @@ class PinnedHostMemory:
         self._registered = []
 
 
-def consolidate(module: torch.nn.Module, alignment: int = PinnedHostMemory.ALIGNMENT) -> torch.Tensor | None:
-    """Move a module's host tensors into one new uint8 buffer, one tensor at a time (each original is freed as soon
+def consolidate(modules: Sequence[torch.nn.Module], alignment: int = PinnedHostMemory.ALIGNMENT) -> torch.Tensor | None:
+    """Move the modules' host tensors into one new uint8 buffer, one tensor at a time (each original is freed as soon
     as it is copied), every tensor starting `alignment`-aligned; the buffer, or None when nothing is on the host.
-    Shared tensors (tied weights) stay shared."""
-    tensors = list({id(t): t for t in (*module.parameters(), *module.buffers()) if t.device.type == "cpu"}.values())
-    if not tensors:
+    Shared tensors (tied weights) stay shared; a torchao 8-bit weight's inner tensors (its int8/float8 data and
+    scales) move, the wrapper stays the module's parameter."""
+    owners = {id(t): t for module in modules for t in (*module.parameters(), *module.buffers())}.values()
+    # (owner, inner attribute or None for the tensor itself, the host tensor)
+    parts = [
+        (owner, name, inner)
+        for owner in owners
+        for name, inner in (inner_tensors(owner) if is_quantized(owner) else [(None, owner)])
+        if inner.device.type == "cpu"
+    ]
+    if not parts:
         return None
-    sizes = [-(-tensor.numel() * tensor.element_size() // alignment) * alignment for tensor in tensors]
+    sizes = [-(-inner.numel() * inner.element_size() // alignment) * alignment for _, _, inner in parts]
     buffer = torch.empty(sum(sizes), dtype=torch.uint8)
     offset = 0
-    for tensor, size in zip(tensors, sizes, strict=True):
-        nbytes = tensor.numel() * tensor.element_size()
-        view = buffer[offset : offset + nbytes].view(tensor.dtype).view(tensor.shape)
-        view.copy_(tensor.data)
-        tensor.data = view
+    for (owner, name, inner), size in zip(parts, sizes, strict=True):
+        nbytes = inner.numel() * inner.element_size()
+        view = buffer[offset : offset + nbytes].view(inner.dtype).view(inner.shape)
+        view.copy_(inner.data)
+        if name is None:
+            owner.data = view
+        else:
+            setattr(owner, name, view)
         offset += size
     return buffer
 
@@ -232,16 +261,28 @@ class StreamedTransformer:
     later (peft's LoRA layers) are taken in by `sync()`, which updates those lists in place; re-applying the hooks
     instead (diffusers' own answer) would forget the traced block order and copy the next forward in unprefetched."""
 
-    def __init__(self, transformer: torch.nn.Module, device: torch.device, resident_blocks: int, *, use_stream: bool):
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        device: torch.device,
+        resident_blocks: int,
+        *,
+        pinned: PinnedHostMemory | None,
+    ):
         from diffusers.hooks import HookRegistry
 
         self.transformer = transformer
         self.device = device
-        blocks = _blocks(transformer)
+        blocks = transformer_blocks(transformer)
         count = min(max(resident_blocks, 0), len(blocks))
         # evenly spaced, so every streamed block's copy has resident compute before it to hide behind
         chosen = {round(index * len(blocks) / count) for index in range(count)} if count else set()
         self.resident = [block for index, block in enumerate(blocks) if index in chosen]
+        resident_ids = {id(block) for block in self.resident}
+        streamed_blocks = [block for block in blocks if id(block) not in resident_ids]
+        use_stream = pinned is not None
+        if pinned is not None:  # only the streamed blocks' host copies are page-locked: the rest leaves the host
+            pinned.adopt(streamed_blocks, type(transformer).__name__)
         apply_group_offloading(
             transformer,
             onload_device=device,
@@ -250,6 +291,8 @@ class StreamedTransformer:
             num_blocks_per_group=1,
             use_stream=use_stream,
             record_stream=use_stream,
+            # the host copies are the tensors themselves (page-locked above), not pinned copies of them
+            low_cpu_mem_usage=True,
         )
         registry = HookRegistry.check_if_exists_or_initialize(transformer)
         lazy_hook = registry.get_hook("lazy_prefetch_group_offloading")
@@ -264,18 +307,16 @@ class StreamedTransformer:
             block_registry.remove_hook("layer_execution_tracker", recurse=False)
             if lazy_hook is not None:  # not expected in the traced order
                 lazy_hook._layer_execution_tracker_module_names.discard(names[id(block)])
-        resident_ids = {id(block) for block in self.resident}
         self._streamed_groups = [
             HookRegistry.check_if_exists_or_initialize(block).get_hook("group_offloading").group
-            for block in blocks
-            if id(block) not in resident_ids
+            for block in streamed_blocks
         ]
         self.sync()
 
     def sync(self) -> None:
         """Take in tensors added to or removed from the blocks since the hooks were applied: a streamed block's new
         tensors get (small, pinned) host copies in its group and live there between forwards, removed ones are
-        forgotten; a resident block's tensors all go to the device."""
+        forgotten; a resident block's tensors all go to the device. Between generations (all blocks offloaded)."""
         for group in self._streamed_groups:
             if group.stream is None:
                 continue  # no stream (a CPU): the group moves its modules whole with .to(), no host copies kept
@@ -283,15 +324,33 @@ class StreamedTransformer:
             for tensor in [t for t in group.cpu_param_dict if id(t) not in current]:
                 del group.cpu_param_dict[tensor]
             for tensor in current.values():
+                if is_quantized(tensor) and tensor in group.cpu_param_dict:
+                    _keep_quantized_host_copy(tensor, group.cpu_param_dict)
                 if tensor not in group.cpu_param_dict:
                     host = tensor.data.to("cpu")
                     host = host if host.is_pinned() else host.pin_memory()
                     group.cpu_param_dict[tensor] = host
                     tensor.data = host
         for block in self.resident:
-            for tensor in (*block.parameters(), *block.buffers()):
-                if tensor.device != self.device:
-                    tensor.data = tensor.data.to(self.device)
+            block.to(self.device)  # Module.to also moves torchao's 8-bit weights (tensor.data would not)
+
+
+def _keep_quantized_host_copy(weight: torch.Tensor, host_copies: dict[torch.Tensor, torch.Tensor]) -> None:
+    """diffusers' group offloading and torchao's 8-bit weights, two gaps (H200, diffusers 0.42.1, torchao 0.18):
+
+    - the host copy of a weight already on the host is the weight itself (`.cpu()` returns it), and every onload
+      swaps the device copy into that object, so the host copy would become the device copy: a second wrapper over
+      the same (page-locked) inner tensors is the host copy instead;
+    - offloading puts the host copy's inner tensors back into the weight but leaves its wrapper saying it is on the
+      device, and the next code reading the weight between forwards fails ("Attempted to set the storage of a tensor
+      on device cpu to a storage on different device cuda:0": peft attaching a LoRA): a wrapper whose data is on the
+      host is made to say so."""
+    host = host_copies[weight]
+    if host is weight:
+        host = host_copies[weight] = host._apply_fn_to_data(lambda inner: inner)
+    data_device = next(inner for _, inner in inner_tensors(weight)).device
+    if data_device == host.device and weight.device != host.device:
+        torch.utils.swap_tensors(weight, host._apply_fn_to_data(lambda inner: inner))
 
 
 @dataclass

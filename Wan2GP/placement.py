@@ -12,6 +12,10 @@ Three placements, from fastest to leanest (``Wan2GP.offload`` applies them with 
 The VAE always stays on the device (a few hundred MB); it decodes (and encodes) in tiles when the whole video's
 activations would not fit beside the rest.
 
+The offloaded parts wait in page-locked host memory, so a placement also needs host memory (`host_bytes`). When no
+placement of the 16-bit weights fits both the VRAM budget and the host memory, the same placements are tried with
+the transformers' block weights in 8 bits (Wan2GP.quantization): half the bytes on the device and on the host.
+
 The activation figures are estimates calibrated on an H200 (bench/README.md, "Memory profiles"): what a placement
 needs is weights that must be on the device at once + the largest working set of the three stages (encode, denoise,
 decode) + a fixed allocator margin.
@@ -37,9 +41,9 @@ DENOISE_BYTES_PER_TOKEN_DIM = 12
 # the peak follows the frame size, not the length). Measured on the H200: 9.6 GiB over the VAE's weights at 768x576
 # (22.7 KiB per pixel; bench/README.md, "Memory profiles"), rounded up.
 VAE_DECODE_BYTES_PER_PIXEL = 24 * 1024
-# A resident block's share of the unmerged LoRA adapters that stay beside it (two rank-64 LoRAs on every Linear add
-# ~4% to an A14B block): a margin on each block kept on the device.
-RESIDENT_BLOCK_OVERHEAD = 1.05
+# Room for the unmerged LoRA adapters beside a resident block, as a share of the block's 16-bit bytes (two rank-64
+# LoRAs on every Linear add ~4% to an A14B block; the adapters stay 16-bit when the block's weights are 8-bit).
+RESIDENT_BLOCK_ADAPTER_SHARE = 0.05
 # Tiled decode/encode works on tiles of at most this many pixels a side (diffusers' AutoencoderKLWan tiling default
 # sample tile, 256, plus its blend overlap).
 VAE_TILE_PIXELS = 320 * 320
@@ -48,12 +52,25 @@ VAE_TILE_PIXELS = 320 * 320
 class VramBudgetTooSmall(ValueError):
     """No placement fits the budget; `minimum` is the smallest budget (bytes) with which the leanest one does."""
 
-    def __init__(self, budget: int, minimum: int, model: str) -> None:
+    def __init__(self, budget: int, minimum: int, model: str, leanest: str = "stream_blocks, tiled VAE") -> None:
         self.budget = budget
         self.minimum = minimum
         super().__init__(
             f"vram budget: {budget / GiB:.1f} GiB is too small for {model} at this size; the leanest placement "
-            f"(stream_blocks, tiled VAE) needs at least {minimum / GiB:.1f} GiB"
+            f"({leanest}) needs at least {minimum / GiB:.1f} GiB"
+        )
+
+
+class HostMemoryTooSmall(ValueError):
+    """Placements fit the VRAM budget but none of them the host memory their offloaded parts wait in; `minimum` is
+    the least host memory (bytes) one of them needs."""
+
+    def __init__(self, available: int, minimum: int, model: str) -> None:
+        self.available = available
+        self.minimum = minimum
+        super().__init__(
+            f"host memory: {available / GiB:.1f} GiB available is too little for {model} within this vram budget; "
+            f"the placement that needs least host memory needs {minimum / GiB:.1f} GiB"
         )
 
 
@@ -63,6 +80,7 @@ class ModelSizes:
 
     experts: Mapping[str, int]  # whole transformer per expert ("high", and "low" for two-expert models)
     largest_block: int  # the largest transformer block (what streaming holds per block on the device)
+    adapter_room: int  # bytes kept beside each resident block for unmerged LoRA adapters (RESIDENT_BLOCK_ADAPTER_SHARE)
     transformer_rest: int  # the largest transformer's layers outside its blocks (embedders, head)
     text_encoder: int
     text_encoder_largest_layer: int  # the largest single layer (UMT5's token embedding): what streaming it needs
@@ -107,12 +125,16 @@ class Placement:
     needed: int  # estimated peak device bytes under this placement
     budget: int | None  # None: no budget (CPU, or a forced placement without one)
     resident_blocks: int = 0  # stream_blocks: blocks of each transformer kept on the device (the budget's spare room)
+    weights: str = "native"  # the transformers' block weights: "native" (the definition's dtype), "int8" or "fp8"
+    host_needed: int = 0  # estimated host bytes of the offloaded parts
 
     def describe(self) -> str:
         budget = "no budget" if self.budget is None else f"budget {self.budget / GiB:.1f} GiB"
+        weights = f", {self.weights} transformer weights" if self.weights != "native" else ""
         tiling = ", tiled VAE" if self.vae_tiling else ""
         resident = f", {self.resident_blocks} blocks per transformer resident" if self.resident_blocks else ""
-        return f"{self.kind}{tiling}{resident} (needs ~{self.needed / GiB:.1f} GiB, {budget})"
+        host = f", ~{self.host_needed / GiB:.1f} GiB of host memory" if self.host_needed else ""
+        return f"{self.kind}{weights}{tiling}{resident} (needs ~{self.needed / GiB:.1f} GiB, {budget}{host})"
 
 
 def needed_bytes(kind: str, sizes: ModelSizes, work: WorkSizes, *, vae_tiling: bool, resident_blocks: int = 0) -> int:
@@ -136,35 +158,73 @@ def needed_bytes(kind: str, sizes: ModelSizes, work: WorkSizes, *, vae_tiling: b
     return weights + working + ALLOCATOR_MARGIN_BYTES
 
 
-def plan_placement(
-    sizes: ModelSizes, work: WorkSizes, budget: int | None, *, model: str, forced: str | None = None
-) -> Placement:
-    """The fastest placement that fits `budget` (bytes), untiled VAE before tiled; `forced` names one to use
-    whatever it needs (tests, benchmarks). No budget: resident. VramBudgetTooSmall when nothing fits."""
+def host_bytes(kind: str, sizes: ModelSizes, *, resident_blocks: int = 0) -> int:
+    """Estimated host bytes of what `kind` offloads: the encoders, and under stream_blocks every transformer's
+    streamed blocks (the resident ones live on the device only)."""
+    if kind == "resident":
+        return 0
+    offloaded = sizes.text_encoder + sizes.image_encoder
+    if kind == "stream_blocks":
+        on_device = len(sizes.experts) * (sizes.transformer_rest + resident_blocks * sizes.largest_block)
+        offloaded += max(0, sum(sizes.experts.values()) - on_device)
+    return offloaded
 
-    def placed(kind: str, tiling: bool) -> Placement:
+
+def plan_placement(
+    sizes: ModelSizes,
+    work: WorkSizes,
+    budget: int | None,
+    *,
+    model: str,
+    forced: str | None = None,
+    weights: str = "native",
+    host_budget: int | None = None,
+    fallback: tuple[str, ModelSizes] | None = None,
+) -> Placement:
+    """The fastest placement that fits `budget` (device bytes) and `host_budget` (host bytes for the offloaded
+    parts; None: no limit), untiled VAE before tiled, with the transformers' weights `weights` (of `sizes`); when
+    none does, the same search with `fallback` (8-bit weights: their name and sizes). `forced` names a placement to
+    use whatever it needs (tests, benchmarks). No budget: resident. VramBudgetTooSmall when nothing fits the budget,
+    HostMemoryTooSmall when something does but not in host memory."""
+
+    def placed(kind: str, tiling: bool, option: ModelSizes, label: str) -> Placement:
         """`kind` with the budget's spare room (if any) given to resident blocks when it streams them."""
-        spare = None if budget is None else budget - needed_bytes(kind, sizes, work, vae_tiling=tiling)
-        resident = resident_blocks(sizes, spare) if kind == "stream_blocks" and spare is not None else 0
-        needed = needed_bytes(kind, sizes, work, vae_tiling=tiling, resident_blocks=resident)
-        return Placement(kind, tiling, needed, budget, resident)
+        spare = None if budget is None else budget - needed_bytes(kind, option, work, vae_tiling=tiling)
+        resident = resident_blocks(option, spare) if kind == "stream_blocks" and spare is not None else 0
+        needed = needed_bytes(kind, option, work, vae_tiling=tiling, resident_blocks=resident)
+        host = host_bytes(kind, option, resident_blocks=resident)
+        return Placement(kind, tiling, needed, budget, resident, label, host)
 
     if forced is not None:
         if forced not in PLACEMENTS:
             raise ValueError(f"placement: expected one of {PLACEMENTS}, got {forced!r}")
-        return placed(forced, budget is not None and needed_bytes(forced, sizes, work, vae_tiling=False) > budget)
+        tiling = budget is not None and needed_bytes(forced, sizes, work, vae_tiling=False) > budget
+        return placed(forced, tiling, sizes, weights)
     if budget is None:
-        return placed("resident", False)
-    for kind in PLACEMENTS:
-        for tiling in (False, True):
-            if needed_bytes(kind, sizes, work, vae_tiling=tiling) <= budget:
-                return placed(kind, tiling)
-    raise VramBudgetTooSmall(budget, needed_bytes(PLACEMENTS[-1], sizes, work, vae_tiling=True), model)
+        return placed("resident", False, sizes, weights)
+    options = [(weights, sizes), *([fallback] if fallback is not None else [])]
+    host_short: list[Placement] = []
+    for label, option in options:
+        for kind in PLACEMENTS:
+            for tiling in (False, True):
+                if needed_bytes(kind, option, work, vae_tiling=tiling) > budget:
+                    continue
+                placement = placed(kind, tiling, option, label)
+                if host_budget is None or placement.host_needed <= host_budget:
+                    return placement
+                host_short.append(placement)
+    if host_short:
+        assert host_budget is not None
+        raise HostMemoryTooSmall(host_budget, min(p.host_needed for p in host_short), model)
+    label, leanest = options[-1]
+    minimum = needed_bytes(PLACEMENTS[-1], leanest, work, vae_tiling=True)
+    described = "stream_blocks, tiled VAE" + (f", {label} transformer weights" if label != "native" else "")
+    raise VramBudgetTooSmall(budget, minimum, model, described)
 
 
 def block_cost(sizes: ModelSizes) -> int:
     """Device bytes of keeping one more block of every transformer resident."""
-    return int(len(sizes.experts) * sizes.largest_block * RESIDENT_BLOCK_OVERHEAD)
+    return len(sizes.experts) * (sizes.largest_block + sizes.adapter_room)
 
 
 def resident_blocks(sizes: ModelSizes, spare: int) -> int:

@@ -24,9 +24,11 @@ from Wan2GP.loading import component_dtypes
 from Wan2GP.offload import model_sizes
 from Wan2GP.placement import (
     GiB,
+    HostMemoryTooSmall,
     ModelSizes,
     VramBudgetTooSmall,
     block_cost,
+    host_bytes,
     needed_bytes,
     parse_budget_gb,
     plan_placement,
@@ -59,8 +61,9 @@ UMT5_XXL_PARAMS = 5.681e9
 
 
 @pytest.fixture(scope="module")
-def a14b_sizes(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> ModelSizes:
-    """The component sizes of Wan 2.2 I2V A14B, from its configs alone (nothing is allocated)."""
+def a14b_formats(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> dict[str, ModelSizes]:
+    """The component sizes of Wan 2.2 I2V A14B, from its configs alone (nothing is allocated), with 16-bit and with
+    8-bit transformer block weights."""
     folder = tmp_path_factory.mktemp("a14b_configs")
     for subfolder in ("transformer", "transformer_2"):
         (folder / subfolder).mkdir()
@@ -70,7 +73,19 @@ def a14b_sizes(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog) -> Mo
     UMT5Config(**UMT5_XXL).save_pretrained(folder / "text_encoder")
     definition = catalog.get("i2v_2_2")
     transformer, vae, text = component_dtypes(definition, torch.device("cuda"))  # the GPU dtypes: bf16, fp32, bf16
-    return model_sizes(definition, folder, transformer_dtype=transformer, vae_dtype=vae, text_dtype=text)
+    return model_sizes(
+        definition,
+        folder,
+        transformer_dtype=transformer,
+        vae_dtype=vae,
+        text_dtype=text,
+        weights=("native", "int8", "fp8"),
+    )
+
+
+@pytest.fixture(scope="module")
+def a14b_sizes(a14b_formats: dict[str, ModelSizes]) -> ModelSizes:
+    return a14b_formats["native"]
 
 
 def seed_segment(sizes: ModelSizes):  # noqa: ANN201
@@ -129,6 +144,81 @@ def test_a_budget_below_the_leanest_placement_names_the_minimum(a14b_sizes: Mode
     with pytest.raises(VramBudgetTooSmall, match=rf"i2v_2_2.*at least {minimum / GiB:.1f} GiB") as caught:
         plan_placement(a14b_sizes, work, minimum - 1, model="i2v_2_2")
     assert caught.value.minimum == minimum
+
+
+def test_8_bit_block_weights_halve_each_transformer_and_leave_the_rest(a14b_formats: dict[str, ModelSizes]) -> None:
+    native, int8, fp8 = (a14b_formats[name] for name in ("native", "int8", "fp8"))
+    native_blocks = native.experts["high"] - native.transformer_rest
+    int8_blocks = int8.experts["high"] - int8.transformer_rest
+    # one byte per Linear weight instead of two, plus a float32 scale (and int8's zero point) per output row
+    assert int8_blocks == pytest.approx(native_blocks / 2, rel=0.01)
+    assert fp8.experts["high"] < int8.experts["high"] < native.experts["high"]
+    assert int8.largest_block == pytest.approx(native.largest_block / 2, rel=0.01)
+    # the embedders and head keep their precision; the encoders and the VAE are not quantized
+    assert int8.transformer_rest == native.transformer_rest
+    assert (int8.text_encoder, int8.vae, int8.blocks) == (native.text_encoder, native.vae, native.blocks)
+
+
+def test_offloaded_parts_need_host_memory_and_resident_blocks_leave_it(a14b_sizes: ModelSizes) -> None:
+    encoders = a14b_sizes.text_encoder + a14b_sizes.image_encoder
+    streamed_all = sum(a14b_sizes.experts.values()) - 2 * a14b_sizes.transformer_rest
+    assert host_bytes("resident", a14b_sizes) == 0
+    assert host_bytes("offload_encoders", a14b_sizes) == encoders
+    assert host_bytes("stream_blocks", a14b_sizes) == encoders + streamed_all
+    # each resident block of each expert is on the device only
+    assert host_bytes("stream_blocks", a14b_sizes, resident_blocks=7) == encoders + streamed_all - 2 * 7 * (
+        a14b_sizes.largest_block
+    )
+
+
+@pytest.mark.parametrize(
+    ("budget_gib", "host_gib", "kind", "weights"),
+    [
+        (24, None, "stream_blocks", "native"),  # no host limit: 16 bits, as before
+        (24, 128, "stream_blocks", "native"),  # a host with room for both 16-bit experts' streamed blocks
+        (24, 40, "stream_blocks", "int8"),  # a 64 GB host: 16-bit streaming needs ~52 GiB of it, 8-bit ~26
+        (48, 40, "stream_blocks", "native"),  # 25 resident blocks per expert leave ~30 GiB to stream from the host
+        (48, 20, "resident", "int8"),  # 8-bit: both experts and the text encoder fit a 48 GB card whole
+        (80, 0, "resident", "native"),  # resident needs no host memory at all
+    ],
+)
+def test_8_bit_weights_when_the_16_bit_placements_do_not_fit_host_memory(
+    a14b_formats: dict[str, ModelSizes], budget_gib: float, host_gib: float | None, kind: str, weights: str
+) -> None:
+    native = a14b_formats["native"]
+    work = seed_segment(native)
+    host_budget = None if host_gib is None else int(host_gib * GiB)
+    placement = plan_placement(
+        native,
+        work,
+        int(budget_gib * GiB),
+        model="i2v_2_2",
+        host_budget=host_budget,
+        fallback=("int8", a14b_formats["int8"]),
+    )
+    assert (placement.kind, placement.weights) == (kind, weights)
+    assert placement.needed <= budget_gib * GiB
+    assert host_budget is None or placement.host_needed <= host_budget
+    if weights == "int8":
+        assert "int8 transformer weights" in placement.describe()
+        # what the 16-bit weights would have needed did not fit
+        sixteen_bit = plan_placement(native, work, int(budget_gib * GiB), model="i2v_2_2")
+        assert sixteen_bit.host_needed > host_budget
+
+
+def test_too_little_host_memory_for_any_placement_names_the_minimum(a14b_formats: dict[str, ModelSizes]) -> None:
+    native = a14b_formats["native"]
+    with pytest.raises(HostMemoryTooSmall, match=r"host memory: 8\.0 GiB available .* needs \d+\.\d GiB") as caught:
+        plan_placement(
+            native,
+            seed_segment(native),
+            24 * GiB,
+            model="i2v_2_2",
+            host_budget=8 * GiB,
+            fallback=("int8", a14b_formats["int8"]),
+        )
+    # the leanest in host memory: 8-bit streaming with the most resident blocks, the text encoder still offloaded
+    assert native.text_encoder < caught.value.minimum < 20 * GiB
 
 
 def test_budget_flag_values_are_checked() -> None:
@@ -318,7 +408,7 @@ def test_consolidated_host_tensors_keep_their_values_and_ties_in_one_aligned_buf
     tokens = torch.tensor([[5, 9, 2, 0]])
     before = text_encoder(tokens).last_hidden_state
     values = {name: tensor.clone() for name, tensor in text_encoder.state_dict().items()}
-    buffer = consolidate(text_encoder, alignment=64)
+    buffer = consolidate([text_encoder], alignment=64)
 
     assert buffer is not None and buffer.dtype == torch.uint8
     unique = {id(t): t for t in (*text_encoder.parameters(), *text_encoder.buffers())}.values()
@@ -378,11 +468,22 @@ def test_the_gpu_benchmark_script_runs_in_tiny_mode(tmp_path: Path) -> None:
         timeout=300,
     )
     report = json.loads(out.read_text())
-    assert [profile["placement"] for profile in report["profiles"]] == ["resident", "offload_encoders", "stream_blocks"]
+    placements = [(profile["placement"], profile["weights"]) for profile in report["profiles"]]
+    assert placements == [
+        ("resident", "native"),
+        ("offload_encoders", "native"),
+        ("stream_blocks", "native"),
+        ("stream_blocks", "int8"),
+    ]
     for profile in report["profiles"][1:]:
         assert len(profile["segments"]) == 2
         for segment in profile["segments"]:
             assert segment["forward_passes"] == {"high": 6, "low": 2}  # 3 phases, CFG in the first: the seed's plan
-            assert segment["latents_rel_error"] < 1e-5
             assert segment["latents_rel_error_vs_first_segment"] == 0.0
+            if profile["weights"] == "native":
+                assert segment["latents_rel_error"] < 1e-5
+            else:  # 8-bit weights: close to the 16-bit run's latents, and not the same (they were quantized)
+                assert 1e-4 < segment["latents_rel_error"] < 3e-2
     assert report["vae_tiling"]["shape"] == [3, 9, 64, 64]
+    forward = report["forward_check"]
+    assert 0 < forward["int8"]["rel_error"] < forward["fp8"]["rel_error"] < 5e-2

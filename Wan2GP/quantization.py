@@ -1,0 +1,128 @@
+"""8-bit transformer weights (torchao), for budgets where the 16-bit weights fit neither on the device nor in the
+host memory they would stream from.
+
+Only the Linear layers inside the transformer blocks (``blocks``, ``vace_blocks``) are quantized: weight-only, one
+scale per output channel, int8 (the default) or float8 e4m3. Activations and LoRA adapters stay in the run dtype
+(peft wraps a quantized Linear and adds its low-rank term unmerged), and the embedders and the head keep their full
+precision, as upstream keeps patch_embedding and head above the rest. int8 is the default because it runs on every
+GPU (float8 needs compute capability 8.9) and because its error is several times smaller: the error of each against
+the 16-bit weights is measured on the H200 (bench/README.md, "Memory profiles").
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+
+import torch
+
+WEIGHT_FORMATS = ("native", "int8", "fp8")  # "native": the model definition's own dtype (bf16 on a GPU)
+QUANTIZED_FORMATS = ("int8", "fp8")
+BLOCK_LISTS = ("blocks", "vace_blocks")  # the ModuleLists of a Wan transformer that hold its blocks
+
+# Per quantized Linear, per output channel: a float32 scale, and int8's zero point (torchao's per-row layouts).
+_ROW_OVERHEAD_BYTES = {"int8": 4 + 1, "fp8": 4}
+
+
+def check_weight_format(value: str) -> str:
+    if value not in WEIGHT_FORMATS:
+        raise ValueError(f"transformer weights: expected one of {', '.join(WEIGHT_FORMATS)}, got {value!r}")
+    return value
+
+
+def transformer_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
+    return [block for name in BLOCK_LISTS for block in getattr(transformer, name, None) or []]
+
+
+def torchao_config(weights: str):  # -> torchao AOBaseConfig; torchao is imported only when 8 bits are asked for
+    from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig
+
+    if weights == "int8":
+        return Int8WeightOnlyConfig()
+    if weights == "fp8":
+        return Float8WeightOnlyConfig()
+    raise ValueError(f"transformer weights: expected one of {', '.join(QUANTIZED_FORMATS)}, got {weights!r}")
+
+
+def quantize_transformer(
+    transformer: torch.nn.Module, weights: str, *, work_device: torch.device, keep_on: torch.device
+) -> None:
+    """Quantize the Linear layers of every block to `weights`, one block at a time on `work_device` (a GPU
+    quantizes a 14B transformer in seconds, and holds one 16-bit block at a time), each left on `keep_on` (host
+    memory for streamed blocks, the device for resident ones); the non-block layers go to `keep_on` unchanged."""
+    from torchao.quantization import quantize_
+
+    config = torchao_config(weights)
+    _teach_device_moves()
+    for block in transformer_blocks(transformer):
+        block.to(work_device)
+        quantize_(block, config)
+        block.to(keep_on)
+    transformer.to(keep_on)
+
+
+def is_quantized(tensor: torch.Tensor) -> bool:
+    """A torchao weight tensor (a wrapper whose data lives in inner tensors: `qdata`, `scale`, ...)."""
+    return hasattr(type(tensor), "tensor_data_names") and hasattr(tensor, "_apply_fn_to_data")
+
+
+def inner_tensors(tensor: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+    """A torchao tensor's inner (plain) tensors by attribute name."""
+    kind = type(tensor)
+    for name in (*kind.tensor_data_names, *getattr(kind, "optional_tensor_data_names", ())):
+        inner = getattr(tensor, name, None)
+        if inner is not None:
+            yield name, inner
+
+
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor holds: its inner tensors' for a torchao tensor (its own element size is the original dtype's)."""
+    if is_quantized(tensor):
+        return sum(inner.numel() * inner.element_size() for _, inner in inner_tensors(tensor))
+    return tensor.numel() * tensor.element_size()
+
+
+def quantized_module_bytes(module: torch.nn.Module, weights: str, dtype: torch.dtype) -> int:
+    """Bytes of a block (built on the meta device) once its Linear weights are in `weights`, the rest at `dtype`."""
+    quantized: set[int] = set()
+    total = 0
+    for leaf in module.modules():
+        if isinstance(leaf, torch.nn.Linear):
+            quantized.add(id(leaf.weight))
+            total += leaf.weight.numel() + leaf.out_features * _ROW_OVERHEAD_BYTES[weights]
+    for tensor in {id(t): t for t in (*module.parameters(), *module.buffers())}.values():
+        if id(tensor) not in quantized:
+            total += tensor.numel() * (dtype.itemsize if tensor.is_floating_point() else tensor.element_size())
+    return total
+
+
+def _teach_device_moves() -> None:
+    """Let diffusers' group offloading stream torchao's weight tensors: `.to(device, non_blocking=...)` makes a
+    fresh copy of the inner tensors.
+
+    torchao 0.18's own `.to()` drops `non_blocking` (diffusers' copies on the side stream would block the host) and,
+    under torch 2.11, fails every move from the host to the GPU ("Attempted to set the storage of a tensor on device
+    cuda:0 to a storage on different device cpu", seen on the H200). Registered with torchao's own extension hook
+    (`implements`), once per class; moves within a device keep torchao's behaviour."""
+    from torchao.quantization import Float8Tensor, Int8Tensor
+
+    aten = torch.ops.aten
+    for kind in (Int8Tensor, Float8Tensor):
+        torchao_to = kind._ATEN_OP_TABLE[kind].get(aten.to.dtype_layout)
+        if torchao_to is not None and inspect.unwrap(torchao_to) is _move_between_devices:
+            continue  # registered already
+
+        def bound(func, types, args, kwargs, torchao_to=torchao_to):
+            return _move_between_devices(func, types, args, kwargs, torchao_to)
+
+        bound.__wrapped__ = _move_between_devices
+        kind.implements(aten.to.dtype_layout)(bound)
+
+
+def _move_between_devices(func, types, args, kwargs, torchao_to):
+    tensor, device = args[0], kwargs.get("device")
+    non_blocking = kwargs.pop("non_blocking", False)
+    kwargs.pop("copy", None)
+    if device is None or torch.device(device) == tensor.device:
+        return torchao_to(func, types, args, kwargs) if torchao_to is not None else tensor
+    return tensor._apply_fn_to_data(lambda inner: inner.to(device, non_blocking=non_blocking))
