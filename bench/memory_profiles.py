@@ -11,19 +11,23 @@ from a real weights folder. Building needs the whole GPU for a moment, so the lo
 builds and restores it once the offloaded parts have left the device and the cache is emptied; peak memory is read
 per segment (reset after loading), so the build never counts.
 
-For each profile (resident, then each `--budgets` value in GB): `torch.cuda.set_per_process_memory_fraction(budget /
-card)` stands in for the smaller card, a new WanEngine takes its default budget from that cap, and `--segments`
-segments run in a row (the first loads the model). Reported per segment: stage timings, peak allocated and reserved
-device memory, host memory (process RSS and pinned bytes), the final latents' relative error against the resident run's.
-Then the VAE: the resident run's latents decoded whole and tiled (time, peak, max and mean difference).
+For each profile (resident, then each `--budgets` entry, `GB` or `GB:WEIGHTS` with WEIGHTS int8 or fp8 to force
+8-bit transformer weights): `torch.cuda.set_per_process_memory_fraction(budget / card)` stands in for the smaller
+card, a new WanEngine takes its default budget from that cap, and `--segments` segments run in a row (the first loads
+the model). Reported per segment: stage timings, peak allocated and reserved device memory, host memory (process RSS
+and pinned bytes), the final latents' relative error against the resident run's. Then the VAE: the resident run's
+latents decoded whole and tiled (time, peak, max and mean difference); and, with `--forward-check`, one transformer
+forward at the segment's size in 16 bits and with each 8-bit format (time, relative error). cuDNN runs deterministic,
+so that two runs of one profile give the same latents.
 
-    python bench/memory_profiles.py --json out.json --budgets 48,24 --segments 3   # on the GPU (bench/device_memory.sh)
-    python bench/memory_profiles.py --tiny                                          # CPU smoke test, forced placements
+    python bench/memory_profiles.py --json out.json --budgets 48,24,24:int8 --segments 3   # on the GPU
+    python bench/memory_profiles.py --tiny                                         # CPU smoke test, forced placements
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import shutil
@@ -56,6 +60,7 @@ from Wan2GP.conditioning import VaeCodec
 from Wan2GP.engine import WanEngine
 from Wan2GP.loading import LoadedModel, component_dtypes
 from Wan2GP.model_folders import TRANSFORMER_SUBFOLDERS, tiny_model_folder
+from Wan2GP.quantization import QUANTIZED_FORMATS, quantize_transformer
 from Wan2GP.tiny import ensure_tiny_model
 
 GIB = 2**30
@@ -109,18 +114,18 @@ class RandomComponents:
         self.cap: float | None = None  # the memory fraction to restore after building
 
     def __call__(
-        self, definition: ModelDefinition, weights_dir: Path, device: torch.device, devices: Mapping[str, torch.device]
+        self,
+        definition: ModelDefinition,
+        weights_dir: Path,
+        device: torch.device,
+        devices: Mapping[str, torch.device],
+        transformer_weights: str,
     ) -> LoadedModel:
         if self.build_device.type == "cuda":
             torch.cuda.set_per_process_memory_fraction(1.0, self.build_device)
         try:
             transformers_by_expert = {
-                expert: to_device(
-                    build_transformer(
-                        TINY_TRANSFORMER if self.tiny else I2V_A14B, self.build_device, self.seed + index
-                    ),
-                    devices["transformer"],
-                )
+                expert: self.transformer(index, devices["transformer"], transformer_weights)
                 for index, expert in enumerate(("high", "low"))
             }
             text_encoder = build_text_encoder(TINY_UMT5 if self.tiny else UMT5_XXL, self.build_device, self.seed + 2)
@@ -148,6 +153,16 @@ class RandomComponents:
             vae_dtype=vae_dtype,
             text_dtype=text_dtype,
         )
+
+    def transformer(self, index: int, target: torch.device, weights: str) -> torch.nn.Module:
+        """One expert, quantized the way the engine's loader does it (Wan2GP.quantization) when `weights` says so."""
+        module = build_transformer(TINY_TRANSFORMER if self.tiny else I2V_A14B, self.build_device, self.seed + index)
+        if weights != "native" and not self.tiny:  # on the GPU it was built on, then where the placement wants it
+            quantize_transformer(module, weights, work_device=self.build_device, keep_on=self.build_device)
+        module = to_device(module, target)
+        if weights != "native" and self.tiny:  # on the CPU: after the float32 cast, as the engine runs there
+            quantize_transformer(module, weights, work_device=self.build_device, keep_on=target)
+        return module
 
 
 def build_vae(weights_dir: Path, device: torch.device, seed: int) -> AutoencoderKLWan:
@@ -257,6 +272,7 @@ def run_profile(
     budget_gib: float | None,
     forced: str | None,
     reference: torch.Tensor | None,
+    weights: str | None = None,
 ) -> tuple[dict[str, Any], torch.Tensor]:
     cap = None
     if budget_gib is not None and device.type == "cuda":
@@ -265,7 +281,12 @@ def run_profile(
         torch.cuda.set_per_process_memory_fraction(cap, device)
     loader.cap = cap
     engine = WanEngine(
-        device=str(device), cache_dir=cache_dir, catalog=catalog, placement=forced, component_loader=loader
+        device=str(device),
+        cache_dir=cache_dir,
+        catalog=catalog,
+        placement=forced,
+        transformer_weights=weights,
+        component_loader=loader,
     )
     request = engine.resolve(params)
     started = time.perf_counter()
@@ -314,6 +335,8 @@ def run_profile(
         "name": name,
         "budget_gib": budget_gib,
         "placement": placement.kind,
+        "weights": placement.weights,
+        "resident_blocks": placement.resident_blocks,
         "vae_tiling": placement.vae_tiling,
         "placement_needed_gib": placement.needed / GIB,
         "load_seconds": load_seconds,
@@ -355,6 +378,64 @@ def vae_tiling_check(
     return out
 
 
+def forward_check(
+    device: torch.device, loader: RandomComponents, *, width: int, height: int, frames: int, repeats: int = 2
+) -> dict[str, Any]:
+    """One high-noise expert forward at the segment's size: 16-bit, then each 8-bit format on a copy of the same
+    weights; seconds (best of `repeats`) and the relative error of the output against the 16-bit one."""
+    transformer = loader.transformer(0, device, "native")
+    config = transformer.config
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    generator = torch.Generator(device=device).manual_seed(7)
+    latent = (config.in_channels, (frames - 1) // 4 + 1, height // 8, width // 8)
+    inputs = dict(
+        hidden_states=torch.randn(1, *latent, generator=generator, device=device, dtype=dtype),
+        timestep=torch.tensor([900.0], device=device),
+        encoder_hidden_states=torch.randn(1, 512, config.text_dim, generator=generator, device=device, dtype=dtype),
+        return_dict=False,
+    )
+
+    def timed(module: torch.nn.Module) -> tuple[torch.Tensor, float]:
+        best = float("inf")
+        for _ in range(repeats):
+            synchronize(device)
+            started = time.perf_counter()
+            with torch.inference_mode():
+                output = module(**inputs)[0]
+            synchronize(device)
+            best = min(best, time.perf_counter() - started)
+        return output.float(), best
+
+    reference, seconds = timed(transformer)
+    report: dict[str, Any] = {"tokens": latent[1] * latent[2] * latent[3] // 4, "native_seconds": seconds}
+    for weights in QUANTIZED_FORMATS:
+        quantized = copy.deepcopy(transformer)
+        quantize_transformer(quantized, weights, work_device=device, keep_on=device)
+        output, seconds = timed(quantized)
+        report[weights] = {
+            "seconds": seconds,
+            "time_vs_native": seconds / report["native_seconds"],
+            "rel_error": float((output - reference).norm() / reference.norm()),
+        }
+        del quantized, output
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print("forward check:", json.dumps(report), flush=True)
+    return report
+
+
+def parse_profiles(budgets: str) -> list[tuple[str, float, str | None]]:
+    """`48,24,24:int8` -> (name, budget GB, forced transformer weights or None for the definition's "auto")."""
+    profiles = []
+    for entry in filter(None, budgets.split(",")):
+        budget, _, weights = entry.partition(":")
+        if weights and weights not in QUANTIZED_FORMATS + ("native",):
+            raise SystemExit(f"--budgets: {entry!r}: expected GB or GB:WEIGHTS with WEIGHTS native, int8 or fp8")
+        profiles.append((f"{budget} GB{' ' + weights if weights else ''}", float(budget), weights or None))
+    return profiles
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny dims, forced placements")
@@ -362,11 +443,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--segments", type=int, default=3, help="segments in a row per budget")
     parser.add_argument("--resident-segments", type=int, default=2, help="segments of the resident reference run")
     parser.add_argument("--size", default="768x576x53", help="WIDTHxHEIGHTxFRAMES")
+    parser.add_argument("--forward-check", action="store_true", help="one forward in 16 and 8 bits: time, error")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--workdir", type=Path, help="default: a temporary folder")
     args = parser.parse_args(argv)
     logger.remove()  # the engine's INFO lines (placement, loads), not every step's LoRA strengths
     logger.add(sys.stderr, level="INFO")
+    # Deterministic cuDNN: without it an earlier run gave one profile's later segments latents 9.3e-3 apart from an
+    # identical run's (bench/README.md), most likely other convolution algorithms in the float32 VAE.
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda:0")
     width, height, frames = (int(value) for value in args.size.split("x"))
@@ -398,24 +484,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     report["profiles"].append(resident)
     if args.tiny:
-        others = [(placement, None, placement) for placement in ("offload_encoders", "stream_blocks")]
+        others = [(placement, None, placement, None) for placement in ("offload_encoders", "stream_blocks")]
+        others.append(("stream_blocks int8", None, "stream_blocks", "int8"))
     else:
-        others = [(f"{budget} GB", float(budget), None) for budget in args.budgets.split(",") if budget]
-    for name, budget, forced in others:
+        others = [(name, budget, None, weights) for name, budget, weights in parse_profiles(args.budgets)]
+    for name, budget, forced, weights in others:
         summary, _ = run_profile(
-            name, segments=args.segments, budget_gib=budget, forced=forced, reference=reference, **common
+            name,
+            segments=args.segments,
+            budget_gib=budget,
+            forced=forced,
+            weights=weights,
+            reference=reference,
+            **common,
         )
         summary["time_vs_resident"] = summary["warm_segment_seconds_median"] / resident["warm_segment_seconds_median"]
         report["profiles"].append(summary)
     report["vae_tiling"] = vae_tiling_check(device, loader, model_folder, reference)
+    if args.forward_check or args.tiny:
+        report["forward_check"] = forward_check(device, loader, width=width, height=height, frames=frames)
 
-    print("\nprofile | placement | warm segment s | x resident | peak alloc GiB | rss GiB | pinned GiB | rel err")
+    print(
+        "\nprofile | placement | warm segment s | x resident | peak alloc GiB | rss GiB | page-locked GiB"
+        " | torch pinned GiB | rel err"
+    )
     for profile in report["profiles"]:
         last = profile["segments"][-1]
+        weights = f" {profile['weights']}" if profile["weights"] != "native" else ""
         print(
-            f"{profile['name']} | {profile['placement']}{' +tiled VAE' if profile['vae_tiling'] else ''} | "
+            f"{profile['name']} | {profile['placement']}{weights}{' +tiled VAE' if profile['vae_tiling'] else ''} | "
             f"{profile['warm_segment_seconds_median']:.2f} | {profile.get('time_vs_resident', 1.0):.3f} | "
             f"{last.get('peak_allocated_gib', float('nan')):.2f} | {last['host']['rss_gib']:.1f} | "
+            f"{last['engine_pinned_gib']:.1f} | "
             f"{last['host'].get('pinned_allocated_gib') or float('nan'):.1f} | {last.get('latents_rel_error', 0.0):.2e}"
         )
     print("vae tiling:", json.dumps(report["vae_tiling"]))
