@@ -7,11 +7,13 @@ This file only parses arguments; the loop lives in source/worker/.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from source.demo import run_demo
 from source.tasks import default_registry
 from source.worker import EXIT_STARTUP_FAILED, SettingsError, run, settings_from_values
+from source.worker.gpus import plan_gpus, run_per_gpu
 from source.worker.logs import configure_logging
 from source.worker.services import build_services
 from Wan2GP.catalog import CatalogError
@@ -101,6 +103,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="device memory the engine plans within: everything resident when the model fits, else the encoders and "
         "then the transformers' blocks stream from pinned host memory, the VAE tiled [env HW_VRAM_BUDGET; default "
         "the card's free memory at start-up]",
+    )
+    engine.add_argument(
+        "--gpus",
+        metavar="all|N|0,1",
+        help="one worker process per GPU, each on its own GPU with its own worker id (<id>-gpu<N>) and lease, "
+        "restarted when it crashes; SIGTERM reaches every one [env HW_GPUS; default: one worker on --device]",
     )
     engine.add_argument(
         "--prompt-model",
@@ -219,6 +227,23 @@ def main(argv: list[str] | None = None) -> int:
 
     # The worker's log format from the first line: loading the model catalog already logs.
     configure_logging(level=settings.log_level, json_lines=settings.log_json, worker_id=settings.worker_id)
+    if settings.gpus is not None:
+        if demo:
+            print("worker.py: --gpus does not apply to --demo", file=sys.stderr)
+            return EXIT_STARTUP_FAILED
+        try:
+            gpus, visible = plan_gpus(settings.gpus)
+        except ValueError as error:
+            print(f"worker.py: {error}", file=sys.stderr)
+            return EXIT_STARTUP_FAILED
+        if len(gpus) > 1:
+            return run_per_gpu(
+                gpus,
+                sys.argv[1:] if argv is None else argv,
+                base_worker_id=settings.worker_id,
+                stop_timeout=settings.grace_seconds + settings.cancel_window_seconds + 30,
+            )
+        settings = dataclasses.replace(settings, device=f"cuda:{visible.index(gpus[0])}")  # one GPU: as before
     try:
         services = build_services(settings)
     except CatalogError as error:  # a broken definition file is found at start-up, not by the first task using it

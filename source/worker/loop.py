@@ -171,6 +171,12 @@ class Worker:
             "handles": list(self.claim_types),
             "schema_version": schema_version,
             "python": sys.version.split()[0],
+            # the GPU it runs on when it is one of `--gpus`' workers (source.worker.gpus)
+            **(
+                {"cuda_visible_devices": os.environ["CUDA_VISIBLE_DEVICES"]}
+                if "CUDA_VISIBLE_DEVICES" in os.environ
+                else {}
+            ),
         }
         logger.info(
             "worker {} started on {} (schema v{}); handles: {}",

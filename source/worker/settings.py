@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class WorkerSettings:
     lora_dir: Path = field(default_factory=lambda: default_lora_dir(None, os.environ))
     prompt_model: str = DEFAULT_PROMPT_MODEL  # the VLM behind enhance_prompt: repo id, local folder or "tiny"
     vram_budget_gb: float | None = None  # device memory the engine plans within; None: the card's free memory
+    gpus: str | None = None  # --gpus: "all", a count or indices: one worker process per GPU (source.worker.gpus)
     defaults_dirs: tuple[Path, ...] = ()  # folders of model definition files over the bundled ones (upstream's)
     prompt_fallback: bool = True  # the VLM cannot load: run with the base prompts (False: fail the travel run)
     supabase_url: str | None = None
@@ -92,6 +94,16 @@ class WorkerSettings:
                 parse_budget_gb(self.vram_budget_gb)
             except ValueError as error:
                 raise SettingsError(f"vram_budget_gb (--vram-budget, HW_VRAM_BUDGET): {error}") from None
+        if self.gpus is not None:
+            if self.device is not None:
+                raise SettingsError(
+                    f"gpus (--gpus, HW_GPUS) and device (--device, HW_DEVICE): give one; --gpus places each worker "
+                    f"on its GPU itself (got --gpus {self.gpus!r} and --device {self.device!r})"
+                )
+            if not re.fullmatch(r"all|\d+|\d+(,\d+)+", self.gpus.replace(" ", "")):
+                raise SettingsError(
+                    f"gpus (--gpus, HW_GPUS): expected all, a number or indices like 0,1; got {self.gpus!r}"
+                )
         if self.max_tasks is not None and self.max_tasks < 1:
             raise SettingsError(f"max_tasks: expected an integer >= 1; got {self.max_tasks!r}")
         if self.log_level.upper() not in LOG_LEVELS:
@@ -210,6 +222,7 @@ def settings_from_values(values: Mapping[str, Any], environ: Mapping[str, str] |
         lora_dir=_path(pick("lora_dir", "HW_LORA_DIR", str, None)) or default_lora_dir(model_cache_dir, env),
         prompt_model=pick("prompt_model", "HW_PROMPT_MODEL", str, default_of("prompt_model")),
         vram_budget_gb=pick("vram_budget", "HW_VRAM_BUDGET", float, None),
+        gpus=pick("gpus", "HW_GPUS", str, None),
         defaults_dirs=tuple(
             _path(text)
             for text in (values.get("defaults_dirs") or _from_env("HW_DEFAULTS_DIRS", _path_list, env) or ())
