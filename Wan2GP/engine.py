@@ -71,7 +71,7 @@ from Wan2GP.sampler import (
     needs_negative_prompt,
 )
 from Wan2GP.schedule import GenerationPlan, StepPlan
-from Wan2GP.text import WAN_DEFAULT_NEGATIVE_PROMPT, PromptEncoder, first_prompt_line
+from Wan2GP.text import WAN_DEFAULT_NEGATIVE_PROMPT, PromptEmbeddingCache, PromptEncoder, first_prompt_line
 from Wan2GP.video_io import VideoReadError, pixels_to_uint8, read_video, write_mp4
 
 if TYPE_CHECKING:
@@ -226,6 +226,7 @@ class WanEngine:
         self._sizes: ModelSizes | None = None  # the loaded model's component sizes
         self._placement: Placement | None = None  # where the loaded model's parts live
         self._offloaded: OffloadedParts | None = None  # its offloaded parts: page-locked host memory, streamed blocks
+        self._prompt_cache = PromptEmbeddingCache()  # the loaded model's recent prompt embeddings
         # One generation at a time per engine: the loaded modules are mutated by LoRA attachment.
         self._lock = threading.Lock()
 
@@ -344,6 +345,7 @@ class WanEngine:
             return
         logger.info("Unloading {}", self._loaded.model_id)
         self._loaded = self._sizes = self._placement = None
+        self._prompt_cache.clear()  # the next model's text encoder may differ
         gc.collect()
         if self._offloaded is not None:
             self._offloaded.release()  # unregistered before the buffers can be freed
@@ -650,7 +652,13 @@ class WanEngine:
         return runtime
 
     def _conditioning(self, request: GenerationRequest, model: LoadedModel, codec: VaeCodec) -> Conditioning:
-        encoder = PromptEncoder(model.tokenizer, model.text_encoder, output_dtype=model.transformer_dtype)
+        encoder = PromptEncoder(
+            model.tokenizer,
+            model.text_encoder,
+            output_dtype=model.transformer_dtype,
+            cache=self._prompt_cache,
+            device=self.device,
+        )
         prompt_embeds = encoder.encode(first_prompt_line(request.prompt))
         negative_embeds = None
         if needs_negative_prompt(request.plan):  # no CFG anywhere: the negative prompt is never encoded
