@@ -201,7 +201,8 @@ class PinnedHostMemory:
         status = cudart.cudaHostRegister(buffer.data_ptr(), buffer.numel(), 0)
         if status != cudart.cudaError.success:
             logger.warning(
-                "could not page-lock {:.1f} GB of host memory for {} ({}): diffusers pins copies instead",
+                "could not page-lock {:.1f} GB of host memory for {} ({}): diffusers pins copies of it instead "
+                "(at load for the encoders, at every transfer for streamed blocks: slower, same results)",
                 buffer.numel() / 1e9,
                 name,
                 status,
@@ -210,7 +211,10 @@ class PinnedHostMemory:
         if not buffer.is_pinned():
             # torch must see it as pinned, or diffusers pins a second copy of every tensor next to it
             cudart.cudaHostUnregister(buffer.data_ptr())
-            logger.warning("registered host memory does not read as pinned to torch: diffusers pins copies instead")
+            logger.warning(
+                "registered host memory does not read as pinned to torch: diffusers pins copies of it instead "
+                "(slower, same results)"
+            )
             return
         self._registered.append(buffer)
 
