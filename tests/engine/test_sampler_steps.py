@@ -32,7 +32,7 @@ from Wan2GP.sampler import (
     needs_negative_prompt,
     token_timesteps,
 )
-from Wan2GP.schedule import GenerationPlan, build_plan
+from Wan2GP.schedule import GenerationPlan, StepPlan, build_plan
 from Wan2GP.text import TEXT_LENGTH
 
 PROMPT = "a lighthouse on a cliff at dusk"
@@ -238,6 +238,7 @@ def test_ti2v_start_frame_stands_clean_with_timestep_zero_on_its_tokens_at_every
         # 4x6 latent pixels in 2x2 patches: 6 tokens per frame; the first frame's are at 0, the rest at the step's
         assert timestep.tolist() == [[0.0] * 6 + [np.float32(model_timestep_for(plan, step))] * 12]
     assert torch.equal(result.latents[:, :, :1], clean)
+    assert not torch.equal(result.latents[:, :, 1:2], clean)  # only the first frame is the clean one
 
 
 def test_each_step_sets_the_lora_strengths_of_its_expert_before_its_forwards(engine: WanEngine) -> None:
@@ -262,13 +263,21 @@ def test_each_step_sets_the_lora_strengths_of_its_expert_before_its_forwards(eng
             def set_step_strengths(self, expert: str, strengths: tuple[float, ...]) -> None:
                 log.calls.append(f"strengths {expert} {strengths}")
 
-        _denoise(plan, model, Conditioning(prompt_embeds=embeds, negative_embeds=None), loras=Recorder())
+        def done(step: StepPlan, expert: str) -> None:  # the progress callback: after each step, naming its expert
+            log.calls.append(f"done {step.index} {expert}")
+
+        conditioning = Conditioning(prompt_embeds=embeds, negative_embeds=None)
+        _denoise(plan, model, conditioning, loras=Recorder(), on_step=done)
     assert [step.lora_multipliers for step in plan.steps] == [(0.5, 1.0), (0.75, 1.0), (0.0, 0.25), (0.0, 0.25)]
     expected: list[str] = []
     for step in plan.steps:
-        expected += [f"strengths {step.expert} {step.lora_multipliers}", step.expert]
+        expected += [
+            f"strengths {step.expert} {step.lora_multipliers}",
+            step.expert,
+            f"done {step.index} {step.expert}",
+        ]
     assert log.calls == expected
-    assert [call for call in log.calls if not call.startswith("strengths")] == ["high", "high", "low", "low"]
+    assert [call for call in log.calls if call in ("high", "low")] == ["high", "high", "low", "low"]
 
 
 def test_a_step_with_guidance_and_no_negative_prompt_is_refused(engine: WanEngine) -> None:
@@ -347,8 +356,9 @@ def test_i2v_start_frame_is_renoised_to_each_steps_level_from_the_seeded_generat
             model_input[:, :16, :1], first_frame * (1 - sigma) + noise * sigma, atol=1e-6, rtol=0
         )
         assert timestep.tolist() == [np.float32(step.timestep)]
-    # and the result ends on the clean start latent
+    # and the result ends on the clean start latent, in its first frame only
     assert torch.equal(result.latents[:, :, :1], first_frame)
+    assert result.latents.shape[2] > 1 and not torch.equal(result.latents[:, :, 1:2], first_frame)
 
 
 @pytest.mark.parametrize("guidance", [3.5, 0.5])  # below 1 too: only exactly 1 skips the unconditional pass
@@ -375,3 +385,20 @@ def test_a_bf16_models_velocities_are_combined_in_float32(engine: WanEngine, gui
         conditional, unconditional = outputs[2 * index].float(), outputs[2 * index + 1].float()
         latents = solver.step(unconditional + step.guidance * (conditional - unconditional), index, latents)
     assert torch.equal(result.latents, latents)
+
+
+def test_the_conditionings_extra_inputs_reach_every_forward(engine: WanEngine) -> None:
+    """VACE's control states and Wan 2.1's CLIP tokens travel as Conditioning.model_kwargs: each forward gets them."""
+    plan, model, embeds = _t2v_inputs(engine, guidance_scale=3)
+    extra = {"attention_kwargs": {}}  # an input WanTransformer3DModel takes without changing its output
+    seen: list[object] = []
+    hook = model.transformers["high"].register_forward_pre_hook(
+        lambda _module, _args, kwargs: seen.append(kwargs.get("attention_kwargs", "missing")), with_kwargs=True
+    )
+    try:
+        conditioning = Conditioning(prompt_embeds=embeds, negative_embeds=embeds, model_kwargs=extra)
+        _denoise(plan, model, conditioning)
+    finally:
+        hook.remove()
+    assert len(seen) == 2 * plan.num_inference_steps  # conditional and unconditional forwards alike
+    assert all(value is extra["attention_kwargs"] for value in seen)
