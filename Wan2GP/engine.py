@@ -138,6 +138,20 @@ class PromptOutcome:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class _KeptLoras:
+    """A LoRA runtime left attached after its generation, and what it was opened for."""
+
+    key: tuple[tuple[tuple[str, int, int], ...], str]  # each file's identity (_file_identity), the mode asked for
+    runtime: LoraRuntime
+
+
+def _file_identity(path: Path) -> tuple[str, int, int]:
+    """A file's resolved path, size and modification time: a changed or replaced file is another file."""
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
 # Room the VLM needs on the device beyond its weights: the vision tower's and the decoder's activations for one
 # side-by-side image of at most 1280 merged tiles and 512 new tokens, with allocator slack.
 PROMPT_MODEL_ACTIVATION_BYTES = 3 * 2**30
@@ -227,6 +241,7 @@ class WanEngine:
         self._placement: Placement | None = None  # where the loaded model's parts live
         self._offloaded: OffloadedParts | None = None  # its offloaded parts: page-locked host memory, streamed blocks
         self._prompt_cache = PromptEmbeddingCache()  # the loaded model's recent prompt embeddings
+        self._kept_loras: _KeptLoras | None = None  # the last generation's LoRAs, still attached (_open_loras)
         # One generation at a time per engine: the loaded modules are mutated by LoRA attachment.
         self._lock = threading.Lock()
 
@@ -344,6 +359,7 @@ class WanEngine:
         if self._loaded is None:
             return
         logger.info("Unloading {}", self._loaded.model_id)
+        self._drop_kept_loras()
         self._loaded = self._sizes = self._placement = None
         self._prompt_cache.clear()  # the next model's text encoder may differ
         gc.collect()
@@ -535,13 +551,12 @@ class WanEngine:
         try:
             with self._placement_named_on_oom():
                 result = self._encode_and_denoise(request, model, loras, timings, progress, cancel)
+        except BaseException:
+            self._drop_kept_loras()  # after an error or a cancel the next generation starts from the base weights
+            raise
         finally:
             if self._offloaded is not None:
                 self._offloaded.sync()  # streamed 8-bit weights read right again between generations
-            if loras is not None:
-                loras.close()  # the transformers go back to their base weights, even on error or cancel
-                if self._offloaded is not None:
-                    self._offloaded.sync()  # and the streamed blocks forget the adapters' host copies
 
         _check_cancel(cancel, "before decoding")
         if self.device.type == "cuda" and self._placement is not None and self._placement.kind != "resident":
@@ -620,7 +635,11 @@ class WanEngine:
             )
 
     def _open_loras(self, request: GenerationRequest, model: LoadedModel) -> LoraRuntime | None:
+        """The LoRAs of this generation attached to the transformers. The set stays attached after the generation: a
+        travel run's next segment with the same files (same path, size and modification time) reuses it instead of
+        reading and attaching 2 x 614 MB again; any other request gives the base weights back first."""
         if not request.lora_sources:
+            self._drop_kept_loras()
             return None  # no LoRA requested: the LoRA runtime (and peft) is not even imported
         from Wan2GP.lora_files import resolve_lora_file
         from Wan2GP.loras import (  # imported only when LoRAs are asked for (peft is heavy)
@@ -640,16 +659,33 @@ class WanEngine:
                 for step in request.plan.steps
             ]
         )
+        # Streamed blocks live in host memory between forwards: writing merged weights there would cost a host-side
+        # matmul per weight per strength change, where peft's adapters stream with their blocks and change for free.
+        streamed = self._placement is not None and self._placement.kind == "stream_blocks"
+        mode = "unmerged" if streamed else "auto"
+        key = (tuple(_file_identity(path) for path in paths), mode)
+        if self._kept_loras is not None and self._kept_loras.key == key:
+            logger.info("LoRAs {} still attached from the last generation", [path.name for path in paths])
+            return self._kept_loras.runtime  # per-step strengths are set afresh at every step
+        self._drop_kept_loras()
         try:
-            # Streamed blocks live in host memory between forwards: writing merged weights there would cost a host-side
-            # matmul per weight per strength change, where peft's adapters stream with their blocks and change for free.
-            streamed = self._placement is not None and self._placement.kind == "stream_blocks"
-            runtime = LoraRuntime(model.transformers, paths, spans=spans, mode="unmerged" if streamed else "auto")
+            runtime = LoraRuntime(model.transformers, paths, spans=spans, mode=mode)
         except LoraError as error:
             raise InvalidGenerationParams(["activated_loras"], f"activated_loras: {error}") from None
         if self._offloaded is not None:
             self._offloaded.sync()  # the adapters' weights stream with their blocks
+        self._kept_loras = _KeptLoras(key, runtime)
         return runtime
+
+    def _drop_kept_loras(self) -> None:
+        """Give the transformers their base weights back (no adapters, no merged LoRA): before another set of LoRAs,
+        a generation without any, an unload, or after a generation that failed."""
+        kept, self._kept_loras = self._kept_loras, None
+        if kept is None:
+            return
+        kept.runtime.close()
+        if self._offloaded is not None:
+            self._offloaded.sync()  # the streamed blocks forget the adapters' host copies
 
     def _conditioning(self, request: GenerationRequest, model: LoadedModel, codec: VaeCodec) -> Conditioning:
         encoder = PromptEncoder(

@@ -305,9 +305,14 @@ def test_loras_under_streaming_change_the_video_and_leave_no_adapter(
     assert (with_loras - without).abs().max() > 1e-2
     again = render_latents(engine, **two_phase_lora_params(loras))
     assert torch.equal(again, with_loras)
-    for transformer in engine.load("wan_tiny_t2v_2_2").transformers.values():
+    transformers = engine.load("wan_tiny_t2v_2_2").transformers.values()
+    for transformer in transformers:  # kept attached for a next generation with the same LoRAs
+        assert getattr(transformer, "peft_config", None)
+        assert all(offload_hooked(block) for block in transformer.blocks)
+    assert torch.equal(render_latents(engine, model="wan_tiny_t2v_2_2", guidance_phases=2), without)
+    for transformer in transformers:  # a generation without LoRAs gave the base weights back, hooks in place
         assert not getattr(transformer, "peft_config", None)
-        assert all(offload_hooked(block) for block in transformer.blocks)  # close() re-applied the hooks
+        assert all(offload_hooked(block) for block in transformer.blocks)
     engine.unload()
 
 
@@ -442,6 +447,7 @@ def test_blocks_the_budget_has_room_for_stay_resident_and_the_video_is_the_same(
     for transformer in model.transformers.values():
         assert [offload_hooked(block) for block in transformer.blocks] == [False, True]  # block 0 stays, 1 streams
     assert torch.allclose(render_latents(streaming, **params), resident_video, atol=1e-4, rtol=0)
+    render_latents(streaming, model="wan_tiny_t2v_2_2", guidance_phases=2)  # without LoRAs: they are dropped
     for transformer in model.transformers.values():  # after the LoRAs came and went: still the same arrangement
         assert [offload_hooked(block) for block in transformer.blocks] == [False, True]
         assert not getattr(transformer, "peft_config", None)
