@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 from loguru import logger
+from loop_helpers import worker_process_arguments, worker_process_environment
 
 from source.queue import TaskQueue, open_queue
 
@@ -74,11 +74,7 @@ class WorkerProcess:
 def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Starts `python worker.py --db URL --log-json ...` with its own log file; kills leftovers at teardown."""
     started: list[WorkerProcess] = []
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("HW_", "SUPABASE_", "REIGH_")) and key != "DATABASE_URL"
-    }
+    env = worker_process_environment()
 
     def spawn(db_url: str | None, *args: str, worker_id: str | None = None) -> WorkerProcess:
         """`db_url` None: no --db at all (Reigh's edge API, given through `args`)."""
@@ -90,13 +86,7 @@ def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
             *(("--db", db_url) if db_url else ()),
             "--worker-id",
             worker_id,
-            "--log-json",
-            "--output-dir",
-            str(tmp_path / "outputs"),
-            "--poll-interval",
-            "0.2",
-            "--retry-delay",
-            "0",
+            *worker_process_arguments(tmp_path / "outputs"),
             *args,
         ]
         with log_path.open("wb") as log_file:

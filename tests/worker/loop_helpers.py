@@ -1,8 +1,9 @@
 """Helpers for the worker tests: settings for running the loop in-process (fast polls and heartbeats, --once, no retry
-delay), and waiting for a condition with a deadline."""
+delay), the arguments and environment of a `python worker.py` process, and waiting for a condition with a deadline."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,3 +34,17 @@ def wait_until(condition: Callable[[], bool], *, timeout: float, what: str) -> N
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def worker_process_arguments(output_dir: Path) -> list[str]:
+    """What every test's `python worker.py` gets besides its queue and id: JSON logs, fast polls, no retry delay."""
+    return ["--log-json", "--output-dir", str(output_dir), "--poll-interval", "0.2", "--retry-delay", "0"]
+
+
+def worker_process_environment() -> dict[str, str]:
+    """This environment without the worker's own settings (HW_*, Supabase, a database URL) the machine may have."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("HW_", "SUPABASE_", "REIGH_")) and key != "DATABASE_URL"
+    }

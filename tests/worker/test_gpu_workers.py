@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from log_capture import captured_messages
-from loop_helpers import wait_until
+from loop_helpers import wait_until, worker_process_arguments, worker_process_environment
 
 from source.queue import TaskQueue, TaskStatus
 from source.worker import EXIT_FATAL, EXIT_OK, EXIT_STARTUP_FAILED, SettingsError, settings_from_values
@@ -85,36 +85,8 @@ def test_the_gpus_setting_is_checked_and_excludes_a_device(tmp_path: Path) -> No
 
 def worker_command(sqlite_url: str, tmp_path: Path, *extra: str):  # noqa: ANN201
     """What run_per_gpu starts for each GPU: worker.py with the parent's arguments, --gpus dropped."""
-    argv = [
-        "--db",
-        sqlite_url,
-        "--gpus",
-        "all",
-        "--log-json",
-        "--output-dir",
-        str(tmp_path / "outputs"),
-        "--poll-interval",
-        "0.2",
-        "--retry-delay",
-        "0",
-        *extra,
-    ]
+    argv = ["--db", sqlite_url, "--gpus", "all", *worker_process_arguments(tmp_path / "outputs"), *extra]
     return lambda worker_id: [sys.executable, str(WORKER_SCRIPT), *child_arguments(argv, worker_id)]
-
-
-def child_environment() -> dict[str, str]:
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("HW_", "SUPABASE_", "REIGH_")) and key != "DATABASE_URL"
-    }
-
-
-def run_in_background(workers: GpuWorkers) -> tuple[threading.Thread, list[int]]:
-    codes: list[int] = []
-    thread = threading.Thread(target=lambda: codes.append(workers.run(install_signal_handlers=False)), daemon=True)
-    thread.start()
-    return thread, codes
 
 
 def test_one_worker_per_gpu_each_with_its_gpu_and_worker_id_drains_the_queue(
@@ -125,7 +97,7 @@ def test_one_worker_per_gpu_each_with_its_gpu_and_worker_id_drains_the_queue(
         ["0", "1"],
         base_worker_id="pod",
         command=worker_command(sqlite_url, tmp_path, "--max-tasks", "2"),
-        environ=child_environment(),
+        environ=worker_process_environment(),
         output=io.StringIO(),
     )
 
@@ -158,7 +130,7 @@ def test_a_crashed_worker_is_restarted_and_sigterm_reaches_every_worker(
         command=worker_command(
             sqlite_url, tmp_path, "--lease-seconds", "2", "--heartbeat-seconds", "0.5", "--grace-seconds", "0.5"
         ),
-        environ=child_environment(),
+        environ=worker_process_environment(),
         restart_delay=0.2,
         stop_timeout=20,  # a signal not passed on ends in killed workers and a non-zero exit, not a hung test
         output=output,
@@ -224,7 +196,7 @@ def test_a_worker_that_cannot_start_is_not_restarted(sqlite_url: str, tmp_path: 
         ["0", "1"],
         base_worker_id="pod",
         command=worker_command(sqlite_url, tmp_path, "--task-types", "no_such_task"),
-        environ=child_environment(),
+        environ=worker_process_environment(),
         restart_delay=0.05,
         output=output,
     )
@@ -240,7 +212,7 @@ def test_a_worker_that_keeps_crashing_is_given_up_on() -> None:
         ["4"],
         base_worker_id="pod",
         command=lambda worker_id: crash,
-        environ=child_environment(),
+        environ=worker_process_environment(),
         restart_delay=0.05,
         max_quick_crashes=3,
         output=output,
