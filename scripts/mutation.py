@@ -67,21 +67,34 @@ TARGETS: dict[str, list[str]] = {
     "source/media/stitch.py": ["tests/media/test_media_stitch.py"],
     # The queue package, one file at a time: as one target every mutant of claim/enqueue/the row decoder reran most of
     # tests/queue against both databases (~70 s each), too long for one run on 2 cores. The backend-independent Python
-    # runs against SQLite only (QUEUE_SQLITE_ONLY); its SQL is not mutated (mutmut mutates Python), and the planted
-    # SQL bugs of README "Tests that bite" are what guards it on every dialect.
+    # runs against SQLite, plus the tests of Reigh's uuid-keyed table on PostgreSQL (its only branches: ids checked
+    # before they reach a uuid cast) and the row decoder's (QUEUE_PYTHON); its SQL is not mutated (mutmut mutates
+    # Python), and the planted SQL bugs of README "Tests that bite" are what guards it on every dialect.
     "source/queue/rows.py": ["tests/queue/test_queue_rows.py"],
     "source/queue/present.py": ["tests/queue/test_queue_present.py"],
     "source/queue/edge.py": ["tests/queue/test_edge_queue.py"],
-    "source/queue/postgres.py": ["tests/queue/test_queue_semantics.py", "tests/queue/test_queue_schema.py"],
+    "source/queue/postgres.py": [
+        "tests/queue/test_queue_semantics.py",
+        "tests/queue/test_queue_schema.py",
+        "tests/queue/test_reigh_queue.py",
+        "tests/queue/test_queue_rows.py",
+    ],
     **{
-        f"source/queue/{name}.py": ["tests/queue/test_queue_semantics.py", "tests/queue/test_queue_schema.py"]
+        f"source/queue/{name}.py": [
+            "tests/queue/test_queue_semantics.py",
+            "tests/queue/test_queue_schema.py",
+            "tests/queue/test_reigh_queue.py",
+            "tests/queue/test_queue_rows.py",
+            "tests/queue/test_sqlite_backend.py",
+        ]
         for name in ("core", "enqueue", "dag", "admin", "workers", "base", "schema", "sqlite")
     },
 }
-# Extra pytest arguments per target.
-QUEUE_SQLITE_ONLY = ["-k", "sqlite"]
+# Extra pytest arguments per target. `-k` matches markers and the module's name too: this drops the tests marked or
+# parametrized `postgres` but keeps every test of test_reigh_queue.py.
+QUEUE_PYTHON = ["-k", "not postgres or reigh"]
 PYTEST_ARGS: dict[str, list[str]] = {
-    f"source/queue/{name}.py": QUEUE_SQLITE_ONLY
+    f"source/queue/{name}.py": QUEUE_PYTHON
     for name in ("core", "enqueue", "dag", "admin", "workers", "base", "schema", "sqlite")
 }
 
@@ -150,8 +163,9 @@ def mutmut_config(target: str, tests: list[str]) -> str:
         f"only_mutate={only}",
         "pytest_add_cli_args_test_selection=" + "\n    ".join(tests),
         "pytest_add_cli_args=" + "\n    ".join(["-p", "no:cacheprovider", "-q", "-x", *PYTEST_ARGS.get(target, [])]),
-        # What a log line says is for people, not behaviour the tests guard: its statements are not mutated.
-        r"do_not_mutate_patterns=^\s*logger\.(trace|debug|info|warning)\(",
+        # What a log line says is for people, not behaviour the tests guard: its statements are not mutated (nor a
+        # lambda that only logs, e.g. a retry's before_sleep).
+        r"do_not_mutate_patterns=(^\s*|lambda \w*: )logger\.(trace|debug|info|warning|error)\(",
         # torch is not fork-safe once it has run: fork each mutant from a server that has only imported it
         f"process_isolation={'forkserver' if torch_tests else 'fork'}",
     ]

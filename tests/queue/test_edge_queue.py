@@ -8,6 +8,7 @@ so the faults a real deployment produces rarely (a relay error, a 429, a functio
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -99,11 +100,18 @@ def edge() -> Iterator[ScriptedEdge]:
     server.http.stop()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def naps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The back-off waits between retries, recorded instead of slept."""
+    """The back-off waits between retries, recorded instead of slept. In every test: a bug that retries a call it
+    should not (a 404, a refused token) must fail the test at once, not sleep through every back-off first."""
     waits: list[float] = []
-    monkeypatch.setattr(time, "sleep", waits.append)
+
+    def nap(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) > 100:  # a retry loop that never stops: fail now rather than spin until a timeout
+            raise RuntimeError(f"slept {len(waits)} times")
+
+    monkeypatch.setattr(time, "sleep", nap)
     return waits
 
 
@@ -135,8 +143,18 @@ def claimed(queue: ReighEdgeQueue, edge: ScriptedEdge, task_id: str = TASK, **an
 
 @pytest.mark.parametrize(("url", "token"), [("", TOKEN), ("http://127.0.0.1:9", "")])
 def test_a_missing_url_or_token_is_refused_naming_both_options(url: str, token: str) -> None:
-    with pytest.raises(QueueRefused, match="needs --supabase-url and --supabase-access-token"):
+    with pytest.raises(QueueRefused, match="^Reigh's edge API needs --supabase-url and --supabase-access-token$"):
         ReighEdgeQueue(url, token)
+
+
+@pytest.mark.parametrize("path", ["", "/base", "/baseX"])
+def test_only_trailing_slashes_are_dropped_from_the_url(edge: ScriptedEdge, path: str) -> None:
+    # A self-hosted Supabase behind a path: the path stays whole, whatever it ends with.
+    queue = ReighEdgeQueue(f"{edge.url}{path}//", TOKEN, timeout=5)
+    try:
+        assert queue.url == f"{edge.url}{path}"
+    finally:
+        queue.close()
 
 
 def test_a_malformed_url_is_refused_and_the_message_never_shows_the_token() -> None:
@@ -221,6 +239,14 @@ def test_the_wait_doubles_up_to_eight_seconds_then_the_call_is_unavailable(edge:
     assert str(caught.value) == f"Reigh's edge API at {edge.url}: claim-next-task answered 500: down"
     assert naps == [0.5, 1.0, 2.0, 4.0, 8.0]
     assert len(edge.bodies("claim-next-task")) == 6
+
+
+def test_the_wait_stays_at_eight_seconds_once_it_reaches_them(edge: ScriptedEdge, naps) -> None:
+    queue = open_edge(edge, attempts=8)
+    edge.answer("claim-next-task", error(503, "down"))
+    with pytest.raises(QueueUnavailable):
+        queue.claim("w", lease_seconds=30)
+    assert naps == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
 
 
 def test_at_least_one_attempt_is_made(edge: ScriptedEdge, naps: list[float]) -> None:
@@ -571,16 +597,43 @@ def test_registering_sends_a_starting_heartbeat(edge: ScriptedEdge, queue: Reigh
     ]
 
 
+def beat_within(queue: ReighEdgeQueue, *, seconds: float) -> None:
+    """One heartbeat, which must return within `seconds`: one that waits on a stalled server without a timeout fails
+    the test then, not after the HTTP client's default of minutes."""
+    beat = threading.Thread(
+        target=queue.beat_worker,
+        args=("w",),
+        kwargs={"session_id": "s", "status": "idle", "current_task_id": None, "metadata": {}},
+        daemon=True,
+    )
+    beat.start()
+    beat.join(timeout=seconds)
+    assert not beat.is_alive(), f"the heartbeat did not return within {seconds} s"
+
+
 def test_a_refused_heartbeat_stops_heartbeats_and_an_unanswered_one_does_not(edge: ScriptedEdge) -> None:
     queue = open_edge(edge, timeout=1.0)
     edge.answer("rpc", LocalServer.reply(hang=True), ok({"success": True}))
-    queue.beat_worker("w", session_id="s", status="idle", current_task_id=None, metadata={})  # times out
+    beat_within(queue, seconds=5)  # times out
     queue.beat_worker("w", session_id="s", status="idle", current_task_id=None, metadata={})
     assert len(edge.bodies("rpc")) == 2
     edge.answer("rpc", ok({"code": "42501", "message": "permission denied for function"}, 401))
     assert queue.beat_worker("w", session_id="s", status="idle", current_task_id=None, metadata={}) is True
     queue.beat_worker("w", session_id="s", status="idle", current_task_id=None, metadata={})
     assert len(edge.bodies("rpc")) == 3
+
+
+def test_a_call_and_a_heartbeat_give_up_after_the_timeout_not_later(edge: ScriptedEdge) -> None:
+    queue = open_edge(edge, timeout=1.0, attempts=1)
+    edge.answer("claim-next-task", LocalServer.reply(hang=True))
+    edge.answer("rpc", LocalServer.reply(hang=True))
+    started = time.monotonic()
+    with pytest.raises(QueueUnavailable):
+        queue.claim("w", lease_seconds=30)
+    assert 0.9 < time.monotonic() - started < 1.7
+    started = time.monotonic()
+    beat_within(queue, seconds=5)
+    assert 0.9 < time.monotonic() - started < 1.7
 
 
 def test_the_loaded_model_is_reported_when_it_changes(edge: ScriptedEdge, queue: ReighEdgeQueue) -> None:
@@ -1036,3 +1089,107 @@ def test_a_closed_queue_makes_no_more_calls(edge: ScriptedEdge) -> None:
         queue.claim("w", lease_seconds=30)
     with pytest.raises(RuntimeError):
         queue.beat_worker("w", session_id="s", status="idle", current_task_id=None, metadata={})
+
+
+# ---------------------------------------------------------------------------------------------- uploads and failures
+
+
+def _video(tmp_path: Path, name: str = "out.mp4") -> Path:
+    video = tmp_path / name
+    video.write_bytes(b"v")
+    return video
+
+
+def test_a_storage_429_is_retried_and_an_upload_that_keeps_failing_is_unavailable_naming_it(
+    edge: ScriptedEdge, queue, tmp_path: Path, naps
+) -> None:
+    video = _video(tmp_path)
+    _upload_urls(edge, thumbnail=False)
+    edge.answer(
+        "upload", ok({"statusCode": "429", "error": "slow down", "message": "slow down"}, 429), ok({"Key": "k"})
+    )
+    queue.complete(TASK, "w", output_location=str(video))
+    assert len(edge.bodies("upload")) == 2 and naps == [0.5]
+
+    path = f"user/tasks/{TASK}/out.mp4"
+    for reply, reason in [
+        (ok({"statusCode": "503", "error": "busy", "message": "busy"}, 503), "Storage answered 503"),
+        (LocalServer.streamed(lambda: [], raw=True), "RemoteProtocolError"),  # the connection dropped, no answer
+    ]:
+        edge.answer("upload", reply)
+        with pytest.raises(QueueUnavailable) as caught:
+            queue.complete(TASK, "w", output_location=str(video))
+        assert str(caught.value) == f"Reigh's edge API at {edge.url}: upload of {path}: {reason}"
+
+
+def test_a_refused_upload_shows_storages_answer_cut_to_300_characters(edge: ScriptedEdge, queue, tmp_path) -> None:
+    video = _video(tmp_path)
+    _upload_urls(edge, thumbnail=False)
+    edge.answer("upload", ok({"statusCode": "400", "error": "InvalidKey", "message": "m" * 400}, 400))
+    with pytest.raises(QueueError) as caught:
+        queue.complete(TASK, "w", output_location=str(video))
+    prefix = f"upload of user/tasks/{TASK}/out.mp4 refused: "
+    assert str(caught.value).startswith(prefix)
+    shown = str(caught.value).removeprefix(prefix)
+    assert len(shown) == 300 and "mmmm" in shown
+
+
+def test_an_output_url_outside_the_bucket_is_named_by_its_first_200_characters(edge: ScriptedEdge, queue) -> None:
+    url = "https://elsewhere.example/" + "p" * 300 + ".mp4"
+    with pytest.raises(QueueError) as caught:
+        queue.complete(TASK, "w", output_location=url)
+    assert str(caught.value) == f"complete: {url[:200]} is not in this project's image_uploads bucket"
+
+
+def test_a_file_of_no_known_type_is_uploaded_as_octet_stream(edge: ScriptedEdge, queue, tmp_path: Path) -> None:
+    video = _video(tmp_path, "out.zqx")
+    _upload_urls(edge, thumbnail=False)
+    queue.complete(TASK, "w", output_location=str(video))
+    assert edge.bodies("generate-upload-url")[0]["content_type"] == "application/octet-stream"
+    assert b"application/octet-stream" in edge.bodies("upload")[0]["body"]
+
+
+def test_a_failure_that_is_not_retryable_is_sent_with_its_message_alone(edge: ScriptedEdge, queue) -> None:
+    edge.answer("update-task-status", ok({"success": True}))
+    assert queue.fail(TASK, "w", "bad input image") is TaskStatus.FAILED
+    assert edge.bodies("update-task-status") == [
+        {"task_id": TASK, "status": "Failed", "attempts": 1, "error_details": "bad input image"}
+    ]
+
+
+def test_an_upload_answered_with_something_that_is_not_json_is_refused_naming_the_path(
+    edge: ScriptedEdge, queue, tmp_path: Path
+) -> None:
+    # A proxy's page instead of Storage's answer: the error has no HTTP status of Storage's to read.
+    video = _video(tmp_path)
+    _upload_urls(edge, thumbnail=False)
+    edge.answer("upload", LocalServer.reply(b"<html>ok</html>", 200))
+    with pytest.raises(QueueError, match=f"^upload of user/tasks/{TASK}/out.mp4 refused: Expecting value"):
+        queue.complete(TASK, "w", output_location=str(video))
+    assert edge.bodies("complete_task") == []
+
+
+def test_two_claimed_tasks_with_the_same_dependency_both_finish(edge: ScriptedEdge, queue) -> None:
+    # Two rows this process holds read the same predecessor; finishing the first must not trip the second.
+    edge.answer("get-predecessor-output", ok({"predecessors": [{"predecessor_id": OTHER, "status": "Complete"}]}))
+    for task_id in (TASK, PARENT):
+        edge.answer("claim-next-task", ok({"task_id": task_id, "task_type": "t", "project_id": "p"}))
+        assert queue.claim("w", lease_seconds=30).depends_on == (OTHER,)
+    edge.answer("update-task-status", ok({"success": True}))
+    queue.fail(TASK, "w", "x")
+    queue.release(PARENT, "w")
+    assert [body["task_id"] for body in edge.bodies("update-task-status")] == [TASK, PARENT]
+
+
+def test_an_answer_that_is_not_utf8_is_unavailable_like_any_other_that_is_not_json(edge: ScriptedEdge, queue) -> None:
+    edge.answer("claim-next-task", LocalServer.reply(b"\xff\xfe{", 200))
+    with pytest.raises(QueueUnavailable, match="^claim-next-task answered something that is not JSON$"):
+        queue.claim("w", lease_seconds=30)
+
+
+def test_a_network_failure_keeps_its_reason(edge: ScriptedEdge) -> None:
+    with pytest.raises(QueueUnavailable) as caught:
+        ReighEdgeQueue("http://127.0.0.1:9", TOKEN, timeout=5, attempts=1)
+    assert str(caught.value) == (
+        "Reigh's edge API at http://127.0.0.1:9: get-predecessor-output: ConnectError: [Errno 111] Connection refused"
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from source.queue.rows import (
     decode_json,
     sqlite_text,
 )
+from source.queue.testing import ManualClock
 
 
 def decode_error(text: str | bytes) -> str:
@@ -222,3 +224,50 @@ def test_an_error_path_shows_keys_of_up_to_40_characters_whole_and_cuts_longer_o
     forty, forty_one = "k" * 40, "q" * 41
     assert decode_error(json.dumps({forty: "bad\u0000"})) == f"params.{forty}: text contains a NUL character"
     assert decode_error(json.dumps({forty_one: "bad\u0000"})) == f"params.{'q' * 37}...: text contains a NUL character"
+
+
+def test_every_timestamp_column_is_read_and_a_long_unknown_status_is_cut_to_40_characters(
+    sqlite_queue: TaskQueue,
+) -> None:
+    _insert(
+        sqlite_queue,
+        status="s" * 50,
+        updated_at="2024-01-02 03:04:05",
+        heartbeat_at="2024-01-02T03:04:06Z",
+        generation_started_at="2024-01-02T03:00:00Z",
+        generation_processed_at="2024-01-02T03:10:00Z",
+        lease_expires_at="2024-01-02T03:05:00Z",
+    )
+    task = sqlite_queue.get("r")
+    moments = (
+        task.updated_at,
+        task.heartbeat_at,
+        task.generation_started_at,
+        task.generation_processed_at,
+        task.lease_expires_at,
+    )
+    assert [moment.isoformat() for moment in moments] == [
+        "2024-01-02T03:04:05+00:00",
+        "2024-01-02T03:04:06+00:00",
+        "2024-01-02T03:00:00+00:00",
+        "2024-01-02T03:10:00+00:00",
+        "2024-01-02T03:05:00+00:00",
+    ]
+    assert task.decode_error == f"status: {'s' * 40!r} is not a known status"
+
+
+def test_timestamps_read_as_utc_whatever_the_database_sessions_zone(queue_url: str, monkeypatch) -> None:
+    # PGTZ sets the PostgreSQL session's zone: the server then sends +09:00 times, which must be converted, not
+    # relabelled as UTC.
+    monkeypatch.setenv("PGTZ", "Asia/Tokyo")
+    start = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    queue = open_queue(queue_url, clock=ManualClock(start))
+    try:
+        queue.migrate()
+        task_id = queue.enqueue("t", {})
+        task = queue.claim("w1", lease_seconds=60)
+        assert task is not None and task.id == task_id
+        assert (task.generation_started_at, task.lease_expires_at) == (start, start + timedelta(seconds=60))
+        assert task.generation_started_at.utcoffset() == timedelta(0)
+    finally:
+        queue.close()

@@ -279,6 +279,25 @@ def test_a_reigh_table_from_before_uuid_array_dependencies_is_refused_not_altere
         assert columns == (7,) and tables == (1,)
 
 
+@pytest.mark.postgres
+def test_a_reigh_table_without_dependencies_is_refused_saying_what_to_apply(postgres_database_url: str) -> None:
+    import psycopg
+
+    from source.queue import IncompatibleSchema
+    from source.queue.testing import temporary_schema
+
+    with temporary_schema(postgres_database_url) as url:
+        with psycopg.connect(url, autocommit=True) as connection:  # Reigh's enum, but no dependant_on at all
+            connection.execute("CREATE TYPE task_status AS ENUM ('Queued', 'Complete')")
+            connection.execute("CREATE TABLE tasks (id uuid PRIMARY KEY, status task_status NOT NULL)")
+        with pytest.raises(IncompatibleSchema) as caught:
+            open_queue(url)
+    assert str(caught.value) == (
+        "this is Reigh's tasks table, but dependant_on is missing, not uuid[]: apply Reigh's migrations up to "
+        "20260121000000_support_multiple_dependencies.sql first"
+    )
+
+
 def test_the_environment_gives_the_url_when_none_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HW_DB_URL", raising=False)
     monkeypatch.setenv("DATABASE_URL", "  ")

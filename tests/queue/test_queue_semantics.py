@@ -997,3 +997,216 @@ def test_an_unreadable_worker_metadata_is_shown_as_its_reason(queue: TaskQueue, 
         _foreign_sql(queue_url, [("UPDATE workers SET metadata = ?::jsonb WHERE id = 'w'", (deep,))])
         reason = "metadata: JSON nested deeper than 64 levels"
     assert queue.list_workers()[0].metadata == {"decode_error": reason}
+
+
+# ---------------------------------------------------------------------------------------------- edges of the contract
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, "30"])
+def test_a_claims_lease_must_be_a_positive_number_of_seconds(queue: TaskQueue, bad: object) -> None:
+    queue.enqueue("t", {})
+    with pytest.raises(
+        ValueError, match=f"^lease_seconds: expected a positive number of seconds; got {re.escape(repr(bad))}$"
+    ):
+        queue.claim("w1", lease_seconds=bad)  # type: ignore[arg-type]
+    assert queue.count_ready() == 1, "nothing was claimed"
+
+
+def test_a_claim_classifies_every_foreign_row_before_choosing(queue: TaskQueue, queue_url: str) -> None:
+    # Another app inserted more rows than one classification batch (1000); the most urgent is the newest, so it is in
+    # the second batch: the claim must still see it.
+    insert = "INSERT INTO tasks (id, task_type, params, status, created_at) VALUES (?, 't', '{}', 'Queued', now())"
+    urgent = (
+        "INSERT INTO tasks (id, task_type, params, status, priority, created_at) "
+        "VALUES ('urgent', 't', '{}', 'Queued', 5, ?)"
+    )
+    _foreign_sql(
+        queue_url, [(insert, (f"bulk-{n:04d}",)) for n in range(1000)] + [(urgent, ("2100-01-01T00:00:00.000000Z",))]
+    )
+    task = claim(queue)
+    assert task is not None and task.id == "urgent"
+    assert queue.count_ready() == 1000
+
+
+def test_a_retry_back_off_counts_from_the_queues_clock(queue_url: str) -> None:
+    long_ago = datetime(2001, 1, 1, tzinfo=UTC)
+    queue = open_queue(queue_url, clock=ManualClock(long_ago))
+    try:
+        queue.migrate()
+        task_id = queue.enqueue("t", {})
+        assert claim(queue) is not None
+        queue.fail(task_id, "w1", "flaky", retryable=True, retry_delay_seconds=60)
+        # not the database's clock: on it, 2001 + 60 s is long past and the task would be claimable at once
+        assert queue.get(task_id).available_at == long_ago + timedelta(seconds=60)
+        assert claim(queue) is None
+    finally:
+        queue.close()
+
+
+def test_a_plain_task_gets_the_documented_defaults(queue: TaskQueue) -> None:
+    task = queue.get(queue.enqueue("t", {}))
+    assert (task.priority, task.max_attempts, task.attempts) == (0, 3, 0)
+    assert (task.completes_parent, task.parent_id, task.role, task.segment_index) == (False, None, None, None)
+    assert (task.dependant_on, task.depends_on) == (None, ())
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"task_type": ""}, "task_type: expected a non-empty string; got ''"),
+        ({"task_type": "   "}, "task_type: expected a non-empty string; got '   '"),
+        ({"max_attempts": 0}, "max_attempts: expected an integer >= 1; got 0"),
+        ({"max_attempts": True}, "max_attempts: expected an integer >= 1; got True"),
+        ({"max_attempts": "3"}, "max_attempts: expected an integer >= 1; got '3'"),
+    ],
+)
+def test_enqueue_refuses_a_bad_type_or_attempt_cap_naming_the_argument(
+    queue: TaskQueue, arguments: dict, message: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        queue.enqueue(**{"task_type": "t", "params": {}, **arguments})
+    assert queue.list_tasks() == []
+
+
+def test_a_missing_dependency_is_named_by_the_argument_that_gave_it(queue: TaskQueue) -> None:
+    present = queue.enqueue("t", {})
+    with pytest.raises(TaskNotFound, match="^dependant_on: no task with id 'ghost'$"):
+        queue.enqueue("t", {}, dependant_on="ghost", depends_on=[present])
+    with pytest.raises(TaskNotFound, match=r"^depends_on\[1\]: no task with id 'ghost'$"):
+        queue.enqueue("t", {}, dependant_on=present, depends_on=["ghost"])
+    with pytest.raises(TaskNotFound, match=r"^depends_on\[1\]: no task with id 'ghost'$"):
+        queue.enqueue("t", {}, depends_on=[present, "ghost"])
+    assert [task.id for task in queue.list_tasks()] == [present]
+
+
+def test_params_at_the_size_cap_are_accepted_and_one_byte_more_refused(queue: TaskQueue) -> None:
+    from source.queue.rows import MAX_JSON_BYTES
+
+    padding = MAX_JSON_BYTES - len('{"x": ""}')
+    task_id = queue.enqueue("t", {"x": "a" * padding})
+    assert len(queue.get(task_id).params["x"]) == padding
+    with pytest.raises(ValueError, match=f"^params: {MAX_JSON_BYTES + 1} bytes of JSON; at most {MAX_JSON_BYTES}"):
+        queue.enqueue("t", {"x": "a" * (padding + 1)})
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise ValueError("no text for this")
+
+
+def test_params_that_cannot_become_json_are_refused_as_such(queue: TaskQueue) -> None:
+    with pytest.raises(ValueError, match="^params: not JSON-serialisable$"):
+        queue.enqueue("t", {"value": _Unprintable()})
+
+
+def test_params_values_json_has_no_type_for_are_stored_as_their_text(queue: TaskQueue) -> None:
+    from pathlib import PurePosixPath
+
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    task_id = queue.enqueue("t", {"path": PurePosixPath("/data/in.png"), "when": when, "pair": (1, 2)})
+    assert queue.get(task_id).params == {"path": "/data/in.png", "when": str(when), "pair": [1, 2]}
+
+
+def test_a_task_enqueued_after_its_dependency_completed_is_claimable_at_once(queue: TaskQueue) -> None:
+    first = queue.enqueue("t", {})
+    assert claim(queue).id == first
+    queue.complete(first, "w1", output_location="a.mp4")
+    later = queue.enqueue("t", {}, dependant_on=first)
+    task = claim(queue)
+    assert task is not None and task.id == later
+
+
+def test_a_child_may_depend_on_an_existing_task_by_id_and_unknown_refs_list_the_siblings(queue: TaskQueue) -> None:
+    outside = queue.enqueue("prepare", {})
+    parent_id = queue.enqueue("travel_orchestrator", {})
+    (child,) = queue.enqueue_children(parent_id, [ChildSpec("seg", {}, role="segment", depends_on=(outside,))])
+    assert queue.get(child).depends_on == (outside,)
+    with pytest.raises(TaskNotFound) as caught:
+        queue.enqueue_children(
+            parent_id,
+            [
+                ChildSpec("seg", {}, role="segment", segment_index=1),
+                ChildSpec("seg", {}, role="segment", segment_index=2),
+                ChildSpec("stitch", {}, role="stitch", depends_on=("segment:9",)),
+            ],
+        )
+    assert str(caught.value) == (
+        "children[2].depends_on: neither a sibling given earlier (segment, segment:1, segment:2) nor a task id;: "
+        "no task with id 'segment:9'"
+    )
+    with pytest.raises(TaskNotFound, match=r"^children\[0\]\.depends_on: neither a sibling given earlier \(none yet\)"):
+        queue.enqueue_children(queue.enqueue("o", {}), [ChildSpec("s", {}, role="stitch", depends_on=("segment:0",))])
+
+
+def test_an_orchestrator_that_made_no_children_completes_when_it_waits(queue: TaskQueue) -> None:
+    parent_id = queue.enqueue("travel_orchestrator", {})
+    assert claim(queue, "orch") is not None
+    queue.await_children(parent_id, "orch", "waiting")  # nothing to wait for: done
+    parent = queue.get(parent_id)
+    assert (parent.status, parent.output_location) == (TaskStatus.COMPLETE, None)
+    assert parent.result == {"children": {}, "output_from": None, "output": None}
+
+
+def test_a_cascade_into_another_orchestrators_child_fails_that_orchestrator_too(queue: TaskQueue) -> None:
+    # The failed task is outside the run; the run's segment and stitch depend on it. The run's orchestrator must learn
+    # which of its children failed, labelled by role and segment index.
+    outside = queue.enqueue("prepare", {})
+    assert claim(queue, "gpu").id == outside
+    parent_id = queue.enqueue("travel_orchestrator", {})
+    assert claim(queue, "orch").id == parent_id
+    segment, stitch = queue.enqueue_children(
+        parent_id,
+        [
+            ChildSpec("seg", {}, role="segment", segment_index=3, depends_on=(outside,)),
+            ChildSpec("stitch", {}, role="stitch", depends_on=(outside,)),
+        ],
+    )
+    queue.await_children(parent_id, "orch", "waiting")
+    queue.fail(outside, "gpu", "disk full")
+    parent = queue.get(parent_id)
+    assert parent.status is TaskStatus.FAILED
+    assert parent.error_message == f"child {segment} (segment 3) failed: dependency {outside} failed: disk full"
+
+    other_parent = queue.enqueue("travel_orchestrator", {})
+    assert claim(queue, "orch").id == other_parent
+    again = queue.enqueue("prepare", {})
+    assert claim(queue, "gpu").id == again
+    (lone_stitch,) = queue.enqueue_children(other_parent, [ChildSpec("stitch", {}, role="stitch", depends_on=(again,))])
+    queue.await_children(other_parent, "orch", "waiting")
+    queue.fail(again, "gpu", "bad input")
+    assert queue.get(other_parent).error_message == (
+        f"child {lone_stitch} (stitch) failed: dependency {again} failed: bad input"
+    )
+    assert queue.get(stitch).status is TaskStatus.FAILED
+
+
+def test_a_task_that_does_not_exist_is_named_whatever_is_asked_of_it(queue: TaskQueue) -> None:
+    missing = "no-such-task"
+    for action in (
+        lambda: queue.get(missing),
+        lambda: queue.complete(missing, "w1", output_location="x"),
+        lambda: queue.fail(missing, "w1", "boom"),
+        lambda: queue.release(missing, "w1"),
+        lambda: queue.cancel(missing),
+        lambda: queue.retry(missing),
+    ):
+        with pytest.raises(TaskNotFound, match=f"^task id: no task with id '{missing}'$"):
+            action()
+
+
+@pytest.mark.parametrize("bad", [0, True, "30"])
+def test_a_workers_staleness_must_be_a_positive_number_of_seconds(queue: TaskQueue, bad: object) -> None:
+    with pytest.raises(
+        ValueError, match=f"^stale_seconds: expected a positive number of seconds; got {re.escape(repr(bad))}$"
+    ):
+        queue.register_worker("w", session_id="s", metadata={}, stale_seconds=bad)  # type: ignore[arg-type]
+    assert queue.list_workers() == []
+
+
+def test_a_fresh_database_reports_schema_version_0_without_creating_one(tmp_path) -> None:
+    queue = open_queue(f"sqlite:///{tmp_path / 'fresh.db'}")
+    try:
+        assert (queue.dialect, queue.schema_version()) == ("sqlite", 0)
+        assert queue.migrate() == queue.schema_version() == queue.latest_version
+    finally:
+        queue.close()

@@ -237,3 +237,83 @@ def test_an_id_prefix_resolves_on_reighs_uuid_keys(reigh_queue: TaskQueue, reigh
     assert reigh_queue.resolve_id(task_id[:8]) == task_id
     with pytest.raises(TaskNotFound):
         reigh_queue.resolve_id("zzzzzzzz")  # not a uuid prefix: no cast error, just no task
+
+
+def test_ids_that_cannot_be_uuids_are_refused_naming_the_argument(
+    reigh_queue: TaskQueue, reigh_db: ReighDatabase
+) -> None:
+    # On Reigh's uuid keys such an id names no task; it must be refused before it reaches a uuid cast, and the error
+    # must say which argument held it.
+    project = reigh_db.project_id
+    given = str(uuid.uuid4())  # a uuid given by the caller is kept
+    assert reigh_queue.enqueue("travel_segment", {}, task_id=given, project_id=project) == given
+    assert reigh_queue.get(given).id == given
+    long_id = "x" * 100
+    with pytest.raises(ValueError, match=f"^task_id: this tasks table keys rows by UUID; got '{'x' * 60}'$"):
+        reigh_queue.enqueue("travel_segment", {}, task_id=long_id, project_id=project)
+    with pytest.raises(TaskNotFound, match="^dependant_on: no task with id 'not-a-uuid'$"):
+        reigh_queue.enqueue("travel_stitch", {}, dependant_on="not-a-uuid", project_id=project)
+    with pytest.raises(TaskNotFound, match="^parent_id: no task with id 'not-a-uuid'$"):
+        reigh_queue.enqueue_children("not-a-uuid", [ChildSpec("travel_segment", {}, role="segment")])
+    for action in (lambda: reigh_queue.get("not-a-uuid"), lambda: reigh_queue.cancel("not-a-uuid")):
+        with pytest.raises(TaskNotFound, match="^task id: no task with id 'not-a-uuid'$"):
+            action()
+
+
+def test_a_child_may_depend_on_an_existing_reigh_task_by_its_uuid(
+    reigh_queue: TaskQueue, reigh_db: ReighDatabase
+) -> None:
+    first = reigh_queue.enqueue("travel_segment", {}, project_id=reigh_db.project_id)
+    second = reigh_queue.enqueue("travel_segment", {}, project_id=reigh_db.project_id)
+    parent = insert_as_app(reigh_db.url, reigh_db.project_id, "travel_orchestrator", {})
+    (stitch,) = reigh_queue.enqueue_children(
+        parent, [ChildSpec("travel_stitch", {}, role="stitch", depends_on=(first, second))]
+    )
+    assert reigh_queue.get(stitch).depends_on == (first, second)
+    # Reigh's own column holds every dependency (its claim reads that one)
+    assert [str(item) for item in task_row(reigh_db.url, stitch)["dependant_on"]] == [first, second]
+
+
+def test_a_write_that_meets_a_serialization_conflict_is_run_again_up_to_five_times(
+    reigh_queue: TaskQueue, reigh_db: ReighDatabase
+) -> None:
+    # Many workers write to Reigh's table at once; PostgreSQL answers a lost race with SQLSTATE 40001 and the whole
+    # transaction is run again. Here a trigger makes the first inserts lose (a sequence counts tries: it is not
+    # rolled back with them).
+    from source.queue.base import RetryableConflict
+
+    with psycopg.connect(reigh_db.url, autocommit=True) as connection:
+        connection.execute("CREATE SEQUENCE insert_tries")
+        connection.execute("CREATE TABLE losing_tries (n int NOT NULL)")
+        connection.execute(
+            """CREATE FUNCTION lose_a_race() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN
+                   IF nextval('insert_tries') <= (SELECT n FROM losing_tries) THEN
+                       RAISE EXCEPTION 'could not serialize access' USING ERRCODE = '40001';
+                   END IF;
+                   RETURN NEW;
+               END $$"""
+        )
+        connection.execute(
+            "CREATE TRIGGER lose_a_race BEFORE INSERT ON tasks FOR EACH ROW EXECUTE FUNCTION lose_a_race()"
+        )
+
+    def tries_when_losing(losing: int) -> int:
+        with psycopg.connect(reigh_db.url, autocommit=True) as connection:
+            connection.execute("DELETE FROM losing_tries")
+            connection.execute("INSERT INTO losing_tries VALUES (%s)", [losing])
+            connection.execute("ALTER SEQUENCE insert_tries RESTART")
+        try:
+            reigh_queue.enqueue("travel_segment", {}, project_id=reigh_db.project_id)
+        finally:
+            with psycopg.connect(reigh_db.url) as connection:
+                tries = connection.execute("SELECT last_value FROM insert_tries").fetchone()[0]
+        return tries
+
+    assert tries_when_losing(4) == 5, "the fifth try wins"
+    assert len(reigh_queue.list_tasks()) == 1
+    with pytest.raises(RetryableConflict):
+        tries_when_losing(5)
+    with psycopg.connect(reigh_db.url) as connection:
+        assert connection.execute("SELECT last_value FROM insert_tries").fetchone()[0] == 5, "and no sixth"
+    assert len(reigh_queue.list_tasks()) == 1
