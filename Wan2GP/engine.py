@@ -1,8 +1,9 @@
 """The engine object: owns the loaded model, runs one generation per ``generate`` call.
 
-One ``WanEngine`` holds at most one catalog model on its device (both experts resident). Asking for another model
-frees the first. There is no module-level state: the worker holds its own engine, scripts may create one or let
-``Wan2GP.wgp.generate_video`` do it.
+One ``WanEngine`` holds at most one catalog model, placed within its VRAM budget and the host's memory
+(Wan2GP.placement), with what a travel run's next segment can reuse: the last generation's LoRAs still attached and
+recent prompts' embeddings. Asking for another model frees the first. There is no module-level state: the worker holds
+its own engine, scripts may create one or let ``Wan2GP.wgp.generate_video`` do it.
 """
 
 from __future__ import annotations
