@@ -27,7 +27,7 @@ from Wan2GP.placement import RESIDENT_BLOCK_ADAPTER_SHARE, ModelSizes, Placement
 from Wan2GP.quantization import (
     inner_tensors,
     is_quantized,
-    quantized_module_bytes,
+    quantized_linear_bytes,
     tensor_bytes,
     transformer_blocks,
 )
@@ -45,7 +45,12 @@ def module_bytes(module: torch.nn.Module, dtype: torch.dtype | None = None) -> i
 
 
 def _block_bytes(block: torch.nn.Module, dtype: torch.dtype, weights: str) -> int:
-    return module_bytes(block, dtype) if weights == "native" else quantized_module_bytes(block, weights, dtype)
+    """A block's bytes at `dtype`, its Linear weights in `weights` (Wan2GP.quantization quantizes those alone)."""
+    total = module_bytes(block, dtype)
+    if weights != "native":
+        for linear in (module for module in block.modules() if isinstance(module, torch.nn.Linear)):
+            total += quantized_linear_bytes(linear, weights) - linear.weight.numel() * dtype.itemsize
+    return total
 
 
 def _largest_leaf(module: torch.nn.Module, dtype: torch.dtype) -> int:
