@@ -107,7 +107,6 @@ class _Child:
     gpu: str  # its CUDA_VISIBLE_DEVICES
     worker_id: str
     process: subprocess.Popen[str] | None = None
-    started_at: float = 0.0
     restart_at: float | None = None  # a crashed child waits for its back-off
     crashes: list[float] = field(default_factory=list)  # when it crashed, within the quick-crash window
     exit_code: int | None = None  # set once it stays down
@@ -178,10 +177,6 @@ class GpuWorkers:
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
         """Pass `signum` on to every running child (from a signal handler: only recorded here, sent by the loop)."""
         self._signals.append(signum)
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop_deadline is not None
 
     def pids(self) -> dict[str, int | None]:
         """worker id -> the pid of its running process (None while down)."""
@@ -265,7 +260,7 @@ class GpuWorkers:
             start_new_session=True,  # signals come through the parent only
             preexec_fn=_die_with_parent,
         )
-        child.process, child.started_at, child.restart_at = process, time.monotonic(), None
+        child.process, child.restart_at = process, None
         child.copier = threading.Thread(
             target=self._copy_output, args=(process,), name=f"output-{child.worker_id}", daemon=True
         )
