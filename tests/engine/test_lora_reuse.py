@@ -58,7 +58,9 @@ def test_the_same_loras_are_attached_once_and_render_what_a_fresh_engine_does(
     assert torch.equal(second, render(fresh, pair, "0.5;0.3 1.0;0"))
 
     without = render(kept, [])  # no LoRAs: the base weights, exactly
-    assert torch.equal(without, render(fresh, []))
+    never_had_loras = engine()  # not `fresh`: it has LoRAs of its own attached by now
+    assert torch.equal(without, render(never_had_loras, []))
+    never_had_loras.unload()
     for transformer in kept.load("wan_tiny_t2v_2_2").transformers.values():
         assert not getattr(transformer, "peft_config", None)
 
