@@ -12,10 +12,13 @@ import sys
 
 from source.demo import run_demo
 from source.tasks import default_registry
+from source.tasks.context import WorkerServices
 from source.worker import EXIT_STARTUP_FAILED, SettingsError, run, settings_from_values
-from source.worker.gpus import plan_gpus, run_per_gpu
+from source.worker.gpus import group_gpus, plan_gpus, run_per_gpu
 from source.worker.logs import configure_logging
+from source.worker.ranks import run_context_parallel
 from source.worker.services import build_services
+from source.worker.settings import WorkerSettings
 from Wan2GP.catalog import CatalogError
 
 
@@ -109,6 +112,15 @@ def build_arg_parser() -> argparse.ArgumentParser:
         metavar="all|N|0,1",
         help="one worker process per GPU, each on its own GPU with its own worker id (<id>-gpu<N>) and lease, "
         "restarted when it crashes; SIGTERM reaches every one [env HW_GPUS; default: one worker on --device]",
+    )
+    engine.add_argument(
+        "--context-parallel",
+        metavar="N",
+        type=int,
+        help="split each generation over N GPUs (diffusers' context parallelism, one process per GPU, NCCL): one long "
+        "high-resolution video finishes sooner; many short segments are better served by --gpus alone. With --gpus, "
+        "its GPUs are grouped N to a worker. --device cpu runs the ranks as CPU processes (gloo; tests) "
+        "[env HW_CONTEXT_PARALLEL; default 1]",
     )
     engine.add_argument(
         "--prompt-model",
@@ -233,29 +245,36 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_STARTUP_FAILED
         try:
             gpus, visible = plan_gpus(settings.gpus)
+            workers = group_gpus(gpus, settings.context_parallel)
         except ValueError as error:
             print(f"worker.py: {error}", file=sys.stderr)
             return EXIT_STARTUP_FAILED
-        if len(gpus) > 1:
+        if len(workers) > 1 or settings.context_parallel > 1:
             return run_per_gpu(
-                gpus,
+                workers,
                 sys.argv[1:] if argv is None else argv,
                 base_worker_id=settings.worker_id,
                 stop_timeout=settings.grace_seconds + settings.cancel_window_seconds + 30,
             )
         settings = dataclasses.replace(settings, device=f"cuda:{visible.index(gpus[0])}")  # one GPU: as before
+    if demo_model and not demo:
+        print("worker.py: --model only applies to --demo (a task names its own model)", file=sys.stderr)
+        return EXIT_STARTUP_FAILED
     try:
         services = build_services(settings)
     except CatalogError as error:  # a broken definition file is found at start-up, not by the first task using it
         print(f"worker.py: {error}", file=sys.stderr)
         return EXIT_STARTUP_FAILED
-    registry = default_registry(services.catalog)
-    if demo:
-        return run_demo(settings, model=demo_model, registry=registry, services=services, fresh_db=args.db is None)
-    if demo_model:
-        print("worker.py: --model only applies to --demo (a task names its own model)", file=sys.stderr)
-        return EXIT_STARTUP_FAILED
-    return run(settings, registry=registry, services=services)
+
+    def serve(settings: WorkerSettings, services: WorkerServices) -> int:
+        registry = default_registry(services.catalog)
+        if demo:
+            return run_demo(settings, model=demo_model, registry=registry, services=services, fresh_db=args.db is None)
+        return run(settings, registry=registry, services=services)
+
+    if settings.context_parallel > 1:
+        return run_context_parallel(settings, lambda settings, group: serve(settings, build_services(settings, group)))
+    return serve(settings, services)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from Wan2GP.conditioning import (
     mask_values,
     reference_pixels,
 )
+from Wan2GP.context_parallel import RankGroup, check_divisible, enable_context_parallel, leader_first
 from Wan2GP.loading import (
     LoadedModel,
     ModelLoadError,
@@ -64,6 +65,7 @@ from Wan2GP.prompt_text import DEFAULT_PROMPT_MODEL
 from Wan2GP.quantization import check_weight_format
 from Wan2GP.request import GenerationRequest, InvalidGenerationParams, check_param_names, resolve_request
 from Wan2GP.sampler import (
+    CancelFlag,
     Conditioning,
     DenoiseResult,
     GenerationCancelled,
@@ -126,7 +128,7 @@ class RenderedVideo:
 
     request: GenerationRequest
     latents: torch.Tensor  # (1, z, T, h, w) float32: z = 16, or 48 for Wan 2.2 5B
-    frames: np.ndarray  # (F, H, W, 3) uint8
+    frames: np.ndarray | None  # (F, H, W, 3) uint8; None when rendered without decoding (a context-parallel follower)
     forward_passes: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -208,7 +210,9 @@ class WanEngine:
     parts take. `transformer_weights` ("native", "int8", "fp8"; default: the definition's setting, "auto": native
     where a placement fits both budgets, else int8) chooses the transformers' block weights (Wan2GP.quantization).
     `component_loader` reads a model's components onto the devices its placement gives (default: from its weights
-    folder; the GPU benchmarks build random full-size ones instead, bench/memory_profiles.py)."""
+    folder; the GPU benchmarks build random full-size ones instead, bench/memory_profiles.py). `rank_group` makes this
+    engine one rank of a context-parallel group (Wan2GP.context_parallel): its transformers split each forward's
+    sequence with the other ranks, which must run the same generations (ContextParallelLeader, follow)."""
 
     def __init__(
         self,
@@ -224,10 +228,14 @@ class WanEngine:
         host_budget: int | None = None,
         transformer_weights: str | None = None,
         component_loader: ComponentLoader = load_components_of,
+        rank_group: RankGroup | None = None,
     ) -> None:
         self.reinject_start_frame = reinject_start_frame
         self.prompt_model = prompt_model  # the VLM write_prompts loads: a repo id, a local folder or "tiny"
         quiet_libraries()
+        self.rank_group = rank_group
+        if rank_group is not None:
+            device = str(rank_group.device)
         self.device = torch.device(device) if device is not None else default_device()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.catalog = catalog if catalog is not None else load_catalog()
@@ -326,6 +334,9 @@ class WanEngine:
             encoders=(loaded.text_encoder, loaded.image_encoder),
             vae=loaded.vae,
         )
+        if self.rank_group is not None:
+            for transformer in loaded.transformers.values():
+                enable_context_parallel(transformer, self.rank_group, model=definition.id)
         self._loaded, self._sizes, self._placement = loaded, sizes, placement
         logger.info(
             "Loaded {} on {} in {:.2f}s, placement {}{}",
@@ -490,9 +501,19 @@ class WanEngine:
         *,
         output_dir: Path,
         progress: Callable[[ProgressEvent], None] | None = None,
-        cancel: threading.Event | None = None,
+        cancel: CancelFlag | None = None,
     ) -> GenerationResult:
-        request = self.resolve(params)
+        return self.generate_request(self.resolve(params), output_dir=output_dir, progress=progress, cancel=cancel)
+
+    def generate_request(
+        self,
+        request: GenerationRequest,
+        *,
+        output_dir: Path,
+        progress: Callable[[ProgressEvent], None] | None = None,
+        cancel: CancelFlag | None = None,
+    ) -> GenerationResult:
+        """`generate` for a request already resolved (its seed drawn)."""
         rendered = self.render(request, progress=progress, cancel=cancel)
         timings = dict(rendered.timings)
         with _stage("write", timings, progress, at=request.plan.num_inference_steps):
@@ -529,21 +550,31 @@ class WanEngine:
         request: GenerationRequest,
         *,
         progress: Callable[[ProgressEvent], None] | None = None,
-        cancel: threading.Event | None = None,
+        cancel: CancelFlag | None = None,
+        decode: bool = True,
     ) -> RenderedVideo:
-        """Run a resolved request up to decoded frames (no file written)."""
+        """Run a resolved request up to decoded frames (no file written); with `decode` False up to the latents only
+        (a context-parallel follower: rank 0 decodes)."""
         with self._lock:
-            return self._render(request, progress, cancel)
+            return self._render(request, progress, cancel, decode)
 
     def _render(
         self,
         request: GenerationRequest,
         progress: Callable[[ProgressEvent], None] | None,
-        cancel: threading.Event | None,
+        cancel: CancelFlag | None,
+        decode: bool,
     ) -> RenderedVideo:
         timings: dict[str, float] = {}
         _check_cancel(cancel, "before loading")
         with _stage("load", timings, progress, at=0, total=request.plan.num_inference_steps):
+            if self.rank_group is not None:
+                definition = self.definition(request.model)
+                leader_first(
+                    self.rank_group,
+                    lambda: resolve_weights_dir(definition, self.cache_dir),
+                    what=f"model {definition.id} on rank 0",
+                )
             frames_with_references = request.num_frames + 4 * len(request.image_refs)
             model = self.load(
                 request.model, width=request.width, height=request.height, num_frames=frames_with_references
@@ -560,6 +591,14 @@ class WanEngine:
                 self._offloaded.sync()  # streamed 8-bit weights read right again between generations
 
         _check_cancel(cancel, "before decoding")
+        if not decode:
+            return RenderedVideo(
+                request=request,
+                latents=result.latents,
+                frames=None,
+                forward_passes=result.forward_passes,
+                timings=timings,
+            )
         if self.device.type == "cuda" and self._placement is not None and self._placement.kind != "resident":
             # The streamed blocks' freed copies leave the cache in block-sized pieces; under a budget the decode's
             # larger buffers need them given back first (on the H200 at 24 GB: 3.9 GiB cached in pieces, out of
@@ -598,7 +637,7 @@ class WanEngine:
         loras: LoraRuntime | None,
         timings: dict[str, float],
         progress: Callable[[ProgressEvent], None] | None,
-        cancel: threading.Event | None,
+        cancel: CancelFlag | None,
     ) -> DenoiseResult:
         # Seeded generator on the device; nothing draws from it before the sampler's initial noise.
         generator = torch.Generator(self.device).manual_seed(request.seed)
@@ -616,6 +655,15 @@ class WanEngine:
             request.height // codec.spatial_factor,
             request.width // codec.spatial_factor,
         )
+        if self.rank_group is not None:
+            check_divisible(
+                latent_shape,
+                tuple(next(iter(model.transformers.values())).config.patch_size),
+                self.rank_group,
+                width=request.width,
+                height=request.height,
+                num_frames=request.num_frames,
+            )
         with (
             _stage("denoise", timings, None),
             _progress_bar(plan.num_inference_steps, wanted=progress is None) as bar,
@@ -798,7 +846,7 @@ def _pixels(image: PIL.Image.Image | None, request: GenerationRequest) -> torch.
     return None if image is None else image_to_pixels(image, request.width, request.height)
 
 
-def _check_cancel(cancel: threading.Event | None, where: str) -> None:
+def _check_cancel(cancel: CancelFlag | None, where: str) -> None:
     if cancel is not None and cancel.is_set():
         raise GenerationCancelled(f"cancelled {where}")
 

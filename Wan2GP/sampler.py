@@ -8,7 +8,6 @@ Everything that varies per step (timestep, phase, guidance, expert, LoRA strengt
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,6 +24,12 @@ EXPERTS = ("high", "low")
 
 class GenerationCancelled(RuntimeError):
     """The cancel event was set; the generation stopped between two denoising steps."""
+
+
+class CancelFlag(Protocol):
+    """What the loop reads between steps: a threading.Event, or a context-parallel group's shared flag."""
+
+    def is_set(self) -> bool: ...
 
 
 class StepStrengths(Protocol):
@@ -162,7 +167,7 @@ def denoise(
     generator: torch.Generator,
     model_dtype: torch.dtype,
     loras: StepStrengths | None = None,
-    cancel: threading.Event | None = None,
+    cancel: CancelFlag | None = None,
     on_step: Callable[[StepPlan, str], None] | None = None,
 ) -> DenoiseResult:
     device = conditioning.prompt_embeds.device

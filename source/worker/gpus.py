@@ -77,6 +77,16 @@ def select_gpus(spec: str, visible: Sequence[str]) -> list[str]:
     return [visible[index] for index in indices]
 
 
+def group_gpus(gpus: Sequence[str], per_worker: int) -> list[str]:
+    """The selected GPUs in consecutive groups of `per_worker` (--context-parallel), each one worker's
+    CUDA_VISIBLE_DEVICES ("0,1"). ValueError when they do not split evenly."""
+    if len(gpus) % per_worker:
+        raise ValueError(
+            f"--gpus selects {len(gpus)} GPUs, which do not split into workers of --context-parallel {per_worker}"
+        )
+    return [",".join(gpus[start : start + per_worker]) for start in range(0, len(gpus), per_worker)]
+
+
 def plan_gpus(spec: str) -> tuple[list[str], list[str]]:
     """(the selected GPUs, the visible ones) as CUDA_VISIBLE_DEVICES values, for `--gpus spec` on this machine."""
     import torch
@@ -133,7 +143,8 @@ class GpuWorkers:
         quick_crash_window: float = 600.0,
         output: IO[str] | None = None,
     ) -> None:
-        self.children = [_Child(gpu, f"{base_worker_id}-gpu{gpu}") for gpu in gpus]
+        # a context-parallel worker's GPUs are one entry, "0,1": its id reads <id>-gpu0+1
+        self.children = [_Child(gpu, f"{base_worker_id}-gpu{gpu.replace(',', '+')}") for gpu in gpus]
         self.command = command
         self.environ = dict(os.environ if environ is None else environ)
         self.stop_timeout = stop_timeout
@@ -258,7 +269,7 @@ class GpuWorkers:
             text=True,
             bufsize=1,
             start_new_session=True,  # signals come through the parent only
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         child.process, child.restart_at = process, None
         child.copier = threading.Thread(
@@ -275,10 +286,10 @@ class GpuWorkers:
                 self.output.flush()
 
 
-def _die_with_parent() -> None:
-    """In the child, before it runs: SIGTERM when the parent dies (Linux), so an orphan gives its task back."""
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """In a child process: `signum` when the parent dies (Linux); SIGTERM lets an orphan worker give its task back."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
     except (AttributeError, OSError):
         pass  # not Linux: the lease expiry gives the task back instead
 

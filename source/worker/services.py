@@ -3,14 +3,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from source.storage import storage_from_settings
 from source.tasks.context import WorkerServices
 from source.worker.settings import WorkerSettings
 from Wan2GP.catalog import load_catalog
 
+if TYPE_CHECKING:
+    from Wan2GP.context_parallel import RankGroup
 
-def build_services(settings: WorkerSettings) -> WorkerServices:
-    """CatalogError when a model definition file (bundled or in --defaults-dir) is invalid."""
+
+def build_services(settings: WorkerSettings, rank_group: RankGroup | None = None) -> WorkerServices:
+    """CatalogError when a model definition file (bundled or in --defaults-dir) is invalid. With `rank_group` (one
+    rank of `--context-parallel`), the engine is that rank's: rank 0's broadcasts each generation to the others."""
     catalog = load_catalog(extra_dirs=settings.defaults_dirs)
 
     def make_engine():
@@ -19,14 +25,20 @@ def build_services(settings: WorkerSettings) -> WorkerServices:
 
         _library_logs_into_the_worker_log()
 
-        return WanEngine(
+        engine = WanEngine(
             device=settings.device,
             cache_dir=settings.model_cache_dir,
             lora_dir=settings.lora_dir,
             prompt_model=settings.prompt_model,
             catalog=catalog,
             vram_budget=parse_budget_gb(settings.vram_budget_gb),
+            rank_group=rank_group,
         )
+        if rank_group is not None and rank_group.is_leader:
+            from Wan2GP.context_parallel import ContextParallelLeader
+
+            return ContextParallelLeader(engine, rank_group)
+        return engine
 
     def make_storage():
         if settings.uses_reigh_edge:  # outputs stay local; the queue uploads them through Reigh's signed URLs

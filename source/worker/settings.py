@@ -19,6 +19,7 @@ from Wan2GP.prompt_text import DEFAULT_PROMPT_MODEL
 T = TypeVar("T")
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+MAX_CONTEXT_PARALLEL = 8  # the GPUs of one host
 
 
 class SettingsError(ValueError):
@@ -60,6 +61,7 @@ class WorkerSettings:
     prompt_model: str = DEFAULT_PROMPT_MODEL  # the VLM behind enhance_prompt: repo id, local folder or "tiny"
     vram_budget_gb: float | None = None  # device memory the engine plans within; None: the card's free memory
     gpus: str | None = None  # --gpus: "all", a count or indices: one worker process per GPU (source.worker.gpus)
+    context_parallel: int = 1  # GPUs each generation is split over (source.worker.ranks); 1: one GPU per worker
     defaults_dirs: tuple[Path, ...] = ()  # folders of model definition files over the bundled ones (upstream's)
     prompt_fallback: bool = True  # the VLM cannot load: run with the base prompts (False: fail the travel run)
     supabase_url: str | None = None
@@ -104,6 +106,18 @@ class WorkerSettings:
                 raise SettingsError(
                     f"gpus (--gpus, HW_GPUS): expected all, a number or indices like 0,1; got {self.gpus!r}"
                 )
+        if not 1 <= self.context_parallel <= MAX_CONTEXT_PARALLEL:
+            raise SettingsError(
+                f"context_parallel (--context-parallel, HW_CONTEXT_PARALLEL): expected 1 to {MAX_CONTEXT_PARALLEL} "
+                f"GPUs per generation; got {self.context_parallel!r}"
+            )
+        if self.context_parallel > 1 and self.device not in (None, "cuda", "cpu"):
+            raise SettingsError(
+                f"context_parallel (--context-parallel, HW_CONTEXT_PARALLEL) and device (--device, HW_DEVICE): "
+                f"--context-parallel {self.context_parallel} uses the first {self.context_parallel} visible GPUs "
+                f"(choose them with --gpus or CUDA_VISIBLE_DEVICES), not {self.device!r}; 'cpu' runs it on CPU "
+                f"processes (tests)"
+            )
         if self.max_tasks is not None and self.max_tasks < 1:
             raise SettingsError(f"max_tasks: expected an integer >= 1; got {self.max_tasks!r}")
         if self.log_level.upper() not in LOG_LEVELS:
@@ -223,6 +237,7 @@ def settings_from_values(values: Mapping[str, Any], environ: Mapping[str, str] |
         prompt_model=pick("prompt_model", "HW_PROMPT_MODEL", str, default_of("prompt_model")),
         vram_budget_gb=pick("vram_budget", "HW_VRAM_BUDGET", float, None),
         gpus=pick("gpus", "HW_GPUS", str, None),
+        context_parallel=pick("context_parallel", "HW_CONTEXT_PARALLEL", int, default_of("context_parallel")),
         defaults_dirs=tuple(
             _path(text)
             for text in (values.get("defaults_dirs") or _from_env("HW_DEFAULTS_DIRS", _path_list, env) or ())
