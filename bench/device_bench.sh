@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs a bench/ script through WanEngine on the lent GPU machine (python 3.12 image without diffusers, loguru or
+# pydantic): memory_profiles or segment_vs_stock. The wheels travel in .whl/ (git-ignored, bench/README.md says how
+# they are made); imageio_ffmpeg travels unpacked in .whl/extra without its 68 MB ffmpeg binary (nothing here writes a
+# video).
+# Usage there: bash bench/device_bench.sh SCRIPT NAME [script args...]; log and JSON go to $OUT/NAME.{log,json}.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}
+script=${1:?usage: device_bench.sh SCRIPT NAME [args...]}
+name=${2:?usage: device_bench.sh SCRIPT NAME [args...]}
+shift 2
+mkdir -p "$OUT" /tmp/site
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH="/tmp/site:$PWD/.whl/extra:$PWD:$PWD/bench"
+python3 -c 'import torch, diffusers, transformers, peft, loguru, pydantic, imageio_ffmpeg, Wan2GP.engine
+print("torch", torch.__version__, "diffusers", diffusers.__version__, "transformers", transformers.__version__, "peft", peft.__version__)' || exit 2
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+    free -g
+    python3 "bench/$script.py" --json "$OUT/$name.json" --workdir "/tmp/$script" "$@" 2>&1
+} | tee "$OUT/$name.log"

@@ -1,0 +1,341 @@
+"""The seed segment through our WanEngine against stock diffusers, in one process, on the same random full-size weights.
+
+The seed segment of issue 19: Wan 2.2 I2V A14B (both experts), 768x576, 53 frames, start and end image, 6 euler steps
+in 3 phases with guidance 3/1/1 (the bundled `wan_2_2_i2v_lightning_baseline_3_3` settings), with and without two
+rank-64 LoRAs (multipliers `0.75;1.0;0` and `0;0;1.0`, every attention and FFN Linear of the 40 blocks). The random
+components are built once on the GPU from a seed (memory_profiles.RandomComponents, the engine's component_loader)
+and shared: our engine renders through `WanEngine.render` (what the worker runs, less the mp4 write), stock diffusers
+runs `WanImageToVideoPipeline` on the very same modules (2 phases, guidance 3 on the high expert and 1 on the low one,
+switching where our plan switches; it runs the unconditional pass on every step).
+
+Each variant renders `--runs` segments in a row; the first loads (or compiles) and is reported apart, the others are
+"warm", as the worker's second segment of a travel run. Reported per run: the engine's stage timings (load with the
+LoRA attach, encode, denoise, decode), forwards, and every transformer forward's time (CUDA events around the
+module's call, both sides alike). Variants:
+
+- `ours`, `ours_loras`: the engine as it is (bf16 weights, SDPA attention, fp32 VAE);
+- `stock`: WanImageToVideoPipeline, total time and forwards;
+- `compiled`, `compiled_loras` (in `--variants`): the same engine after diffusers' `compile_repeated_blocks` on both
+  experts (one compiled block reused by the 40; its first run compiles);
+- the VAE: the `ours` run's final latents decoded in fp32 (the engine's) and by a bf16 copy: time and error.
+
+    python bench/segment_vs_stock.py --json out.json --variants ours,stock,compiled   # on an H200
+    python bench/segment_vs_stock.py --tiny                                           # CPU smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import PIL.Image
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+from loguru import logger
+from memory_profiles import (
+    MODEL_ID,
+    RandomComponents,
+    segment_params,
+    synchronize,
+    write_definition,
+    write_keyframes,
+    write_loras,
+    write_model_folder,
+)
+from random_models import run_versions
+
+from Wan2GP.catalog import load_catalog
+from Wan2GP.conditioning import VaeCodec
+from Wan2GP.engine import WanEngine
+from Wan2GP.loading import LoadedModel
+from Wan2GP.request import GenerationRequest
+
+VARIANTS = ("ours_loras", "ours", "stock", "compiled", "compiled_loras")
+
+
+class ForwardTimer:
+    """Every forward of the given transformers, timed with CUDA events (or the wall clock on the CPU) around the
+    module's call; read after a synchronize."""
+
+    def __init__(self, transformers: Mapping[str, torch.nn.Module], device: torch.device) -> None:
+        self.device = device
+        self.pending: list[tuple[Any, Any]] = []
+        self.handles = []
+        for transformer in transformers.values():
+            self.handles.append(transformer.register_forward_pre_hook(self._start))
+            self.handles.append(transformer.register_forward_hook(self._stop))
+
+    def _now(self) -> Any:
+        if self.device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def _start(self, *_: Any) -> None:
+        self.pending.append((self._now(), None))
+
+    def _stop(self, *_: Any) -> None:
+        start, _ = self.pending[-1]
+        self.pending[-1] = (start, self._now())
+
+    def seconds(self) -> list[float]:
+        synchronize(self.device)
+        if self.device.type == "cuda":
+            times = [start.elapsed_time(stop) / 1000 for start, stop in self.pending]
+        else:
+            times = [stop - start for start, stop in self.pending]
+        self.pending = []
+        return times
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+@contextmanager
+def timed_forwards(transformers: Mapping[str, torch.nn.Module], device: torch.device) -> Iterator[ForwardTimer]:
+    timer = ForwardTimer(transformers, device)
+    try:
+        yield timer
+    finally:
+        timer.close()
+
+
+def run_engine(
+    name: str, engine: WanEngine, request: GenerationRequest, *, runs: int, device: torch.device
+) -> tuple[dict[str, Any], torch.Tensor]:
+    rows = []
+    latents = None
+    for index in range(runs):
+        model = engine.load(MODEL_ID, width=request.width, height=request.height, num_frames=request.num_frames)
+        with timed_forwards(model.transformers, device) as timer:
+            synchronize(device)
+            started = time.perf_counter()
+            rendered = engine.render(request)
+            synchronize(device)
+            wall = time.perf_counter() - started
+            forwards = timer.seconds()
+        latents = rendered.latents
+        row = {
+            "run": index + 1,
+            "seconds": wall,
+            "timings": {key: value for key, value in rendered.timings.items()},
+            "forwards": dict(rendered.forward_passes),
+            "forward_seconds": forwards,
+        }
+        print(f"[{name}] run {index + 1}: {wall:.2f} s {json.dumps(row['timings'])} forwards {row['forwards']}")
+        rows.append(row)
+    assert latents is not None
+    return summarize(name, rows), latents
+
+
+def summarize(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    warm = rows[1:] or rows
+    forwards = [seconds for row in warm for seconds in row["forward_seconds"]]
+    summary = {
+        "name": name,
+        "runs": rows,
+        "warm_seconds_median": statistics.median(row["seconds"] for row in warm),
+        "forward_seconds_median": statistics.median(forwards) if forwards else None,
+        "forward_count": len(warm[-1]["forward_seconds"]),
+    }
+    if "timings" in warm[-1]:
+        summary["warm_timings_median"] = {
+            stage: statistics.median(row["timings"].get(stage, 0.0) for row in warm) for stage in warm[-1]["timings"]
+        }
+    return summary
+
+
+def stock_pipeline(model: LoadedModel, request: GenerationRequest) -> tuple[WanImageToVideoPipeline, float]:
+    """WanImageToVideoPipeline on the engine's own modules; its boundary where our plan switches experts."""
+    steps = request.plan.steps
+    first_low = next((step for step in steps if step.expert == "low"), None)
+    boundary = float(first_low.timestep) / 1000 if first_low is not None else None
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=float(request.plan.flow_shift))
+    pipe = WanImageToVideoPipeline(
+        tokenizer=model.tokenizer,
+        text_encoder=model.text_encoder,
+        vae=model.vae,
+        scheduler=scheduler,
+        transformer=model.transformers["high"],
+        transformer_2=model.transformers.get("low"),
+        boundary_ratio=boundary,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, boundary
+
+
+def run_stock(
+    engine: WanEngine, request: GenerationRequest, *, runs: int, device: torch.device, guidance: tuple[float, float]
+) -> dict[str, Any]:
+    model = engine.load(MODEL_ID, width=request.width, height=request.height, num_frames=request.num_frames)
+    pipe, boundary = stock_pipeline(model, request)
+    start, end = (
+        image if isinstance(image, PIL.Image.Image) else PIL.Image.open(image)
+        for image in (request.image_start, request.image_end)
+    )
+    rows = []
+    for index in range(runs):
+        with timed_forwards(model.transformers, device) as timer:
+            synchronize(device)
+            started = time.perf_counter()
+            pipe(
+                image=start.convert("RGB"),
+                last_image=end.convert("RGB"),
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt,
+                height=request.height,
+                width=request.width,
+                num_frames=request.num_frames,
+                num_inference_steps=request.plan.num_inference_steps,
+                guidance_scale=guidance[0],
+                guidance_scale_2=guidance[1],
+                generator=torch.Generator(device=device).manual_seed(request.seed),
+                output_type="np",
+            )
+            synchronize(device)
+            wall = time.perf_counter() - started
+            forwards = timer.seconds()
+        print(f"[stock] run {index + 1}: {wall:.2f} s, {len(forwards)} forwards, boundary {boundary}")
+        rows.append({"run": index + 1, "seconds": wall, "forward_seconds": forwards})
+    summary = summarize("stock", rows)
+    summary["boundary_ratio"] = boundary
+    summary["guidance"] = list(guidance)
+    return summary
+
+
+def vae_decode_check(vae: torch.nn.Module, latents: torch.Tensor, device: torch.device) -> dict[str, Any]:
+    """The engine's fp32 decode against a bf16 copy of the same VAE, on the same latents (best of 2 each)."""
+    report: dict[str, Any] = {}
+    decoded = {}
+    bf16 = copy.deepcopy(vae).to(torch.bfloat16) if device.type == "cuda" else None
+    for name, module in (("fp32", vae), ("bf16", bf16)):
+        if module is None:
+            continue
+        best = float("inf")
+        for _ in range(2):
+            synchronize(device)
+            started = time.perf_counter()
+            with torch.inference_mode():
+                pixels = VaeCodec(module).decode(latents.to(device))
+            synchronize(device)
+            best = min(best, time.perf_counter() - started)
+        decoded[name] = pixels.float().cpu()
+        report[f"{name}_seconds"] = best
+    if "bf16" in decoded:
+        difference = decoded["bf16"] - decoded["fp32"]
+        report["bf16_rel_error"] = float(difference.norm() / decoded["fp32"].norm())
+        report["bf16_max_abs_error"] = float(difference.abs().max())  # pixels in [-1, 1]
+    del bf16
+    gc.collect()
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny dims, 64x64x9")
+    parser.add_argument("--size", default="768x576x53", help="WIDTHxHEIGHTxFRAMES")
+    parser.add_argument("--runs", type=int, default=2, help="segments in a row per variant (the first: cold)")
+    parser.add_argument(
+        "--variants",
+        default="ours_loras,ours,stock",
+        help=f"comma-separated, in this order: {','.join(VARIANTS)} (ours and stock always run: the references)",
+    )
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--workdir", type=Path, help="default: a temporary folder")
+    args = parser.parse_args(argv)
+    logger.remove()
+    logger.add(sys.stderr, level="INFO")
+
+    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda:0")
+    width, height, frames = (int(value) for value in args.size.split("x"))
+    if args.tiny:
+        width, height, frames = 64, 64, 9
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="segment_vs_stock_"))
+    model_folder, defaults_dir, cache_dir = workdir / "model", workdir / "defaults", workdir / "cache"
+    for folder in (model_folder, defaults_dir, cache_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    write_model_folder(model_folder, tiny=args.tiny, cache_dir=cache_dir)
+    write_definition(defaults_dir, model_folder)
+    catalog = load_catalog(extra_dirs=[defaults_dir])
+    loras = write_loras(workdir, tiny=args.tiny, device=device)
+    keyframes = write_keyframes(workdir, width, height)
+    with_loras = segment_params(width=width, height=height, frames=frames, loras=loras, keyframes=keyframes)
+    without = {key: value for key, value in with_loras.items() if key not in ("activated_loras", "loras_multipliers")}
+    engine = WanEngine(
+        device=str(device),
+        cache_dir=cache_dir,
+        catalog=catalog,
+        placement="resident",
+        component_loader=RandomComponents(tiny=args.tiny, seed=0, build_device=device),
+    )
+    report: dict[str, Any] = {
+        "command": " ".join(["python", "bench/segment_vs_stock.py", *(argv if argv is not None else sys.argv[1:])]),
+        "versions": run_versions(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "size": [width, height, frames],
+        "variants": {},
+    }
+    variants = report["variants"]
+    wanted = {name.strip() for name in args.variants.split(",")} | {"ours", "stock"}
+    unknown = wanted - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"--variants: unknown {', '.join(sorted(unknown))}; expected some of {', '.join(VARIANTS)}")
+    request_loras, request = engine.resolve(with_loras), engine.resolve(without)
+    # LoRAs first: the LoRA-less run after it gives the base weights back, which stock then shares
+    if "ours_loras" in wanted:
+        variants["ours_loras"], _ = run_engine("ours_loras", engine, request_loras, runs=args.runs, device=device)
+    variants["ours"], latents = run_engine("ours", engine, request, runs=args.runs, device=device)
+    high_guidance = request.plan.steps[0].guidance
+    variants["stock"] = run_stock(engine, request, runs=args.runs, device=device, guidance=(high_guidance, 1.0))
+    model = engine.load(MODEL_ID, width=width, height=height, num_frames=frames)
+    report["vae_decode"] = vae_decode_check(model.vae, latents, device)
+    if wanted & {"compiled", "compiled_loras"}:
+        for transformer in model.transformers.values():
+            transformer.compile_repeated_blocks(fullgraph=True)
+        variants["compiled"], compiled_latents = run_engine("compiled", engine, request, runs=args.runs, device=device)
+        variants["compiled"]["latents_rel_error_vs_ours"] = float(
+            (compiled_latents.float() - latents.float()).norm() / latents.float().norm()
+        )
+    if "compiled_loras" in wanted:
+        try:
+            variants["compiled_loras"], _ = run_engine(
+                "compiled_loras", engine, request_loras, runs=args.runs, device=device
+            )
+        except Exception as error:  # noqa: BLE001 - a benchmark reports what failed and goes on
+            variants["compiled_loras"] = {"error": f"{type(error).__name__}: {error}"}
+
+    stock = variants["stock"]
+    print("\nvariant | warm s | x stock | per forward s | x stock per forward | forwards | stages")
+    for name, variant in variants.items():
+        if "error" in variant:
+            print(f"{name} | failed: {variant['error']}")
+            continue
+        variant["speedup_vs_stock"] = stock["warm_seconds_median"] / variant["warm_seconds_median"]
+        if variant["forward_seconds_median"] and stock["forward_seconds_median"]:
+            variant["forward_speedup_vs_stock"] = stock["forward_seconds_median"] / variant["forward_seconds_median"]
+        print(
+            f"{name} | {variant['warm_seconds_median']:.2f} | {variant['speedup_vs_stock']:.3f} | "
+            f"{variant['forward_seconds_median'] or float('nan'):.3f} | "
+            f"{variant.get('forward_speedup_vs_stock', float('nan')):.3f} | {variant['forward_count']} | "
+            f"{json.dumps({k: round(v, 2) for k, v in variant.get('warm_timings_median', {}).items()})}"
+        )
+    print("vae decode:", json.dumps(report["vae_decode"]))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

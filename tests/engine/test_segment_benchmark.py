@@ -1,0 +1,39 @@
+"""bench/segment_vs_stock.py (issue 19's benchmark, bench/README.md) in tiny mode on the CPU, so it cannot rot: our
+engine and stock WanImageToVideoPipeline on the same random modules, every forward timed by the harness."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "speed.json"
+    subprocess.run(
+        [sys.executable, "bench/segment_vs_stock.py", "--tiny", "--json", str(out), "--workdir", str(tmp_path / "w")],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    report = json.loads(out.read_text())
+    variants = report["variants"]
+    assert list(variants) == ["ours_loras", "ours", "stock"]
+    # the seed segment's plan: 3 guided steps on the high expert (2 forwards each), then one forward a step; stock
+    # runs the unconditional pass on every one of its 6 steps
+    for name in ("ours_loras", "ours"):
+        assert variants[name]["forward_count"] == 8
+        for run in variants[name]["runs"]:
+            assert run["forwards"] == {"high": 6, "low": 2}
+            assert len(run["forward_seconds"]) == 8, "the harness timed every forward the engine counted"
+            assert set(run["timings"]) == {"load", "encode", "denoise", "decode"}
+    assert variants["stock"]["forward_count"] == 12
+    assert 0 < variants["stock"]["boundary_ratio"] < 1
+    assert report["vae_decode"]["fp32_seconds"] > 0
+    for variant in variants.values():
+        assert variant["speedup_vs_stock"] > 0
