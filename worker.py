@@ -114,6 +114,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "restarted when it crashes; SIGTERM reaches every one [env HW_GPUS; default: one worker on --device]",
     )
     engine.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the transformers' repeated block when the model is resident on one GPU: 1.19x per forward "
+        "on an H200 at 768x576x53 (bench/README.md); the first generation at each new size compiles [env HW_COMPILE]",
+    )
+    engine.add_argument(
         "--context-parallel",
         metavar="N",
         type=int,

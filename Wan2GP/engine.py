@@ -212,7 +212,10 @@ class WanEngine:
     `component_loader` reads a model's components onto the devices its placement gives (default: from its weights
     folder; the GPU benchmarks build random full-size ones instead, bench/memory_profiles.py). `rank_group` makes this
     engine one rank of a context-parallel group (Wan2GP.context_parallel): its transformers split each forward's
-    sequence with the other ranks, which must run the same generations (ContextParallelLeader, follow)."""
+    sequence with the other ranks, which must run the same generations (ContextParallelLeader, follow).
+    `compile_backend` ("inductor": the worker's --compile) compiles each loaded transformer's repeated block once with
+    torch.compile (diffusers' compile_repeated_blocks; on an H200 1.19x per forward, bench/README.md) when the whole
+    model is resident on one GPU; the first generation at a new size pays the compile."""
 
     def __init__(
         self,
@@ -229,11 +232,13 @@ class WanEngine:
         transformer_weights: str | None = None,
         component_loader: ComponentLoader = load_components_of,
         rank_group: RankGroup | None = None,
+        compile_backend: str | None = None,
     ) -> None:
         self.reinject_start_frame = reinject_start_frame
         self.prompt_model = prompt_model  # the VLM write_prompts loads: a repo id, a local folder or "tiny"
         quiet_libraries()
         self.rank_group = rank_group
+        self.compile_backend = compile_backend
         if rank_group is not None:
             device = str(rank_group.device)
         self.device = torch.device(device) if device is not None else default_device()
@@ -337,6 +342,8 @@ class WanEngine:
         if self.rank_group is not None:
             for transformer in loaded.transformers.values():
                 enable_context_parallel(transformer, self.rank_group, model=definition.id)
+        if self.compile_backend is not None:
+            self._compile(loaded, placement)
         self._loaded, self._sizes, self._placement = loaded, sizes, placement
         logger.info(
             "Loaded {} on {} in {:.2f}s, placement {}{}",
@@ -347,6 +354,18 @@ class WanEngine:
             f", {self.pinned_host_bytes / 1e9:.1f} GB in page-locked host memory" if self.pinned_host_bytes else "",
         )
         return loaded
+
+    def _compile(self, loaded: LoadedModel, placement: Placement) -> None:
+        """Compile the transformers' repeated block, where nothing else wraps its call: streamed blocks run inside
+        diffusers' offloading hooks and context-parallel ranks inside its sequence-splitting hooks, neither of which a
+        full-graph compile traces."""
+        if placement.kind != "resident" or self.rank_group is not None:
+            why = f"placement {placement.kind}" if placement.kind != "resident" else "context parallelism"
+            logger.info("not compiling the transformers: {} (compiled only when resident on one GPU)", why)
+            return
+        for transformer in {id(module): module for module in loaded.transformers.values()}.values():
+            transformer.compile_repeated_blocks(fullgraph=True, backend=self.compile_backend)
+        logger.info("transformer blocks compiled with torch.compile ({}) on their first forward", self.compile_backend)
 
     def _weight_formats(self, definition: ModelDefinition) -> tuple[str, ...]:
         """The transformer weight formats a load may use, preferred first."""

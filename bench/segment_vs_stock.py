@@ -15,8 +15,9 @@ module's call, both sides alike). Variants:
 
 - `ours`, `ours_loras`: the engine as it is (bf16 weights, SDPA attention, fp32 VAE);
 - `stock`: WanImageToVideoPipeline, total time and forwards;
-- `compiled`, `compiled_loras` (in `--variants`): the same engine after diffusers' `compile_repeated_blocks` on both
-  experts (one compiled block reused by the 40; its first run compiles);
+- `compiled`, `compiled_loras` (in `--variants`): a second engine, `WanEngine(compile_backend="inductor")` as the
+  worker's `--compile` makes it, on the same seed's weights: diffusers' `compile_repeated_blocks` on both experts
+  (one compiled block reused by the 40; its first run compiles);
 - the VAE: the `ours` run's final latents decoded in fp32 (the engine's) and by a bf16 copy: time and error.
 
     python bench/segment_vs_stock.py --json out.json --variants ours,stock,compiled   # on an H200
@@ -259,6 +260,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         default="ours_loras,ours,stock",
         help=f"comma-separated, from {','.join(VARIANTS)} (stock always runs: the reference)",
     )
+    parser.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile backend of the compiled variants (tests: eager)"
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--workdir", type=Path, help="default: a temporary folder")
     args = parser.parse_args(argv)
@@ -280,13 +284,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     keyframes = write_keyframes(workdir, width, height)
     with_loras = segment_params(width=width, height=height, frames=frames, loras=loras, keyframes=keyframes)
     without = {key: value for key, value in with_loras.items() if key not in ("activated_loras", "loras_multipliers")}
-    engine = WanEngine(
-        device=str(device),
-        cache_dir=cache_dir,
-        catalog=catalog,
-        placement="resident",
-        component_loader=RandomComponents(tiny=args.tiny, seed=0, build_device=device),
-    )
+
+    def make_engine(compile_backend: str | None = None) -> WanEngine:
+        return WanEngine(
+            device=str(device),
+            cache_dir=cache_dir,
+            catalog=catalog,
+            placement="resident",
+            component_loader=RandomComponents(tiny=args.tiny, seed=0, build_device=device),
+            compile_backend=compile_backend,
+        )
+
+    engine = make_engine()
     report: dict[str, Any] = {
         "command": " ".join(["python", "bench/segment_vs_stock.py", *(argv if argv is not None else sys.argv[1:])]),
         "versions": run_versions(),
@@ -320,8 +329,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report["vae_decode"] = vae_decode_check(model.vae, next(iter(latents.values())), device) if latents else {}
     save()
     if wanted & {"compiled", "compiled_loras"}:
-        for transformer in model.transformers.values():
-            transformer.compile_repeated_blocks(fullgraph=True)
+        # the worker's --compile: a new engine on the same seed's weights compiles them as it loads them (stock and
+        # the eager variants above ran on modules no compile touched)
+        del model
+        engine.unload()
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        engine = make_engine(args.compile_backend)
     for name, eager in (("compiled", "ours"), ("compiled_loras", "ours_loras")):
         if name not in wanted:
             continue

@@ -14,7 +14,18 @@ def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[2]
     out = tmp_path / "speed.json"
     subprocess.run(
-        [sys.executable, "bench/segment_vs_stock.py", "--tiny", "--json", str(out), "--workdir", str(tmp_path / "w")],
+        [
+            *(
+                sys.executable,
+                "bench/segment_vs_stock.py",
+                "--tiny",
+                "--json",
+                str(out),
+                "--workdir",
+                str(tmp_path / "w"),
+            ),
+            *("--variants", "ours_loras,ours,compiled,compiled_loras", "--compile-backend", "eager"),
+        ],
         cwd=repo,
         env={**os.environ, "PYTHONPATH": str(repo)},
         check=True,
@@ -23,16 +34,19 @@ def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
     )
     report = json.loads(out.read_text())
     variants = report["variants"]
-    assert list(variants) == ["ours_loras", "ours", "stock"]
+    assert list(variants) == ["ours_loras", "ours", "stock", "compiled", "compiled_loras"]
     # the seed segment's plan: 3 guided steps on the high expert (2 forwards each), then one forward a step; stock
     # runs the unconditional pass on every one of its 6 steps
-    for name in ("ours_loras", "ours"):
+    for name in ("ours_loras", "ours", "compiled", "compiled_loras"):
         assert variants[name]["forward_count"] == 8
         for run in variants[name]["runs"]:
             assert run["forwards"] == {"high": 6, "low": 2}
             assert len(run["forward_seconds"]) == 8, "the harness timed every forward the engine counted"
             assert set(run["timings"]) == {"load", "encode", "denoise", "decode"}
     assert variants["stock"]["forward_count"] == 12
+    # the compiled engine (dynamo's eager backend here) rebuilt the same seed's weights: the same latents
+    assert variants["compiled"]["latents_rel_error_vs_ours"] == 0.0
+    assert variants["compiled_loras"]["latents_rel_error_vs_ours_loras"] == 0.0
     assert 0 < variants["stock"]["boundary_ratio"] < 1
     assert report["vae_decode"]["fp32_seconds"] > 0
     for variant in variants.values():

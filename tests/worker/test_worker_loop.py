@@ -225,6 +225,16 @@ def test_the_vram_budget_reaches_the_engine_in_bytes_and_a_bad_one_stops_the_wor
         settings_from_values({}, {"HW_VRAM_BUDGET": "lots"})
 
 
+def test_compile_reaches_the_engine_as_the_inductor_backend() -> None:
+    from source.worker.services import build_services
+
+    assert settings_from_values({}, {}).compile is False
+    for values, environ in (({"compile": True}, {}), ({}, {"HW_COMPILE": "yes"})):
+        settings = settings_from_values({**values, "device": "cpu"}, environ)
+        assert build_services(settings).engine_factory().compile_backend == "inductor"
+    assert build_services(settings_from_values({"device": "cpu"}, {})).engine_factory().compile_backend is None
+
+
 def test_settings_errors_name_the_setting() -> None:
     with pytest.raises(SettingsError, match="HW_LEASE_SECONDS='soon'"):
         settings_from_values({}, {"HW_LEASE_SECONDS": "soon"})
