@@ -121,6 +121,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "on an H200 at 768x576x53 (bench/README.md); the first generation at each new size compiles [env HW_COMPILE]",
     )
     engine.add_argument(
+        "--fast",
+        action="store_true",
+        default=None,
+        help="the fast path: fp8 weights and activations in the transformers' blocks (torchao), compiled as with "
+        "--compile; on a GPU without fp8 matmuls (before compute capability 8.9) the weights stay as without it "
+        "[env HW_FAST]",
+    )
+    engine.add_argument(
         "--context-parallel",
         metavar="N",
         type=int,

@@ -160,7 +160,7 @@ class _ModelSection(BaseModel):
     transformer_dtype: str = "bfloat16"
     # The transformers' block weights: "auto" (16-bit where a placement fits the VRAM budget and host memory, else
     # int8), or always "native" (the dtype above), "int8" or "fp8" (Wan2GP.quantization).
-    transformer_weights: Literal["auto", "native", "int8", "fp8"] = "auto"
+    transformer_weights: Literal["auto", "native", "int8", "fp8", "fp8_dynamic"] = "auto"
     vae_dtype: str = "float32"
     fps: int | None = Field(default=None, ge=1)  # None: the architecture's
     # The same model family in the other travel mode: Reigh sends model_type "vace" with its i2v model's name when a
@@ -214,7 +214,7 @@ class ModelDefinition(BaseModel):
     loras: tuple[str, ...] = ()
     loras_multipliers: tuple[str, ...] = ()  # one token per LoRA (floats written as strings)
     transformer_dtype: str = "bfloat16"
-    transformer_weights: str = "auto"  # "auto", "native", "int8" or "fp8" (_ModelSection)
+    transformer_weights: str = "auto"  # "auto", "native", "int8", "fp8" or "fp8_dynamic" (_ModelSection)
     vae_dtype: str = "float32"
     fps: int = 16
     travel_counterparts: dict[str, str] = Field(default_factory=dict)  # travel mode -> model id

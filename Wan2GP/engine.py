@@ -62,7 +62,7 @@ from Wan2GP.placement import (
     plan_placement,
 )
 from Wan2GP.prompt_text import DEFAULT_PROMPT_MODEL
-from Wan2GP.quantization import check_weight_format
+from Wan2GP.quantization import FAST_FORMAT, check_weight_format, fp8_matmuls_available
 from Wan2GP.request import GenerationRequest, InvalidGenerationParams, check_param_names, resolve_request
 from Wan2GP.sampler import (
     CancelFlag,
@@ -207,8 +207,10 @@ class WanEngine:
     resident when they fit, else the encoders offloaded, else the transformers' blocks streamed from pinned host
     memory; the VAE tiled where its whole-frame decode would not fit. `placement` forces one (tests, benchmarks).
     `host_budget` (bytes; default: default_host_budget when the model loads) bounds the host memory the offloaded
-    parts take. `transformer_weights` ("native", "int8", "fp8"; default: the definition's setting, "auto": native
-    where a placement fits both budgets, else int8) chooses the transformers' block weights (Wan2GP.quantization).
+    parts take. `transformer_weights` ("native", "int8", "fp8", "fp8_dynamic"; default: the definition's setting,
+    "auto": native where a placement fits both budgets, else int8) chooses the transformers' block weights
+    (Wan2GP.quantization); "fp8_dynamic" (fp8 activations too, the worker's --fast) is "auto" on a device without fp8
+    matmuls.
     `component_loader` reads a model's components onto the devices its placement gives (default: from its weights
     folder; the GPU benchmarks build random full-size ones instead, bench/memory_profiles.py). `rank_group` makes this
     engine one rank of a context-parallel group (Wan2GP.context_parallel): its transformers split each forward's
@@ -370,6 +372,11 @@ class WanEngine:
     def _weight_formats(self, definition: ModelDefinition) -> tuple[str, ...]:
         """The transformer weight formats a load may use, preferred first."""
         chosen = self.transformer_weights or definition.transformer_weights
+        if chosen == FAST_FORMAT and not fp8_matmuls_available(self.device):
+            logger.info(
+                "{} asks for fp8 activations, which {} cannot run: its weights as 'auto'", definition.id, self.device
+            )
+            chosen = "auto"
         return ("native", "int8") if chosen == "auto" else (chosen,)
 
     def _host_budget(self) -> int | None:

@@ -16,12 +16,15 @@ from collections.abc import Iterator
 
 import torch
 
-WEIGHT_FORMATS = ("native", "int8", "fp8")  # "native": the model definition's own dtype (bf16 on a GPU)
-QUANTIZED_FORMATS = ("int8", "fp8")
+WEIGHT_FORMATS = ("native", "int8", "fp8", "fp8_dynamic")  # "native": the definition's own dtype (bf16 on a GPU)
+QUANTIZED_FORMATS = ("int8", "fp8", "fp8_dynamic")
+# fp8 weights and fp8 activations (scaled per row at each call): the fast path, matmuls on the fp8 tensor cores, which
+# torchao only runs on CUDA from compute capability 8.9 (Ada, Hopper) up; elsewhere the engine keeps its weights native
+FAST_FORMAT = "fp8_dynamic"
 BLOCK_LISTS = ("blocks", "vace_blocks")  # the ModuleLists of a Wan transformer that hold its blocks
 
 # Per quantized Linear, per output channel: a float32 scale, and int8's zero point (torchao's per-row layouts).
-_ROW_OVERHEAD_BYTES = {"int8": 4 + 1, "fp8": 4}
+_ROW_OVERHEAD_BYTES = {"int8": 4 + 1, "fp8": 4, "fp8_dynamic": 4}
 
 
 def check_weight_format(value: str) -> str:
@@ -35,13 +38,25 @@ def transformer_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def torchao_config(weights: str):  # -> torchao AOBaseConfig; torchao is imported only when 8 bits are asked for
-    from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig
+    from torchao.quantization import (
+        Float8DynamicActivationFloat8WeightConfig,
+        Float8WeightOnlyConfig,
+        Int8WeightOnlyConfig,
+        PerRow,
+    )
 
     if weights == "int8":
         return Int8WeightOnlyConfig()
     if weights == "fp8":
         return Float8WeightOnlyConfig()
+    if weights == FAST_FORMAT:
+        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
     raise ValueError(f"transformer weights: expected one of {', '.join(QUANTIZED_FORMATS)}, got {weights!r}")
+
+
+def fp8_matmuls_available(device: torch.device) -> bool:
+    """Whether torchao runs fp8 x fp8 matmuls on `device` (FAST_FORMAT): CUDA, compute capability 8.9 or newer."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
 def quantize_transformer(

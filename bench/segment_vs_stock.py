@@ -18,6 +18,9 @@ module's call, both sides alike). Variants:
 - `compiled`, `compiled_loras` (in `--variants`): a second engine, `WanEngine(compile_backend="inductor")` as the
   worker's `--compile` makes it, on the same seed's weights: diffusers' `compile_repeated_blocks` on both experts
   (one compiled block reused by the 40; its first run compiles);
+- `fast`, `fast_loras`: the worker's `--fast`, fp8 weights and activations in the blocks' Linear layers (torchao,
+  `transformer_weights="fp8_dynamic"`), compiled; with the error of one high-noise forward against the eager
+  bf16 one on the same seeded inputs, and of the final latents against `ours`;
 - the VAE: the `ours` run's final latents decoded in fp32 (the engine's) and by a bf16 copy: time and error.
 
     python bench/segment_vs_stock.py --json out.json --variants ours,stock,compiled   # on an H200
@@ -61,7 +64,7 @@ from Wan2GP.engine import WanEngine
 from Wan2GP.loading import LoadedModel
 from Wan2GP.request import GenerationRequest
 
-VARIANTS = ("ours_loras", "ours", "stock", "compiled", "compiled_loras")
+VARIANTS = ("ours_loras", "ours", "stock", "compiled", "compiled_loras", "fast", "fast_loras")
 
 
 class ForwardTimer:
@@ -216,6 +219,26 @@ def run_stock(
     return summary
 
 
+def one_forward_inputs(transformer: torch.nn.Module, *, width: int, height: int, frames: int) -> dict[str, Any]:
+    """Seeded inputs of one high-noise forward at the segment's size (latent, image condition, text, timestep)."""
+    config = transformer.config
+    device = transformer.device
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    generator = torch.Generator(device=device).manual_seed(7)
+    latent = (config.in_channels, (frames - 1) // 4 + 1, height // 8, width // 8)
+    return dict(
+        hidden_states=torch.randn(1, *latent, generator=generator, device=device, dtype=dtype),
+        timestep=torch.tensor([900.0], device=device),
+        encoder_hidden_states=torch.randn(1, 512, config.text_dim, generator=generator, device=device, dtype=dtype),
+        return_dict=False,
+    )
+
+
+def one_forward(transformer: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+    with torch.inference_mode():
+        return transformer(**inputs)[0].float().cpu()
+
+
 def vae_decode_check(vae: torch.nn.Module, latents: torch.Tensor, device: torch.device) -> dict[str, Any]:
     """The engine's fp32 decode against other ways to decode the same latents with the same VAE weights: a bf16 copy,
     and each with cuDNN's algorithm search on (best of 2 each; errors against the fp32 decode)."""
@@ -285,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with_loras = segment_params(width=width, height=height, frames=frames, loras=loras, keyframes=keyframes)
     without = {key: value for key, value in with_loras.items() if key not in ("activated_loras", "loras_multipliers")}
 
-    def make_engine(compile_backend: str | None = None) -> WanEngine:
+    def make_engine(compile_backend: str | None = None, weights: str | None = None) -> WanEngine:
         return WanEngine(
             device=str(device),
             cache_dir=cache_dir,
@@ -293,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             placement="resident",
             component_loader=RandomComponents(tiny=args.tiny, seed=0, build_device=device),
             compile_backend=compile_backend,
+            transformer_weights=weights,
         )
 
     engine = make_engine()
@@ -328,31 +352,41 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = engine.load(MODEL_ID, width=width, height=height, num_frames=frames)
     report["vae_decode"] = vae_decode_check(model.vae, next(iter(latents.values())), device) if latents else {}
     save()
-    if wanted & {"compiled", "compiled_loras"}:
-        # the worker's --compile: a new engine on the same seed's weights compiles them as it loads them (stock and
-        # the eager variants above ran on modules no compile touched)
-        del model
+    forward_inputs = one_forward_inputs(model.transformers["high"], width=width, height=height, frames=frames)
+    reference_forward = one_forward(model.transformers["high"], forward_inputs)
+    del model
+    # Each later engine is built on the same seed's weights after the one before is unloaded (stock and the eager
+    # variants above ran on modules no compile touched): the worker's --compile, then its --fast.
+    for later, weights in (("compiled", None), ("fast", "fp8_dynamic")):
+        names = [name for name in (later, f"{later}_loras") if name in wanted]
+        if not names:
+            continue
         engine.unload()
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        engine = make_engine(args.compile_backend)
-    for name, eager in (("compiled", "ours"), ("compiled_loras", "ours_loras")):
-        if name not in wanted:
-            continue
-        try:
-            variants[name], compiled = run_engine(
-                name, engine, requests[name == "compiled_loras"], runs=args.runs, device=device
-            )
-        except Exception as error:  # noqa: BLE001 - a benchmark reports what failed and goes on
-            variants[name] = {"error": f"{type(error).__name__}: {error}"}
-            continue
-        if eager in latents:
-            reference = latents[eager].float()
-            variants[name][f"latents_rel_error_vs_{eager}"] = float(
-                (compiled.float() - reference).norm() / reference.norm()
-            )
-        save()
+        engine = make_engine(args.compile_backend, weights)
+        for name in names:
+            eager = "ours_loras" if name.endswith("_loras") else "ours"
+            try:
+                variants[name], rendered = run_engine(
+                    name, engine, requests[name.endswith("_loras")], runs=args.runs, device=device
+                )
+            except Exception as error:  # noqa: BLE001 - a benchmark reports what failed and goes on
+                variants[name] = {"error": f"{type(error).__name__}: {error}"}
+                continue
+            if eager in latents:
+                reference = latents[eager].float()
+                variants[name][f"latents_rel_error_vs_{eager}"] = float(
+                    (rendered.float() - reference).norm() / reference.norm()
+                )
+            if name == later:
+                variants[name]["weights"] = engine.placement.weights
+                high = engine.load(MODEL_ID, width=width, height=height, num_frames=frames).transformers["high"]
+                variants[name]["one_forward_rel_error_vs_eager"] = float(
+                    (one_forward(high, forward_inputs) - reference_forward).norm() / reference_forward.norm()
+                )
+            save()
 
     stock = variants["stock"]
     print("\nvariant | warm s | x stock | per forward s | x stock per forward | forwards | stages")

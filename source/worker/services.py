@@ -33,7 +33,8 @@ def build_services(settings: WorkerSettings, rank_group: RankGroup | None = None
             catalog=catalog,
             vram_budget=parse_budget_gb(settings.vram_budget_gb),
             rank_group=rank_group,
-            compile_backend="inductor" if settings.compile else None,
+            compile_backend="inductor" if settings.compile or settings.fast else None,
+            transformer_weights="fp8_dynamic" if settings.fast else None,
         )
         if rank_group is not None and rank_group.is_leader:
             from Wan2GP.context_parallel import ContextParallelLeader

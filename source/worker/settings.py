@@ -63,6 +63,7 @@ class WorkerSettings:
     gpus: str | None = None  # --gpus: "all", a count or indices: one worker process per GPU (source.worker.gpus)
     context_parallel: int = 1  # GPUs each generation is split over (source.worker.ranks); 1: one GPU per worker
     compile: bool = False  # torch.compile the transformers' repeated block (resident placements on one GPU)
+    fast: bool = False  # fp8 weights and activations in the transformers' blocks, compiled (GPUs with fp8 matmuls)
     defaults_dirs: tuple[Path, ...] = ()  # folders of model definition files over the bundled ones (upstream's)
     prompt_fallback: bool = True  # the VLM cannot load: run with the base prompts (False: fail the travel run)
     supabase_url: str | None = None
@@ -240,6 +241,7 @@ def settings_from_values(values: Mapping[str, Any], environ: Mapping[str, str] |
         gpus=pick("gpus", "HW_GPUS", str, None),
         context_parallel=pick("context_parallel", "HW_CONTEXT_PARALLEL", int, default_of("context_parallel")),
         compile=bool(values.get("compile")) or bool(_from_env("HW_COMPILE", _parse_bool, env)),
+        fast=bool(values.get("fast")) or bool(_from_env("HW_FAST", _parse_bool, env)),
         defaults_dirs=tuple(
             _path(text)
             for text in (values.get("defaults_dirs") or _from_env("HW_DEFAULTS_DIRS", _path_list, env) or ())

@@ -21,7 +21,15 @@ from Wan2GP.catalog import Catalog, default_catalog_dir, load_catalog
 from Wan2GP.engine import WanEngine
 from Wan2GP.offload import consolidate
 from Wan2GP.placement import host_bytes, needed_bytes
-from Wan2GP.quantization import inner_tensors, is_quantized, quantize_transformer, tensor_bytes, transformer_blocks
+from Wan2GP.quantization import (
+    fp8_matmuls_available,
+    inner_tensors,
+    is_quantized,
+    quantize_transformer,
+    tensor_bytes,
+    torchao_config,
+    transformer_blocks,
+)
 
 
 def render_latents(engine: WanEngine, **params: object) -> torch.Tensor:
@@ -177,13 +185,34 @@ def test_the_model_definition_can_ask_for_fp8_weights(tmp_path: Path, cache_dir:
     engine.unload()
 
 
+def test_fp8_activations_fall_back_to_auto_where_no_fp8_matmul_runs(tmp_path: Path, cache_dir: Path) -> None:
+    """The fast path's format on this CPU (torchao refuses fp8 x fp8 matmuls below CUDA compute capability 8.9): the
+    weights are what "auto" gives, native here; asked for by the definition or by the engine (the worker's --fast)."""
+    assert not fp8_matmuls_available(torch.device("cpu"))
+    assert type(torchao_config("fp8_dynamic")).__name__ == "Float8DynamicActivationFloat8WeightConfig"
+    catalog = load_catalog(extra_dirs=[_definition_with(tmp_path / "defaults", transformer_weights="fp8_dynamic")])
+    for engine in (
+        WanEngine(device="cpu", cache_dir=cache_dir, catalog=catalog),
+        WanEngine(device="cpu", cache_dir=cache_dir, catalog=load_catalog(), transformer_weights="fp8_dynamic"),
+    ):
+        model_id = "wan_tiny_t2v_8bit" if "wan_tiny_t2v_8bit" in engine.catalog else "wan_tiny_t2v"
+        with captured_messages("INFO") as logs:
+            transformer = engine.load(model_id).transformers["high"]
+        assert engine.placement is not None and engine.placement.weights == "native"
+        assert not is_quantized(transformer.blocks[0].attn1.to_q.weight)
+        assert f"{model_id} asks for fp8 activations, which cpu cannot run: its weights as 'auto'" in logs
+        engine.unload()
+
+
 def test_an_unknown_weight_format_is_refused_naming_the_field(tmp_path: Path, cache_dir: Path) -> None:
     # a user's definition file (an extra folder) is set aside with the field named; the others load
     with captured_messages("WARNING") as logs:
         catalog = load_catalog(extra_dirs=[_definition_with(tmp_path / "defaults", transformer_weights="int4")])
     assert "wan_tiny_t2v_8bit" not in catalog and "wan_tiny_t2v" in catalog
     assert any("model.transformer_weights" in line and "'int4'" in line for line in logs)
-    with pytest.raises(ValueError, match=r"transformer weights: expected one of native, int8, fp8, got 'int4'"):
+    with pytest.raises(
+        ValueError, match=r"transformer weights: expected one of native, int8, fp8, fp8_dynamic, got 'int4'"
+    ):
         WanEngine(device="cpu", cache_dir=cache_dir, transformer_weights="int4")
 
 

@@ -225,7 +225,7 @@ def test_the_vram_budget_reaches_the_engine_in_bytes_and_a_bad_one_stops_the_wor
         settings_from_values({}, {"HW_VRAM_BUDGET": "lots"})
 
 
-def test_compile_reaches_the_engine_as_the_inductor_backend() -> None:
+def test_compile_and_fast_reach_the_engine() -> None:
     from source.worker.services import build_services
 
     assert settings_from_values({}, {}).compile is False
@@ -233,6 +233,8 @@ def test_compile_reaches_the_engine_as_the_inductor_backend() -> None:
         settings = settings_from_values({**values, "device": "cpu"}, environ)
         assert build_services(settings).engine_factory().compile_backend == "inductor"
     assert build_services(settings_from_values({"device": "cpu"}, {})).engine_factory().compile_backend is None
+    fast = build_services(settings_from_values({"device": "cpu"}, {"HW_FAST": "1"})).engine_factory()
+    assert (fast.compile_backend, fast.transformer_weights) == ("inductor", "fp8_dynamic")
 
 
 def test_settings_errors_name_the_setting() -> None:
