@@ -1,5 +1,5 @@
 """8-bit transformer weights (torchao), for budgets where the 16-bit weights fit neither on the device nor in the
-host memory they would stream from.
+host memory they would stream from; and the fast path's fp8 weights with fp8 activations ("fp8_dynamic", --fast).
 
 Only the Linear layers inside the transformer blocks (``blocks``, ``vace_blocks``) are quantized: weight-only, one
 scale per output channel, int8 (the default) or float8 e4m3. Activations and LoRA adapters stay in the run dtype
