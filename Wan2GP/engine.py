@@ -617,26 +617,20 @@ class WanEngine:
                 self._offloaded.sync()  # streamed 8-bit weights read right again between generations
 
         _check_cancel(cancel, "before decoding")
-        if not decode:
-            return RenderedVideo(
-                request=request,
-                latents=result.latents,
-                frames=None,
-                forward_passes=result.forward_passes,
-                timings=timings,
-            )
-        if self.device.type == "cuda" and self._placement is not None and self._placement.kind != "resident":
-            # The streamed blocks' freed copies leave the cache in block-sized pieces; under a budget the decode's
-            # larger buffers need them given back first (on the H200 at 24 GB: 3.9 GiB cached in pieces, out of
-            # memory asking for 0.95 GiB).
-            torch.cuda.empty_cache()
-        with (
-            _stage("decode", timings, progress, at=request.plan.num_inference_steps),
-            torch.inference_mode(),
-            self._placement_named_on_oom(),
-        ):
-            pixels = VaeCodec(model.vae).decode(result.latents)
-            frames = pixels_to_uint8(pixels[:, : request.num_frames])
+        frames = None
+        if decode:
+            if self.device.type == "cuda" and self._placement is not None and self._placement.kind != "resident":
+                # The streamed blocks' freed copies leave the cache in block-sized pieces; under a budget the decode's
+                # larger buffers need them given back first (on the H200 at 24 GB: 3.9 GiB cached in pieces, out of
+                # memory asking for 0.95 GiB).
+                torch.cuda.empty_cache()
+            with (
+                _stage("decode", timings, progress, at=request.plan.num_inference_steps),
+                torch.inference_mode(),
+                self._placement_named_on_oom(),
+            ):
+                pixels = VaeCodec(model.vae).decode(result.latents)
+                frames = pixels_to_uint8(pixels[:, : request.num_frames])
         return RenderedVideo(
             request=request,
             latents=result.latents,

@@ -25,7 +25,6 @@ import json
 import os
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,12 +36,11 @@ from loguru import logger
 from memory_profiles import (
     MODEL_ID,
     RandomComponents,
+    prepare_workdir,
     segment_params,
     synchronize,
-    write_definition,
     write_keyframes,
     write_loras,
-    write_model_folder,
 )
 from random_models import run_versions
 
@@ -151,12 +149,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if world_size < 2:
         raise SystemExit(f"needs 2 or more GPUs; this host has {torch.cuda.device_count()}")
     width, height, frames = (64, 64, 9) if args.tiny else (int(value) for value in args.size.split("x"))
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="context_parallel_"))
-    model_folder, defaults_dir, cache_dir = workdir / "model", workdir / "defaults", workdir / "cache"
-    for folder in (model_folder, defaults_dir, cache_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-    write_model_folder(model_folder, tiny=args.tiny, cache_dir=cache_dir)
-    write_definition(defaults_dir, model_folder)
+    workdir, defaults_dir, cache_dir = prepare_workdir(args.workdir, prefix="context_parallel_", tiny=args.tiny)
     build = _device(args.tiny, 0)
     params = segment_params(
         width=width,

@@ -60,7 +60,7 @@ from Wan2GP.conditioning import VaeCodec
 from Wan2GP.engine import WanEngine
 from Wan2GP.loading import LoadedModel, component_dtypes
 from Wan2GP.model_folders import TRANSFORMER_SUBFOLDERS, tiny_model_folder
-from Wan2GP.quantization import QUANTIZED_FORMATS, quantize_transformer
+from Wan2GP.quantization import FAST_FORMAT, QUANTIZED_FORMATS, fp8_matmuls_available, quantize_transformer
 from Wan2GP.tiny import ensure_tiny_model
 
 GIB = 2**30
@@ -103,6 +103,18 @@ def write_definition(defaults_dir: Path, model_folder: Path) -> None:
     base["model"]["name"] = "Benchmark: Wan 2.2 I2V A14B, random weights"
     base["model"]["weights"] = {"local_dir": str(model_folder)}
     (defaults_dir / f"{MODEL_ID}.json").write_text(json.dumps(base))
+
+
+def prepare_workdir(given: Path | None, *, prefix: str, tiny: bool) -> tuple[Path, Path, Path]:
+    """A benchmark's working folder holding the benchmark model (configs only, `model/`), its definition
+    (`defaults/`) and a model cache (`cache/`): (workdir, defaults_dir, cache_dir)."""
+    workdir = given or Path(tempfile.mkdtemp(prefix=prefix))
+    model_folder, defaults_dir, cache_dir = workdir / "model", workdir / "defaults", workdir / "cache"
+    for folder in (model_folder, defaults_dir, cache_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    write_model_folder(model_folder, tiny=tiny, cache_dir=cache_dir)
+    write_definition(defaults_dir, model_folder)
+    return workdir, defaults_dir, cache_dir
 
 
 class RandomComponents:
@@ -408,7 +420,8 @@ def forward_check(
 
     reference, seconds = timed(transformer)
     report: dict[str, Any] = {"tokens": latent[1] * latent[2] * latent[3] // 4, "native_seconds": seconds}
-    for weights in QUANTIZED_FORMATS:
+    # the fast path's fp8 activations only where torchao runs fp8 matmuls (not on the --tiny CPU run)
+    for weights in [name for name in QUANTIZED_FORMATS if name != FAST_FORMAT or fp8_matmuls_available(device)]:
         quantized = copy.deepcopy(transformer)
         quantize_transformer(quantized, weights, work_device=device, keep_on=device)
         output, seconds = timed(quantized)
@@ -458,12 +471,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     width, height, frames = (int(value) for value in args.size.split("x"))
     if args.tiny:
         width, height, frames = 64, 64, 9
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="memory_profiles_"))
-    model_folder, defaults_dir, cache_dir = workdir / "model", workdir / "defaults", workdir / "cache"
-    for folder in (model_folder, defaults_dir, cache_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-    write_model_folder(model_folder, tiny=args.tiny, cache_dir=cache_dir)
-    write_definition(defaults_dir, model_folder)
+    workdir, defaults_dir, cache_dir = prepare_workdir(args.workdir, prefix="memory_profiles_", tiny=args.tiny)
+    model_folder = workdir / "model"
     catalog = load_catalog(extra_dirs=[defaults_dir])
     loras = write_loras(workdir, tiny=args.tiny, device=device)
     params = segment_params(

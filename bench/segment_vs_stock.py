@@ -35,7 +35,6 @@ import gc
 import json
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -49,12 +48,11 @@ from loguru import logger
 from memory_profiles import (
     MODEL_ID,
     RandomComponents,
+    prepare_workdir,
     segment_params,
     synchronize,
-    write_definition,
     write_keyframes,
     write_loras,
-    write_model_folder,
 )
 from random_models import run_versions
 
@@ -296,12 +294,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     width, height, frames = (int(value) for value in args.size.split("x"))
     if args.tiny:
         width, height, frames = 64, 64, 9
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="segment_vs_stock_"))
-    model_folder, defaults_dir, cache_dir = workdir / "model", workdir / "defaults", workdir / "cache"
-    for folder in (model_folder, defaults_dir, cache_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-    write_model_folder(model_folder, tiny=args.tiny, cache_dir=cache_dir)
-    write_definition(defaults_dir, model_folder)
+    workdir, defaults_dir, cache_dir = prepare_workdir(args.workdir, prefix="segment_vs_stock_", tiny=args.tiny)
     catalog = load_catalog(extra_dirs=[defaults_dir])
     loras = write_loras(workdir, tiny=args.tiny, device=device)
     keyframes = write_keyframes(workdir, width, height)
