@@ -117,7 +117,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "--compile",
         action="store_true",
         default=None,
-        help="torch.compile the transformers' repeated block when the model is resident on one GPU: 1.19x per forward "
+        help="torch.compile the transformers' repeated block when the model is resident on one GPU: 1.18x per forward "
         "on an H200 at 768x576x53 (bench/README.md); the first generation at each new size compiles [env HW_COMPILE]",
     )
     engine.add_argument(

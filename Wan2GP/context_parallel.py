@@ -5,17 +5,19 @@ the same seed, so the same initial noise and conditioning. Only the transformer'
 `enable_parallelism` hooks cut the token sequence into N pieces after the patch embedding, the attention swaps
 sequence for heads with an all-to-all (Ulysses: each rank attends over the whole sequence with 1/N of the heads), and
 `proj_out` gathers the pieces back, so every rank ends each forward with the same whole prediction and takes the same
-sampler step. The text encoder and the VAE run on every rank on identical inputs (no rank waits for another, nothing
-crosses the wire); only rank 0 decodes, writes the video and talks to the queue.
+sampler step. The text encoder and the VAE's encoder run on every rank on identical inputs (no rank waits for
+another, nothing crosses the wire); only rank 0 decodes, writes the video and talks to the queue.
 
 Rank 0 (the leader) wraps its engine in `ContextParallelLeader`: each generation is first broadcast to the other
-ranks (`follow` runs them), then run. A cancel reaches every rank at the same step: `SharedCancel.is_set` is itself a
-collective (the largest flag wins), called at the same points on every rank. The device mesh is built and flattened
-once when the ranks start (`start_rank_group`), so loading or reloading a model on one rank alone needs no collective.
+ranks (`follow` runs them), then run. Rank 0 fetches or builds a model's weights before the others read them
+(`leader_first`). A cancel reaches every rank at the same step: `SharedCancel.is_set` is itself a collective (the
+largest flag wins), called at the same points on every rank. The device mesh is built and flattened once when the
+ranks start (`start_rank_group`), so loading or reloading a model on one rank alone needs no collective.
 
-Ulysses needs the attention heads (40 in the 14B models) and the token count to divide by the number of ranks; a request whose latent grid does not is refused naming its resolution
-(`check_divisible`), a model whose heads do not fails to load. Ring attention is not used: diffusers' native SDPA
-backend cannot return the log-sum-exp it needs, and Ulysses moves less data between two GPUs on one host.
+Ulysses needs the attention heads (40 in the 14B models) and the token count to divide by the number of ranks: a
+request whose latent grid does not is refused naming its resolution (`check_divisible`), a model whose heads do not
+fails to load. Ring attention is not used: diffusers' native SDPA backend, the one that also runs on the CPU, cannot
+return the log-sum-exp it needs (diffusers 0.42.1).
 """
 
 from __future__ import annotations

@@ -216,7 +216,7 @@ class WanEngine:
     engine one rank of a context-parallel group (Wan2GP.context_parallel): its transformers split each forward's
     sequence with the other ranks, which must run the same generations (ContextParallelLeader, follow).
     `compile_backend` ("inductor": the worker's --compile) compiles each loaded transformer's repeated block once with
-    torch.compile (diffusers' compile_repeated_blocks; on an H200 1.19x per forward, bench/README.md) when the whole
+    torch.compile (diffusers' compile_repeated_blocks; on an H200 1.18x per forward, bench/README.md) when the whole
     model is resident on one GPU; the first generation at a new size pays the compile."""
 
     def __init__(
