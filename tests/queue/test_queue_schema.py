@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -172,6 +175,80 @@ def test_password_redaction_and_default_url() -> None:
     assert resolve_db_url(None, {"DATABASE_URL": "postgresql://a/b"}) == "postgresql://a/b"
     assert resolve_db_url(None, {"DATABASE_URL": "postgresql://a/b", "HW_DB_URL": "sqlite:///x.db"}) == "sqlite:///x.db"
     assert resolve_db_url("sqlite:///given.db", {"HW_DB_URL": "sqlite:///x.db"}) == "sqlite:///given.db"
+
+
+@contextmanager
+def _silent_tcp_server(*, close_at_once: bool) -> Iterator[tuple[int, list[float]]]:
+    """A local TCP port that takes connections and either closes each at once (a server restarting) or never says a
+    word (a hung server, a firewall that drops): (port, when each connection was accepted)."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    accepted: list[float] = []
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(time.monotonic())
+            connection.close() if close_at_once else held.append(connection)
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield listener.getsockname()[1], accepted
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()
+
+
+def _probe_in_thread(url: str, timeout: float) -> tuple[BaseException | None, float]:
+    """open_queue in a thread, given 20 s: an attempt without a connect timeout would wait on a silent server forever."""
+    import threading
+
+    outcome: dict[str, object] = {}
+
+    def probe() -> None:
+        started = time.monotonic()
+        try:
+            open_queue(url, connect_timeout=timeout)
+        except Exception as error:  # noqa: BLE001 - returned to the test
+            outcome["error"] = error
+        outcome["seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive(), "the probe still waits on a server that never answers"
+    return outcome.get("error"), float(outcome["seconds"])
+
+
+def test_a_server_that_never_answers_bounds_each_attempt_by_the_time_left() -> None:
+    from source.queue import QueueUnavailable
+
+    with _silent_tcp_server(close_at_once=False) as (port, accepted):
+        error, seconds = _probe_in_thread(f"postgresql://user:topsecret@127.0.0.1:{port}/db", 5.0)
+    assert isinstance(error, QueueUnavailable) and str(error).endswith("connection timeout expired")
+    # the first attempt waits the 4 whole seconds left, the last one libpq's minimum of 2: two attempts, ~6.3 s
+    assert len(accepted) == 2 and 5.0 <= seconds <= 9.0
+
+
+def test_a_server_that_hangs_up_is_retried_with_growing_waits_until_the_timeout() -> None:
+    from source.queue import QueueUnavailable
+
+    with _silent_tcp_server(close_at_once=True) as (port, accepted):
+        error, seconds = _probe_in_thread(f"postgresql://user:topsecret@127.0.0.1:{port}/db", 2.0)
+    assert isinstance(error, QueueUnavailable) and "server closed the connection unexpectedly" in str(error)
+    assert "topsecret" not in str(error) and 2.0 <= seconds <= 5.0
+    waits = [later - earlier for earlier, later in pairwise(accepted)]
+    # 0.25, 0.5, 1 and 2 s apart (libpq may open a second connection without SSL after the first hangs up)
+    assert 3 <= len(accepted) <= 10 and max(waits) >= 1.5, waits
 
 
 def test_unreachable_postgres_fails_fast_without_leaking_the_password() -> None:
