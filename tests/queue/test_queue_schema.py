@@ -532,3 +532,23 @@ def test_postgres_connections_are_named_and_the_pool_size_checked(postgres_datab
         finally:
             ours.close()
             theirs.close()
+
+
+@pytest.mark.postgres
+def test_the_postgres_pool_holds_pool_size_connections_and_a_wait_for_one_ends_at_the_timeout(
+    postgres_database_url: str,
+) -> None:
+    from source.queue import QueueUnavailable
+
+    queue = open_queue(postgres_database_url, pool_size=2, connect_timeout=1.5)
+    try:
+        queue.migrate()
+        pool = queue._pool  # every connection taken, as by two long transactions
+        with pool.connection(timeout=5), pool.connection(timeout=5):
+            started = time.monotonic()
+            with pytest.raises(QueueUnavailable, match="is unavailable"):
+                queue.list_tasks(limit=1)
+            assert 1.0 <= time.monotonic() - started < 4.0  # connect_timeout, not the pool's own 30 s
+        assert queue.list_tasks(limit=1) == []  # a connection came back: the queue works again
+    finally:
+        queue.close()
