@@ -186,7 +186,8 @@ class PostgresTaskQueue(SqlTaskQueue):
             url,
             min_size=1,
             max_size=pool_size,
-            kwargs={"row_factory": dict_row, **_connect_kwargs(url)},
+            # each connection attempt bounded too: a server that stops answering would hold a pool thread forever
+            kwargs={"row_factory": dict_row, "connect_timeout": max(2, round(connect_timeout)), **_connect_kwargs(url)},
             configure=_configure,
             open=False,
             name="hw-queue",

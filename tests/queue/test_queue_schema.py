@@ -243,12 +243,13 @@ def test_a_server_that_hangs_up_is_retried_with_growing_waits_until_the_timeout(
     from source.queue import QueueUnavailable
 
     with _silent_tcp_server(close_at_once=True) as (port, accepted):
-        error, seconds = _probe_in_thread(f"postgresql://user:topsecret@127.0.0.1:{port}/db", 2.0)
+        error, seconds = _probe_in_thread(f"postgresql://user:topsecret@127.0.0.1:{port}/db", 4.0)
     assert isinstance(error, QueueUnavailable) and "server closed the connection unexpectedly" in str(error)
-    assert "topsecret" not in str(error) and 2.0 <= seconds <= 5.0
+    assert "topsecret" not in str(error) and 4.0 <= seconds <= 7.5
     waits = [later - earlier for earlier, later in pairwise(accepted)]
-    # 0.25, 0.5, 1 and 2 s apart (libpq may open a second connection without SSL after the first hangs up)
-    assert 3 <= len(accepted) <= 10 and max(waits) >= 1.5, waits
+    # attempts 0.25, 0.5, 1, 2 and 2 s apart: exponential from a quarter second, capped at 2 s
+    assert 5 <= len(accepted) <= 8, waits
+    assert 0.15 <= waits[0] <= 0.5 and 1.5 <= max(waits) <= 2.5, waits
 
 
 def test_unreachable_postgres_fails_fast_without_leaking_the_password() -> None:
@@ -552,3 +553,60 @@ def test_the_postgres_pool_holds_pool_size_connections_and_a_wait_for_one_ends_a
         assert queue.list_tasks(limit=1) == []  # a connection came back: the queue works again
     finally:
         queue.close()
+
+
+@pytest.mark.postgres
+def test_a_database_that_stops_taking_connections_after_the_probe_fails_the_open_in_time(
+    postgres_database_url: str,
+) -> None:
+    """The probe's connection goes through, the pool's never get an answer (the server's connection slots filled up
+    in between): open_queue waits for the pool's first connection for connect_timeout, then says why."""
+    import socket
+    import threading
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    from source.queue import QueueUnavailable
+
+    target = conninfo_to_dict(parse_db_url(postgres_database_url).url)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+
+    def relay(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            return
+
+    def serve() -> None:
+        first = True
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            held.append(client)
+            if first:  # the probe's connection: passed through to the real server
+                first = False
+                address = (target.get("host") or "127.0.0.1", int(target.get("port") or 5432))
+                upstream = socket.create_connection(address)
+                held.append(upstream)
+                for pair in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=relay, args=pair, daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = listener.getsockname()[1]
+    proxied = f"postgresql://{target.get('user', 'postgres')}@127.0.0.1:{port}/{target['dbname']}?sslmode=disable"
+    try:
+        error, seconds = _probe_in_thread(proxied, 3.0)
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()
+    assert isinstance(error, QueueUnavailable), error
+    assert str(error).endswith("within 3 s (is the server up and the database created?)")
+    assert f"127.0.0.1:{port}" in str(error)
+    assert 2.5 <= seconds <= 6.0  # the probe, then the pool's wait of connect_timeout, not psycopg_pool's 30 s
