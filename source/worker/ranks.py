@@ -73,13 +73,13 @@ def run_context_parallel(settings: WorkerSettings, lead: Callable[[WorkerSetting
         )
     from Wan2GP.context_parallel import start_rank_group, stop_followers, stop_rank_group
 
-    group = start_rank_group(0, world_size, rank_device(settings, local_rank))
     leading = threading.Event()
     leading.set()
-    if followers is not None:
+    if followers is not None:  # watched from the start: one that dies before joining would leave rank 0 waiting
         threading.Thread(
             target=_exit_if_a_follower_dies, args=(followers.processes, leading), name="followers", daemon=True
         ).start()
+    group = start_rank_group(0, world_size, rank_device(settings, local_rank))
     try:
         code = lead(settings, group)
     except BaseException:
