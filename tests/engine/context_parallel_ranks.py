@@ -1,10 +1,10 @@
 """A two-rank context-parallel run on CPU processes (gloo), for tests/engine/test_context_parallel.py.
 
-`python context_parallel_ranks.py CACHE_DIR OUT_DIR` spawns two ranks. Each builds a WanEngine on the group; rank 0
-leads (ContextParallelLeader), rank 1 follows. They run, in order: a full i2v render (rank 0 saves its latents), a
-request whose token count does not split over two ranks (refused on both, the group goes on), a render cancelled by
-rank 0 after its second step, then rank 0 stops the follower. Each rank writes what it saw to OUT_DIR/rank<r>.json:
-the sequence lengths its attention layers were given, its transformer forwards per phase, the errors it met.
+`python context_parallel_ranks.py CACHE_DIR OUT_DIR IMAGE` is rank 0 and spawns rank 1. Each builds a WanEngine on
+the group; rank 0 leads (ContextParallelLeader), rank 1 follows. They run, in order: a full i2v render (rank 0 saves
+its latents), a request whose token count does not split over two ranks (refused on both, the group goes on), a
+render cancelled by rank 0 after its second step, then rank 0 stops the follower. Each rank writes what it saw to
+OUT_DIR/rank<r>.json: the sequence lengths its attention layers were given, its transformer forwards, its errors.
 """
 
 from __future__ import annotations
@@ -101,12 +101,22 @@ def _rank(rank: int, cache_dir: str, out_dir: str, image: str) -> None:
     stop_rank_group()
 
 
+def _follower(index: int, cache_dir: str, out_dir: str, image: str) -> None:
+    _rank(index + 1, cache_dir, out_dir, image)
+
+
 def main(cache_dir: str, out_dir: str, image: str) -> None:
+    """Rank 0 here, rank 1 spawned (as the worker's launcher does it: one interpreter fewer to start)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.multiprocessing.spawn(_rank, args=(cache_dir, out_dir, image), nprocs=WORLD_SIZE)
+    followers = torch.multiprocessing.start_processes(
+        _follower, args=(cache_dir, out_dir, image), nprocs=WORLD_SIZE - 1, join=False, start_method="spawn"
+    )
+    _rank(0, cache_dir, out_dir, image)
+    while not followers.join():
+        pass
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
                 "--workdir",
                 str(tmp_path / "w"),
             ),
-            *("--variants", "ours_loras,ours,compiled,compiled_loras,fast", "--compile-backend", "eager"),
+            *("--variants", "ours_loras,ours,compiled,fast", "--compile-backend", "eager", "--runs", "1"),
         ],
         cwd=repo,
         env={**os.environ, "PYTHONPATH": str(repo)},
@@ -34,10 +34,10 @@ def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
     )
     report = json.loads(out.read_text())
     variants = report["variants"]
-    assert list(variants) == ["ours_loras", "ours", "stock", "compiled", "compiled_loras", "fast"]
+    assert list(variants) == ["ours_loras", "ours", "stock", "compiled", "fast"]
     # the seed segment's plan: 3 guided steps on the high expert (2 forwards each), then one forward a step; stock
     # runs the unconditional pass on every one of its 6 steps
-    for name in ("ours_loras", "ours", "compiled", "compiled_loras", "fast"):
+    for name in ("ours_loras", "ours", "compiled", "fast"):
         assert variants[name]["forward_count"] == 8
         for run in variants[name]["runs"]:
             assert run["forwards"] == {"high": 6, "low": 2}
@@ -46,7 +46,6 @@ def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
     assert variants["stock"]["forward_count"] == 12
     # the compiled engine (dynamo's eager backend here) rebuilt the same seed's weights: the same latents
     assert variants["compiled"]["latents_rel_error_vs_ours"] == 0.0
-    assert variants["compiled_loras"]["latents_rel_error_vs_ours_loras"] == 0.0
     assert variants["compiled"]["one_forward_rel_error_vs_eager"] == 0.0
     # --fast on a CPU: no fp8 matmuls, so the weights stay native and the video is the compiled one's
     assert variants["fast"]["weights"] == "native" and variants["fast"]["latents_rel_error_vs_ours"] == 0.0

@@ -208,13 +208,14 @@ def _silent_tcp_server(*, close_at_once: bool) -> Iterator[tuple[int, list[float
             connection.close()
 
 
-def _probe_in_thread(url: str, timeout: float) -> tuple[BaseException | None, float]:
-    """open_queue in a thread, given 20 s: an attempt without a connect timeout would wait on a silent server forever."""
+def _open_in_threads(*attempts: tuple[str, float]) -> list[tuple[BaseException | None, float]]:
+    """open_queue(url, connect_timeout=timeout) for each attempt, all at once in threads (they wait on sockets, not
+    the CPU), given 20 s: an attempt without a connect timeout would wait on a silent server forever."""
     import threading
 
-    outcome: dict[str, object] = {}
+    outcomes: list[dict[str, object]] = [{} for _ in attempts]
 
-    def probe() -> None:
+    def probe(url: str, timeout: float, outcome: dict[str, object]) -> None:
         started = time.monotonic()
         try:
             open_queue(url, connect_timeout=timeout)
@@ -222,33 +223,41 @@ def _probe_in_thread(url: str, timeout: float) -> tuple[BaseException | None, fl
             outcome["error"] = error
         outcome["seconds"] = time.monotonic() - started
 
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout=20)
-    assert not thread.is_alive(), "the probe still waits on a server that never answers"
-    return outcome.get("error"), float(outcome["seconds"])
+    threads = [
+        threading.Thread(target=probe, args=(*attempt, outcome), daemon=True)
+        for attempt, outcome in zip(attempts, outcomes, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 20
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        assert not thread.is_alive(), "the probe still waits on a server that never answers"
+    return [(outcome.get("error"), float(outcome["seconds"])) for outcome in outcomes]
 
 
-def test_a_server_that_never_answers_bounds_each_attempt_by_the_time_left() -> None:
+def test_the_probe_bounds_each_attempt_and_backs_off_between_them() -> None:
+    """A silent server (a hung database, a firewall that drops) and one that hangs up on every connection (a database
+    restarting), probed at once."""
     from source.queue import QueueUnavailable
 
-    with _silent_tcp_server(close_at_once=False) as (port, accepted):
-        error, seconds = _probe_in_thread(f"postgresql://user:topsecret@127.0.0.1:{port}/db", 5.0)
-    assert isinstance(error, QueueUnavailable) and str(error).endswith("connection timeout expired")
-    # the first attempt waits the 4 whole seconds left, the last one libpq's minimum of 2: two attempts, ~6.3 s
-    assert len(accepted) == 2 and 5.0 <= seconds <= 9.0
-
-
-def test_a_server_that_hangs_up_is_retried_with_growing_waits_until_the_timeout() -> None:
-    from source.queue import QueueUnavailable
-
-    with _silent_tcp_server(close_at_once=True) as (port, accepted):
-        error, seconds = _probe_in_thread(f"postgresql://user:topsecret@127.0.0.1:{port}/db", 4.0)
-    assert isinstance(error, QueueUnavailable) and "server closed the connection unexpectedly" in str(error)
-    assert "topsecret" not in str(error) and 4.0 <= seconds <= 7.5
-    waits = [later - earlier for earlier, later in pairwise(accepted)]
-    # attempts 0.25, 0.5, 1, 2 and 2 s apart: exponential from a quarter second, capped at 2 s
-    assert 5 <= len(accepted) <= 8, waits
+    with (
+        _silent_tcp_server(close_at_once=False) as (silent_port, silent_accepts),
+        _silent_tcp_server(close_at_once=True) as (closing_port, closing_accepts),
+    ):
+        (silent_error, silent_seconds), (closing_error, closing_seconds) = _open_in_threads(
+            (f"postgresql://user:topsecret@127.0.0.1:{silent_port}/db", 5.0),
+            (f"postgresql://user:topsecret@127.0.0.1:{closing_port}/db", 4.0),
+        )
+    # silent: the first attempt waits the 4 whole seconds left, the last one libpq's minimum of 2: two attempts
+    assert isinstance(silent_error, QueueUnavailable) and str(silent_error).endswith("connection timeout expired")
+    assert len(silent_accepts) == 2 and 5.0 <= silent_seconds <= 9.0
+    # hanging up: attempts 0.25, 0.5, 1, 2 and 2 s apart, exponential from a quarter second, capped at 2 s
+    assert isinstance(closing_error, QueueUnavailable)
+    assert "server closed the connection unexpectedly" in str(closing_error)
+    assert "topsecret" not in str(closing_error) and 4.0 <= closing_seconds <= 7.5
+    waits = [later - earlier for earlier, later in pairwise(closing_accepts)]
+    assert 5 <= len(closing_accepts) <= 8, waits
     assert 0.15 <= waits[0] <= 0.5 and 1.5 <= max(waits) <= 2.5, waits
 
 
@@ -601,7 +610,7 @@ def test_a_database_that_stops_taking_connections_after_the_probe_fails_the_open
     port = listener.getsockname()[1]
     proxied = f"postgresql://{target.get('user', 'postgres')}@127.0.0.1:{port}/{target['dbname']}?sslmode=disable"
     try:
-        error, seconds = _probe_in_thread(proxied, 3.0)
+        ((error, seconds),) = _open_in_threads((proxied, 3.0))
     finally:
         listener.close()
         for connection in held:
