@@ -33,7 +33,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 step "installing the pinned requirements into .venv (minutes on a fresh machine, seconds after)"
 # pip's notes about the machine's local mirror are noise; its exit status is kept (a failed install stops here).
-.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt 2> >(grep -v "is ignored: it is neither" >&2)
+# --no-compile: byte-compiling every installed module (torch's thousands) took 40-60 s of the 10-minute budget on the
+# 2-core machine (68-91 s with it, 29 s without); Python compiles the modules the tests import as it imports them.
+.venv/bin/pip install -q --disable-pip-version-check --no-compile -r requirements.txt \
+    2> >(grep -v "is ignored: it is neither" >&2)
 
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}"
 step "running the tests (PostgreSQL from TEST_DATABASE_URL)"
