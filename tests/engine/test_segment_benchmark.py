@@ -24,7 +24,7 @@ def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
                 "--workdir",
                 str(tmp_path / "w"),
             ),
-            *("--variants", "ours_loras,ours,compiled,fast", "--compile-backend", "eager", "--runs", "1"),
+            *("--variants", "ours_loras,ours,fast", "--compile-backend", "eager", "--runs", "1"),
         ],
         cwd=repo,
         env={**os.environ, "PYTHONPATH": str(repo)},
@@ -34,21 +34,20 @@ def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
     )
     report = json.loads(out.read_text())
     variants = report["variants"]
-    assert list(variants) == ["ours_loras", "ours", "stock", "compiled", "fast"]
+    assert list(variants) == ["ours_loras", "ours", "stock", "fast"]
     # the seed segment's plan: 3 guided steps on the high expert (2 forwards each), then one forward a step; stock
     # runs the unconditional pass on every one of its 6 steps
-    for name in ("ours_loras", "ours", "compiled", "fast"):
+    for name in ("ours_loras", "ours", "fast"):
         assert variants[name]["forward_count"] == 8
         for run in variants[name]["runs"]:
             assert run["forwards"] == {"high": 6, "low": 2}
             assert len(run["forward_seconds"]) == 8, "the harness timed every forward the engine counted"
             assert set(run["timings"]) == {"load", "encode", "denoise", "decode"}
     assert variants["stock"]["forward_count"] == 12
-    # the compiled engine (dynamo's eager backend here) rebuilt the same seed's weights: the same latents
-    assert variants["compiled"]["latents_rel_error_vs_ours"] == 0.0
-    assert variants["compiled"]["one_forward_rel_error_vs_eager"] == 0.0
-    # --fast on a CPU: no fp8 matmuls, so the weights stay native and the video is the compiled one's
+    # --fast on a CPU: no fp8 matmuls, so the weights stay native; compiled with dynamo's eager backend on a new
+    # engine rebuilt from the same seed, its video is the eager one's (tests/engine/test_compile.py covers --compile)
     assert variants["fast"]["weights"] == "native" and variants["fast"]["latents_rel_error_vs_ours"] == 0.0
+    assert variants["fast"]["one_forward_rel_error_vs_eager"] == 0.0
     assert 0 < variants["stock"]["boundary_ratio"] < 1
     assert report["vae_decode"]["fp32_seconds"] > 0
     for variant in variants.values():
