@@ -596,11 +596,13 @@ class WanEngine:
         with _stage("load", timings, progress, at=0, total=request.plan.num_inference_steps):
             if self.rank_group is not None:
                 definition = self.definition(request.model)
-                leader_first(
-                    self.rank_group,
-                    lambda: resolve_weights_dir(definition, self.cache_dir),
-                    what=f"model {definition.id} on rank 0",
-                )
+
+                def fetch_unless_loaded() -> None:  # a Hub model's resolve asks the Hub again every time
+                    if self.loaded_model() != definition.id:
+                        resolve_weights_dir(definition, self.cache_dir)
+
+                # every rank takes part in every generation's hand-over; rank 0 fetches only what it does not hold
+                leader_first(self.rank_group, fetch_unless_loaded, what=f"model {definition.id} on rank 0")
             frames_with_references = request.num_frames + 4 * len(request.image_refs)
             model = self.load(
                 request.model, width=request.width, height=request.height, num_frames=frames_with_references
