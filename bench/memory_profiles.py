@@ -390,22 +390,28 @@ def vae_tiling_check(
     return out
 
 
+def one_forward_inputs(config: Any, device: torch.device, *, width: int, height: int, frames: int) -> dict[str, Any]:
+    """Seeded inputs of one high-noise expert forward at the segment's size (latent with the image condition's
+    channels, 512 text tokens, timestep 900), in the run dtype of `device`."""
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    generator = torch.Generator(device=device).manual_seed(7)
+    latent = (config.in_channels, (frames - 1) // 4 + 1, height // 8, width // 8)
+    return dict(
+        hidden_states=torch.randn(1, *latent, generator=generator, device=device, dtype=dtype),
+        timestep=torch.tensor([900.0], device=device),
+        encoder_hidden_states=torch.randn(1, 512, config.text_dim, generator=generator, device=device, dtype=dtype),
+        return_dict=False,
+    )
+
+
 def forward_check(
     device: torch.device, loader: RandomComponents, *, width: int, height: int, frames: int, repeats: int = 2
 ) -> dict[str, Any]:
     """One high-noise expert forward at the segment's size: 16-bit, then each 8-bit format on a copy of the same
     weights; seconds (best of `repeats`) and the relative error of the output against the 16-bit one."""
     transformer = loader.transformer(0, device, "native")
-    config = transformer.config
-    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    generator = torch.Generator(device=device).manual_seed(7)
-    latent = (config.in_channels, (frames - 1) // 4 + 1, height // 8, width // 8)
-    inputs = dict(
-        hidden_states=torch.randn(1, *latent, generator=generator, device=device, dtype=dtype),
-        timestep=torch.tensor([900.0], device=device),
-        encoder_hidden_states=torch.randn(1, 512, config.text_dim, generator=generator, device=device, dtype=dtype),
-        return_dict=False,
-    )
+    inputs = one_forward_inputs(transformer.config, device, width=width, height=height, frames=frames)
+    latent = inputs["hidden_states"].shape[1:]
 
     def timed(module: torch.nn.Module) -> tuple[torch.Tensor, float]:
         best = float("inf")

@@ -48,6 +48,7 @@ from loguru import logger
 from memory_profiles import (
     MODEL_ID,
     RandomComponents,
+    one_forward_inputs,
     prepare_workdir,
     segment_params,
     synchronize,
@@ -217,21 +218,6 @@ def run_stock(
     return summary
 
 
-def one_forward_inputs(transformer: torch.nn.Module, *, width: int, height: int, frames: int) -> dict[str, Any]:
-    """Seeded inputs of one high-noise forward at the segment's size (latent, image condition, text, timestep)."""
-    config = transformer.config
-    device = transformer.device
-    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    generator = torch.Generator(device=device).manual_seed(7)
-    latent = (config.in_channels, (frames - 1) // 4 + 1, height // 8, width // 8)
-    return dict(
-        hidden_states=torch.randn(1, *latent, generator=generator, device=device, dtype=dtype),
-        timestep=torch.tensor([900.0], device=device),
-        encoder_hidden_states=torch.randn(1, 512, config.text_dim, generator=generator, device=device, dtype=dtype),
-        return_dict=False,
-    )
-
-
 def one_forward(transformer: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
     with torch.inference_mode():
         return transformer(**inputs)[0].float().cpu()
@@ -345,7 +331,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = engine.load(MODEL_ID, width=width, height=height, num_frames=frames)
     report["vae_decode"] = vae_decode_check(model.vae, next(iter(latents.values())), device) if latents else {}
     save()
-    forward_inputs = one_forward_inputs(model.transformers["high"], width=width, height=height, frames=frames)
+    forward_inputs = one_forward_inputs(
+        model.transformers["high"].config, device, width=width, height=height, frames=frames
+    )
     reference_forward = one_forward(model.transformers["high"], forward_inputs)
     del model
     # Each later engine is built on the same seed's weights after the one before is unloaded (stock and the eager
