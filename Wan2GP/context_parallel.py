@@ -23,6 +23,7 @@ return the log-sum-exp it needs (diffusers 0.42.1).
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -83,6 +84,16 @@ def start_rank_group(
     # enable_parallelism (a model loaded by one rank only) creates none.
     _ulysses_config(mesh, world_size).setup(rank, world_size, device, mesh)
     return RankGroup(rank=rank, world_size=world_size, device=device, mesh=mesh)
+
+
+def use_local_rendezvous() -> None:
+    """For ranks this process starts on this host: MASTER_ADDR the loopback address (unless set) and MASTER_PORT a
+    port free now, which start_rank_group's process group then meets on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
 
 
 def stop_rank_group() -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -45,7 +44,14 @@ from memory_profiles import (
 from random_models import run_versions
 
 from Wan2GP.catalog import load_catalog
-from Wan2GP.context_parallel import ContextParallelLeader, follow, start_rank_group, stop_followers, stop_rank_group
+from Wan2GP.context_parallel import (
+    ContextParallelLeader,
+    follow,
+    start_rank_group,
+    stop_followers,
+    stop_rank_group,
+    use_local_rendezvous,
+)
 from Wan2GP.engine import WanEngine
 
 
@@ -128,9 +134,7 @@ def _fleet_worker(rank: int, world_size: int, setup: dict[str, Any], barrier: An
 
 
 def _spawn(function: Any, world_size: int, *args: Any) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(probe.getsockname()[1]))
+    use_local_rendezvous()
     torch.multiprocessing.spawn(function, args=(world_size, *args), nprocs=world_size)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -40,6 +39,8 @@ def run_context_parallel(settings: WorkerSettings, lead: Callable[[WorkerSetting
     """Start (or join, under torchrun) the ranks and run `lead(settings, rank_group)` as rank 0; the exit code."""
     import torch
 
+    from Wan2GP.context_parallel import start_rank_group, stop_followers, stop_rank_group, use_local_rendezvous
+
     world_size = settings.context_parallel
     launched = torchrun_rank(os.environ)
     if launched is not None:
@@ -62,8 +63,7 @@ def run_context_parallel(settings: WorkerSettings, lead: Callable[[WorkerSetting
         return EXIT_OK
     followers = None
     if launched is None:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ["MASTER_PORT"] = str(_free_port())
+        use_local_rendezvous()
         followers = torch.multiprocessing.start_processes(
             _spawned_follower,
             args=(world_size, settings),
@@ -71,8 +71,6 @@ def run_context_parallel(settings: WorkerSettings, lead: Callable[[WorkerSetting
             join=False,
             start_method="spawn",
         )
-    from Wan2GP.context_parallel import start_rank_group, stop_followers, stop_rank_group
-
     leading = threading.Event()
     leading.set()
     if followers is not None:  # watched from the start: one that dies before joining would leave rank 0 waiting
@@ -150,9 +148,3 @@ def _join(processes) -> None:
             logger.error("a context-parallel rank did not stop within {:.0f} s: killed", FOLLOWER_STOP_SECONDS)
             process.kill()
             process.join()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

@@ -10,8 +10,6 @@ OUT_DIR/rank<r>.json: the sequence lengths its attention layers were given, its 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sys
 import threading
 from pathlib import Path
@@ -25,6 +23,7 @@ from Wan2GP.context_parallel import (
     start_rank_group,
     stop_followers,
     stop_rank_group,
+    use_local_rendezvous,
 )
 from Wan2GP.engine import GenerationCancelled, ProgressEvent, WanEngine
 from Wan2GP.request import InvalidGenerationParams
@@ -107,10 +106,7 @@ def _follower(index: int, cache_dir: str, out_dir: str, image: str) -> None:
 
 def main(cache_dir: str, out_dir: str, image: str) -> None:
     """Rank 0 here, rank 1 spawned (as the worker's launcher does it: one interpreter fewer to start)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    use_local_rendezvous()
     followers = torch.multiprocessing.start_processes(
         _follower, args=(cache_dir, out_dir, image), nprocs=WORLD_SIZE - 1, join=False, start_method="spawn"
     )
