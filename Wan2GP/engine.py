@@ -58,7 +58,6 @@ from Wan2GP.placement import (
     Placement,
     VramBudgetTooSmall,
     WorkSizes,
-    needed_bytes,
     plan_placement,
 )
 from Wan2GP.prompt_text import DEFAULT_PROMPT_MODEL
@@ -179,6 +178,11 @@ def default_vram_budget(device: torch.device) -> int | None:
 # Host memory left to the process beside the offloaded weights: decoded frames, the loader's one-tensor-at-a-time
 # staging, the Python heap.
 HOST_MEMORY_MARGIN_BYTES = 4 * 2**30
+
+# Device memory kept free beside a merged LoRA's exact copies of the weights, as a share of the estimated peak: at the
+# seed size on the H200 the resident placement's estimate was 70.3 GiB, the measured peak 74.2 GiB allocated and
+# 80.0 GiB reserved (bench/results/memory_h200.log).
+LORA_COPY_MARGIN = 0.15
 
 
 def default_host_budget(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
@@ -388,10 +392,7 @@ class WanEngine:
     def _fits(self, placement: Placement, sizes: ModelSizes, work: WorkSizes) -> bool:
         if self.vram_budget is None or self.forced_placement is not None:
             return True
-        needed = needed_bytes(
-            placement.kind, sizes, work, vae_tiling=placement.vae_tiling, resident_blocks=placement.resident_blocks
-        )
-        return needed <= self.vram_budget
+        return placement.needed_for(sizes, work) <= self.vram_budget
 
     def unload(self) -> None:
         if self._loaded is None:
@@ -542,7 +543,7 @@ class WanEngine:
         """`generate` for a request already resolved (its seed drawn)."""
         rendered = self.render(request, progress=progress, cancel=cancel)
         timings = dict(rendered.timings)
-        with _stage("write", timings, progress, at=request.plan.num_inference_steps):
+        with _stage("write", self.device, timings, progress, at=request.plan.num_inference_steps):
             path = write_mp4(
                 rendered.frames, _output_path(request, Path(request.output_dir or output_dir)), request.fps
             )
@@ -593,7 +594,7 @@ class WanEngine:
     ) -> RenderedVideo:
         timings: dict[str, float] = {}
         _check_cancel(cancel, "before loading")
-        with _stage("load", timings, progress, at=0, total=request.plan.num_inference_steps):
+        with _stage("load", self.device, timings, progress, at=0, total=request.plan.num_inference_steps):
             if self.rank_group is not None:
                 definition = self.definition(request.model)
 
@@ -603,9 +604,8 @@ class WanEngine:
 
                 # every rank takes part in every generation's hand-over; rank 0 fetches only what it does not hold
                 leader_first(self.rank_group, fetch_unless_loaded, what=f"model {definition.id} on rank 0")
-            frames_with_references = request.num_frames + 4 * len(request.image_refs)
             model = self.load(
-                request.model, width=request.width, height=request.height, num_frames=frames_with_references
+                request.model, width=request.width, height=request.height, num_frames=request.frames_with_references
             )
             loras = self._open_loras(request, model)
         try:
@@ -627,7 +627,7 @@ class WanEngine:
                 # memory asking for 0.95 GiB).
                 torch.cuda.empty_cache()
             with (
-                _stage("decode", timings, progress, at=request.plan.num_inference_steps),
+                _stage("decode", self.device, timings, progress, at=request.plan.num_inference_steps),
                 torch.inference_mode(),
                 self._placement_named_on_oom(),
             ):
@@ -667,7 +667,10 @@ class WanEngine:
         plan = request.plan
 
         _check_cancel(cancel, "before encoding")
-        with _stage("encode", timings, progress, at=0, total=plan.num_inference_steps), torch.inference_mode():
+        with (
+            _stage("encode", self.device, timings, progress, at=0, total=plan.num_inference_steps),
+            torch.inference_mode(),
+        ):
             conditioning = self._conditioning(request, model, codec)
 
         latent_shape = (
@@ -687,7 +690,7 @@ class WanEngine:
                 num_frames=request.num_frames,
             )
         with (
-            _stage("denoise", timings, None),
+            _stage("denoise", self.device, timings, None),
             _progress_bar(plan.num_inference_steps, wanted=progress is None) as bar,
             torch.inference_mode(),
         ):
@@ -713,40 +716,51 @@ class WanEngine:
             self._drop_kept_loras()
             return None  # no LoRA requested: the LoRA runtime (and peft) is not even imported
         from Wan2GP.lora_files import resolve_lora_file
-        from Wan2GP.loras import (  # imported only when LoRAs are asked for (peft is heavy)
-            LoraError,
-            LoraRuntime,
-            forward_spans,
-        )
+        from Wan2GP.loras import LoraError, LoraRuntime  # imported only when LoRAs are asked for (peft is heavy)
 
         paths = [
             resolve_lora_file(source, self.lora_dir, field=field)
             for source, field in zip(request.lora_sources, request.lora_fields, strict=True)
         ]
         # Which mode is cheaper depends on how many forwards each set of strengths holds for (bench/README.md).
-        spans = forward_spans(
-            [
-                (expert_for_step(step, model.transformers), 1 if step.guidance == 1.0 else 2, step.lora_multipliers)
-                for step in request.plan.steps
-            ]
-        )
+        steps = [
+            (expert_for_step(step, model.transformers), 1 if step.guidance == 1.0 else 2, step.lora_multipliers)
+            for step in request.plan.steps
+        ]
+        room = self._lora_copy_room(request)
         # Streamed blocks live in host memory between forwards: writing merged weights there would cost a host-side
         # matmul per weight per strength change, where peft's adapters stream with their blocks and change for free.
         streamed = self._placement is not None and self._placement.kind == "stream_blocks"
         mode = "unmerged" if streamed else "auto"
         key = (tuple(_file_identity(path) for path in paths), mode)
-        if self._kept_loras is not None and self._kept_loras.key == key:
+        kept = self._kept_loras
+        # a bigger generation than the last may need the device room the kept set's exact copies hold
+        if kept is not None and kept.key == key and kept.runtime.device_copy_bytes <= room:
             logger.info("LoRAs {} still attached from the last generation", [path.name for path in paths])
-            return self._kept_loras.runtime  # per-step strengths are set afresh at every step
+            return kept.runtime  # per-step strengths are set afresh at every step
         self._drop_kept_loras()
         try:
-            runtime = LoraRuntime(model.transformers, paths, spans=spans, mode=mode)
+            runtime = LoraRuntime(model.transformers, paths, steps=steps, mode=mode, device_copy_room=room)
         except LoraError as error:
             raise InvalidGenerationParams(["activated_loras"], f"activated_loras: {error}") from None
         if self._offloaded is not None:
             self._offloaded.sync()  # the adapters' weights stream with their blocks
         self._kept_loras = _KeptLoras(key, runtime)
         return runtime
+
+    def _lora_copy_room(self, request: GenerationRequest) -> int:
+        """Device bytes a merged LoRA's exact originals may take: what the budget leaves beside this generation's
+        estimated peak (and a margin) under the current placement; 0 on a CPU, without a budget, or when blocks stream
+        (the weights live in host memory there)."""
+        placement, sizes = self._placement, self._sizes
+        if self.device.type != "cuda" or self.vram_budget is None or placement is None or sizes is None:
+            return 0
+        if placement.kind == "stream_blocks":
+            return 0
+        frames = latent_frames(request.frames_with_references)
+        work = sizes.work_for(latent_frames=frames, width=request.width, height=request.height)
+        needed = placement.needed_for(sizes, work)
+        return max(0, self.vram_budget - int(needed * (1 + LORA_COPY_MARGIN)))
 
     def _drop_kept_loras(self) -> None:
         """Give the transformers their base weights back (no adapters, no merged LoRA): before another set of LoRAs,
@@ -876,6 +890,7 @@ def _check_cancel(cancel: CancelFlag | None, where: str) -> None:
 @contextmanager
 def _stage(
     stage: str,
+    device: torch.device,
     timings: dict[str, float],
     progress: Callable[[ProgressEvent], None] | None,
     *,
@@ -883,13 +898,16 @@ def _stage(
     total: int | None = None,
 ) -> Iterator[None]:
     """Time a stage and announce it on the denoising scale (`at` of `total` steps: 0 before denoising, all of them
-    after), so a progress reader sees one total for the whole generation and no silent stage."""
+    after), so a progress reader sees one total for the whole generation and no silent stage. On a GPU the stage ends
+    when its queued kernels have run; unsynchronised, the kernels a stage left queued were counted in the next one."""
     if progress is not None:
         progress(ProgressEvent(stage, at, at if total is None else total, 0, ""))
     started = time.perf_counter()
     try:
         yield
     finally:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
 
 

@@ -30,7 +30,17 @@ from peft.tuners.lora import LoraLayer
 
 from Wan2GP.lora_formats import ALL_EXPERTS, FullDelta, LoraError, LoraFile, LowRank, read_lora_file
 
-__all__ = ["CPU_AUTO_MODE", "CUDA_MODE_COSTS", "LoraError", "LoraRuntime", "ModeCosts", "choose_mode", "forward_spans"]
+__all__ = [
+    "CPU_AUTO_MODE",
+    "CUDA_DEVICE_COPY_COSTS",
+    "CUDA_MODE_COSTS",
+    "LoraError",
+    "LoraRuntime",
+    "ModeCosts",
+    "StepStrengths",
+    "choose_mode",
+    "forward_spans",
+]
 
 # Measured (interleaved runs, 2-core CPU shared with other jobs; fp32, 2 LoRAs of rank 16 on every attention and ffn
 # Linear, 2048 tokens), medians per forward / per strength change:
@@ -52,9 +62,15 @@ class ModeCosts:
 
 
 CUDA_MODE_COSTS = ModeCosts(unmerged_per_forward=0.170, first_merge=6.26, re_merge=0.89, unmerge=1.12)
+# The same with the exact originals kept on the device beside the weights (a resident model with room to spare): no
+# host round trip, a merge reads and writes each weight once in device memory. DEVICE_COPY_ESTIMATE
+CUDA_DEVICE_COPY_COSTS = ModeCosts(unmerged_per_forward=0.170, first_merge=0.05, re_merge=0.04, unmerge=0.01)
+
+# (expert, forwards, per-LoRA strengths) of one denoising step: what the runtime is told of the run ahead.
+StepStrengths = tuple[str, int, tuple[float, ...]]
 
 
-def forward_spans(steps: Sequence[tuple[str, int, tuple[float, ...]]]) -> dict[str, list[int]]:
+def forward_spans(steps: Sequence[StepStrengths]) -> dict[str, list[int]]:
     """Per expert, how many forwards run under each constant set of strengths, in order. `steps` holds one
     (expert, forwards, strengths) per denoising step."""
     spans: dict[str, list[int]] = {}
@@ -69,14 +85,18 @@ def forward_spans(steps: Sequence[tuple[str, int, tuple[float, ...]]]) -> dict[s
 
 
 def choose_mode(
-    spans: Mapping[str, Sequence[int]], costs: ModeCosts = CUDA_MODE_COSTS
+    spans: Mapping[str, Sequence[int]], costs: ModeCosts | Mapping[str, ModeCosts] = CUDA_MODE_COSTS
 ) -> Literal["merged", "unmerged"]:
-    """The cheaper mode for a run whose strengths hold for `spans` forwards (forward_spans). Merging pays once per
-    strength change; unmerged pays on every forward. On the H100 merging wins from ~5 forwards between changes and ~45
-    per expert with constant strengths, which few-step (Lightning) schedules do not reach."""
-    unmerged = costs.unmerged_per_forward * sum(sum(runs) for runs in spans.values())
+    """The cheaper mode for a run whose strengths hold for `spans` forwards (forward_spans), with one cost set for
+    every expert or one per expert. Merging pays once per strength change; unmerged pays on every forward. With host
+    copies (H100) merging wins from ~5 forwards between changes and ~45 per expert with constant strengths, which
+    few-step (Lightning) schedules do not reach; with device copies it wins almost always."""
+    per_expert = costs if isinstance(costs, Mapping) else dict.fromkeys(spans, costs)
+    unmerged = sum(per_expert[expert].unmerged_per_forward * sum(runs) for expert, runs in spans.items())
     merged = sum(
-        costs.first_merge + costs.re_merge * (len(runs) - 1) + costs.unmerge for runs in spans.values() if runs
+        per_expert[expert].first_merge + per_expert[expert].re_merge * (len(runs) - 1) + per_expert[expert].unmerge
+        for expert, runs in spans.items()
+        if runs
     )
     return "merged" if merged < unmerged else "unmerged"
 
@@ -95,7 +115,8 @@ class _Write:
     owner: torch.nn.Module
     attr: str
     terms: list[tuple[int, LowRank | FullDelta]]  # (LoRA index, its change of this parameter)
-    original: torch.Tensor | None = None  # exact host copy, taken before the first write
+    original_on_device: bool = False  # where the exact copy is kept: beside the parameter, or in host memory
+    original: torch.Tensor | None = None  # the exact copy, taken before the first write
     applied: tuple[float, ...] | None = None  # the strengths of `terms` now in the parameter; None: the original
 
     @torch.no_grad()
@@ -110,13 +131,14 @@ class _Write:
             self.applied = None
             return
         if self.original is None:
-            # Kept in (pageable) CPU memory: on a GPU a copy would double the memory of every changed weight. Not
-            # pinned: torch's pinned-memory cache rounds blocks up to powers of two (up to ~2x the host memory).
-            self.original = parameter.detach().to("cpu", copy=True)
-        # One fp32 sum from the pristine copy, rounded once: no drift however often strengths change. The copy
+            # On the device only where the runtime found room for it (a re-merge then never leaves the GPU); else in
+            # (pageable) host memory. Not pinned: torch's pinned-memory cache rounds blocks up to powers of two (up to
+            # ~2x the host memory).
+            self.original = parameter.detach().to(parameter.device if self.original_on_device else "cpu", copy=True)
+        # One fp32 sum from the pristine copy, rounded once: no drift however often strengths change. A host copy
         # travels in its own dtype and widens on the device: converting on the host first sends twice the bytes
         # (bf16 -> fp32) through a pageable-memory path (bench/README.md measured ~3 GB/s that way).
-        value = self.original.to(device=parameter.device, copy=True).float()
+        value = self.original.to(device=parameter.device).to(torch.float32, copy=True)
         # Only DoRA normalises against the original weight: only then is a second fp32 copy kept beside the sum.
         dora_active = any(
             isinstance(term, LowRank) and term.magnitude is not None and strength
@@ -183,10 +205,13 @@ class LoraRuntime:
     their base weights and without adapter layers.
 
     mode: "unmerged", "merged", or "auto": on CPU merged (measured faster, see CPU_AUTO_MODE); on CUDA the cheaper of
-    the two for the run's `spans` (forward_spans of the plan; choose_mode), unmerged when no spans are given; always
-    unmerged when a LoRA-targeted layer holds non-float (quantized) weights. Keys that name nothing in the
-    transformers are reported once per file at WARNING; LoraError for a file that cannot be read, does not fit the
-    transformers, or of which nothing applies. Nothing stays attached after an error.
+    the two for the run's `steps` (each denoising step's expert, forwards and strengths; choose_mode), unmerged when
+    no steps are given; always unmerged when a LoRA-targeted layer holds non-float (quantized) weights.
+    device_copy_room: bytes of device memory the merged mode's exact originals may take beside the weights (a
+    resident model with room to spare); transformers whose strengths change most often get theirs there first, the
+    others keep them in host memory. Keys that name nothing in the transformers are reported once per file at
+    WARNING; LoraError for a file that cannot be read, does not fit the transformers, or of which nothing applies.
+    Nothing stays attached after an error.
     """
 
     def __init__(
@@ -195,9 +220,10 @@ class LoraRuntime:
         lora_paths: Sequence[Path],
         *,
         mode: str = "auto",
-        spans: Mapping[str, Sequence[int]] | None = None,
+        steps: Sequence[StepStrengths] | None = None,
+        device_copy_room: int = 0,
     ) -> None:
-        self._spans = spans
+        self._steps = list(steps) if steps else None
         if mode not in ("auto", "merged", "unmerged"):
             raise ValueError(f"mode: expected 'auto', 'merged' or 'unmerged', got {mode!r}")
         if not transformers:
@@ -226,6 +252,8 @@ class LoraRuntime:
         fitted = {id(attached): [self._fit(attached, file) for file in files] for attached in self._attached}
         for index, file in enumerate(files):
             _report_unmatched(file, [fitted[id(attached)][index] for attached in self._attached], list(transformers))
+        # Whose exact originals (merged mode) fit on the device: the transformers that change strengths most first.
+        self._copied_on_device = self._plan_device_copies(fitted, device_copy_room)
         try:
             for attached in self._attached:
                 setattr(attached.transformer, _HELD_BY, True)
@@ -248,6 +276,11 @@ class LoraRuntime:
     @property
     def adapter_names(self) -> list[str]:
         return list(self._adapter_names)
+
+    @property
+    def device_copy_bytes(self) -> int:
+        """Device bytes the merged mode's exact originals take (or will, once their LoRAs first apply); 0 unmerged."""
+        return sum(self._copied_on_device.values()) if self._mode == "merged" else 0
 
     def __enter__(self) -> LoraRuntime:
         return self
@@ -366,7 +399,40 @@ class LoraRuntime:
         }
         if "cuda" not in devices:
             return CPU_AUTO_MODE
-        return choose_mode(self._spans) if self._spans else "unmerged"
+        if not self._steps:
+            return "unmerged"
+        costs = {
+            expert: CUDA_DEVICE_COPY_COSTS if id(attached) in self._copied_on_device else CUDA_MODE_COSTS
+            for expert, attached in self._by_expert.items()
+        }
+        return choose_mode(forward_spans(self._steps), costs)
+
+    def _plan_device_copies(self, fitted: Mapping[int, list[_Fitted]], room: int) -> dict[int, int]:
+        """id(attached) -> bytes of the exact originals it will keep on the device, for the transformers whose
+        originals fit in `room` together, taken in order of strength changes (most first): a re-merge from a device
+        copy costs a fraction of one from host memory, and a transformer whose strengths never change never re-merges.
+        """
+        if room <= 0:
+            return {}
+        changes = {id(attached): 0 for attached in self._attached}
+        used = {id(attached): set() for attached in self._attached}  # the LoRAs that ever write into it
+        for expert, runs in forward_spans(self._steps or []).items():
+            if expert in self._by_expert:
+                changes[id(self._by_expert[expert])] += len(runs) - 1
+        for expert, _, strengths in self._steps or [(name, 0, (1.0,) * len(self._paths)) for name in self._by_expert]:
+            if expert in self._by_expert:
+                used[id(self._by_expert[expert])].update(i for i, value in enumerate(strengths) if value != 0.0)
+        planned: dict[int, int] = {}
+        for attached in sorted(self._attached, key=lambda attached: -changes[id(attached)]):
+            parameters: dict[str, torch.Tensor] = {}
+            for index, file in enumerate(fitted[id(attached)]):
+                if index in used[id(attached)]:
+                    parameters.update({f"{name}.weight": module.weight for name, (module, _) in file.low_rank.items()})
+                    parameters.update({name: getattr(owner, attr) for name, (owner, attr, _) in file.full.items()})
+            size = sum(parameter.numel() * parameter.element_size() for parameter in parameters.values())
+            if size and size <= room - sum(planned.values()):
+                planned[id(attached)] = size
+        return planned
 
     def _install(self, attached: _AttachedTransformer, fitted: list[_Fitted]) -> None:
         """Peft adapters for the plain pairs (unmerged mode); a _Write for every other parameter a LoRA changes."""
@@ -379,7 +445,8 @@ class LoraRuntime:
             else:
                 magnitude = term.magnitude.to(device) if term.magnitude is not None else None
                 term = LowRank(term.down.to(device), term.up.to(device), magnitude, term.source)
-            writes.setdefault(name, _Write(name, owner, attr, [])).terms.append((index, term))
+            on_device = id(attached) in self._copied_on_device
+            writes.setdefault(name, _Write(name, owner, attr, [], on_device)).terms.append((index, term))
 
         for index, (adapter_name, path, file) in enumerate(zip(self._adapter_names, self._paths, fitted, strict=True)):
             adapters: dict[str, tuple[torch.nn.Linear, LowRank]] = {}

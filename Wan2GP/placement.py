@@ -136,6 +136,10 @@ class Placement:
         host = f", ~{self.host_needed / GiB:.1f} GiB of host memory" if self.host_needed else ""
         return f"{self.kind}{weights}{tiling}{resident} (needs ~{self.needed / GiB:.1f} GiB, {budget}{host})"
 
+    def needed_for(self, sizes: ModelSizes, work: WorkSizes) -> int:
+        """Estimated peak device bytes of a generation of `work` under this placement."""
+        return needed_bytes(self.kind, sizes, work, vae_tiling=self.vae_tiling, resident_blocks=self.resident_blocks)
+
 
 def needed_bytes(kind: str, sizes: ModelSizes, work: WorkSizes, *, vae_tiling: bool, resident_blocks: int = 0) -> int:
     """Estimated peak device bytes of a generation under `kind` (stream_blocks: with `resident_blocks` of each

@@ -183,6 +183,11 @@ class GenerationRequest:
     image_refs: tuple[ImageInput, ...] = ()  # VACE reference images ("I"), each a latent frame before the video
 
     @property
+    def frames_with_references(self) -> int:
+        """Pixel frames the transformer sees: the video's and 4 per reference image (each one latent frame)."""
+        return self.num_frames + 4 * len(self.image_refs)
+
+    @property
     def uses_guide_video(self) -> bool:
         return self.video_guide is not None
 

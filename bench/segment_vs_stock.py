@@ -225,17 +225,22 @@ def one_forward(transformer: torch.nn.Module, inputs: dict[str, Any]) -> torch.T
 
 def vae_decode_check(vae: torch.nn.Module, latents: torch.Tensor, device: torch.device) -> dict[str, Any]:
     """The engine's fp32 decode against other ways to decode the same latents with the same VAE weights: a bf16 copy,
-    and each with cuDNN's algorithm search on (best of 2 each; errors against the fp32 decode)."""
+    and each in the channels-last (NDHWC) layout cuDNN's tensor-core convolutions prefer (best of 2 each; errors
+    against the fp32 decode). cuDNN's algorithm search (torch.backends.cudnn.benchmark) changed nothing on the H200
+    (bench/results/speed_h200.json) and is no longer tried."""
     report: dict[str, Any] = {}
     decoded = {}
     bf16 = copy.deepcopy(vae).to(torch.bfloat16) if device.type == "cuda" else None
-    ways = [("fp32", vae, False), ("bf16", bf16, False), ("fp32_cudnn_benchmark", vae, True)]
-    ways.append(("bf16_cudnn_benchmark", bf16, True))
-    searching = torch.backends.cudnn.benchmark
-    for name, module, benchmark in ways:
+    channels_last = {
+        name: _channels_last_3d(copy.deepcopy(module))
+        for name, module in (("fp32_channels_last", vae), ("bf16_channels_last", bf16))
+        if module is not None
+    }
+    # a module's 5-D weights in NDHWC make its convolutions (and so their outputs) channels-last
+    ways = [("fp32", vae), ("bf16", bf16), *channels_last.items()]
+    for name, module in ways:
         if module is None:
             continue
-        torch.backends.cudnn.benchmark = benchmark
         best = float("inf")
         for _ in range(2):
             synchronize(device)
@@ -246,14 +251,51 @@ def vae_decode_check(vae: torch.nn.Module, latents: torch.Tensor, device: torch.
             best = min(best, time.perf_counter() - started)
         decoded[name] = pixels.float().cpu()
         report[f"{name}_seconds"] = best
-    torch.backends.cudnn.benchmark = searching
     for name, pixels in decoded.items():
         if name != "fp32":
             difference = pixels - decoded["fp32"]
             report[f"{name}_rel_error"] = float(difference.norm() / decoded["fp32"].norm())
             report[f"{name}_max_abs_error"] = float(difference.abs().max())  # pixels in [-1, 1]
-    del bf16
+    del bf16, channels_last
     gc.collect()
+    return report
+
+
+def _channels_last_3d(module: torch.nn.Module) -> torch.nn.Module:
+    """The 5-D (Conv3d) weights in NDHWC; Module.to(memory_format=...) refuses the other parameters' ranks."""
+    for parameter in module.parameters():
+        if parameter.dim() == 5:
+            parameter.data = parameter.data.contiguous(memory_format=torch.channels_last_3d)
+    return module
+
+
+def lora_merge_costs(
+    transformers: Mapping[str, torch.nn.Module], paths: Sequence[Path], request: GenerationRequest, device: torch.device
+) -> dict[str, Any]:
+    """The seed's LoRAs in merged mode with the exact originals on the device (as the engine keeps them when the
+    budget has room): each strength change of the seed segment timed, then the close that restores the weights."""
+    from Wan2GP.loras import LoraRuntime
+
+    steps = [
+        (step.expert, 1 if step.guidance == 1.0 else 2, tuple(step.lora_multipliers)) for step in request.plan.steps
+    ]
+    room = torch.cuda.mem_get_info(device)[0] - 8 * 2**30 if device.type == "cuda" else 2**62
+    report: dict[str, Any] = {}
+    with LoraRuntime(transformers, paths, mode="merged", steps=steps, device_copy_room=room) as runtime:
+        report["device_copy_gib"] = runtime.device_copy_bytes / 2**30
+        changes = [("high", (0.75, 0.0), "first_merge_high"), ("high", (1.0, 0.0), "re_merge_high")]
+        changes += [("low", (0.0, 1.0), "first_merge_low"), ("high", (0.75, 0.0), "re_merge_high_next_segment")]
+        for expert, strengths, label in changes:
+            synchronize(device)
+            started = time.perf_counter()
+            runtime.set_step_strengths(expert, strengths)
+            synchronize(device)
+            report[f"{label}_seconds"] = time.perf_counter() - started
+        synchronize(device)
+        started = time.perf_counter()
+    synchronize(device)
+    report["close_seconds"] = time.perf_counter() - started
+    print("lora merge costs:", json.dumps(report))
     return report
 
 
@@ -331,6 +373,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = engine.load(MODEL_ID, width=width, height=height, num_frames=frames)
     report["vae_decode"] = vae_decode_check(model.vae, next(iter(latents.values())), device) if latents else {}
     save()
+    if "ours_loras" in wanted:
+        report["lora_merge_costs"] = lora_merge_costs(model.transformers, loras, requests[True], device)
+        save()
     forward_inputs = one_forward_inputs(
         model.transformers["high"].config, device, width=width, height=height, frames=frames
     )

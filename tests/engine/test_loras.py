@@ -566,10 +566,67 @@ def test_few_step_runs_stay_unmerged_and_long_constant_runs_merge() -> None:
     assert choose_mode({"high": [threshold + 1]}) == "merged"
 
 
+def test_device_copies_make_merging_pay_where_host_copies_do_not() -> None:
+    """With the exact originals on the device a strength change costs a fraction of a forward, so the seed's Lightning
+    run (4 + 2 forwards on the high expert, a change between, 2 on the low one) merges; with host copies it does not.
+    Mixed: each expert is costed by where its copies live."""
+    from Wan2GP.loras import CUDA_DEVICE_COPY_COSTS, CUDA_MODE_COSTS, choose_mode
+
+    seed_run = {"high": [4, 2], "low": [2]}
+    assert choose_mode(seed_run, CUDA_DEVICE_COPY_COSTS) == "merged"
+    assert choose_mode(seed_run, CUDA_MODE_COSTS) == "unmerged"
+    assert choose_mode(seed_run, {"high": CUDA_DEVICE_COPY_COSTS, "low": CUDA_MODE_COSTS}) == "unmerged"
+    long_low = {"high": [4, 2], "low": [60]}  # low's 60 forwards pay for its host-copied merge, not for high's too
+    assert choose_mode(long_low, {"high": CUDA_DEVICE_COPY_COSTS, "low": CUDA_MODE_COSTS}) == "merged"
+    assert choose_mode(long_low, {"high": CUDA_MODE_COSTS, "low": CUDA_MODE_COSTS}) == "unmerged"
+
+
+def _targeted_bytes(transformer: torch.nn.Module, spec: LoraSpec) -> int:
+    modules = dict(transformer.named_modules())
+    return sum(modules[name].weight.numel() * modules[name].weight.element_size() for name in spec.down)
+
+
+def test_device_copies_go_first_to_the_expert_whose_strengths_change(tmp_path: Path) -> None:
+    """Room for one expert's exact originals: the high expert (0.75 then 1.0: a re-merge every segment) gets it, not
+    the low one (1.0 throughout), even though the low one's LoRA targets more weights; merging stays exact either way
+    and close() gives back the base weights bit for bit."""
+    high, low = tiny_transformer(seed=0), tiny_transformer(seed=1)
+    small = make_lora_spec(high, seed=5, block_modules=ATTENTION_MODULES)  # high's LoRA: attention only
+    large = make_lora_spec(high, seed=6)  # low's LoRA: every module
+    paths = [
+        write_diffusers(small, tmp_path / "small.safetensors"),
+        write_diffusers(large, tmp_path / "large.safetensors"),
+    ]
+    steps = [("high", 2, (0.75, 0.0)), ("high", 1, (1.0, 0.0)), ("low", 1, (0.0, 1.0))]
+    small_bytes, large_bytes = _targeted_bytes(high, small), _targeted_bytes(low, large)
+    assert small_bytes < large_bytes
+    inputs = transformer_inputs(seed=2)
+    originals = {name: base_weights(module) for name, module in (("high", high), ("low", low))}
+    for room, expected_bytes in [
+        (large_bytes, small_bytes),  # high first; then low's does not fit in what is left
+        (small_bytes + large_bytes, small_bytes + large_bytes),
+        (small_bytes - 1, 0),  # neither fits
+    ]:
+        expected_high = run(patched_copy(high, [(small, 1.0)]), inputs)
+        with LoraRuntime(
+            {"high": high, "low": low}, paths, mode="merged", steps=steps, device_copy_room=room
+        ) as runtime:
+            assert runtime.device_copy_bytes == expected_bytes
+            for expert, _, strengths in steps:
+                runtime.set_step_strengths(expert, strengths)
+            assert_close(run(high, inputs), expected_high)
+        for name, module in (("high", high), ("low", low)):
+            assert all(torch.equal(value, base_weights(module)[key]) for key, value in originals[name].items())
+    with LoraRuntime(
+        {"high": high, "low": low}, paths, mode="unmerged", steps=steps, device_copy_room=10**12
+    ) as runtime:
+        assert runtime.device_copy_bytes == 0  # adapters copy nothing
+
+
 def test_auto_on_cpu_merges_regardless_of_spans(tmp_path: Path) -> None:
     transformer = tiny_transformer(seed=3)
     path = write_diffusers(make_lora_spec(transformer, seed=4), tmp_path / "l.safetensors")
-    with LoraRuntime({"high": transformer}, [path], spans={"high": [1]}) as runtime:
+    with LoraRuntime({"high": transformer}, [path], steps=[("high", 1, (1.0,))]) as runtime:
         assert runtime.mode == "merged"
 
 
