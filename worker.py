@@ -125,8 +125,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="the fast path: fp8 weights and activations in the transformers' blocks (torchao), compiled as with "
-        "--compile; on a GPU without fp8 matmuls (before compute capability 8.9) the weights stay as without it "
-        "[env HW_FAST]",
+        "--compile, and a bf16 VAE; on a GPU without fp8 matmuls (before compute capability 8.9) the weights stay as "
+        "without it [env HW_FAST]",
     )
     engine.add_argument(
         "--context-parallel",

@@ -26,13 +26,14 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from Wan2GP.catalog import Catalog, CatalogError, ModelDefinition, load_catalog
+from Wan2GP.catalog import DTYPES, Catalog, CatalogError, ModelDefinition, load_catalog
 from Wan2GP.conditioning import (
     VaeCodec,
     black_frame,
     build_image_condition,
     build_vace_context,
     clip_image_tokens,
+    convolutions_channels_last,
     frame_image,
     guide_pixels,
     image_to_pixels,
@@ -221,7 +222,9 @@ class WanEngine:
     sequence with the other ranks, which must run the same generations (ContextParallelLeader, follow).
     `compile_backend` ("inductor": the worker's --compile) compiles each loaded transformer's repeated block once with
     torch.compile (diffusers' compile_repeated_blocks; on an H200 1.18x per forward, bench/README.md) when the whole
-    model is resident on one GPU; the first generation at a new size pays the compile."""
+    model is resident on one GPU; the first generation at a new size pays the compile. `vae_dtype` ("bfloat16": the
+    worker's --fast) overrides the definition's VAE dtype on a GPU (bf16 decodes the seed segment in 1.2 s instead of
+    1.9 s on an H200, 1.4e-2 from fp32; bench/README.md). On a GPU the VAE's convolutions run channels-last (NDHWC)."""
 
     def __init__(
         self,
@@ -239,8 +242,12 @@ class WanEngine:
         component_loader: ComponentLoader = load_components_of,
         rank_group: RankGroup | None = None,
         compile_backend: str | None = None,
+        vae_dtype: str | None = None,
     ) -> None:
         self.reinject_start_frame = reinject_start_frame
+        if vae_dtype is not None and vae_dtype not in DTYPES:
+            raise ValueError(f"vae_dtype: expected one of {', '.join(DTYPES)}, got {vae_dtype!r}")
+        self.vae_dtype = vae_dtype
         self.prompt_model = prompt_model  # the VLM write_prompts loads: a repo id, a local folder or "tiny"
         quiet_libraries()
         self.rank_group = rank_group
@@ -305,6 +312,8 @@ class WanEngine:
             )
         self.unload()
         started = time.perf_counter()
+        if self.vae_dtype is not None:
+            definition = definition.model_copy(update={"vae_dtype": self.vae_dtype})
         weights_dir = resolve_weights_dir(definition, self.cache_dir)
         transformer_dtype, vae_dtype, text_dtype = component_dtypes(definition, self.device)
         formats = self._weight_formats(definition)
@@ -345,6 +354,8 @@ class WanEngine:
             encoders=(loaded.text_encoder, loaded.image_encoder),
             vae=loaded.vae,
         )
+        if self.device.type == "cuda":
+            convolutions_channels_last(loaded.vae)
         if self.rank_group is not None:
             for transformer in loaded.transformers.values():
                 enable_context_parallel(transformer, self.rank_group, model=definition.id)

@@ -47,7 +47,8 @@ __all__ = [
 #   6 layers x dim 384: base 613 ms, unmerged 776 ms, merged 625 ms; change: unmerged 2 ms, merged re-merge 33 ms
 #   8 layers x dim 512: base 1298 ms, unmerged 1581 ms, merged 1273 ms; change: unmerged 3 ms, merged re-merge 43 ms
 # Unmerged LoRA matmuls cost ~20-25% of every forward, a re-merge ~3% of one, so "auto" merges on CPU too.
-CPU_AUTO_MODE: Literal["merged", "unmerged"] = "merged"
+Mode = Literal["merged", "unmerged"]
+CPU_AUTO_MODE: Mode = "merged"
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def forward_spans(steps: Sequence[StepStrengths]) -> dict[str, list[int]]:
 
 def choose_mode(
     spans: Mapping[str, Sequence[int]], costs: ModeCosts | Mapping[str, ModeCosts] = CUDA_MODE_COSTS
-) -> Literal["merged", "unmerged"]:
+) -> Mode:
     """The cheaper mode for a run whose strengths hold for `spans` forwards (forward_spans), with one cost set for
     every expert or one per expert. Merging pays once per strength change; unmerged pays on every forward. With host
     copies (H100) merging wins from ~5 forwards between changes and ~45 per expert with constant strengths, which
@@ -257,21 +258,21 @@ class LoraRuntime:
         try:
             for attached in self._attached:
                 setattr(attached.transformer, _HELD_BY, True)
-            self._mode = self._resolve_mode(mode, fitted)
+            self._modes = self._resolve_modes(mode, fitted)
             for attached in self._attached:
                 self._install(attached, fitted[id(attached)])
         except BaseException:
             self.close()
             raise
         if self._paths:
-            logger.info(
-                f"LoRAs {[path.name for path in self._paths]} attached to {list(self._by_expert)} ({self._mode} mode)"
-            )
+            modes = ", ".join(f"{self._modes[id(attached)]} on {attached.experts}" for attached in self._attached)
+            logger.info(f"LoRAs {[path.name for path in self._paths]} attached ({modes})")
 
     @property
     def mode(self) -> str:
-        """The mode in use: "merged" or "unmerged"."""
-        return self._mode
+        """The mode in use: "merged" or "unmerged", or "mixed" where auto chose each transformer's apart."""
+        modes = set(self._modes.values())
+        return modes.pop() if len(modes) == 1 else "mixed"
 
     @property
     def adapter_names(self) -> list[str]:
@@ -280,7 +281,7 @@ class LoraRuntime:
     @property
     def device_copy_bytes(self) -> int:
         """Device bytes the merged mode's exact originals take (or will, once their LoRAs first apply); 0 unmerged."""
-        return sum(self._copied_on_device.values()) if self._mode == "merged" else 0
+        return sum(size for key, size in self._copied_on_device.items() if self._modes[key] == "merged")
 
     def __enter__(self) -> LoraRuntime:
         return self
@@ -369,7 +370,13 @@ class LoraRuntime:
             fitted.full[name] = (owner, attr, delta)
         return fitted
 
-    def _resolve_mode(self, requested: str, fitted: Mapping[int, list[_Fitted]]) -> Literal["merged", "unmerged"]:
+    def _resolve_modes(self, requested: str, fitted: Mapping[int, list[_Fitted]]) -> dict[int, Mode]:
+        """id(attached) -> its mode. Auto on CUDA costs each transformer apart (its experts' spans, where its exact
+        originals live): the high expert may merge from device copies while the low one runs adapters."""
+
+        def every(mode: Mode) -> dict[int, Mode]:
+            return {id(attached): mode for attached in self._attached}
+
         files = [file for per_transformer in fitted.values() for file in per_transformer]
         always_written = [
             (name, getattr(owner, attr)) for file in files for name, (owner, attr, _) in file.full.items()
@@ -384,28 +391,31 @@ class LoraRuntime:
         if quantized:
             raise ValueError(f"LoRA deltas for {quantized[:3]}: these parameters hold non-float (quantized?) weights")
         if requested == "unmerged":
-            return "unmerged"
+            return every("unmerged")
         unmergeable = [
             name for file in files for name, (module, _) in file.low_rank.items() if not _is_plain_float(module.weight)
         ]
         if requested == "merged":
             if unmergeable:
                 raise ValueError(f"mode 'merged': layers {unmergeable[:3]} have non-float (quantized?) weights")
-            return "merged"
+            return every("merged")
         if unmergeable:
-            return "unmerged"
+            return every("unmerged")
         devices = {
             parameter.device.type for attached in self._attached for parameter in attached.transformer.parameters()
         }
         if "cuda" not in devices:
-            return CPU_AUTO_MODE
+            return every(CPU_AUTO_MODE)
         if not self._steps:
-            return "unmerged"
-        costs = {
-            expert: CUDA_DEVICE_COPY_COSTS if id(attached) in self._copied_on_device else CUDA_MODE_COSTS
-            for expert, attached in self._by_expert.items()
+            return every("unmerged")
+        spans = forward_spans(self._steps)
+        return {
+            id(attached): choose_mode(
+                {expert: spans[expert] for expert in attached.experts if expert in spans},
+                CUDA_DEVICE_COPY_COSTS if id(attached) in self._copied_on_device else CUDA_MODE_COSTS,
+            )
+            for attached in self._attached
         }
-        return choose_mode(forward_spans(self._steps), costs)
 
     def _plan_device_copies(self, fitted: Mapping[int, list[_Fitted]], room: int) -> dict[int, int]:
         """id(attached) -> bytes of the exact originals it will keep on the device, for the transformers whose
@@ -451,7 +461,7 @@ class LoraRuntime:
         for index, (adapter_name, path, file) in enumerate(zip(self._adapter_names, self._paths, fitted, strict=True)):
             adapters: dict[str, tuple[torch.nn.Linear, LowRank]] = {}
             for name, (module, pair) in file.low_rank.items():
-                if self._mode == "unmerged" and pair.magnitude is None:
+                if self._modes[id(attached)] == "unmerged" and pair.magnitude is None:
                     adapters[name] = (module, pair)
                 else:
                     write(f"{name}.weight", module, "weight", index, pair)

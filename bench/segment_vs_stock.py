@@ -19,9 +19,11 @@ module's call, both sides alike). Variants:
   worker's `--compile` makes it, on the same seed's weights: diffusers' `compile_repeated_blocks` on both experts
   (one compiled block reused by the 40; its first run compiles);
 - `fast`, `fast_loras`: the worker's `--fast`, fp8 weights and activations in the blocks' Linear layers (torchao,
-  `transformer_weights="fp8_dynamic"`), compiled; with the error of one high-noise forward against the eager
+  `transformer_weights="fp8_dynamic"`), compiled, a bf16 VAE; with the error of one high-noise forward against the eager
   bf16 one on the same seeded inputs, and of the final latents against `ours`;
-- the VAE: the `ours` run's final latents decoded in fp32 (the engine's) and by a bf16 copy: time and error.
+- the VAE: the `ours` run's final latents decoded in fp32 (the engine's, channels-last on a GPU), by a bf16 copy and
+  by an fp32 copy in the NCDHW layout: time and error;
+- the LoRAs merged with their exact originals on the device: each strength change of the seed segment, and the close.
 
     python bench/segment_vs_stock.py --json out.json --variants ours,stock,compiled   # on an H200
     python bench/segment_vs_stock.py --tiny                                           # CPU smoke test
@@ -224,23 +226,17 @@ def one_forward(transformer: torch.nn.Module, inputs: dict[str, Any]) -> torch.T
 
 
 def vae_decode_check(vae: torch.nn.Module, latents: torch.Tensor, device: torch.device) -> dict[str, Any]:
-    """The engine's fp32 decode against other ways to decode the same latents with the same VAE weights: a bf16 copy,
-    and each in the channels-last (NDHWC) layout cuDNN's tensor-core convolutions prefer (best of 2 each; errors
-    against the fp32 decode). cuDNN's algorithm search (torch.backends.cudnn.benchmark) changed nothing on the H200
-    (bench/results/speed_h200.json) and is no longer tried."""
+    """The engine's fp32 decode (on a GPU its convolutions channels-last, NDHWC) against other ways to decode the same
+    latents with the same VAE weights: a bf16 copy (the worker's --fast), and an fp32 copy in the default NCDHW layout
+    (best of 2 each; errors against the engine's fp32 decode). cuDNN's algorithm search (torch.backends.cudnn.benchmark)
+    changed nothing on the H200 (bench/results/speed_h200.json) and is no longer tried."""
     report: dict[str, Any] = {}
     decoded = {}
-    bf16 = copy.deepcopy(vae).to(torch.bfloat16) if device.type == "cuda" else None
-    channels_last = {
-        name: _channels_last_3d(copy.deepcopy(module))
-        for name, module in (("fp32_channels_last", vae), ("bf16_channels_last", bf16))
-        if module is not None
-    }
-    # a module's 5-D weights in NDHWC make its convolutions (and so their outputs) channels-last
-    ways = [("fp32", vae), ("bf16", bf16), *channels_last.items()]
-    for name, module in ways:
-        if module is None:
-            continue
+    ways = {"fp32": vae}
+    if device.type == "cuda":
+        ways["bf16"] = copy.deepcopy(vae).to(torch.bfloat16)
+        ways["fp32_ncdhw"] = _contiguous(copy.deepcopy(vae))
+    for name, module in ways.items():
         best = float("inf")
         for _ in range(2):
             synchronize(device)
@@ -256,16 +252,14 @@ def vae_decode_check(vae: torch.nn.Module, latents: torch.Tensor, device: torch.
             difference = pixels - decoded["fp32"]
             report[f"{name}_rel_error"] = float(difference.norm() / decoded["fp32"].norm())
             report[f"{name}_max_abs_error"] = float(difference.abs().max())  # pixels in [-1, 1]
-    del bf16, channels_last
+    del ways
     gc.collect()
     return report
 
 
-def _channels_last_3d(module: torch.nn.Module) -> torch.nn.Module:
-    """The 5-D (Conv3d) weights in NDHWC; Module.to(memory_format=...) refuses the other parameters' ranks."""
+def _contiguous(module: torch.nn.Module) -> torch.nn.Module:
     for parameter in module.parameters():
-        if parameter.dim() == 5:
-            parameter.data = parameter.data.contiguous(memory_format=torch.channels_last_3d)
+        parameter.data = parameter.data.contiguous()
     return module
 
 
@@ -279,6 +273,9 @@ def lora_merge_costs(
     steps = [
         (step.expert, 1 if step.guidance == 1.0 else 2, tuple(step.lora_multipliers)) for step in request.plan.steps
     ]
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()  # what the allocator holds unused is room too
     room = torch.cuda.mem_get_info(device)[0] - 8 * 2**30 if device.type == "cuda" else 2**62
     report: dict[str, Any] = {}
     with LoraRuntime(transformers, paths, mode="merged", steps=steps, device_copy_room=room) as runtime:
@@ -330,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     without = {key: value for key, value in with_loras.items() if key not in ("activated_loras", "loras_multipliers")}
 
     def make_engine(compile_backend: str | None = None, weights: str | None = None) -> WanEngine:
+        fast = weights == "fp8_dynamic"  # as the worker's --fast: fp8 blocks, compiled, a bf16 VAE
         return WanEngine(
             device=str(device),
             cache_dir=cache_dir,
@@ -338,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             component_loader=RandomComponents(tiny=args.tiny, seed=0, build_device=device),
             compile_backend=compile_backend,
             transformer_weights=weights,
+            vae_dtype="bfloat16" if fast else None,
         )
 
     engine = make_engine()

@@ -204,6 +204,26 @@ def test_fp8_activations_fall_back_to_auto_where_no_fp8_matmul_runs(tmp_path: Pa
         engine.unload()
 
 
+def test_the_engines_vae_dtype_overrides_the_definitions(cache_dir: Path) -> None:
+    """The worker's --fast asks for a bf16 VAE: the loader (which keeps float32 on a CPU, component_dtypes) gets the
+    definition with it; a dtype that is not one is refused naming the option."""
+    from Wan2GP.loading import load_components_of
+
+    seen = []
+
+    def loader(definition, *args):  # noqa: ANN001, ANN002, ANN202
+        seen.append(definition.vae_dtype)
+        return load_components_of(definition, *args)
+
+    for vae_dtype, expected in ((None, "float32"), ("bfloat16", "bfloat16")):
+        engine = WanEngine(device="cpu", cache_dir=cache_dir, vae_dtype=vae_dtype, component_loader=loader)
+        engine.load("wan_tiny_t2v")
+        engine.unload()
+        assert seen[-1] == expected
+    with pytest.raises(ValueError, match=r"vae_dtype: expected one of bfloat16, float16, float32, got 'fp8'"):
+        WanEngine(device="cpu", cache_dir=cache_dir, vae_dtype="fp8")
+
+
 def test_an_unknown_weight_format_is_refused_naming_the_field(tmp_path: Path, cache_dir: Path) -> None:
     # a user's definition file (an extra folder) is set aside with the field named; the others load
     with captured_messages("WARNING") as logs:

@@ -234,7 +234,7 @@ def test_compile_and_fast_reach_the_engine() -> None:
         assert build_services(settings).engine_factory().compile_backend == "inductor"
     assert build_services(settings_from_values({"device": "cpu"}, {})).engine_factory().compile_backend is None
     fast = build_services(settings_from_values({"device": "cpu"}, {"HW_FAST": "1"})).engine_factory()
-    assert (fast.compile_backend, fast.transformer_weights) == ("inductor", "fp8_dynamic")
+    assert (fast.compile_backend, fast.transformer_weights, fast.vae_dtype) == ("inductor", "fp8_dynamic", "bfloat16")
 
 
 def test_settings_errors_name_the_setting() -> None:
