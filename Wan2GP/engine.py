@@ -409,7 +409,7 @@ class WanEngine:
         if self._loaded is None:
             return
         logger.info("Unloading {}", self._loaded.model_id)
-        self._drop_kept_loras()
+        self.detach_loras()
         self._loaded = self._sizes = self._placement = None
         self._prompt_cache.clear()  # the next model's text encoder may differ
         gc.collect()
@@ -623,7 +623,7 @@ class WanEngine:
             with self._placement_named_on_oom():
                 result = self._encode_and_denoise(request, model, loras, timings, progress, cancel)
         except BaseException:
-            self._drop_kept_loras()  # after an error or a cancel the next generation starts from the base weights
+            self.detach_loras()  # after an error or a cancel the next generation starts from the base weights
             raise
         finally:
             if self._offloaded is not None:
@@ -724,7 +724,7 @@ class WanEngine:
         travel run's next segment with the same files (same path, size and modification time) reuses it instead of
         reading and attaching 2 x 614 MB again; any other request gives the base weights back first."""
         if not request.lora_sources:
-            self._drop_kept_loras()
+            self.detach_loras()
             return None  # no LoRA requested: the LoRA runtime (and peft) is not even imported
         from Wan2GP.lora_files import resolve_lora_file
         from Wan2GP.loras import LoraError, LoraRuntime  # imported only when LoRAs are asked for (peft is heavy)
@@ -749,7 +749,7 @@ class WanEngine:
         if kept is not None and kept.key == key and kept.runtime.device_copy_bytes <= room:
             logger.info("LoRAs {} still attached from the last generation", [path.name for path in paths])
             return kept.runtime  # per-step strengths are set afresh at every step
-        self._drop_kept_loras()
+        self.detach_loras()
         try:
             runtime = LoraRuntime(model.transformers, paths, steps=steps, mode=mode, device_copy_room=room)
         except LoraError as error:
@@ -773,9 +773,10 @@ class WanEngine:
         needed = placement.needed_for(sizes, work)
         return max(0, self.vram_budget - int(needed * (1 + LORA_COPY_MARGIN)))
 
-    def _drop_kept_loras(self) -> None:
-        """Give the transformers their base weights back (no adapters, no merged LoRA): before another set of LoRAs,
-        a generation without any, an unload, or after a generation that failed."""
+    def detach_loras(self) -> None:
+        """Give the transformers their base weights back (no adapters, no merged LoRA) and free what the last
+        generation's LoRAs kept: before another set of LoRAs, a generation without any, an unload, after a generation
+        that failed, or when a caller wants the base modules (a benchmark running stock diffusers on them)."""
         kept, self._kept_loras = self._kept_loras, None
         if kept is None:
             return

@@ -359,13 +359,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     requests = {False: engine.resolve(without), True: engine.resolve(with_loras)}
     latents: dict[str, torch.Tensor] = {}
-    # LoRAs first: the LoRA-less run after it gives the base weights back, which stock then shares
     for name in ("ours_loras", "ours"):
         if name in wanted:
             variants[name], latents[name] = run_engine(
                 name, engine, requests[name == "ours_loras"], runs=args.runs, device=device
             )
             save()
+    engine.detach_loras()  # stock and the LoRA runtime below run on the base weights
     request = requests[False]
     high_guidance = request.plan.steps[0].guidance
     variants["stock"] = run_stock(engine, request, runs=args.runs, device=device, guidance=(high_guidance, 1.0))
