@@ -64,8 +64,10 @@ class ModeCosts:
 
 CUDA_MODE_COSTS = ModeCosts(unmerged_per_forward=0.170, first_merge=6.26, re_merge=0.89, unmerge=1.12)
 # The same with the exact originals kept on the device beside the weights (a resident model with room to spare): no
-# host round trip, a merge reads and writes each weight once in device memory. DEVICE_COPY_ESTIMATE
-CUDA_DEVICE_COPY_COSTS = ModeCosts(unmerged_per_forward=0.170, first_merge=0.05, re_merge=0.04, unmerge=0.01)
+# host round trip. Measured on an H200 with the seed's two rank-64 LoRAs on every attention and ffn Linear of the A14B
+# experts (bench/results/speed_h200_lora_modes.json): first merge 0.144 s, re-merge 0.129 s, close 0.029 s per expert,
+# one forward 2.112 s; the unmerged cost per forward is the H100 figure above, so that both sets compare alike.
+CUDA_DEVICE_COPY_COSTS = ModeCosts(unmerged_per_forward=0.170, first_merge=0.068, re_merge=0.061, unmerge=0.014)
 
 # (expert, forwards, per-LoRA strengths) of one denoising step: what the runtime is told of the run ahead.
 StepStrengths = tuple[str, int, tuple[float, ...]]

@@ -145,7 +145,7 @@ class RandomComponents:
             text_encoder.encoder.embed_tokens = text_encoder.shared
             text_encoder = to_device(text_encoder, devices["text_encoder"])
             vae = build_vae(weights_dir, self.build_device, self.seed + 3)
-            vae = to_device(vae, devices["vae"])
+            vae = to_device(vae.to(component_dtypes(definition, device)[1]), devices["vae"])
         finally:
             if self.build_device.type == "cuda":
                 gc.collect()
