@@ -23,7 +23,9 @@ module's call, both sides alike). Variants:
   bf16 one on the same seeded inputs, and of the final latents against `ours`;
 - the VAE: the `ours` run's final latents decoded in fp32 (the engine's, channels-last on a GPU), by a bf16 copy and
   by an fp32 copy in the NCDHW layout: time and error;
-- the LoRAs merged with their exact originals on the device: each strength change of the seed segment, and the close.
+- the LoRAs merged with their exact originals on the device: each strength change of the seed segment, and the close;
+- for `compiled` and `fast`: one high-noise forward under torch.profiler, its device time split into attention, matmul
+  and the rest (`kernel_profile`), to show where a forward's time goes.
 
     python bench/segment_vs_stock.py --json out.json --variants ours,stock,compiled   # on an H200
     python bench/segment_vs_stock.py --tiny                                           # CPU smoke test
@@ -225,6 +227,48 @@ def one_forward(transformer: torch.nn.Module, inputs: dict[str, Any]) -> torch.T
         return transformer(**inputs)[0].float().cpu()
 
 
+# Substrings of CUDA kernel names (and of aten op names on a CPU run) that say what a kernel does; first match wins.
+KERNEL_KINDS = (
+    ("attention", ("sdpa", "fmha", "flash", "attention", "scaled_dot_product")),
+    ("matmul", ("gemm", "nvjet", "xmma", "cutlass", "addmm", "aten::mm", "aten::bmm", "matmul", "scaled_mm")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, marks in KERNEL_KINDS if any(mark in lowered for mark in marks)), "other")
+
+
+def kernel_profile(module: torch.nn.Module, inputs: dict[str, Any], device: torch.device, *, top: int = 12) -> dict:
+    """One forward (after a warm one) under torch.profiler: the device time of its kernels by kind (attention,
+    matmul, other: norms, modulation, RoPE, activations, copies) and the longest kernels. On a CPU the aten ops'
+    self times stand in for kernels."""
+    on_gpu = device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CUDA if on_gpu else torch.profiler.ProfilerActivity.CPU]
+    with torch.inference_mode():
+        module(**inputs)
+        synchronize(device)
+        with torch.profiler.profile(activities=activities) as profiler:
+            module(**inputs)
+            synchronize(device)
+    seconds: dict[str, float] = {}
+    for event in profiler.key_averages():
+        spent = (event.self_device_time_total if on_gpu else event.self_cpu_time_total) / 1e6
+        if spent > 0:
+            seconds[event.key] = seconds.get(event.key, 0.0) + spent
+    total = sum(seconds.values())
+    by_kind = {kind: 0.0 for kind in ("attention", "matmul", "other")}
+    for name, spent in seconds.items():
+        by_kind[kernel_kind(name)] += spent
+    longest = sorted(seconds.items(), key=lambda item: -item[1])[:top]
+    return {
+        "total_seconds": total,
+        "seconds_by_kind": by_kind,
+        "share_by_kind": {kind: spent / total for kind, spent in by_kind.items()} if total else {},
+        "longest": [{"kernel": name[:160], "kind": kernel_kind(name), "seconds": spent} for name, spent in longest],
+    }
+
+
 def vae_decode_check(vae: torch.nn.Module, latents: torch.Tensor, device: torch.device) -> dict[str, Any]:
     """The engine's fp32 decode (on a GPU its convolutions channels-last, NDHWC) against other ways to decode the same
     latents with the same VAE weights: a bf16 copy (the worker's --fast), and an fp32 copy in the default NCDHW layout
@@ -411,6 +455,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 variants[name]["one_forward_rel_error_vs_eager"] = float(
                     (one_forward(high, forward_inputs) - reference_forward).norm() / reference_forward.norm()
                 )
+                variants[name]["kernel_profile"] = kernel_profile(high, forward_inputs, device)
+                print(f"[{name}] one forward's kernels:", json.dumps(variants[name]["kernel_profile"]), flush=True)
             save()
 
     stock = variants["stock"]

@@ -48,6 +48,12 @@ def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
     # engine rebuilt from the same seed, its video is the eager one's (tests/engine/test_compile.py covers --compile)
     assert variants["fast"]["weights"] == "native" and variants["fast"]["latents_rel_error_vs_ours"] == 0.0
     assert variants["fast"]["one_forward_rel_error_vs_eager"] == 0.0
+    # where one forward's time goes: on the CPU the aten ops stand in for kernels; the blocks' Linear layers and SDPA
+    # are both there, and the kinds add up to the total
+    profile = variants["fast"]["kernel_profile"]
+    assert profile["seconds_by_kind"]["matmul"] > 0 and profile["seconds_by_kind"]["attention"] > 0
+    assert abs(sum(profile["seconds_by_kind"].values()) - profile["total_seconds"]) < 1e-9
+    assert profile["longest"] and profile["longest"][0]["seconds"] >= profile["longest"][-1]["seconds"]
     assert 0 < variants["stock"]["boundary_ratio"] < 1
     assert report["vae_decode"]["fp32_seconds"] > 0
     merges = report["lora_merge_costs"]  # both experts' exact originals fit the CPU's unbounded room
