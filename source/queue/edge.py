@@ -644,7 +644,7 @@ class ReighEdgeQueue:
             dependencies = []
             for ref in spec.depends_on:
                 if ref not in known:
-                    raise TaskNotFound(ref, f"children[{index}].depends_on: not a sibling given earlier;")
+                    raise TaskNotFound(ref, f"children[{index}].depends_on (not a sibling given earlier)")
                 dependencies.append(known[ref])
             params = {
                 **spec.params,

@@ -1053,7 +1053,7 @@ def test_a_child_depending_on_an_unknown_sibling_is_refused(edge: ScriptedEdge, 
         ChildSpec("t", {}, role="stitch", depends_on=("segment:5",)),
     ]
     with pytest.raises(
-        TaskNotFound, match=r"^children\[1\]\.depends_on: not a sibling given earlier;: no task with id 'segment:5'"
+        TaskNotFound, match=r"^children\[1\]\.depends_on \(not a sibling given earlier\): no task with id 'segment:5'"
     ):
         queue.enqueue_children(PARENT, specs)
 
