@@ -18,7 +18,7 @@ import math
 import re
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -102,6 +102,24 @@ def choose_mode(
         if runs
     )
     return "merged" if merged < unmerged else "unmerged"
+
+
+def auto_modes(
+    steps: Sequence[StepStrengths] | None, experts: Mapping[int, Sequence[str]], copied_on_device: Collection[int]
+) -> dict[int, Mode]:
+    """Mode 'auto' on a GPU: per transformer (`experts`: key -> the experts it serves), the cheaper mode for the
+    spans of its own experts, at device-copy costs where its exact originals stay on the device (`copied_on_device`)
+    and host-copy costs elsewhere; without a step plan, unmerged (nothing says merging would pay)."""
+    if not steps:
+        return dict.fromkeys(experts, "unmerged")
+    spans = forward_spans(steps)
+    return {
+        key: choose_mode(
+            {expert: spans[expert] for expert in served if expert in spans},
+            CUDA_DEVICE_COPY_COSTS if key in copied_on_device else CUDA_MODE_COSTS,
+        )
+        for key, served in experts.items()
+    }
 
 
 ADAPTER_NAME_PREFIX = "lora"
@@ -408,16 +426,8 @@ class LoraRuntime:
         }
         if "cuda" not in devices:
             return every(CPU_AUTO_MODE)
-        if not self._steps:
-            return every("unmerged")
-        spans = forward_spans(self._steps)
-        return {
-            id(attached): choose_mode(
-                {expert: spans[expert] for expert in attached.experts if expert in spans},
-                CUDA_DEVICE_COPY_COSTS if id(attached) in self._copied_on_device else CUDA_MODE_COSTS,
-            )
-            for attached in self._attached
-        }
+        experts = {id(attached): attached.experts for attached in self._attached}
+        return auto_modes(self._steps, experts, self._copied_on_device)
 
     def _plan_device_copies(self, fitted: Mapping[int, list[_Fitted]], room: int) -> dict[int, int]:
         """id(attached) -> bytes of the exact originals it will keep on the device, for the transformers whose

@@ -581,6 +581,35 @@ def test_device_copies_make_merging_pay_where_host_copies_do_not() -> None:
     assert choose_mode(long_low, {"high": CUDA_MODE_COSTS, "low": CUDA_MODE_COSTS}) == "unmerged"
 
 
+def test_auto_on_a_gpu_costs_each_transformer_by_its_own_experts_and_copies() -> None:
+    """Mode 'auto' on a GPU, per transformer: the seed's Lightning steps (high: 4 forwards at 0.75, then 2 at 1.0; low:
+    2 at 1.0) merge where the exact originals sit on the device and keep adapters where they would be read back from
+    host memory (as on the H200 with room for one expert's copies: high merged, low unmerged); a long constant run
+    pays for a host-copied merge; a transformer serving both experts is costed on both; no plan keeps adapters."""
+    from Wan2GP.loras import auto_modes
+
+    seed_steps = [
+        ("high", 2, (0.75, 0.0)),
+        ("high", 2, (0.75, 0.0)),
+        ("high", 2, (1.0, 0.0)),
+        ("low", 1, (0.0, 1.0)),
+        ("low", 1, (0.0, 1.0)),
+    ]
+    two = {1: ("high",), 2: ("low",)}
+    assert auto_modes(seed_steps, two, copied_on_device={1, 2}) == {1: "merged", 2: "merged"}
+    assert auto_modes(seed_steps, two, copied_on_device={1}) == {1: "merged", 2: "unmerged"}
+    assert auto_modes(seed_steps, two, copied_on_device={2}) == {1: "unmerged", 2: "merged"}
+    assert auto_modes(seed_steps, two, copied_on_device=set()) == {1: "unmerged", 2: "unmerged"}
+    long_low = [*seed_steps[:3], ("low", 100, (0.0, 1.0))]  # 100 forwards at one strength on the low expert
+    assert auto_modes(long_low, two, copied_on_device=set()) == {1: "unmerged", 2: "merged"}
+    # one transformer for both experts: high's re-merge and low's span are one transformer's, copied or not
+    assert auto_modes(seed_steps, {3: ("high", "low")}, copied_on_device={3}) == {3: "merged"}
+    assert auto_modes(long_low, {3: ("high", "low")}, copied_on_device=set()) == {3: "merged"}
+    assert auto_modes([*seed_steps[:3]], {3: ("high", "low")}, copied_on_device={3}) == {3: "merged"}
+    assert auto_modes(None, two, copied_on_device={1, 2}) == {1: "unmerged", 2: "unmerged"}
+    assert auto_modes([], two, copied_on_device={1, 2}) == {1: "unmerged", 2: "unmerged"}
+
+
 def _targeted_bytes(transformer: torch.nn.Module, spec: LoraSpec) -> int:
     modules = dict(transformer.named_modules())
     return sum(modules[name].weight.numel() * modules[name].weight.element_size() for name in spec.down)
@@ -608,8 +637,9 @@ def test_device_copies_go_first_to_the_expert_whose_strengths_change(tmp_path: P
         (small_bytes - 1, 0),  # neither fits
     ]:
         expected_high = run(patched_copy(high, [(small, 1.0)]), inputs)
+        # low listed first: only the strength changes can put high ahead of it
         with LoraRuntime(
-            {"high": high, "low": low}, paths, mode="merged", steps=steps, device_copy_room=room
+            {"low": low, "high": high}, paths, mode="merged", steps=steps, device_copy_room=room
         ) as runtime:
             assert runtime.device_copy_bytes == expected_bytes
             for expert, _, strengths in steps:
@@ -621,6 +651,25 @@ def test_device_copies_go_first_to_the_expert_whose_strengths_change(tmp_path: P
         {"high": high, "low": low}, paths, mode="unmerged", steps=steps, device_copy_room=10**12
     ) as runtime:
         assert runtime.device_copy_bytes == 0  # adapters copy nothing
+
+
+def test_without_a_step_plan_every_lora_counts_for_the_device_copies(tmp_path: Path) -> None:
+    """No steps given (a caller that sets strengths as it goes): each LoRA may be used, so the room is planned for all
+    the weights they write, the full deltas (a bias) as well as the pairs' weights."""
+    transformer = tiny_transformer(seed=0)
+    spec = make_lora_spec(transformer, seed=5, block_modules=ATTENTION_MODULES)
+    bias = torch.full((24,), 0.5)
+    path = write_original(
+        spec, tmp_path / "with_bias.safetensors", extra={"diffusion_model.blocks.0.self_attn.q.diff_b": bias}
+    )
+    original_bias = transformer.blocks[0].attn1.to_q.bias.detach().clone()
+    pair_bytes = _targeted_bytes(transformer, spec)
+    bias_bytes = original_bias.numel() * original_bias.element_size()
+    with LoraRuntime({"high": transformer}, [path], mode="merged", device_copy_room=10**9) as runtime:
+        assert runtime.device_copy_bytes == pair_bytes + bias_bytes
+        runtime.set_step_strengths("high", (1.0,))
+        assert_close(transformer.blocks[0].attn1.to_q.bias.detach(), original_bias + bias)
+    assert torch.equal(transformer.blocks[0].attn1.to_q.bias.detach(), original_bias)
 
 
 def test_auto_on_cpu_merges_regardless_of_spans(tmp_path: Path) -> None:
