@@ -264,8 +264,9 @@ class LoraRuntime:
         for attached in self._attached:
             existing = list(getattr(attached.transformer, "peft_config", {}) or {})
             if existing or getattr(attached.transformer, _HELD_BY, False):
+                held = f"LoRA adapters {existing}" if existing else "LoRAs merged into its weights"
                 raise RuntimeError(
-                    f"transformer {attached.experts} already carries LoRA adapters {existing or ''}; "
+                    f"transformer {attached.experts} already carries {held}; "
                     "close the previous LoraRuntime before making a new one"
                 )
 

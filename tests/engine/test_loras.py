@@ -523,7 +523,10 @@ def test_modes_and_arguments_are_checked(transformer, spec, tmp_path: Path) -> N
             runtime.set_step_strengths("high", [1.0, 2.0])
         with pytest.raises(ValueError, match=r"strengths\[0\]: expected a finite number"):
             runtime.set_step_strengths("high", [float("nan")])
-        with pytest.raises(RuntimeError, match="already carries LoRA adapters"):
+        merged_message = (
+            r"^transformer \['high'\] already carries LoRAs merged into its weights; close the previous LoraRuntime"
+        )
+        with pytest.raises(RuntimeError, match=merged_message):
             LoraRuntime({"high": transformer}, [path])
     with pytest.raises(ValueError, match="mode: expected"):
         LoraRuntime({"high": transformer}, [path], mode="fused")
