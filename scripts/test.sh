@@ -43,7 +43,7 @@ export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgresql://postgres@127.0.0.1:5
 # on the 2-core machine the serial suite kept one core busy (722 s); two workers with 2 threads each fought over the
 # cores (417 s); two workers with one thread each took 304 s. At most 8 workers: each holds its own torch and tiny
 # models (the largest process peaked at 0.8-0.9 GB in those runs). Pass -n 0 to run in one process.
-cores=$(nproc)  # before OMP_NUM_THREADS is set: GNU nproc reports that variable's value when it is set
+cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # GNU nproc reports those variables when they are set
 workers=$((cores < 8 ? cores : 8))
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 step "running the tests on $workers workers (PostgreSQL from TEST_DATABASE_URL)"
