@@ -538,20 +538,22 @@ def test_modes_and_arguments_are_checked(transformer, spec, tmp_path: Path) -> N
 # ---------------------------------------------------------------------------------------------------------------------
 # Choosing merged vs unmerged on a GPU from the measured costs (bench/README.md)
 
+# The seed-001 run-2 plan as (expert, forwards, strengths) per step: 6 steps, CFG 3 on the first 2, high lora
+# 0.75 -> 1.0 -> 0, expert switch at step 4 (the first 4 steps are the high expert's).
+SEED_STEPS = [
+    ("high", 2, (0.75, 0.0)),
+    ("high", 2, (0.75, 0.0)),
+    ("high", 1, (1.0, 0.0)),
+    ("high", 1, (1.0, 0.0)),
+    ("low", 1, (0.0, 1.0)),
+    ("low", 1, (0.0, 1.0)),
+]
+
 
 def test_forward_spans_group_constant_strengths_per_expert() -> None:
     from Wan2GP.loras import forward_spans
 
-    # The seed-001 run-2 shape: 6 steps, CFG 3 on the first 2, high lora 0.75 -> 1.0 -> 0, expert switch at step 4.
-    steps = [
-        ("high", 2, (0.75, 0.0)),
-        ("high", 2, (0.75, 0.0)),
-        ("high", 1, (1.0, 0.0)),
-        ("high", 1, (1.0, 0.0)),
-        ("low", 1, (0.0, 1.0)),
-        ("low", 1, (0.0, 1.0)),
-    ]
-    assert forward_spans(steps) == {"high": [4, 2], "low": [2]}
+    assert forward_spans(SEED_STEPS) == {"high": [4, 2], "low": [2]}
     # the same strengths on both sides of the expert switch are still two spans, one per expert
     assert forward_spans([("high", 2, (1.0,)), ("high", 1, (1.0,)), ("low", 2, (1.0,))]) == {"high": [3], "low": [2]}
 
@@ -591,24 +593,18 @@ def test_auto_on_a_gpu_costs_each_transformer_by_its_own_experts_and_copies() ->
     pays for a host-copied merge; a transformer serving both experts is costed on both; no plan keeps adapters."""
     from Wan2GP.loras import auto_modes
 
-    seed_steps = [
-        ("high", 2, (0.75, 0.0)),
-        ("high", 2, (0.75, 0.0)),
-        ("high", 2, (1.0, 0.0)),
-        ("low", 1, (0.0, 1.0)),
-        ("low", 1, (0.0, 1.0)),
-    ]
+    seed_steps, high_steps = SEED_STEPS, SEED_STEPS[:4]
     two = {1: ("high",), 2: ("low",)}
     assert auto_modes(seed_steps, two, copied_on_device={1, 2}) == {1: "merged", 2: "merged"}
     assert auto_modes(seed_steps, two, copied_on_device={1}) == {1: "merged", 2: "unmerged"}
     assert auto_modes(seed_steps, two, copied_on_device={2}) == {1: "unmerged", 2: "merged"}
     assert auto_modes(seed_steps, two, copied_on_device=set()) == {1: "unmerged", 2: "unmerged"}
-    long_low = [*seed_steps[:3], ("low", 100, (0.0, 1.0))]  # 100 forwards at one strength on the low expert
+    long_low = [*high_steps, ("low", 100, (0.0, 1.0))]  # 100 forwards at one strength on the low expert
     assert auto_modes(long_low, two, copied_on_device=set()) == {1: "unmerged", 2: "merged"}
     # one transformer for both experts: high's re-merge and low's span are one transformer's, copied or not
     assert auto_modes(seed_steps, {3: ("high", "low")}, copied_on_device={3}) == {3: "merged"}
     assert auto_modes(long_low, {3: ("high", "low")}, copied_on_device=set()) == {3: "merged"}
-    assert auto_modes([*seed_steps[:3]], {3: ("high", "low")}, copied_on_device={3}) == {3: "merged"}
+    assert auto_modes(high_steps, {3: ("high", "low")}, copied_on_device={3}) == {3: "merged"}
     assert auto_modes(None, two, copied_on_device={1, 2}) == {1: "unmerged", 2: "unmerged"}
     assert auto_modes([], two, copied_on_device={1, 2}) == {1: "unmerged", 2: "unmerged"}
 
