@@ -26,6 +26,7 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
+from Wan2GP.attention import check_attention_kernel, choose_attention_kernel, install_attention_kernel
 from Wan2GP.catalog import DTYPES, Catalog, CatalogError, ModelDefinition, load_catalog
 from Wan2GP.conditioning import (
     VaeCodec,
@@ -224,7 +225,10 @@ class WanEngine:
     torch.compile (diffusers' compile_repeated_blocks; on an H200 1.18x per forward, bench/README.md) when the whole
     model is resident on one GPU; the first generation at a new size pays the compile. `vae_dtype` ("bfloat16": the
     worker's --fast) overrides the definition's VAE dtype on a GPU (bf16 decodes the seed segment in 1.2 s instead of
-    1.9 s on an H200, 1.4e-2 from fp32; bench/README.md). On a GPU the VAE's convolutions run channels-last (NDHWC)."""
+    1.9 s on an H200, 1.4e-2 from fp32; bench/README.md). On a GPU the VAE's convolutions run channels-last (NDHWC).
+    `attention` ("auto", "sdpa", "flash4"; Wan2GP.attention) picks the transformers' attention kernel: "auto" is
+    FlashAttention-4 where it can run (a compute capability 9.x/10.x GPU with flash-attn-4 installed, not a
+    context-parallel rank), SDPA elsewhere."""
 
     def __init__(
         self,
@@ -243,8 +247,10 @@ class WanEngine:
         rank_group: RankGroup | None = None,
         compile_backend: str | None = None,
         vae_dtype: str | None = None,
+        attention: str = "auto",
     ) -> None:
         self.reinject_start_frame = reinject_start_frame
+        self.attention = check_attention_kernel(attention)
         if vae_dtype is not None and vae_dtype not in DTYPES:
             raise ValueError(f"vae_dtype: expected one of {', '.join(DTYPES)}, got {vae_dtype!r}")
         self.vae_dtype = vae_dtype
@@ -316,6 +322,12 @@ class WanEngine:
             definition = definition.model_copy(update={"vae_dtype": self.vae_dtype})
         weights_dir = resolve_weights_dir(definition, self.cache_dir)
         transformer_dtype, vae_dtype, text_dtype = component_dtypes(definition, self.device)
+        try:
+            kernel = choose_attention_kernel(
+                self.attention, self.device, transformer_dtype, context_parallel=self.rank_group is not None
+            )
+        except ValueError as error:
+            raise ModelLoadError(f"model {definition.id}: {error}") from None
         formats = self._weight_formats(definition)
         sizes_of = model_sizes(
             definition,
@@ -356,6 +368,8 @@ class WanEngine:
         )
         if self.device.type == "cuda":
             convolutions_channels_last(loaded.vae)
+        for transformer in {id(module): module for module in loaded.transformers.values()}.values():
+            install_attention_kernel(transformer, kernel)
         if self.rank_group is not None:
             for transformer in loaded.transformers.values():
                 enable_context_parallel(transformer, self.rank_group, model=definition.id)

@@ -1,0 +1,160 @@
+"""Wan2GP.attention: the processor that lets a kernel other than diffusers' dispatch compute the transformers'
+attention. With torch's SDPA as its product it must give exactly diffusers' own `WanAttnProcessor` output (its
+projections, norms, rotary embedding and image cross-attention are ours to get right); FlashAttention-4 itself needs a
+Hopper GPU (bench/segment_vs_stock.py measures it against SDPA there), so here its operator is checked through its
+fake, which is what torch.compile sees, on the meta device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor
+from log_capture import captured_messages
+
+from Wan2GP.attention import (
+    TEXT_CONTEXT_TOKENS,
+    KernelAttnProcessor,
+    check_attention_kernel,
+    choose_attention_kernel,
+    flash4_attention,
+    install_attention_kernel,
+    sdpa_attention,
+)
+from Wan2GP.catalog import Catalog
+from Wan2GP.engine import WanEngine
+from Wan2GP.loading import ModelLoadError
+
+IMAGE_DIM = 24
+IMAGE_TOKENS = 5
+
+
+def _transformer(*, image_context: bool, dtype: torch.dtype) -> WanTransformer3DModel:
+    torch.manual_seed(11)
+    heads, head_dim = 2, 16
+    extra = dict(image_dim=IMAGE_DIM, added_kv_proj_dim=heads * head_dim) if image_context else {}
+    return (
+        WanTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=heads,
+            attention_head_dim=head_dim,
+            in_channels=4,
+            out_channels=4,
+            text_dim=16,
+            freq_dim=32,
+            ffn_dim=48,
+            num_layers=2,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=32,
+            **extra,
+        )
+        .eval()
+        .to(dtype)
+    )
+
+
+def _inputs(*, image_context: bool, dtype: torch.dtype, device: str = "cpu") -> dict:
+    generator = torch.Generator().manual_seed(3)
+    inputs = dict(
+        hidden_states=torch.randn((1, 4, 3, 8, 6), generator=generator),
+        timestep=torch.tensor([700.0]),
+        encoder_hidden_states=torch.randn((1, TEXT_CONTEXT_TOKENS, 16), generator=generator),
+    )
+    if image_context:
+        inputs["encoder_hidden_states_image"] = torch.randn((1, IMAGE_TOKENS, IMAGE_DIM), generator=generator)
+    return {
+        name: tensor.to(device, dtype if tensor.is_floating_point() and name != "timestep" else tensor.dtype)
+        for name, tensor in inputs.items()
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("image_context", [False, True], ids=["text", "text+image"])
+def test_the_kernel_processor_with_sdpa_is_diffusers_processor(image_context: bool, dtype: torch.dtype) -> None:
+    transformer = _transformer(image_context=image_context, dtype=dtype)
+    inputs = _inputs(image_context=image_context, dtype=dtype)
+    with torch.inference_mode():
+        expected = transformer(**inputs, return_dict=False)[0]
+        for module in transformer.modules():
+            if isinstance(module, WanAttention):
+                assert isinstance(module.processor, WanAttnProcessor)
+                module.set_processor(KernelAttnProcessor(sdpa_attention))
+        actual = transformer(**inputs, return_dict=False)[0]
+    assert torch.equal(actual, expected)
+
+
+def test_every_product_goes_through_the_kernel() -> None:
+    """Self-attention, text and image cross-attention: three products per block, each by the installed kernel."""
+    transformer = _transformer(image_context=True, dtype=torch.float32)
+    calls: list[tuple[int, int]] = []
+
+    def counting(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        calls.append((query.shape[1], key.shape[1]))
+        return sdpa_attention(query, key, value)
+
+    for module in transformer.modules():
+        if isinstance(module, WanAttention):
+            module.set_processor(KernelAttnProcessor(counting))
+    with torch.inference_mode():
+        transformer(**_inputs(image_context=True, dtype=torch.float32), return_dict=False)
+    tokens = 3 * 4 * 3  # latent frames x (height / 2) x (width / 2)
+    assert calls == [(tokens, tokens), (tokens, TEXT_CONTEXT_TOKENS), (tokens, IMAGE_TOKENS)] * 2
+
+
+def test_flash4_is_installed_on_every_attention_and_traced_through_its_fake() -> None:
+    """The FlashAttention-4 operator on the meta device runs its fake: the output shape a full-graph compile needs,
+    here for a whole forward of a transformer whose every attention module was given the kernel."""
+    transformer = _transformer(image_context=True, dtype=torch.bfloat16)
+    assert install_attention_kernel(transformer, "flash4") == 2 * 2  # self- and cross-attention in each of 2 blocks
+    assert all(
+        isinstance(module.processor, KernelAttnProcessor) and module.processor.product is flash4_attention
+        for module in transformer.modules()
+        if isinstance(module, WanAttention)
+    )
+    query = torch.empty((1, 36, 2, 16), device="meta", dtype=torch.bfloat16)
+    value = torch.empty((1, 7, 2, 8), device="meta", dtype=torch.bfloat16)
+    assert flash4_attention(query, value.new_empty((1, 7, 2, 16)), value).shape == (1, 36, 2, 8)
+    with torch.inference_mode():
+        out = transformer.to("meta")(
+            **_inputs(image_context=True, dtype=torch.bfloat16, device="meta"), return_dict=False
+        )[0]
+    assert out.shape == (1, 4, 3, 8, 6) and out.device.type == "meta"
+
+
+def test_sdpa_leaves_diffusers_processor() -> None:
+    transformer = _transformer(image_context=False, dtype=torch.float32)
+    assert install_attention_kernel(transformer, "sdpa") == 0
+    assert all(
+        isinstance(module.processor, WanAttnProcessor)
+        for module in transformer.modules()
+        if isinstance(module, WanAttention)
+    )
+
+
+def test_choosing_the_kernel() -> None:
+    cpu = torch.device("cpu")
+    with captured_messages("INFO") as messages:
+        assert choose_attention_kernel("auto", cpu, torch.bfloat16, context_parallel=False) == "sdpa"
+    assert messages == ["attention by SDPA: cpu is not a CUDA GPU"]
+    with captured_messages("INFO") as messages:
+        assert choose_attention_kernel("auto", cpu, torch.bfloat16, context_parallel=True) == "sdpa"
+    assert messages == [
+        "attention by SDPA: context-parallel ranks keep diffusers' processor, whose hooks split the sequence"
+    ]
+    assert choose_attention_kernel("sdpa", cpu, torch.bfloat16, context_parallel=False) == "sdpa"
+    with pytest.raises(ValueError, match=r"^attention: 'flash4' cannot run here: cpu is not a CUDA GPU$"):
+        choose_attention_kernel("flash4", cpu, torch.bfloat16, context_parallel=False)
+    with pytest.raises(ValueError, match=r"^attention: expected one of auto, sdpa, flash4, got 'flash3'$"):
+        check_attention_kernel("flash3")
+
+
+def test_the_engine_refuses_flash4_where_it_cannot_run(cache_dir: Path, catalog: Catalog) -> None:
+    engine = WanEngine(device="cpu", cache_dir=cache_dir, catalog=catalog, attention="flash4")
+    with pytest.raises(ModelLoadError, match=r"^model wan_tiny_t2v: attention: 'flash4' cannot run here: cpu is"):
+        engine.load("wan_tiny_t2v")
+    assert engine.loaded_model() is None
+    with pytest.raises(ValueError, match=r"^attention: expected one of"):
+        WanEngine(device="cpu", cache_dir=cache_dir, catalog=catalog, attention="fa3")
