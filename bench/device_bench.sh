@@ -13,8 +13,17 @@ shift 2
 mkdir -p "$OUT" /tmp/site
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH="/tmp/site:$PWD/.whl/extra:$PWD:$PWD/bench"
+# FlashAttention-4's site folder (flash-attn-4 and its CuTe DSL compiler, 263 MB unpacked) is over one call's 64 MiB
+# even compressed: it travels as an xz'd tar in parts, .site-a/ in one call and .site-b/ in the next (ignored paths
+# stay on the machine between calls while it is held), joined and unpacked here (bench/README.md says how).
+if ls .site-a/*.part* .site-b/*.part* >/dev/null 2>&1; then
+    cat .site-a/*.part* .site-b/*.part* | xz -d | tar -x -C /tmp || exit 3
+    # what the package's .pth would add, which PYTHONPATH folders do not read
+    export PYTHONPATH="$PYTHONPATH:/tmp/site312:/tmp/site312/nvidia_cutlass_dsl/dsl_packages"
+fi
 python3 -c 'import torch, diffusers, transformers, peft, loguru, pydantic, imageio_ffmpeg, Wan2GP.engine
 print("torch", torch.__version__, "diffusers", diffusers.__version__, "transformers", transformers.__version__, "peft", peft.__version__)' || exit 2
+python3 -c 'import flash_attn.cute, importlib.metadata as m; print("flash-attn-4", m.version("flash-attn-4"), "cutlass-dsl", m.version("nvidia-cutlass-dsl"))' 2>&1 | tail -1
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
     free -g

@@ -81,13 +81,20 @@ def build_text_encoder(config: dict[str, Any], device: torch.device, seed: int) 
 def run_versions() -> dict[str, str]:
     """What a benchmark's results were measured with."""
     import sys
+    from importlib.metadata import PackageNotFoundError, version
 
     import diffusers
     import transformers
 
-    return {
+    versions = {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
     }
+    for optional in ("peft", "torchao", "flash-attn-4", "nvidia-cutlass-dsl"):
+        try:
+            versions[optional] = version(optional)
+        except PackageNotFoundError:
+            pass
+    return versions

@@ -25,7 +25,11 @@ module's call, both sides alike). Variants:
   by an fp32 copy in the NCDHW layout: time and error;
 - the LoRAs merged with their exact originals on the device: each strength change of the seed segment, and the close;
 - for `compiled` and `fast`: one high-noise forward under torch.profiler, its device time split into attention, matmul
-  and the rest (`kernel_profile`), to show where a forward's time goes.
+  and the rest (`kernel_profile`), to show where a forward's time goes;
+- `--attention` (sdpa, flash4, auto: `WanEngine(attention=...)`) is the attention kernel of the `compiled` and `fast`
+  engines (the eager engine shares its modules with stock and keeps SDPA); each kernel that can run here is also timed
+  alone on the seed segment's self-attention (`attention_check`: 1x24192 tokens x 40 heads x 128), with its error
+  against fp32.
 
     python bench/segment_vs_stock.py --json out.json --variants ours,stock,compiled   # on an H200
     python bench/segment_vs_stock.py --tiny                                           # CPU smoke test
@@ -61,6 +65,7 @@ from memory_profiles import (
 )
 from random_models import run_versions
 
+from Wan2GP.attention import ATTENTION_KERNELS, ATTENTION_PRODUCTS, flash4_unavailable
 from Wan2GP.catalog import load_catalog
 from Wan2GP.conditioning import VaeCodec
 from Wan2GP.engine import WanEngine
@@ -269,6 +274,43 @@ def kernel_profile(module: torch.nn.Module, inputs: dict[str, Any], device: torc
     }
 
 
+def attention_check(
+    device: torch.device, *, tokens: int = 24192, heads: int = 40, head_dim: int = 128, repeats: int = 10
+) -> dict[str, Any]:
+    """Each attention kernel that can run on `device` on one random bf16 self-attention of the given size (the seed
+    segment's by default): median time, TFLOP/s (4 * tokens^2 * heads * head_dim FLOPs) and relative error against
+    the same product in fp32 (SDPA's memory-efficient kernel on a GPU)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    generator = torch.Generator(device="cpu").manual_seed(7)
+    query, key, value = (
+        torch.randn((1, tokens, heads, head_dim), generator=generator).to(device, dtype) for _ in range(3)
+    )
+    with torch.inference_mode():
+        reference = ATTENTION_PRODUCTS["sdpa"](query.float(), key.float(), value.float())
+    report: dict[str, Any] = {"shape": [1, tokens, heads, head_dim], "dtype": str(dtype)}
+    for name, product in ATTENTION_PRODUCTS.items():
+        why = flash4_unavailable(device, dtype) if name == "flash4" else None
+        if why is not None:
+            report[name] = {"unavailable": why}
+            continue
+        seconds = []
+        with torch.inference_mode():
+            for repeat in range(repeats + 2):  # two warm-ups: flash4 compiles its kernel on the first call
+                synchronize(device)
+                started = time.perf_counter()
+                out = product(query, key, value)
+                synchronize(device)
+                if repeat >= 2:
+                    seconds.append(time.perf_counter() - started)
+        median = statistics.median(seconds)
+        report[name] = {
+            "seconds": median,
+            "tflops": 4 * tokens**2 * heads * head_dim / median / 1e12,
+            "rel_error_vs_fp32": float((out.float() - reference).norm() / reference.norm()),
+        }
+    return report
+
+
 def vae_decode_check(vae: torch.nn.Module, latents: torch.Tensor, device: torch.device) -> dict[str, Any]:
     """The engine's fp32 decode (on a GPU its convolutions channels-last, NDHWC) against other ways to decode the same
     latents with the same VAE weights: a bf16 copy (the worker's --fast), and an fp32 copy in the default NCDHW layout
@@ -353,6 +395,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--compile-backend", default="inductor", help="torch.compile backend of the compiled variants (tests: eager)"
     )
+    parser.add_argument(
+        "--attention",
+        default="sdpa",
+        choices=ATTENTION_KERNELS,
+        help="attention kernel of the compiled and fast engines (the eager engine shares stock's modules: SDPA)",
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--workdir", type=Path, help="default: a temporary folder")
     args = parser.parse_args(argv)
@@ -370,7 +418,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with_loras = segment_params(width=width, height=height, frames=frames, loras=loras, keyframes=keyframes)
     without = {key: value for key, value in with_loras.items() if key not in ("activated_loras", "loras_multipliers")}
 
-    def make_engine(compile_backend: str | None = None, weights: str | None = None) -> WanEngine:
+    def make_engine(
+        compile_backend: str | None = None, weights: str | None = None, attention: str = "sdpa"
+    ) -> WanEngine:
         fast = weights == "fp8_dynamic"  # as the worker's --fast: fp8 blocks, compiled, a bf16 VAE
         return WanEngine(
             device=str(device),
@@ -381,6 +431,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             compile_backend=compile_backend,
             transformer_weights=weights,
             vae_dtype="bfloat16" if fast else None,
+            attention=attention,
         )
 
     engine = make_engine()
@@ -389,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "versions": run_versions(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "size": [width, height, frames],
+        "attention": args.attention,
         "variants": {},
     }
     variants = report["variants"]
@@ -401,6 +453,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.json:
             args.json.write_text(json.dumps(report, indent=2))
 
+    report["attention_check"] = (
+        attention_check(device, tokens=256, heads=2, head_dim=16) if args.tiny else attention_check(device)
+    )
+    print("attention kernels:", json.dumps(report["attention_check"]), flush=True)
+    save()
     requests = {False: engine.resolve(without), True: engine.resolve(with_loras)}
     latents: dict[str, torch.Tensor] = {}
     for name in ("ours_loras", "ours"):
@@ -434,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        engine = make_engine(args.compile_backend, weights)
+        engine = make_engine(args.compile_backend, weights, args.attention)
         for name in names:
             eager = "ours_loras" if name.endswith("_loras") else "ours"
             try:
