@@ -19,7 +19,7 @@ from source.worker.logs import configure_logging
 from source.worker.ranks import run_context_parallel
 from source.worker.services import build_services
 from source.worker.settings import WorkerSettings
-from Wan2GP.catalog import CatalogError
+from Wan2GP.catalog import ATTENTION_KERNELS, CatalogError
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -127,6 +127,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="the fast path: fp8 weights and activations in the transformers' blocks (torchao), compiled as with "
         "--compile, and a bf16 VAE; on a GPU without fp8 matmuls (before compute capability 8.9) the weights stay as "
         "without it [env HW_FAST]",
+    )
+    engine.add_argument(
+        "--attention",
+        choices=ATTENTION_KERNELS,
+        help="the transformers' attention kernel: flash4 is FlashAttention-4 (pip install -r requirements-hopper.txt; compute "
+        "capability 9.x/10.x, bf16/fp16), sdpa torch's scaled_dot_product_attention; auto takes flash4 where it can "
+        "run [env HW_ATTENTION; default auto]",
     )
     engine.add_argument(
         "--context-parallel",

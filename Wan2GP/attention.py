@@ -3,7 +3,7 @@
 "sdpa" is torch's scaled_dot_product_attention, the path diffusers' own processor takes (on a Hopper GPU it picks
 cuDNN's flash kernel, about 560 TFLOP/s on the seed segment's self-attention, half of a compiled forward:
 bench/README.md); it runs everywhere and is the reference. "flash4" is FlashAttention-4 (`flash_attn.cute`, written in
-CuTe DSL and compiled at run time, so it needs no build step: the `hopper` extra of pyproject.toml), which runs on
+CuTe DSL and compiled at run time, so it needs no build step: requirements-hopper.txt), which runs on
 compute capability 9.x and 10.x GPUs in bf16 and fp16. "auto" takes flash4 where it can run and sdpa elsewhere.
 
 diffusers' attention dispatch only knows its own backends (its FlashAttention-4 one downloads the kernel from the Hub
@@ -27,7 +27,8 @@ from diffusers.models.transformers.transformer_wan import (
 )
 from loguru import logger
 
-ATTENTION_KERNELS = ("auto", "sdpa", "flash4")
+from Wan2GP.catalog import ATTENTION_KERNELS
+
 TEXT_CONTEXT_TOKENS = 512  # diffusers' Wan I2V processor: the image context is what precedes the last 512 tokens
 
 # (batch, tokens, heads, head_dim) query, key and value in; (batch, tokens, heads, head_dim of value) out
@@ -50,7 +51,7 @@ def flash4_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
     if dtype not in (torch.bfloat16, torch.float16):
         return f"the transformer computes in {dtype} (FlashAttention-4 takes bf16 and fp16)"
     if importlib.util.find_spec("flash_attn") is None or importlib.util.find_spec("flash_attn.cute") is None:
-        return "flash-attn-4 is not installed (pip install '.[hopper]')"
+        return "flash-attn-4 is not installed (pip install -r requirements-hopper.txt)"
     return None
 
 

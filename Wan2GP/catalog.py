@@ -35,6 +35,8 @@ from Wan2GP.limits import DEFAULT_RESOLUTION, parse_resolution
 from Wan2GP.schedule import PlanError, build_plan, normalize_solver
 
 DTYPES: tuple[str, ...] = ("bfloat16", "float16", "float32")
+# The engine's attention kernels (Wan2GP.attention); named here, torch-free, for the worker's flags.
+ATTENTION_KERNELS: tuple[str, ...] = ("auto", "sdpa", "flash4")
 
 # Names that earlier payloads used for models that were later renamed (seed 001 sends the bare name).
 LEGACY_ALIASES: Mapping[str, str] = {"lightning_baseline_2_2_2": "wan_2_2_vace_lightning_baseline_2_2_2"}

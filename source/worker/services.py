@@ -36,6 +36,7 @@ def build_services(settings: WorkerSettings, rank_group: RankGroup | None = None
             compile_backend="inductor" if settings.compile or settings.fast else None,
             transformer_weights="fp8_dynamic" if settings.fast else None,
             vae_dtype="bfloat16" if settings.fast else None,
+            attention=settings.attention,
         )
         if rank_group is not None and rank_group.is_leader:
             from Wan2GP.context_parallel import ContextParallelLeader

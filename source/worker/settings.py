@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from source.queue import resolve_db_url
 from source.queue.urls import DB_URL_ENV_VARS
 from source.tasks.context import TaskSettings
+from Wan2GP.catalog import ATTENTION_KERNELS
 from Wan2GP.placement import parse_budget_gb
 from Wan2GP.prompt_text import DEFAULT_PROMPT_MODEL
 
@@ -64,6 +65,7 @@ class WorkerSettings:
     context_parallel: int = 1  # GPUs each generation is split over (source.worker.ranks); 1: one GPU per worker
     compile: bool = False  # torch.compile the transformers' repeated block (resident placements on one GPU)
     fast: bool = False  # fp8 weights and activations in the transformers' blocks, compiled, bf16 VAE (GPUs)
+    attention: str = "auto"  # the transformers' attention kernel (Wan2GP.attention): auto, sdpa or flash4
     defaults_dirs: tuple[Path, ...] = ()  # folders of model definition files over the bundled ones (upstream's)
     prompt_fallback: bool = True  # the VLM cannot load: run with the base prompts (False: fail the travel run)
     supabase_url: str | None = None
@@ -185,6 +187,12 @@ def _parse_bool(text: str) -> bool:
     raise ValueError("expected true/false, 1/0, yes/no or on/off")
 
 
+def _parse_attention(text: str) -> str:
+    if text not in ATTENTION_KERNELS:
+        raise ValueError(f"expected one of {', '.join(ATTENTION_KERNELS)}")
+    return text
+
+
 def parse_task_types(text: str) -> tuple[str, ...]:
     types = tuple(part.strip() for part in text.split(",") if part.strip())
     if not types:
@@ -242,6 +250,7 @@ def settings_from_values(values: Mapping[str, Any], environ: Mapping[str, str] |
         context_parallel=pick("context_parallel", "HW_CONTEXT_PARALLEL", int, default_of("context_parallel")),
         compile=bool(values.get("compile")) or bool(_from_env("HW_COMPILE", _parse_bool, env)),
         fast=bool(values.get("fast")) or bool(_from_env("HW_FAST", _parse_bool, env)),
+        attention=pick("attention", "HW_ATTENTION", _parse_attention, default_of("attention")),
         defaults_dirs=tuple(
             _path(text)
             for text in (values.get("defaults_dirs") or _from_env("HW_DEFAULTS_DIRS", _path_list, env) or ())

@@ -237,6 +237,19 @@ def test_compile_and_fast_reach_the_engine() -> None:
     assert (fast.compile_backend, fast.transformer_weights, fast.vae_dtype) == ("inductor", "fp8_dynamic", "bfloat16")
 
 
+def test_the_attention_kernel_reaches_the_engine() -> None:
+    from source.worker.services import build_services
+
+    def engine_attention(values: dict, environ: dict) -> str:
+        return build_services(settings_from_values({**values, "device": "cpu"}, environ)).engine_factory().attention
+
+    assert engine_attention({}, {}) == "auto"
+    assert engine_attention({"attention": "sdpa"}, {"HW_ATTENTION": "flash4"}) == "sdpa"  # the flag wins
+    assert engine_attention({}, {"HW_ATTENTION": "flash4"}) == "flash4"
+    with pytest.raises(SettingsError, match=r"HW_ATTENTION='fa3': expected one of auto, sdpa, flash4"):
+        settings_from_values({}, {"HW_ATTENTION": "fa3"})
+
+
 def test_settings_errors_name_the_setting() -> None:
     with pytest.raises(SettingsError, match="HW_LEASE_SECONDS='soon'"):
         settings_from_values({}, {"HW_LEASE_SECONDS": "soon"})
