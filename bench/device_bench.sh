@@ -14,10 +14,13 @@ mkdir -p "$OUT" /tmp/site
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH="/tmp/site:$PWD/.whl/extra:$PWD:$PWD/bench"
 # FlashAttention-4's site folder (flash-attn-4 and its CuTe DSL compiler, 263 MB unpacked) is over one call's 64 MiB
-# even compressed: it travels as an xz'd tar in parts, .site-a/ in one call and .site-b/ in the next (ignored paths
-# stay on the machine between calls while it is held), joined and unpacked here (bench/README.md says how).
-if ls .site-a/*.part* .site-b/*.part* >/dev/null 2>&1; then
-    cat .site-a/*.part* .site-b/*.part* | xz -d | tar -x -C /tmp || exit 3
+# even compressed: it travels as an xz'd tar in two parts, .site-a/ in one call and .site-b/ in the next. A carried
+# folder does not outlive its call, so each call copies its part to /tmp/fa4-parts, which does while the machine is
+# held; once both are there they are joined and unpacked (bench/README.md says how the parts are made).
+mkdir -p /tmp/fa4-parts
+cp .site-a/*.part* .site-b/*.part* /tmp/fa4-parts/ 2>/dev/null
+if [ -f /tmp/fa4-parts/fa4site312.tar.xz.part00 ] && [ -f /tmp/fa4-parts/fa4site312.tar.xz.part01 ]; then
+    [ -d /tmp/site312 ] || { cat /tmp/fa4-parts/*.part* | xz -d | tar -x -C /tmp || exit 3; }
     # what the package's .pth would add, which PYTHONPATH folders do not read
     export PYTHONPATH="$PYTHONPATH:/tmp/site312:/tmp/site312/nvidia_cutlass_dsl/dsl_packages"
 fi

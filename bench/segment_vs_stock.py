@@ -26,10 +26,11 @@ module's call, both sides alike). Variants:
 - the LoRAs merged with their exact originals on the device: each strength change of the seed segment, and the close;
 - for `compiled` and `fast`: one high-noise forward under torch.profiler, its device time split into attention, matmul
   and the rest (`kernel_profile`), to show where a forward's time goes;
-- `--attention` (sdpa, flash4, auto: `WanEngine(attention=...)`) is the attention kernel of the `compiled` and `fast`
-  engines (the eager engine shares its modules with stock and keeps SDPA); each kernel that can run here is also timed
-  alone on the seed segment's self-attention (`attention_check`: 1x24192 tokens x 40 heads x 128), with its error
-  against fp32.
+- `--attention` (sdpa, flash4, auto: `WanEngine(attention=...)`) is the attention kernel of the later engines (the
+  first one shares its modules with stock and keeps SDPA): `ours_attention`, `ours_attention_loras` (uncompiled, as the
+  worker runs without --compile or --fast, with the error of one forward against the SDPA one), `compiled*`, `fast*`;
+  each kernel that can run here is also timed alone on the seed segment's self-attention (`attention_check`:
+  1x24192 tokens x 40 heads x 128), with its error against fp32.
 
     python bench/segment_vs_stock.py --json out.json --variants ours,stock,compiled   # on an H200
     python bench/segment_vs_stock.py --tiny                                           # CPU smoke test
@@ -72,7 +73,17 @@ from Wan2GP.engine import WanEngine
 from Wan2GP.loading import LoadedModel
 from Wan2GP.request import GenerationRequest
 
-VARIANTS = ("ours_loras", "ours", "stock", "compiled", "compiled_loras", "fast", "fast_loras")
+VARIANTS = (
+    "ours_loras",
+    "ours",
+    "stock",
+    "ours_attention",
+    "ours_attention_loras",
+    "compiled",
+    "compiled_loras",
+    "fast",
+    "fast_loras",
+)
 
 
 class ForwardTimer:
@@ -482,8 +493,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     reference_forward = one_forward(model.transformers["high"], forward_inputs)
     del model
     # Each later engine is built on the same seed's weights after the one before is unloaded (stock and the eager
-    # variants above ran on modules no compile touched): the worker's --compile, then its --fast.
-    for later, weights in (("compiled", None), ("fast", "fp8_dynamic")):
+    # variants above ran on modules nothing else touched): --attention's kernel uncompiled, the worker's --compile,
+    # then its --fast.
+    for later, compile_backend, weights in (
+        ("ours_attention", None, None),
+        ("compiled", args.compile_backend, None),
+        ("fast", args.compile_backend, "fp8_dynamic"),
+    ):
         names = [name for name in (later, f"{later}_loras") if name in wanted]
         if not names:
             continue
@@ -491,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        engine = make_engine(args.compile_backend, weights, args.attention)
+        engine = make_engine(compile_backend, weights, args.attention)
         for name in names:
             eager = "ours_loras" if name.endswith("_loras") else "ours"
             try:

@@ -24,7 +24,8 @@ def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
                 "--workdir",
                 str(tmp_path / "w"),
             ),
-            *("--variants", "ours_loras,ours,fast", "--compile-backend", "eager", "--runs", "1"),
+            *("--variants", "ours_loras,ours,ours_attention,fast", "--compile-backend", "eager", "--runs", "1"),
+            *("--attention", "auto"),
         ],
         cwd=repo,
         env={**os.environ, "PYTHONPATH": str(repo)},
@@ -34,10 +35,10 @@ def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
     )
     report = json.loads(out.read_text())
     variants = report["variants"]
-    assert list(variants) == ["ours_loras", "ours", "stock", "fast"]
+    assert list(variants) == ["ours_loras", "ours", "stock", "ours_attention", "fast"]
     # the seed segment's plan: 3 guided steps on the high expert (2 forwards each), then one forward a step; stock
     # runs the unconditional pass on every one of its 6 steps
-    for name in ("ours_loras", "ours", "fast"):
+    for name in ("ours_loras", "ours", "ours_attention", "fast"):
         assert variants[name]["forward_count"] == 8
         for run in variants[name]["runs"]:
             assert run["forwards"] == {"high": 6, "low": 2}
@@ -48,6 +49,12 @@ def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
     # engine rebuilt from the same seed, its video is the eager one's (tests/engine/test_compile.py covers --compile)
     assert variants["fast"]["weights"] == "native" and variants["fast"]["latents_rel_error_vs_ours"] == 0.0
     assert variants["fast"]["one_forward_rel_error_vs_eager"] == 0.0
+    # --attention auto on a CPU is SDPA through diffusers' own processor: the eager engine's video, forward for forward
+    assert variants["ours_attention"]["latents_rel_error_vs_ours"] == 0.0
+    assert variants["ours_attention"]["one_forward_rel_error_vs_eager"] == 0.0
+    kernels = report["attention_check"]  # each kernel alone: SDPA timed against fp32, FlashAttention-4 says why not
+    assert kernels["sdpa"]["seconds"] > 0 and kernels["sdpa"]["rel_error_vs_fp32"] < 1e-6
+    assert kernels["flash4"] == {"unavailable": "cpu is not a CUDA GPU"}
     # where one forward's time goes: on the CPU the aten ops stand in for kernels; the blocks' Linear layers and SDPA
     # are both there, and the kinds add up to the total
     profile = variants["fast"]["kernel_profile"]
