@@ -27,18 +27,10 @@ from diffusers.models.transformers.transformer_wan import (
 )
 from loguru import logger
 
-from Wan2GP.catalog import ATTENTION_KERNELS
-
 TEXT_CONTEXT_TOKENS = 512  # diffusers' Wan I2V processor: the image context is what precedes the last 512 tokens
 
 # (batch, tokens, heads, head_dim) query, key and value in; (batch, tokens, heads, head_dim of value) out
 AttentionProduct = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def check_attention_kernel(name: str) -> str:
-    if name not in ATTENTION_KERNELS:
-        raise ValueError(f"attention: expected one of {', '.join(ATTENTION_KERNELS)}, got {name!r}")
-    return name
 
 
 def flash4_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:

@@ -38,6 +38,13 @@ DTYPES: tuple[str, ...] = ("bfloat16", "float16", "float32")
 # The engine's attention kernels (Wan2GP.attention); named here, torch-free, for the worker's flags.
 ATTENTION_KERNELS: tuple[str, ...] = ("auto", "sdpa", "flash4")
 
+
+def check_attention_kernel(name: str) -> str:
+    if name not in ATTENTION_KERNELS:
+        raise ValueError(f"attention: expected one of {', '.join(ATTENTION_KERNELS)}, got {name!r}")
+    return name
+
+
 # Names that earlier payloads used for models that were later renamed (seed 001 sends the bare name).
 LEGACY_ALIASES: Mapping[str, str] = {"lightning_baseline_2_2_2": "wan_2_2_vace_lightning_baseline_2_2_2"}
 

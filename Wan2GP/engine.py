@@ -26,8 +26,8 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from Wan2GP.attention import check_attention_kernel, choose_attention_kernel, install_attention_kernel
-from Wan2GP.catalog import DTYPES, Catalog, CatalogError, ModelDefinition, load_catalog
+from Wan2GP.attention import choose_attention_kernel, install_attention_kernel
+from Wan2GP.catalog import DTYPES, Catalog, CatalogError, ModelDefinition, check_attention_kernel, load_catalog
 from Wan2GP.conditioning import (
     VaeCodec,
     black_frame,

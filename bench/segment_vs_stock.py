@@ -66,8 +66,8 @@ from memory_profiles import (
 )
 from random_models import run_versions
 
-from Wan2GP.attention import ATTENTION_KERNELS, ATTENTION_PRODUCTS, flash4_unavailable
-from Wan2GP.catalog import load_catalog
+from Wan2GP.attention import ATTENTION_PRODUCTS, flash4_unavailable
+from Wan2GP.catalog import ATTENTION_KERNELS, load_catalog
 from Wan2GP.conditioning import VaeCodec
 from Wan2GP.engine import WanEngine
 from Wan2GP.loading import LoadedModel

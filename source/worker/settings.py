@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from source.queue import resolve_db_url
 from source.queue.urls import DB_URL_ENV_VARS
 from source.tasks.context import TaskSettings
-from Wan2GP.catalog import ATTENTION_KERNELS
+from Wan2GP.catalog import check_attention_kernel
 from Wan2GP.placement import parse_budget_gb
 from Wan2GP.prompt_text import DEFAULT_PROMPT_MODEL
 
@@ -187,12 +187,6 @@ def _parse_bool(text: str) -> bool:
     raise ValueError("expected true/false, 1/0, yes/no or on/off")
 
 
-def _parse_attention(text: str) -> str:
-    if text not in ATTENTION_KERNELS:
-        raise ValueError(f"expected one of {', '.join(ATTENTION_KERNELS)}")
-    return text
-
-
 def parse_task_types(text: str) -> tuple[str, ...]:
     types = tuple(part.strip() for part in text.split(",") if part.strip())
     if not types:
@@ -250,7 +244,7 @@ def settings_from_values(values: Mapping[str, Any], environ: Mapping[str, str] |
         context_parallel=pick("context_parallel", "HW_CONTEXT_PARALLEL", int, default_of("context_parallel")),
         compile=bool(values.get("compile")) or bool(_from_env("HW_COMPILE", _parse_bool, env)),
         fast=bool(values.get("fast")) or bool(_from_env("HW_FAST", _parse_bool, env)),
-        attention=pick("attention", "HW_ATTENTION", _parse_attention, default_of("attention")),
+        attention=pick("attention", "HW_ATTENTION", check_attention_kernel, default_of("attention")),
         defaults_dirs=tuple(
             _path(text)
             for text in (values.get("defaults_dirs") or _from_env("HW_DEFAULTS_DIRS", _path_list, env) or ())

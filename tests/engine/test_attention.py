@@ -17,13 +17,12 @@ from log_capture import captured_messages
 from Wan2GP.attention import (
     TEXT_CONTEXT_TOKENS,
     KernelAttnProcessor,
-    check_attention_kernel,
     choose_attention_kernel,
     flash4_attention,
     install_attention_kernel,
     sdpa_attention,
 )
-from Wan2GP.catalog import Catalog
+from Wan2GP.catalog import Catalog, check_attention_kernel
 from Wan2GP.engine import WanEngine
 from Wan2GP.loading import ModelLoadError
 
