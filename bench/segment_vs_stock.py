@@ -410,7 +410,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--attention",
         default="sdpa",
         choices=ATTENTION_KERNELS,
-        help="attention kernel of the compiled and fast engines (the eager engine shares stock's modules: SDPA)",
+        help="attention kernel of the engines built after the first (ours_attention, compiled, fast); the first shares "
+        "stock's modules and keeps SDPA",
     )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--workdir", type=Path, help="default: a temporary folder")
