@@ -45,6 +45,7 @@ TARGETS: dict[str, list[str]] = {
         "tests/engine/test_equivalence.py",
     ],
     "Wan2GP/conditioning.py": ["tests/engine/test_conditioning_layouts.py"],
+    "Wan2GP/attention.py": ["tests/engine/test_attention.py"],
     "Wan2GP/loras.py": [
         "tests/engine/test_loras.py",
         "tests/engine/test_lora_layouts.py",
