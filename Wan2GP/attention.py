@@ -35,34 +35,51 @@ AttentionProduct = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Te
 
 def flash4_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
     """Why FlashAttention-4 cannot run on `device` for weights of `dtype` (None: it can)."""
-    if device.type != "cuda":
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    installed = (
+        importlib.util.find_spec("flash_attn") is not None and importlib.util.find_spec("flash_attn.cute") is not None
+    )
+    return flash4_refusal(str(device), capability, dtype, installed=installed)
+
+
+def flash4_refusal(
+    device: str, capability: tuple[int, int] | None, dtype: torch.dtype, *, installed: bool
+) -> str | None:
+    """The reason FlashAttention-4 cannot run on `device` (its CUDA compute capability, None for no CUDA GPU) for
+    weights of `dtype`, or None where it can."""
+    if capability is None:
         return f"{device} is not a CUDA GPU"
-    major, minor = torch.cuda.get_device_capability(device)
+    major, minor = capability
     if major not in (9, 10):
         return f"{device} has compute capability {major}.{minor} (FlashAttention-4 runs on 9.x and 10.x)"
     if dtype not in (torch.bfloat16, torch.float16):
         return f"the transformer computes in {dtype} (FlashAttention-4 takes bf16 and fp16)"
-    if importlib.util.find_spec("flash_attn") is None or importlib.util.find_spec("flash_attn.cute") is None:
+    if not installed:
         return "flash-attn-4 is not installed (pip install -r requirements-hopper.txt)"
     return None
 
 
 def choose_attention_kernel(wanted: str, device: torch.device, dtype: torch.dtype, *, context_parallel: bool) -> str:
-    """The kernel a load installs: `wanted` itself, or for "auto" flash4 where it can run and sdpa elsewhere. An
-    explicit "flash4" that cannot run is an error, not a silent slowdown."""
-    if wanted == "sdpa":
-        return "sdpa"
-    why = (
+    """The kernel a load installs on `device` for a transformer computing in `dtype` (pick_attention_kernel)."""
+    refused = (
         "context-parallel ranks keep diffusers' processor, whose hooks split the sequence"
         if context_parallel
         else flash4_unavailable(device, dtype)
     )
-    if why is None:
+    return pick_attention_kernel(wanted, refused, device=str(device))
+
+
+def pick_attention_kernel(wanted: str, flash4_refused: str | None, *, device: str) -> str:
+    """`wanted` itself, or for "auto" flash4 unless `flash4_refused` says why it cannot run, then sdpa. An explicit
+    "flash4" that cannot run is an error, not a silent slowdown."""
+    if wanted == "sdpa":
+        return "sdpa"
+    if flash4_refused is None:
         logger.info("attention by FlashAttention-4 on {}", device)
         return "flash4"
     if wanted == "flash4":
-        raise ValueError(f"attention: 'flash4' cannot run here: {why}")
-    logger.info("attention by SDPA: {}", why)
+        raise ValueError(f"attention: 'flash4' cannot run here: {flash4_refused}")
+    logger.info("attention by SDPA: {}", flash4_refused)
     return "sdpa"
 
 

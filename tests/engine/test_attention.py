@@ -19,7 +19,9 @@ from Wan2GP.attention import (
     KernelAttnProcessor,
     choose_attention_kernel,
     flash4_attention,
+    flash4_refusal,
     install_attention_kernel,
+    pick_attention_kernel,
     sdpa_attention,
 )
 from Wan2GP.catalog import Catalog, check_attention_kernel
@@ -148,6 +150,54 @@ def test_choosing_the_kernel() -> None:
         choose_attention_kernel("flash4", cpu, torch.bfloat16, context_parallel=False)
     with pytest.raises(ValueError, match=r"^attention: expected one of auto, sdpa, flash4, got 'flash3'$"):
         check_attention_kernel("flash3")
+
+
+def test_picking_the_kernel_where_flash4_can_run() -> None:
+    with captured_messages("INFO") as messages:
+        assert pick_attention_kernel("auto", None, device="cuda:0") == "flash4"
+        assert pick_attention_kernel("flash4", None, device="cuda:0") == "flash4"
+        assert pick_attention_kernel("sdpa", None, device="cuda:0") == "sdpa"  # asked for: kept, whatever runs here
+    assert messages == ["attention by FlashAttention-4 on cuda:0"] * 2
+    with captured_messages("INFO") as messages:
+        assert pick_attention_kernel("auto", "it cannot", device="cuda:0") == "sdpa"
+    assert messages == ["attention by SDPA: it cannot"]
+
+
+def test_which_gpus_get_flash4() -> None:
+    """FlashAttention-4 runs on Hopper (9.x) and Blackwell (10.x) in bf16 or fp16, once installed; everything else is
+    refused with the reason the log (auto) or the error (flash4) shows."""
+    for capability in ((9, 0), (10, 0), (10, 3)):
+        for dtype in (torch.bfloat16, torch.float16):
+            assert flash4_refusal("cuda:1", capability, dtype, installed=True) is None
+    refusals = {
+        (
+            "cuda:1",
+            (8, 9),
+            torch.bfloat16,
+            True,
+        ): "cuda:1 has compute capability 8.9 (FlashAttention-4 runs on 9.x and 10.x)",
+        (
+            "cuda:0",
+            (12, 0),
+            torch.bfloat16,
+            True,
+        ): "cuda:0 has compute capability 12.0 (FlashAttention-4 runs on 9.x and 10.x)",
+        (
+            "cuda:0",
+            (9, 0),
+            torch.float32,
+            True,
+        ): "the transformer computes in torch.float32 (FlashAttention-4 takes bf16 and fp16)",
+        (
+            "cuda:0",
+            (9, 0),
+            torch.bfloat16,
+            False,
+        ): "flash-attn-4 is not installed (pip install -r requirements-hopper.txt)",
+        ("mps", None, torch.bfloat16, True): "mps is not a CUDA GPU",
+    }
+    for (device, capability, dtype, installed), reason in refusals.items():
+        assert flash4_refusal(device, capability, dtype, installed=installed) == reason
 
 
 def test_the_engine_refuses_flash4_where_it_cannot_run(cache_dir: Path, catalog: Catalog) -> None:
