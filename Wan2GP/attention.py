@@ -36,10 +36,14 @@ AttentionProduct = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Te
 def flash4_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
     """Why FlashAttention-4 cannot run on `device` for weights of `dtype` (None: it can)."""
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    installed = (
+    return flash4_refusal(str(device), capability, dtype, installed=flash4_installed())
+
+
+def flash4_installed() -> bool:
+    """Whether FlashAttention-4 can be imported: `flash_attn.cute`, not only FlashAttention-2's `flash_attn`."""
+    return (
         importlib.util.find_spec("flash_attn") is not None and importlib.util.find_spec("flash_attn.cute") is not None
     )
-    return flash4_refusal(str(device), capability, dtype, installed=installed)
 
 
 def flash4_refusal(

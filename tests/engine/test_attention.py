@@ -6,6 +6,7 @@ fake, which is what torch.compile sees, on the meta device."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from Wan2GP.attention import (
     KernelAttnProcessor,
     choose_attention_kernel,
     flash4_attention,
+    flash4_installed,
     flash4_refusal,
     install_attention_kernel,
     pick_attention_kernel,
@@ -198,6 +200,29 @@ def test_which_gpus_get_flash4() -> None:
     }
     for (device, capability, dtype, installed), reason in refusals.items():
         assert flash4_refusal(device, capability, dtype, installed=installed) == reason
+
+
+def test_flash4_counts_as_installed_only_with_its_cute_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FlashAttention-2 installs a `flash_attn` package too; FlashAttention-4 is its `cute` subpackage. Neither is
+    installed by the tests, so each is written here as an empty package on the import path."""
+    assert not flash4_installed()
+    package = tmp_path / "flash_attn"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
+    assert not flash4_installed(), "FlashAttention-2's package alone is not FlashAttention-4"
+    (package / "cute").mkdir()
+    (package / "cute" / "__init__.py").write_text("")
+    assert flash4_installed()
+
+
+def test_the_processor_refuses_an_attention_mask() -> None:
+    transformer = _transformer(image_context=False, dtype=torch.float32)
+    attention = next(module for module in transformer.modules() if isinstance(module, WanAttention))
+    states = torch.zeros((1, 4, attention.heads * 16))
+    with pytest.raises(ValueError, match=r"^KernelAttnProcessor: attention masks are not supported$"):
+        KernelAttnProcessor(sdpa_attention)(attention, states, attention_mask=torch.ones((1, 1, 4, 4)))
 
 
 def test_the_engine_refuses_flash4_where_it_cannot_run(cache_dir: Path, catalog: Catalog) -> None:
