@@ -368,7 +368,7 @@ class WanEngine:
         )
         if self.device.type == "cuda":
             convolutions_channels_last(loaded.vae)
-        for transformer in {id(module): module for module in loaded.transformers.values()}.values():
+        for transformer in loaded.distinct_transformers:
             install_attention_kernel(transformer, kernel)
         if self.rank_group is not None:
             for transformer in loaded.transformers.values():
@@ -394,7 +394,7 @@ class WanEngine:
             why = f"placement {placement.kind}" if placement.kind != "resident" else "context parallelism"
             logger.info("not compiling the transformers: {} (compiled only when resident on one GPU)", why)
             return
-        for transformer in {id(module): module for module in loaded.transformers.values()}.values():
+        for transformer in loaded.distinct_transformers:
             transformer.compile_repeated_blocks(fullgraph=True, backend=self.compile_backend)
         logger.info("transformer blocks compiled with torch.compile ({}) on their first forward", self.compile_backend)
 

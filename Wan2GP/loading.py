@@ -70,6 +70,11 @@ class LoadedModel:
     def model_id(self) -> str:
         return self.definition.id
 
+    @property
+    def distinct_transformers(self) -> list[torch.nn.Module]:
+        """Each transformer module once (a definition may give both experts the same module)."""
+        return list({id(module): module for module in self.transformers.values()}.values())
+
 
 def component_dtypes(definition: ModelDefinition, device: torch.device) -> tuple[torch.dtype, torch.dtype, torch.dtype]:
     """(transformer, vae, text encoder) dtypes.
