@@ -159,9 +159,11 @@ class KernelAttnProcessor:
 def install_attention_kernel(transformer: torch.nn.Module, kernel: str) -> int:
     """Give every `WanAttention` of `transformer` the processor of `kernel` ("sdpa" keeps diffusers' own); returns
     how many attention modules it changed."""
+    if kernel == "sdpa":
+        return 0
     changed = 0
     for module in transformer.modules():
-        if isinstance(module, WanAttention) and kernel != "sdpa":
+        if isinstance(module, WanAttention):
             module.set_processor(KernelAttnProcessor(ATTENTION_PRODUCTS[kernel]))
             changed += 1
     return changed
