@@ -11,12 +11,21 @@ at run time), so a chosen kernel is installed as a processor of our own on every
 norms and rotary embedding as diffusers' `WanAttnProcessor`, the attention product by the kernel. With the sdpa
 kernel it reproduces diffusers' processor bit for bit (tests/engine/test_attention.py), which is what makes it safe
 to swap the product alone.
+
+"cudnn_fp8" is lossy and belongs to the fast path (fp8 Linear layers already quantize every block's activations):
+the self-attention's query, key and value are scaled per tensor into float8_e4m3fn and cuDNN's fp8 flash kernel
+(`nvidia-cudnn-frontend`, on compute capability 9.x/10.x with cuDNN >= 9.1) multiplies them, its softmax
+probabilities and output in fp8 too. The text and image cross-attention (512 keys, under 2% of the FLOPs) keep the
+bf16 kernel. On a CPU the operator runs `emulated_fp8_attention`, the same quantization steps in fp32 arithmetic, so
+the scaling around the kernel is tested without a GPU, and the GPU benchmark compares cuDNN's result with it.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +37,11 @@ from diffusers.models.transformers.transformer_wan import (
 from loguru import logger
 
 TEXT_CONTEXT_TOKENS = 512  # diffusers' Wan I2V processor: the image context is what precedes the last 512 tokens
+
+FP8_MAX = 448.0  # the largest finite float8_e4m3fn
+# Softmax probabilities lie in [0, 1]: scaled by FP8_MAX they use e4m3's whole range.
+PROBABILITY_SCALE = FP8_MAX
+CUDNN_FP8_MIN_VERSION = 90100  # cuDNN's fp8 flash-attention forward came with 9.1 (Hopper) and runs on Blackwell
 
 # (batch, tokens, heads, head_dim) query, key and value in; (batch, tokens, heads, head_dim of value) out
 AttentionProduct = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -63,28 +77,92 @@ def flash4_refusal(
     return None
 
 
-def choose_attention_kernel(wanted: str, device: torch.device, dtype: torch.dtype, *, context_parallel: bool) -> str:
-    """The kernel a load installs on `device` for a transformer computing in `dtype` (pick_attention_kernel)."""
-    refused = (
-        "context-parallel ranks keep diffusers' processor, whose hooks split the sequence"
-        if context_parallel
-        else flash4_unavailable(device, dtype)
-    )
-    return pick_attention_kernel(wanted, refused, device=str(device))
+def cudnn_fp8_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why cuDNN's fp8 attention cannot run on `device` for a transformer computing in `dtype` (None: it can)."""
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return cudnn_fp8_refusal(str(device), capability, dtype, cudnn_version=cudnn_frontend_backend_version())
 
 
-def pick_attention_kernel(wanted: str, flash4_refused: str | None, *, device: str) -> str:
-    """`wanted` itself, or for "auto" flash4 unless `flash4_refused` says why it cannot run, then sdpa. An explicit
-    "flash4" that cannot run is an error, not a silent slowdown."""
+def cudnn_frontend_backend_version() -> int | None:
+    """The cuDNN library version as cuDNN's Python frontend sees it (90100 is 9.1.0), None when the frontend is not
+    installed. Imported here only: the frontend loads cuDNN's library as it is imported."""
+    if importlib.util.find_spec("cudnn") is None:
+        return None
+    import cudnn
+
+    return int(cudnn.backend_version())
+
+
+def cudnn_fp8_refusal(
+    device: str, capability: tuple[int, int] | None, dtype: torch.dtype, *, cudnn_version: int | None
+) -> str | None:
+    """The reason cuDNN's fp8 flash attention cannot run on `device` (its CUDA compute capability, None for no CUDA
+    GPU) for a transformer computing in `dtype`, with cuDNN `cudnn_version` (None: no frontend), or None where it can."""
+    if capability is None:
+        return f"{device} is not a CUDA GPU"
+    major, minor = capability
+    if major not in (9, 10):
+        return f"{device} has compute capability {major}.{minor} (cuDNN's fp8 attention runs on 9.x and 10.x)"
+    if dtype not in (torch.bfloat16, torch.float16):
+        return f"the transformer computes in {dtype} (fp8 attention belongs to a bf16/fp16 model)"
+    if cudnn_version is None:
+        return "nvidia-cudnn-frontend is not installed (pip install -r requirements-hopper.txt)"
+    if cudnn_version < CUDNN_FP8_MIN_VERSION:
+        return f"cuDNN {cudnn_version} is older than 9.1 (its first fp8 attention forward)"
+    return None
+
+
+def choose_attention_kernel(
+    wanted: str, device: torch.device, dtype: torch.dtype, *, context_parallel: bool, fp8_activations: bool
+) -> AttentionKernels:
+    """The kernel a load installs on `device` for a transformer computing in `dtype`, whose blocks quantize their
+    activations to fp8 when `fp8_activations` (the fast path; pick_attention_kernel)."""
+    if context_parallel:
+        split = "context-parallel ranks keep diffusers' processor, whose hooks split the sequence"
+        refusals = {"cudnn_fp8": split, "flash4": split}
+    else:
+        refusals = {
+            "cudnn_fp8": (
+                cudnn_fp8_unavailable(device, dtype)
+                if wanted == "cudnn_fp8" or fp8_activations
+                else "lossy: only the fast path takes it unasked"
+            ),
+            "flash4": flash4_unavailable(device, dtype),
+        }
+    return pick_attention_kernel(wanted, refusals, fp8_activations=fp8_activations, device=str(device))
+
+
+class AttentionKernels(NamedTuple):
+    """The kernel of the transformers' self-attention and the one of their text/image cross-attention."""
+
+    self_attention: str
+    cross_attention: str
+
+
+def pick_attention_kernel(
+    wanted: str, refusals: dict[str, str | None], *, fp8_activations: bool, device: str
+) -> AttentionKernels:
+    """`wanted` itself, or for "auto" the fastest kernel that `refusals` (kernel -> why it cannot run, None: it can)
+    lets run: cudnn_fp8 only on the fast path (`fp8_activations`: it rounds far beyond bf16), then flash4, then sdpa.
+    An explicit kernel that cannot run is an error, not a silent slowdown. The cross-attention takes the same kernel,
+    except after cudnn_fp8 (worth it only on the long self-attention): flash4 where it runs, else sdpa."""
     if wanted == "sdpa":
-        return "sdpa"
-    if flash4_refused is None:
-        logger.info("attention by FlashAttention-4 on {}", device)
-        return "flash4"
-    if wanted == "flash4":
-        raise ValueError(f"attention: 'flash4' cannot run here: {flash4_refused}")
-    logger.info("attention by SDPA: {}", flash4_refused)
-    return "sdpa"
+        return AttentionKernels("sdpa", "sdpa")
+    if wanted != "auto":
+        if refusals[wanted] is not None:
+            raise ValueError(f"attention: {wanted!r} cannot run here: {refusals[wanted]}")
+        chosen = wanted
+    else:
+        candidates = ("cudnn_fp8", "flash4") if fp8_activations else ("flash4",)
+        chosen = next((kernel for kernel in candidates if refusals[kernel] is None), "sdpa")
+        if chosen == "sdpa":
+            logger.info("attention by SDPA: {}", "; ".join(f"{kernel}: {refusals[kernel]}" for kernel in candidates))
+    cross = chosen
+    if chosen == "cudnn_fp8":
+        cross = "flash4" if refusals["flash4"] is None else "sdpa"
+    if chosen != "sdpa":
+        logger.info("attention by {} on {} (cross-attention by {})", chosen, device, cross)
+    return AttentionKernels(chosen, cross)
 
 
 def sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -108,7 +186,213 @@ def _flash4_output_like(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     return query.new_empty((*query.shape[:-1], value.shape[-1]))
 
 
-ATTENTION_PRODUCTS: dict[str, AttentionProduct] = {"sdpa": sdpa_attention, "flash4": flash4_attention}
+def to_fp8(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`tensor` in float8_e4m3fn, scaled as a whole so that its largest magnitude is FP8_MAX, and the float32 descale
+    that brings it back (shape (1, 1, 1, 1): cuDNN's scalar operands). An all-zero tensor stays zero."""
+    amax = tensor.detach().abs().amax().float().clamp_min(torch.finfo(torch.float32).tiny)
+    descale = (amax / FP8_MAX).reshape(1, 1, 1, 1)
+    return (tensor.float() / descale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), descale
+
+
+def fp8_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Attention with query, key and value quantized per tensor to fp8 (cuDNN's kernel on a GPU): its fp8 output is
+    in value's scale, so value's descale brings it back. Traced by torch.compile, the scaling fuses into the kernels
+    around the operator."""
+    (query8, query_descale), (key8, key_descale), (value8, value_descale) = (
+        to_fp8(tensor) for tensor in (query, key, value)
+    )
+    out8 = scaled_fp8_attention(query8, key8, value8, query_descale, key_descale, value_descale)
+    return (out8.float() * value_descale).to(query.dtype)
+
+
+@torch.library.custom_op("headless_wan::scaled_fp8_attention", mutates_args=(), device_types="cuda")
+def scaled_fp8_attention(
+    query8: torch.Tensor,
+    key8: torch.Tensor,
+    value8: torch.Tensor,
+    query_descale: torch.Tensor,
+    key_descale: torch.Tensor,
+    value_descale: torch.Tensor,
+) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(head_dim)) V from (batch, tokens, heads, head_dim) float8_e4m3fn operands and their float32
+    descales, by cuDNN's fp8 flash kernel: the probabilities pass through fp8 scaled by PROBABILITY_SCALE, and the
+    output comes back in float8_e4m3fn divided by `value_descale` (so it stays within e4m3's range: every output row
+    is a weighted mean of value rows)."""
+    query8, key8, value8 = (tensor.contiguous() for tensor in (query8, key8, value8))
+    batch, q_tokens, heads, head_dim = query8.shape
+    plan = _cudnn_fp8_plan(query8.device.index, batch, q_tokens, key8.shape[1], heads, head_dim)
+    out8 = torch.empty_like(query8)
+    plan.run(query8, key8, value8, query_descale, key_descale, value_descale, out8)
+    return out8
+
+
+@scaled_fp8_attention.register_kernel("cpu")
+def _scaled_fp8_attention_on_cpu(
+    query8: torch.Tensor,
+    key8: torch.Tensor,
+    value8: torch.Tensor,
+    query_descale: torch.Tensor,
+    key_descale: torch.Tensor,
+    value_descale: torch.Tensor,
+) -> torch.Tensor:
+    return emulated_fp8_attention(query8, key8, value8, query_descale, key_descale, value_descale)
+
+
+@scaled_fp8_attention.register_fake
+def _scaled_fp8_output_like(
+    query8: torch.Tensor,
+    key8: torch.Tensor,
+    value8: torch.Tensor,
+    query_descale: torch.Tensor,
+    key_descale: torch.Tensor,
+    value_descale: torch.Tensor,
+) -> torch.Tensor:
+    return query8.new_empty((*query8.shape[:-1], value8.shape[-1]))
+
+
+def emulated_fp8_attention(
+    query8: torch.Tensor,
+    key8: torch.Tensor,
+    value8: torch.Tensor,
+    query_descale: torch.Tensor,
+    key_descale: torch.Tensor,
+    value_descale: torch.Tensor,
+) -> torch.Tensor:
+    """What scaled_fp8_attention computes, in fp32 arithmetic on any device: the scores from the descaled operands,
+    the softmax's probabilities (relative to each row's maximum) rounded to fp8 at PROBABILITY_SCALE before they
+    weight the values, the output rounded to fp8 in value's scale. cuDNN's kernel rounds the probabilities relative to
+    a running maximum, block by block, so the two agree to fp8's rounding, not bit for bit."""
+    query = query8.float() * query_descale.float()
+    key = key8.float() * key_descale.float()
+    scores = torch.einsum("bqhd,bkhd->bhqk", query, key) * query.shape[-1] ** -0.5
+    probabilities = (scores - scores.amax(dim=-1, keepdim=True)).exp()
+    totals = probabilities.sum(dim=-1, keepdim=True)
+    probabilities8 = (probabilities * PROBABILITY_SCALE).to(torch.float8_e4m3fn).float() / PROBABILITY_SCALE
+    out = torch.einsum("bhqk,bkhd->bqhd", probabilities8 / totals, value8.float())
+    return out.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).contiguous()
+
+
+class _CudnnFp8Plan:
+    """One built cuDNN fp8 attention graph for a shape, with the device scalars it always takes."""
+
+    def __init__(self, device_index: int, batch: int, q_tokens: int, kv_tokens: int, heads: int, head_dim: int):
+        import cudnn
+
+        self._cudnn = cudnn
+        self.device = torch.device("cuda", device_index)
+        with torch.cuda.device(self.device):
+            self.handle = cudnn.create_handle()
+        graph = cudnn.pygraph(
+            io_data_type=cudnn.data_type.FP8_E4M3,
+            intermediate_data_type=cudnn.data_type.FLOAT,
+            compute_data_type=cudnn.data_type.FLOAT,
+            handle=self.handle,
+        )
+
+        def token_major(tokens: int, uid: int) -> Any:  # (batch, heads, tokens, head_dim) over a BSHD buffer
+            return graph.tensor(
+                uid=uid,
+                dim=(batch, heads, tokens, head_dim),
+                stride=(tokens * heads * head_dim, head_dim, heads * head_dim, 1),
+                data_type=cudnn.data_type.FP8_E4M3,
+            )
+
+        def scalar(uid: int) -> Any:
+            return graph.tensor(uid=uid, dim=(1, 1, 1, 1), stride=(1, 1, 1, 1), data_type=cudnn.data_type.FLOAT)
+
+        uids = iter(range(1, 100))
+        self.uid = {name: next(uids) for name in _CUDNN_FP8_OPERANDS}
+        operands = {name: token_major(q_tokens if name == "q" else kv_tokens, self.uid[name]) for name in "qkv"}
+        scalars = {name: scalar(self.uid[name]) for name in _CUDNN_FP8_OPERANDS[3:9]}
+        out, _, probability_amax, out_amax = graph.sdpa_fp8(
+            q=operands["q"],
+            k=operands["k"],
+            v=operands["v"],
+            descale_q=scalars["descale_q"],
+            descale_k=scalars["descale_k"],
+            descale_v=scalars["descale_v"],
+            descale_s=scalars["descale_s"],
+            scale_s=scalars["scale_s"],
+            scale_o=scalars["scale_o"],
+            generate_stats=False,
+            attn_scale=head_dim**-0.5,
+            use_causal_mask=False,
+        )
+        out.set_uid(self.uid["o"]).set_output(True).set_dim((batch, heads, q_tokens, head_dim)).set_stride(
+            (q_tokens * heads * head_dim, head_dim, heads * head_dim, 1)
+        ).set_data_type(cudnn.data_type.FP8_E4M3)
+        for name, amax in (("amax_s", probability_amax), ("amax_o", out_amax)):
+            amax.set_uid(self.uid[name]).set_output(True).set_dim((1, 1, 1, 1)).set_stride((1, 1, 1, 1))
+            amax.set_data_type(cudnn.data_type.FLOAT)
+        graph.build([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+        self.graph = graph
+        self.workspace_bytes = graph.get_workspace_size()
+
+        def constant(value: float) -> torch.Tensor:
+            return torch.full((1, 1, 1, 1), value, dtype=torch.float32, device=self.device)
+
+        self.probability_scale, self.probability_descale = constant(PROBABILITY_SCALE), constant(1 / PROBABILITY_SCALE)
+
+    def run(
+        self,
+        query8: torch.Tensor,
+        key8: torch.Tensor,
+        value8: torch.Tensor,
+        query_descale: torch.Tensor,
+        key_descale: torch.Tensor,
+        value_descale: torch.Tensor,
+        out8: torch.Tensor,
+    ) -> None:
+        stream = torch.cuda.current_stream(self.device)
+        self._cudnn.set_stream(handle=self.handle, stream=stream.cuda_stream)
+        amaxes = torch.empty(2, dtype=torch.float32, device=self.device)  # cuDNN reports them; nothing reads them
+        value_descale = value_descale.float()
+        variant_pack = {
+            self.uid["q"]: query8,
+            self.uid["k"]: key8,
+            self.uid["v"]: value8,
+            self.uid["descale_q"]: query_descale.float().contiguous(),
+            self.uid["descale_k"]: key_descale.float().contiguous(),
+            self.uid["descale_v"]: value_descale.contiguous(),
+            self.uid["descale_s"]: self.probability_descale,
+            self.uid["scale_s"]: self.probability_scale,
+            self.uid["scale_o"]: (1 / value_descale).contiguous(),
+            self.uid["o"]: out8,
+            self.uid["amax_s"]: amaxes[0:1],
+            self.uid["amax_o"]: amaxes[1:2],
+        }
+        workspace = torch.empty(self.workspace_bytes, dtype=torch.uint8, device=self.device)
+        self.graph.execute(variant_pack, workspace, handle=self.handle)
+
+
+_CUDNN_FP8_OPERANDS = (
+    "q",
+    "k",
+    "v",
+    "descale_q",
+    "descale_k",
+    "descale_v",
+    "descale_s",
+    "scale_s",
+    "scale_o",
+    "o",
+    "amax_s",
+    "amax_o",
+)
+
+
+# Built graphs, one per device and shape: like torch's own kernel caches, they live as long as the process (a
+# worker sees a handful of sizes; building one takes cuDNN's heuristics and a kernel load).
+@functools.cache
+def _cudnn_fp8_plan(device_index: int, batch: int, q_tokens: int, kv_tokens: int, heads: int, head_dim: int):
+    return _CudnnFp8Plan(device_index, batch, q_tokens, kv_tokens, heads, head_dim)
+
+
+ATTENTION_PRODUCTS: dict[str, AttentionProduct] = {
+    "sdpa": sdpa_attention,
+    "flash4": flash4_attention,
+    "cudnn_fp8": fp8_attention,
+}
 
 
 def _rotated(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -119,10 +403,12 @@ def _rotated(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
 
 
 class KernelAttnProcessor:
-    """A `WanAttention` processor whose attention products (self-, text and image cross-attention) are `product`."""
+    """A `WanAttention` processor whose attention product is `product`; on a cross-attention module (text and image
+    context) `cross_product` (default: the same)."""
 
-    def __init__(self, product: AttentionProduct) -> None:
+    def __init__(self, product: AttentionProduct, cross_product: AttentionProduct | None = None) -> None:
         self.product = product
+        self.cross_product = cross_product if cross_product is not None else product
 
     def __call__(
         self,
@@ -141,29 +427,33 @@ class KernelAttnProcessor:
             image_context = encoder_hidden_states[:, :image_tokens]
             encoder_hidden_states = encoder_hidden_states[:, image_tokens:]
 
+        product = self.product if encoder_hidden_states is None else self.cross_product
         query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
         query, key = attn.norm_q(query), attn.norm_k(key)
         query, key, value = (tensor.unflatten(2, (attn.heads, -1)) for tensor in (query, key, value))
         if rotary_emb is not None:
             query, key = _rotated(query, *rotary_emb), _rotated(key, *rotary_emb)
 
-        out = self.product(query, key, value).flatten(2, 3).type_as(query)
+        out = product(query, key, value).flatten(2, 3).type_as(query)
         if image_context is not None:
             image_key, image_value = _get_added_kv_projections(attn, image_context)
             image_key = attn.norm_added_k(image_key).unflatten(2, (attn.heads, -1))
             image_value = image_value.unflatten(2, (attn.heads, -1))
-            out = out + self.product(query, image_key, image_value).flatten(2, 3).type_as(query)
+            out = out + product(query, image_key, image_value).flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 
 
-def install_attention_kernel(transformer: torch.nn.Module, kernel: str) -> int:
-    """Give every `WanAttention` of `transformer` the processor of `kernel` ("sdpa" keeps diffusers' own); returns
-    how many attention modules it changed."""
-    if kernel == "sdpa":
+def install_attention_kernel(transformer: torch.nn.Module, kernels: AttentionKernels) -> int:
+    """Give every `WanAttention` of `transformer` the processor of `kernels` (sdpa for both keeps diffusers' own);
+    returns how many attention modules it changed."""
+    if kernels == ("sdpa", "sdpa"):
         return 0
+    processor = KernelAttnProcessor(
+        ATTENTION_PRODUCTS[kernels.self_attention], ATTENTION_PRODUCTS[kernels.cross_attention]
+    )
     changed = 0
     for module in transformer.modules():
         if isinstance(module, WanAttention):
-            module.set_processor(KernelAttnProcessor(ATTENTION_PRODUCTS[kernel]))
+            module.set_processor(processor)
             changed += 1
     return changed

@@ -226,9 +226,10 @@ class WanEngine:
     model is resident on one GPU; the first generation at a new size pays the compile. `vae_dtype` ("bfloat16": the
     worker's --fast) overrides the definition's VAE dtype on a GPU (bf16 decodes the seed segment in 1.2 s instead of
     1.9 s on an H200, 1.4e-2 from fp32; bench/README.md). On a GPU the VAE's convolutions run channels-last (NDHWC).
-    `attention` ("auto", "sdpa", "flash4"; Wan2GP.attention) picks the transformers' attention kernel: "auto" is
-    FlashAttention-4 where it can run (a compute capability 9.x/10.x GPU with flash-attn-4 installed, not a
-    context-parallel rank), SDPA elsewhere."""
+    `attention` ("auto", "sdpa", "flash4", "cudnn_fp8"; Wan2GP.attention) picks the transformers' attention kernel:
+    "auto" is, on the fast path ("fp8_dynamic" weights), cuDNN's fp8 attention where it can run (a compute capability
+    9.x/10.x GPU with nvidia-cudnn-frontend installed), then FlashAttention-4 where it can run (such a GPU with
+    flash-attn-4 installed), SDPA elsewhere and on context-parallel ranks."""
 
     def __init__(
         self,
@@ -322,12 +323,6 @@ class WanEngine:
             definition = definition.model_copy(update={"vae_dtype": self.vae_dtype})
         weights_dir = resolve_weights_dir(definition, self.cache_dir)
         transformer_dtype, vae_dtype, text_dtype = component_dtypes(definition, self.device)
-        try:
-            kernel = choose_attention_kernel(
-                self.attention, self.device, transformer_dtype, context_parallel=self.rank_group is not None
-            )
-        except ValueError as error:
-            raise ModelLoadError(f"model {definition.id}: {error}") from None
         formats = self._weight_formats(definition)
         sizes_of = model_sizes(
             definition,
@@ -356,6 +351,16 @@ class WanEngine:
         except HostMemoryTooSmall as error:
             raise ModelLoadError(f"model {definition.id}: {error}") from None
         sizes = sizes_of[placement.weights]
+        try:  # chosen before the components load: an explicit kernel that cannot run fails at once
+            kernels = choose_attention_kernel(
+                self.attention,
+                self.device,
+                transformer_dtype,
+                context_parallel=self.rank_group is not None,
+                fp8_activations=placement.weights == "fp8_dynamic",
+            )
+        except ValueError as error:
+            raise ModelLoadError(f"model {definition.id}: {error}") from None
         loaded = self._component_loader(
             definition, weights_dir, self.device, component_devices(placement, self.device), placement.weights
         )
@@ -369,7 +374,7 @@ class WanEngine:
         if self.device.type == "cuda":
             convolutions_channels_last(loaded.vae)
         for transformer in loaded.distinct_transformers:
-            install_attention_kernel(transformer, kernel)
+            install_attention_kernel(transformer, kernels)
         if self.rank_group is not None:
             for transformer in loaded.transformers.values():
                 enable_context_parallel(transformer, self.rank_group, model=definition.id)

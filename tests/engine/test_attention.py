@@ -2,7 +2,9 @@
 attention. With torch's SDPA as its product it must give exactly diffusers' own `WanAttnProcessor` output (its
 projections, norms, rotary embedding and image cross-attention are ours to get right); FlashAttention-4 itself needs a
 Hopper GPU (bench/segment_vs_stock.py measures it against SDPA there), so here its operator is checked through its
-fake, which is what torch.compile sees, on the meta device."""
+fake, which is what torch.compile sees, on the meta device. cuDNN's fp8 attention needs one too; its operator's CPU
+kernel is the fp32 emulation of the same quantization (Wan2GP.attention), which lets the scaling around it be tested
+here against exact attention, eagerly and compiled."""
 
 from __future__ import annotations
 
@@ -16,15 +18,21 @@ from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnP
 from log_capture import captured_messages
 
 from Wan2GP.attention import (
+    FP8_MAX,
     TEXT_CONTEXT_TOKENS,
+    AttentionKernels,
     KernelAttnProcessor,
     choose_attention_kernel,
+    cudnn_fp8_refusal,
     flash4_attention,
     flash4_installed,
     flash4_refusal,
+    fp8_attention,
     install_attention_kernel,
     pick_attention_kernel,
+    scaled_fp8_attention,
     sdpa_attention,
+    to_fp8,
 )
 from Wan2GP.catalog import Catalog, check_attention_kernel
 from Wan2GP.engine import WanEngine
@@ -111,9 +119,12 @@ def test_flash4_is_installed_on_every_attention_and_traced_through_its_fake() ->
     """The FlashAttention-4 operator on the meta device runs its fake: the output shape a full-graph compile needs,
     here for a whole forward of a transformer whose every attention module was given the kernel."""
     transformer = _transformer(image_context=True, dtype=torch.bfloat16)
-    assert install_attention_kernel(transformer, "flash4") == 2 * 2  # self- and cross-attention in each of 2 blocks
+    # self- and cross-attention in each of 2 blocks
+    assert install_attention_kernel(transformer, AttentionKernels("flash4", "flash4")) == 2 * 2
     assert all(
-        isinstance(module.processor, KernelAttnProcessor) and module.processor.product is flash4_attention
+        isinstance(module.processor, KernelAttnProcessor)
+        and module.processor.product is flash4_attention
+        and module.processor.cross_product is flash4_attention
         for module in transformer.modules()
         if isinstance(module, WanAttention)
     )
@@ -129,7 +140,7 @@ def test_flash4_is_installed_on_every_attention_and_traced_through_its_fake() ->
 
 def test_sdpa_leaves_diffusers_processor() -> None:
     transformer = _transformer(image_context=False, dtype=torch.float32)
-    assert install_attention_kernel(transformer, "sdpa") == 0
+    assert install_attention_kernel(transformer, AttentionKernels("sdpa", "sdpa")) == 0
     assert all(
         isinstance(module.processor, WanAttnProcessor)
         for module in transformer.modules()
@@ -140,29 +151,213 @@ def test_sdpa_leaves_diffusers_processor() -> None:
 def test_choosing_the_kernel() -> None:
     cpu = torch.device("cpu")
     with captured_messages("INFO") as messages:
-        assert choose_attention_kernel("auto", cpu, torch.bfloat16, context_parallel=False) == "sdpa"
-    assert messages == ["attention by SDPA: cpu is not a CUDA GPU"]
-    with captured_messages("INFO") as messages:
-        assert choose_attention_kernel("auto", cpu, torch.bfloat16, context_parallel=True) == "sdpa"
+        assert choose_attention_kernel("auto", cpu, torch.bfloat16, context_parallel=False, fp8_activations=False) == (
+            "sdpa",
+            "sdpa",
+        )
+        assert choose_attention_kernel("auto", cpu, torch.bfloat16, context_parallel=False, fp8_activations=True) == (
+            "sdpa",
+            "sdpa",
+        )
     assert messages == [
-        "attention by SDPA: context-parallel ranks keep diffusers' processor, whose hooks split the sequence"
+        "attention by SDPA: flash4: cpu is not a CUDA GPU",
+        "attention by SDPA: cudnn_fp8: cpu is not a CUDA GPU; flash4: cpu is not a CUDA GPU",
     ]
-    assert choose_attention_kernel("sdpa", cpu, torch.bfloat16, context_parallel=False) == "sdpa"
-    with pytest.raises(ValueError, match=r"^attention: 'flash4' cannot run here: cpu is not a CUDA GPU$"):
-        choose_attention_kernel("flash4", cpu, torch.bfloat16, context_parallel=False)
-    with pytest.raises(ValueError, match=r"^attention: expected one of auto, sdpa, flash4, got 'flash3'$"):
+    split = "context-parallel ranks keep diffusers' processor, whose hooks split the sequence"
+    with captured_messages("INFO") as messages:
+        assert choose_attention_kernel("auto", cpu, torch.bfloat16, context_parallel=True, fp8_activations=True) == (
+            "sdpa",
+            "sdpa",
+        )
+    assert messages == [f"attention by SDPA: cudnn_fp8: {split}; flash4: {split}"]
+    assert choose_attention_kernel("sdpa", cpu, torch.bfloat16, context_parallel=False, fp8_activations=True) == (
+        "sdpa",
+        "sdpa",
+    )
+    for kernel in ("flash4", "cudnn_fp8"):
+        with pytest.raises(ValueError, match=rf"^attention: '{kernel}' cannot run here: cpu is not a CUDA GPU$"):
+            choose_attention_kernel(kernel, cpu, torch.bfloat16, context_parallel=False, fp8_activations=False)
+    with pytest.raises(ValueError, match=r"^attention: expected one of auto, sdpa, flash4, cudnn_fp8, got 'flash3'$"):
         check_attention_kernel("flash3")
 
 
-def test_picking_the_kernel_where_flash4_can_run() -> None:
+def test_picking_the_kernel_where_the_gpu_kernels_can_run() -> None:
+    both = {"flash4": None, "cudnn_fp8": None}
     with captured_messages("INFO") as messages:
-        assert pick_attention_kernel("auto", None, device="cuda:0") == "flash4"
-        assert pick_attention_kernel("flash4", None, device="cuda:0") == "flash4"
-        assert pick_attention_kernel("sdpa", None, device="cuda:0") == "sdpa"  # asked for: kept, whatever runs here
-    assert messages == ["attention by FlashAttention-4 on cuda:0"] * 2
+        assert pick_attention_kernel("auto", both, fp8_activations=False, device="cuda:0") == ("flash4", "flash4")
+        assert pick_attention_kernel("flash4", both, fp8_activations=True, device="cuda:0") == ("flash4", "flash4")
+        # asked for: kept, whatever runs here
+        assert pick_attention_kernel("sdpa", both, fp8_activations=True, device="cuda:0") == ("sdpa", "sdpa")
+    assert messages == ["attention by flash4 on cuda:0 (cross-attention by flash4)"] * 2
     with captured_messages("INFO") as messages:
-        assert pick_attention_kernel("auto", "it cannot", device="cuda:0") == "sdpa"
-    assert messages == ["attention by SDPA: it cannot"]
+        assert pick_attention_kernel(
+            "auto", {"flash4": "it cannot", "cudnn_fp8": None}, fp8_activations=False, device="cuda:0"
+        ) == ("sdpa", "sdpa")
+    assert messages == ["attention by SDPA: flash4: it cannot"]
+
+
+def test_the_fast_path_takes_fp8_attention_for_the_self_attention_only() -> None:
+    """fp8 attention rounds far beyond bf16: "auto" takes it only where the blocks' activations are fp8 already, and
+    only for the self-attention; the cross-attention keeps the fastest bf16 kernel that runs."""
+    with captured_messages("INFO") as messages:
+        assert pick_attention_kernel(
+            "auto", {"flash4": None, "cudnn_fp8": None}, fp8_activations=True, device="cuda:0"
+        ) == ("cudnn_fp8", "flash4")
+        assert pick_attention_kernel(
+            "auto", {"flash4": "not installed", "cudnn_fp8": None}, fp8_activations=True, device="cuda:1"
+        ) == ("cudnn_fp8", "sdpa")
+        assert pick_attention_kernel(
+            "auto", {"flash4": None, "cudnn_fp8": "too old"}, fp8_activations=True, device="cuda:0"
+        ) == ("flash4", "flash4")
+        # asked for by name, it runs without the fast path too
+        assert pick_attention_kernel(
+            "cudnn_fp8", {"flash4": "not installed", "cudnn_fp8": None}, fp8_activations=False, device="cuda:0"
+        ) == ("cudnn_fp8", "sdpa")
+    assert messages == [
+        "attention by cudnn_fp8 on cuda:0 (cross-attention by flash4)",
+        "attention by cudnn_fp8 on cuda:1 (cross-attention by sdpa)",
+        "attention by flash4 on cuda:0 (cross-attention by flash4)",
+        "attention by cudnn_fp8 on cuda:0 (cross-attention by sdpa)",
+    ]
+    with pytest.raises(ValueError, match=r"^attention: 'cudnn_fp8' cannot run here: too old$"):
+        pick_attention_kernel(
+            "cudnn_fp8", {"flash4": None, "cudnn_fp8": "too old"}, fp8_activations=True, device="cuda:0"
+        )
+
+
+def test_which_gpus_get_cudnn_fp8() -> None:
+    for capability in ((9, 0), (10, 0)):
+        for dtype in (torch.bfloat16, torch.float16):
+            assert cudnn_fp8_refusal("cuda:0", capability, dtype, cudnn_version=90100) is None
+    refusals = {
+        (
+            "cuda:1",
+            (8, 9),
+            torch.bfloat16,
+            91000,
+        ): "cuda:1 has compute capability 8.9 (cuDNN's fp8 attention runs on 9.x and 10.x)",
+        (
+            "cuda:0",
+            (12, 0),
+            torch.bfloat16,
+            91000,
+        ): "cuda:0 has compute capability 12.0 (cuDNN's fp8 attention runs on 9.x and 10.x)",
+        (
+            "cuda:0",
+            (9, 0),
+            torch.float32,
+            91000,
+        ): "the transformer computes in torch.float32 (fp8 attention belongs to a bf16/fp16 model)",
+        (
+            "cuda:0",
+            (9, 0),
+            torch.bfloat16,
+            None,
+        ): "nvidia-cudnn-frontend is not installed (pip install -r requirements-hopper.txt)",
+        ("cuda:0", (9, 0), torch.bfloat16, 90099): "cuDNN 90099 is older than 9.1 (its first fp8 attention forward)",
+        ("cpu", None, torch.bfloat16, 91000): "cpu is not a CUDA GPU",
+    }
+    for (device, capability, dtype, version), reason in refusals.items():
+        assert cudnn_fp8_refusal(device, capability, dtype, cudnn_version=version) == reason
+
+
+def _exact_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return sdpa_attention(query.double(), key.double(), value.double())
+
+
+def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.double() - expected).norm() / expected.norm())
+
+
+def test_fp8_scaling_maps_each_tensor_onto_e4m3() -> None:
+    generator = torch.Generator().manual_seed(5)
+    tensor = torch.randn((1, 64, 2, 16), generator=generator) * 37.0
+    tensor[0, 3, 1, 7] = -150.0  # the largest magnitude: it must land exactly on -FP8_MAX
+    quantized, descale = to_fp8(tensor.bfloat16())
+    assert quantized.dtype == torch.float8_e4m3fn and descale.shape == (1, 1, 1, 1)
+    assert descale.dtype == torch.float32 and float(descale) == pytest.approx(150.0 / FP8_MAX)
+    assert float(quantized.float()[0, 3, 1, 7]) == -FP8_MAX
+    restored = quantized.float() * descale
+    # e4m3 keeps 3 mantissa bits: half a step is 2^-4 of the magnitude, in its normal range
+    normal = tensor.abs() > 2**-6 * float(descale)
+    assert ((restored - tensor).abs()[normal] <= tensor.abs()[normal] * 2**-4 * 1.01).all()
+    zeros, zero_descale = to_fp8(torch.zeros((1, 4, 1, 8)))
+    assert not zeros.float().any() and torch.isfinite(zero_descale).all()
+
+
+def test_fp8_attention_is_attention_to_fp8_precision() -> None:
+    """Through the operator's CPU kernel (the emulation of cuDNN's steps): a few percent from exact attention on
+    random inputs (fp8 keeps 3 mantissa bits; bf16 SDPA is 0.4% there), whatever the inputs' scale, and exactly the
+    same compiled (the fake's strides and the scaling traced around the opaque operator)."""
+    generator = torch.Generator().manual_seed(2)
+    query, key, value = (torch.randn((1, 96, 2, 32), generator=generator) for _ in range(3))
+    for scale in (1.0, 3.0, 1e-3):  # flat, peaked, tiny: the per-tensor scales must follow the inputs
+        expected = _exact_attention(query * scale, key, value * scale)
+        out = fp8_attention((query * scale).bfloat16(), key.bfloat16(), (value * scale).bfloat16())
+        assert out.dtype == torch.bfloat16 and out.shape == query.shape
+        assert 0.005 < _relative_error(out, expected) < 0.1, scale
+    compiled = torch.compile(fp8_attention, fullgraph=True, backend="aot_eager")
+    eager = fp8_attention(query.bfloat16(), key.bfloat16(), value.bfloat16())
+    assert torch.equal(compiled(query.bfloat16(), key.bfloat16(), value.bfloat16()), eager)
+
+
+def test_the_fp8_operator_rounds_its_probabilities_and_output_to_fp8() -> None:
+    """One query over keys whose scores are known: the output is the weighted mean of the values with the softmax
+    weights rounded to fp8 (scaled by 448), then itself rounded to fp8 in value's scale."""
+    key = torch.zeros((1, 3, 1, 4))
+    key[0, :, 0, 0] = torch.tensor([0.0, 1.0, 2.0])
+    query = torch.zeros((1, 1, 1, 4))
+    query[0, 0, 0, 0] = 2.0  # scores 0, 1, 2 after the 1/sqrt(4) scale
+    value = torch.zeros((1, 3, 1, 4))
+    value[0, :, 0, 0] = torch.tensor([448.0, 0.0, 0.0])
+    value[0, :, 0, 1] = torch.tensor([0.0, 0.0, 448.0])
+    unit = torch.ones((1, 1, 1, 1))
+    out = scaled_fp8_attention(*(t.to(torch.float8_e4m3fn) for t in (query, key, value)), unit, unit, unit)
+    weights = torch.tensor([-2.0, -1.0, 0.0]).exp()  # relative to the row's maximum
+    rounded = (weights * 448).to(torch.float8_e4m3fn).float() / 448
+    expected = torch.tensor([448 * rounded[0], 448 * rounded[2]]) / weights.sum()
+    assert out.dtype == torch.float8_e4m3fn
+    assert out.float()[0, 0, 0, :2].tolist() == expected.to(torch.float8_e4m3fn).float().tolist()
+    assert out.float()[0, 0, 0, 2:].tolist() == [0.0, 0.0]
+    # the fake agrees with the kernel on shape, dtype and strides (torch's schema checks do arithmetic fp8 lacks)
+    operands = (*(t.to(torch.float8_e4m3fn) for t in (query, key, value)), unit, unit, unit)
+    torch.library.opcheck(scaled_fp8_attention, operands, test_utils=("test_faketensor",))
+
+
+def test_the_fast_paths_kernels_in_a_whole_transformer() -> None:
+    """cudnn_fp8 for the self-attention and sdpa for the text and image cross-attention, installed on a bf16
+    transformer: its output stays within fp8's rounding of the sdpa transformer's, and differs from it."""
+    transformer = _transformer(image_context=True, dtype=torch.bfloat16)
+    inputs = _inputs(image_context=True, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        expected = transformer(**inputs, return_dict=False)[0]
+        assert install_attention_kernel(transformer, AttentionKernels("cudnn_fp8", "sdpa")) == 4
+        actual = transformer(**inputs, return_dict=False)[0]
+    processors = {type(m.processor) for m in transformer.modules() if isinstance(m, WanAttention)}
+    assert processors == {KernelAttnProcessor}
+    error = float((actual.float() - expected.float()).norm() / expected.float().norm())
+    assert 1e-3 < error < 0.05
+
+
+def test_the_processor_gives_the_cross_attention_its_own_kernel() -> None:
+    """Self-attention through `product`, the text and image cross-attention through `cross_product`."""
+    transformer = _transformer(image_context=True, dtype=torch.float32)
+    calls: list[tuple[str, int]] = []
+
+    def counting(name: str):
+        def product(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+            calls.append((name, key.shape[1]))
+            return sdpa_attention(query, key, value)
+
+        return product
+
+    for module in transformer.modules():
+        if isinstance(module, WanAttention):
+            module.set_processor(KernelAttnProcessor(counting("self"), counting("cross")))
+    with torch.inference_mode():
+        transformer(**_inputs(image_context=True, dtype=torch.float32), return_dict=False)
+    tokens = 3 * 4 * 3
+    assert calls == [("self", tokens), ("cross", TEXT_CONTEXT_TOKENS), ("cross", IMAGE_TOKENS)] * 2
 
 
 def test_which_gpus_get_flash4() -> None:
@@ -225,9 +420,10 @@ def test_the_processor_refuses_an_attention_mask() -> None:
         KernelAttnProcessor(sdpa_attention)(attention, states, attention_mask=torch.ones((1, 1, 4, 4)))
 
 
-def test_the_engine_refuses_flash4_where_it_cannot_run(cache_dir: Path, catalog: Catalog) -> None:
-    engine = WanEngine(device="cpu", cache_dir=cache_dir, catalog=catalog, attention="flash4")
-    with pytest.raises(ModelLoadError, match=r"^model wan_tiny_t2v: attention: 'flash4' cannot run here: cpu is"):
+@pytest.mark.parametrize("kernel", ["flash4", "cudnn_fp8"])
+def test_the_engine_refuses_a_gpu_kernel_where_it_cannot_run(cache_dir: Path, catalog: Catalog, kernel: str) -> None:
+    engine = WanEngine(device="cpu", cache_dir=cache_dir, catalog=catalog, attention=kernel)
+    with pytest.raises(ModelLoadError, match=rf"^model wan_tiny_t2v: attention: '{kernel}' cannot run here: cpu is"):
         engine.load("wan_tiny_t2v")
     assert engine.loaded_model() is None
     with pytest.raises(ValueError, match=r"^attention: expected one of"):
