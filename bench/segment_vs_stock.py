@@ -26,11 +26,13 @@ module's call, both sides alike). Variants:
 - the LoRAs merged with their exact originals on the device: each strength change of the seed segment, and the close;
 - for `compiled` and `fast`: one high-noise forward under torch.profiler, its device time split into attention, matmul
   and the rest (`kernel_profile`), to show where a forward's time goes;
-- `--attention` (sdpa, flash4, auto: `WanEngine(attention=...)`) is the attention kernel of the later engines (the
-  first one shares its modules with stock and keeps SDPA): `ours_attention`, `ours_attention_loras` (uncompiled, as the
-  worker runs without --compile or --fast, with the error of one forward against the SDPA one), `compiled*`, `fast*`;
-  each kernel that can run here is also timed alone on the seed segment's self-attention (`attention_check`:
-  1x24192 tokens x 40 heads x 128), with its error against fp32.
+- `--attention` (sdpa, flash4, cudnn_fp8, auto: `WanEngine(attention=...)`) is the attention kernel of the later
+  engines (the first one shares its modules with stock and keeps SDPA): `ours_attention`, `ours_attention_loras`
+  (uncompiled, as the worker runs without --compile or --fast, with the error of one forward against the SDPA one),
+  `compiled*`, `fast*` (auto: cudnn_fp8 there where it runs); each kernel that can run here is also timed alone on the
+  seed segment's self-attention (`attention_check`: 1x24192 tokens x 40 heads x 128), with its error against fp32,
+  and cuDNN's fp8 operator is compared with the emulation the CPU tests check (`fp8_operator_check`);
+  `--attention-check-only` stops after that (a minute's probe before a long run).
 
     python bench/segment_vs_stock.py --json out.json --variants ours,stock,compiled   # on an H200
     python bench/segment_vs_stock.py --tiny                                           # CPU smoke test
@@ -66,7 +68,14 @@ from memory_profiles import (
 )
 from random_models import run_versions
 
-from Wan2GP.attention import ATTENTION_PRODUCTS, flash4_unavailable
+from Wan2GP.attention import (
+    ATTENTION_PRODUCTS,
+    cudnn_fp8_unavailable,
+    emulated_fp8_attention,
+    flash4_unavailable,
+    scaled_fp8_attention,
+    to_fp8,
+)
 from Wan2GP.catalog import ATTENTION_KERNELS, load_catalog
 from Wan2GP.conditioning import VaeCodec
 from Wan2GP.engine import WanEngine
@@ -290,7 +299,10 @@ def attention_check(
 ) -> dict[str, Any]:
     """Each attention kernel that can run on `device` on one random bf16 self-attention of the given size (the seed
     segment's by default): median time, TFLOP/s (4 * tokens^2 * heads * head_dim FLOPs) and relative error against
-    the same product in fp32 (SDPA's memory-efficient kernel on a GPU)."""
+    the same product in fp32 (SDPA's memory-efficient kernel on a GPU). cudnn_fp8 is timed as the engine calls it
+    (with its scaling into fp8 and back), and its operator alone is compared with `emulated_fp8_attention` on the
+    same fp8 operands (the first 4 heads): the check that cuDNN computes what the emulation the CPU tests rely on
+    says."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     generator = torch.Generator(device="cpu").manual_seed(7)
     query, key, value = (
@@ -298,28 +310,68 @@ def attention_check(
     )
     with torch.inference_mode():
         reference = ATTENTION_PRODUCTS["sdpa"](query.float(), key.float(), value.float())
+    unavailable = {"flash4": flash4_unavailable, "cudnn_fp8": cudnn_fp8_unavailable}
     report: dict[str, Any] = {"shape": [1, tokens, heads, head_dim], "dtype": str(dtype)}
     for name, product in ATTENTION_PRODUCTS.items():
-        why = flash4_unavailable(device, dtype) if name == "flash4" else None
+        why = unavailable[name](device, dtype) if name in unavailable else None
         if why is not None:
             report[name] = {"unavailable": why}
             continue
         seconds = []
-        with torch.inference_mode():
-            for repeat in range(repeats + 2):  # two warm-ups: flash4 compiles its kernel on the first call
-                synchronize(device)
-                started = time.perf_counter()
-                out = product(query, key, value)
-                synchronize(device)
-                if repeat >= 2:
-                    seconds.append(time.perf_counter() - started)
+        try:
+            with torch.inference_mode():
+                for repeat in range(repeats + 2):  # two warm-ups: flash4 compiles its kernel on the first call
+                    synchronize(device)
+                    started = time.perf_counter()
+                    out = product(query, key, value)
+                    synchronize(device)
+                    if repeat >= 2:
+                        seconds.append(time.perf_counter() - started)
+        except Exception as error:  # noqa: BLE001 - a benchmark reports what failed and goes on
+            report[name] = {"error": f"{type(error).__name__}: {error}"}
+            continue
         median = statistics.median(seconds)
         report[name] = {
             "seconds": median,
             "tflops": 4 * tokens**2 * heads * head_dim / median / 1e12,
             "rel_error_vs_fp32": float((out.float() - reference).norm() / reference.norm()),
         }
+        if name == "cudnn_fp8":
+            report[name]["operator_vs_emulation"] = fp8_operator_check(query, key, value, heads=min(heads, 4))
     return report
+
+
+def fp8_operator_check(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, heads: int) -> dict[str, Any]:
+    """scaled_fp8_attention (cuDNN on a GPU) against emulated_fp8_attention on the same fp8 operands, for the first
+    `heads` heads (the emulation holds a tokens x tokens score matrix per head): relative norm error and the largest
+    difference in fp8 units of the output; then the operator alone timed on all heads."""
+    with torch.inference_mode():
+        (query8, query_descale), (key8, key_descale), (value8, value_descale) = (
+            to_fp8(tensor) for tensor in (query, key, value)
+        )
+        descales = (query_descale, key_descale, value_descale)
+        kernel = scaled_fp8_attention(query8, key8, value8, *descales)[:, :, :heads].float()
+        emulated = torch.cat(
+            [
+                emulated_fp8_attention(*(t[:, :, head : head + 1] for t in (query8, key8, value8)), *descales)
+                for head in range(heads)
+            ],
+            dim=2,
+        ).float()
+        seconds = []
+        for repeat in range(7):
+            synchronize(query.device)
+            started = time.perf_counter()
+            scaled_fp8_attention(query8, key8, value8, *descales)
+            synchronize(query.device)
+            if repeat >= 2:
+                seconds.append(time.perf_counter() - started)
+    return {
+        "heads_compared": heads,
+        "rel_error": float((kernel - emulated).norm() / emulated.norm()),
+        "max_abs_diff_fp8_units": float((kernel - emulated).abs().max()),
+        "operator_seconds": statistics.median(seconds),
+    }
 
 
 def vae_decode_check(vae: torch.nn.Module, latents: torch.Tensor, device: torch.device) -> dict[str, Any]:
@@ -413,6 +465,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="attention kernel of the engines built after the first (ours_attention, compiled, fast); the first shares "
         "stock's modules and keeps SDPA",
     )
+    parser.add_argument(
+        "--attention-check-only",
+        action="store_true",
+        help="time the attention kernels alone (attention_check), then stop: a minute's probe before a long run",
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--workdir", type=Path, help="default: a temporary folder")
     args = parser.parse_args(argv)
@@ -468,8 +525,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report["attention_check"] = (
         attention_check(device, tokens=256, heads=2, head_dim=16) if args.tiny else attention_check(device)
     )
+    if args.tiny:  # the operator is its emulation on a CPU: this only keeps the GPU check's code running
+        query, key, value = (torch.randn((1, 64, 2, 16)) for _ in range(3))
+        report["attention_check"]["fp8_operator_on_cpu"] = fp8_operator_check(query, key, value, heads=2)
     print("attention kernels:", json.dumps(report["attention_check"]), flush=True)
     save()
+    if args.attention_check_only:
+        return report
     requests = {False: engine.resolve(without), True: engine.resolve(with_loras)}
     latents: dict[str, torch.Tensor] = {}
     for name in ("ours_loras", "ours"):

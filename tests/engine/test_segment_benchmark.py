@@ -54,7 +54,9 @@ def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
     assert variants["ours_attention"]["one_forward_rel_error_vs_eager"] == 0.0
     kernels = report["attention_check"]  # each kernel alone: SDPA timed against fp32, FlashAttention-4 says why not
     assert kernels["sdpa"]["seconds"] > 0 and kernels["sdpa"]["rel_error_vs_fp32"] < 1e-6
-    assert kernels["flash4"] == {"unavailable": "cpu is not a CUDA GPU"}
+    assert kernels["flash4"] == kernels["cudnn_fp8"] == {"unavailable": "cpu is not a CUDA GPU"}
+    # the GPU's check of cuDNN against the emulation, run where the operator is the emulation: no difference
+    assert kernels["fp8_operator_on_cpu"]["rel_error"] == 0.0 and kernels["fp8_operator_on_cpu"]["heads_compared"] == 2
     # where one forward's time goes: on the CPU the aten ops stand in for kernels; the blocks' Linear layers and SDPA
     # are both there, and the kinds add up to the total
     profile = variants["fast"]["kernel_profile"]
@@ -68,3 +70,25 @@ def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
     assert {"first_merge_high_seconds", "re_merge_high_seconds", "close_seconds"} <= set(merges)
     for variant in variants.values():
         assert variant["speedup_vs_stock"] > 0
+
+
+def test_the_attention_block_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
+    """bench/attention_block.py on the CPU: a fresh model per kernel, compiled as the engine compiles its blocks; SDPA
+    reproduces the eager reference, cudnn_fp8 (its operator's CPU kernel, the emulation) is close to it, not equal."""
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "block.json"
+    subprocess.run(
+        [sys.executable, "bench/attention_block.py", "--tiny", "--repeats", "2", "--json", str(out)],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join((str(repo), str(repo / "bench")))},
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    report = json.loads(out.read_text())
+    assert report["weights"] == "native" and report["layers"] == 2  # no fp8 matmuls on a CPU
+    kernels = report["kernels"]
+    assert kernels["sdpa"]["rel_error_vs_bf16_eager_sdpa"] == 0.0
+    assert 1e-3 < kernels["cudnn_fp8"]["rel_error_vs_bf16_eager_sdpa"] < 0.05
+    for kernel in kernels.values():
+        assert kernel["forward_seconds"] > 0 and kernel["per_layer_seconds"] == kernel["forward_seconds"] / 2
