@@ -22,10 +22,9 @@ the scaling around the kernel is tested without a GPU, and the GPU benchmark com
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -36,11 +35,10 @@ from diffusers.models.transformers.transformer_wan import (
 )
 from loguru import logger
 
+from Wan2GP.cudnn_fp8 import FP8_MAX, PROBABILITY_SCALE, cudnn_fp8_plan, cudnn_frontend_backend_version
+
 TEXT_CONTEXT_TOKENS = 512  # diffusers' Wan I2V processor: the image context is what precedes the last 512 tokens
 
-FP8_MAX = 448.0  # the largest finite float8_e4m3fn
-# Softmax probabilities lie in [0, 1]: scaled by FP8_MAX they use e4m3's whole range.
-PROBABILITY_SCALE = FP8_MAX
 CUDNN_FP8_MIN_VERSION = 90100  # cuDNN's fp8 flash-attention forward came with 9.1 (Hopper) and runs on Blackwell
 
 # (batch, tokens, heads, head_dim) query, key and value in; (batch, tokens, heads, head_dim of value) out
@@ -81,16 +79,6 @@ def cudnn_fp8_unavailable(device: torch.device, dtype: torch.dtype) -> str | Non
     """Why cuDNN's fp8 attention cannot run on `device` for a transformer computing in `dtype` (None: it can)."""
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     return cudnn_fp8_refusal(str(device), capability, dtype, cudnn_version=cudnn_frontend_backend_version())
-
-
-def cudnn_frontend_backend_version() -> int | None:
-    """The cuDNN library version as cuDNN's Python frontend sees it (90100 is 9.1.0), None when the frontend is not
-    installed. Imported here only: the frontend loads cuDNN's library as it is imported."""
-    if importlib.util.find_spec("cudnn") is None:
-        return None
-    import cudnn
-
-    return int(cudnn.backend_version())
 
 
 def cudnn_fp8_refusal(
@@ -220,7 +208,7 @@ def scaled_fp8_attention(
     is a weighted mean of value rows)."""
     query8, key8, value8 = (tensor.contiguous() for tensor in (query8, key8, value8))
     batch, q_tokens, heads, head_dim = query8.shape
-    plan = _cudnn_fp8_plan(query8.device.index, batch, q_tokens, key8.shape[1], heads, head_dim)
+    plan = cudnn_fp8_plan(query8.device.index, batch, q_tokens, key8.shape[1], heads, head_dim)
     out8 = torch.empty_like(query8)
     plan.run(query8, key8, value8, query_descale, key_descale, value_descale, out8)
     return out8
@@ -270,122 +258,6 @@ def emulated_fp8_attention(
     probabilities8 = (probabilities * PROBABILITY_SCALE).to(torch.float8_e4m3fn).float() / PROBABILITY_SCALE
     out = torch.einsum("bhqk,bkhd->bqhd", probabilities8 / totals, value8.float())
     return out.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).contiguous()
-
-
-class _CudnnFp8Plan:
-    """One built cuDNN fp8 attention graph for a shape, with the device scalars it always takes."""
-
-    def __init__(self, device_index: int, batch: int, q_tokens: int, kv_tokens: int, heads: int, head_dim: int):
-        import cudnn
-
-        self._cudnn = cudnn
-        self.device = torch.device("cuda", device_index)
-        with torch.cuda.device(self.device):
-            self.handle = cudnn.create_handle()
-        graph = cudnn.pygraph(
-            io_data_type=cudnn.data_type.FP8_E4M3,
-            intermediate_data_type=cudnn.data_type.FLOAT,
-            compute_data_type=cudnn.data_type.FLOAT,
-            handle=self.handle,
-        )
-
-        def token_major(tokens: int, uid: int) -> Any:  # (batch, heads, tokens, head_dim) over a BSHD buffer
-            return graph.tensor(
-                uid=uid,
-                dim=(batch, heads, tokens, head_dim),
-                stride=(tokens * heads * head_dim, head_dim, heads * head_dim, 1),
-                data_type=cudnn.data_type.FP8_E4M3,
-            )
-
-        def scalar(uid: int) -> Any:
-            return graph.tensor(uid=uid, dim=(1, 1, 1, 1), stride=(1, 1, 1, 1), data_type=cudnn.data_type.FLOAT)
-
-        uids = iter(range(1, 100))
-        self.uid = {name: next(uids) for name in _CUDNN_FP8_OPERANDS}
-        operands = {name: token_major(q_tokens if name == "q" else kv_tokens, self.uid[name]) for name in "qkv"}
-        scalars = {name: scalar(self.uid[name]) for name in _CUDNN_FP8_OPERANDS[3:9]}
-        out, _, probability_amax, out_amax = graph.sdpa_fp8(
-            q=operands["q"],
-            k=operands["k"],
-            v=operands["v"],
-            descale_q=scalars["descale_q"],
-            descale_k=scalars["descale_k"],
-            descale_v=scalars["descale_v"],
-            descale_s=scalars["descale_s"],
-            scale_s=scalars["scale_s"],
-            scale_o=scalars["scale_o"],
-            generate_stats=False,
-            attn_scale=head_dim**-0.5,
-            use_causal_mask=False,
-        )
-        out.set_uid(self.uid["o"]).set_output(True).set_dim((batch, heads, q_tokens, head_dim)).set_stride(
-            (q_tokens * heads * head_dim, head_dim, heads * head_dim, 1)
-        ).set_data_type(cudnn.data_type.FP8_E4M3)
-        for name, amax in (("amax_s", probability_amax), ("amax_o", out_amax)):
-            amax.set_uid(self.uid[name]).set_output(True).set_dim((1, 1, 1, 1)).set_stride((1, 1, 1, 1))
-            amax.set_data_type(cudnn.data_type.FLOAT)
-        graph.build([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
-        self.graph = graph
-        self.workspace_bytes = graph.get_workspace_size()
-
-        def constant(value: float) -> torch.Tensor:
-            return torch.full((1, 1, 1, 1), value, dtype=torch.float32, device=self.device)
-
-        self.probability_scale, self.probability_descale = constant(PROBABILITY_SCALE), constant(1 / PROBABILITY_SCALE)
-
-    def run(
-        self,
-        query8: torch.Tensor,
-        key8: torch.Tensor,
-        value8: torch.Tensor,
-        query_descale: torch.Tensor,
-        key_descale: torch.Tensor,
-        value_descale: torch.Tensor,
-        out8: torch.Tensor,
-    ) -> None:
-        stream = torch.cuda.current_stream(self.device)
-        self._cudnn.set_stream(handle=self.handle, stream=stream.cuda_stream)
-        amaxes = torch.empty(2, dtype=torch.float32, device=self.device)  # cuDNN reports them; nothing reads them
-        value_descale = value_descale.float()
-        variant_pack = {
-            self.uid["q"]: query8,
-            self.uid["k"]: key8,
-            self.uid["v"]: value8,
-            self.uid["descale_q"]: query_descale.float().contiguous(),
-            self.uid["descale_k"]: key_descale.float().contiguous(),
-            self.uid["descale_v"]: value_descale.contiguous(),
-            self.uid["descale_s"]: self.probability_descale,
-            self.uid["scale_s"]: self.probability_scale,
-            self.uid["scale_o"]: (1 / value_descale).contiguous(),
-            self.uid["o"]: out8,
-            self.uid["amax_s"]: amaxes[0:1],
-            self.uid["amax_o"]: amaxes[1:2],
-        }
-        workspace = torch.empty(self.workspace_bytes, dtype=torch.uint8, device=self.device)
-        self.graph.execute(variant_pack, workspace, handle=self.handle)
-
-
-_CUDNN_FP8_OPERANDS = (
-    "q",
-    "k",
-    "v",
-    "descale_q",
-    "descale_k",
-    "descale_v",
-    "descale_s",
-    "scale_s",
-    "scale_o",
-    "o",
-    "amax_s",
-    "amax_o",
-)
-
-
-# Built graphs, one per device and shape: like torch's own kernel caches, they live as long as the process (a
-# worker sees a handful of sizes; building one takes cuDNN's heuristics and a kernel load).
-@functools.cache
-def _cudnn_fp8_plan(device_index: int, batch: int, q_tokens: int, kv_tokens: int, heads: int, head_dim: int):
-    return _CudnnFp8Plan(device_index, batch, q_tokens, kv_tokens, heads, head_dim)
 
 
 ATTENTION_PRODUCTS: dict[str, AttentionProduct] = {
