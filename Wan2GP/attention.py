@@ -63,15 +63,24 @@ def flash4_refusal(
 ) -> str | None:
     """The reason FlashAttention-4 cannot run on `device` (its CUDA compute capability, None for no CUDA GPU) for
     weights of `dtype`, or None where it can."""
+    refused = _hopper_or_blackwell_refusal("FlashAttention-4", device, capability, dtype)
+    if refused is None and not installed:
+        return "flash-attn-4 is not installed (pip install -r requirements-hopper.txt)"
+    return refused
+
+
+def _hopper_or_blackwell_refusal(
+    kernel: str, device: str, capability: tuple[int, int] | None, dtype: torch.dtype
+) -> str | None:
+    """Why `kernel`, written for compute capability 9.x/10.x GPUs and a bf16/fp16 transformer, cannot run on `device`
+    (its compute capability, None for no CUDA GPU) for one computing in `dtype`; None where it can."""
     if capability is None:
         return f"{device} is not a CUDA GPU"
     major, minor = capability
     if major not in (9, 10):
-        return f"{device} has compute capability {major}.{minor} (FlashAttention-4 runs on 9.x and 10.x)"
+        return f"{device} has compute capability {major}.{minor} ({kernel} runs on 9.x and 10.x)"
     if dtype not in (torch.bfloat16, torch.float16):
-        return f"the transformer computes in {dtype} (FlashAttention-4 takes bf16 and fp16)"
-    if not installed:
-        return "flash-attn-4 is not installed (pip install -r requirements-hopper.txt)"
+        return f"the transformer computes in {dtype} ({kernel} takes bf16 and fp16)"
     return None
 
 
@@ -86,18 +95,12 @@ def cudnn_fp8_refusal(
 ) -> str | None:
     """The reason cuDNN's fp8 flash attention cannot run on `device` (its CUDA compute capability, None for no CUDA
     GPU) for a transformer computing in `dtype`, with cuDNN `cudnn_version` (None: no frontend), or None where it can."""
-    if capability is None:
-        return f"{device} is not a CUDA GPU"
-    major, minor = capability
-    if major not in (9, 10):
-        return f"{device} has compute capability {major}.{minor} (cuDNN's fp8 attention runs on 9.x and 10.x)"
-    if dtype not in (torch.bfloat16, torch.float16):
-        return f"the transformer computes in {dtype} (fp8 attention belongs to a bf16/fp16 model)"
-    if cudnn_version is None:
+    refused = _hopper_or_blackwell_refusal("cuDNN's fp8 attention", device, capability, dtype)
+    if refused is None and cudnn_version is None:
         return "nvidia-cudnn-frontend is not installed (pip install -r requirements-hopper.txt)"
-    if cudnn_version < CUDNN_FP8_MIN_VERSION:
+    if refused is None and cudnn_version < CUDNN_FP8_MIN_VERSION:
         return f"cuDNN {cudnn_version} is older than 9.1 (its first fp8 attention forward)"
-    return None
+    return refused
 
 
 def choose_attention_kernel(

@@ -247,7 +247,7 @@ def test_which_gpus_get_cudnn_fp8() -> None:
             (9, 0),
             torch.float32,
             91000,
-        ): "the transformer computes in torch.float32 (fp8 attention belongs to a bf16/fp16 model)",
+        ): "the transformer computes in torch.float32 (cuDNN's fp8 attention takes bf16 and fp16)",
         (
             "cuda:0",
             (9, 0),
