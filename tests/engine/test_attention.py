@@ -287,8 +287,7 @@ def test_fp8_scaling_maps_each_tensor_onto_e4m3() -> None:
 
 def test_fp8_attention_is_attention_to_fp8_precision() -> None:
     """Through the operator's CPU kernel (the emulation of cuDNN's steps): a few percent from exact attention on
-    random inputs (fp8 keeps 3 mantissa bits; bf16 SDPA is 0.4% there), whatever the inputs' scale, and exactly the
-    same compiled (the fake's strides and the scaling traced around the opaque operator)."""
+    random inputs (fp8 keeps 3 mantissa bits; bf16 SDPA is 0.4% there), whatever the inputs' scale."""
     generator = torch.Generator().manual_seed(2)
     query, key, value = (torch.randn((1, 96, 2, 32), generator=generator) for _ in range(3))
     for scale in (1.0, 3.0, 1e-3):  # flat, peaked, tiny: the per-tensor scales must follow the inputs
@@ -296,9 +295,16 @@ def test_fp8_attention_is_attention_to_fp8_precision() -> None:
         out = fp8_attention((query * scale).bfloat16(), key.bfloat16(), (value * scale).bfloat16())
         assert out.dtype == torch.bfloat16 and out.shape == query.shape
         assert 0.005 < _relative_error(out, expected) < 0.1, scale
+
+
+def test_fp8_attention_compiled_is_fp8_attention() -> None:
+    """A full-graph compile traces the scaling around the opaque operator and takes the output's layout from its
+    fake: the same values as eager. (scripts/mutation.py leaves this test out: dynamo cannot trace mutmut's
+    trampolines.)"""
+    generator = torch.Generator().manual_seed(2)
+    query, key, value = (torch.randn((1, 96, 2, 32), generator=generator).bfloat16() for _ in range(3))
     compiled = torch.compile(fp8_attention, fullgraph=True, backend="aot_eager")
-    eager = fp8_attention(query.bfloat16(), key.bfloat16(), value.bfloat16())
-    assert torch.equal(compiled(query.bfloat16(), key.bfloat16(), value.bfloat16()), eager)
+    assert torch.equal(compiled(query, key, value), fp8_attention(query, key, value))
 
 
 def test_the_fp8_operator_rounds_its_probabilities_and_output_to_fp8() -> None:
