@@ -225,6 +225,48 @@ def test_the_fast_path_takes_fp8_attention_for_the_self_attention_only() -> None
         )
 
 
+def test_what_a_cuda_device_reports_reaches_the_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CUDA device the refusals get its compute capability, the transformer's dtype and what is installed. There
+    is no GPU here: torch's capability query, FA4's import check and cuDNN's version are replaced by stand-ins that
+    answer as a 9.0 GPU would, with and without the packages."""
+    import Wan2GP.attention as attention
+
+    asked: list[torch.device] = []
+
+    def capability(device: torch.device) -> tuple[int, int]:
+        asked.append(device)
+        return (9, 0)
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    monkeypatch.setattr(attention, "flash4_installed", lambda: False)
+    monkeypatch.setattr(attention, "cudnn_frontend_backend_version", lambda: None)
+    gpu = torch.device("cuda:1")
+    install = "(pip install -r requirements-hopper.txt)"
+    assert attention.flash4_unavailable(gpu, torch.bfloat16) == f"flash-attn-4 is not installed {install}"
+    assert attention.cudnn_fp8_unavailable(gpu, torch.bfloat16) == f"nvidia-cudnn-frontend is not installed {install}"
+    assert attention.flash4_unavailable(gpu, torch.float32) == (
+        "the transformer computes in torch.float32 (FlashAttention-4 takes bf16 and fp16)"
+    )
+    assert attention.cudnn_fp8_unavailable(gpu, torch.float32) == (
+        "the transformer computes in torch.float32 (cuDNN's fp8 attention takes bf16 and fp16)"
+    )
+    assert asked == [gpu] * 4
+    monkeypatch.setattr(attention, "flash4_installed", lambda: True)
+    monkeypatch.setattr(attention, "cudnn_frontend_backend_version", lambda: 91000)
+    assert attention.flash4_unavailable(gpu, torch.bfloat16) is None
+    assert attention.cudnn_fp8_unavailable(gpu, torch.bfloat16) is None
+    assert choose_attention_kernel("auto", gpu, torch.bfloat16, context_parallel=False, fp8_activations=True) == (
+        "cudnn_fp8",
+        "flash4",
+    )
+    # off the fast path cuDNN's frontend is not even imported (importing it loads cuDNN's library)
+    monkeypatch.setattr(attention, "cudnn_frontend_backend_version", lambda: pytest.fail("cuDNN's version was read"))
+    assert choose_attention_kernel("auto", gpu, torch.bfloat16, context_parallel=False, fp8_activations=False) == (
+        "flash4",
+        "flash4",
+    )
+
+
 def test_which_gpus_get_cudnn_fp8() -> None:
     for capability in ((9, 0), (10, 0)):
         for dtype in (torch.bfloat16, torch.float16):
@@ -307,24 +349,37 @@ def test_fp8_attention_compiled_is_fp8_attention() -> None:
     assert torch.equal(compiled(query, key, value), fp8_attention(query, key, value))
 
 
+def _softmax_weighted(scores: list[float], values: list[float], *, round_probabilities: bool) -> float:
+    """One output of the emulated kernel, by hand: the weights relative to the row's maximum score, optionally rounded
+    to fp8 at 448, average the values; the result rounded to fp8."""
+    weights = (torch.tensor(scores) - max(scores)).exp()
+    used = (weights * 448).to(torch.float8_e4m3fn).float() / 448 if round_probabilities else weights
+    return float(((used * torch.tensor(values)).sum() / weights.sum()).to(torch.float8_e4m3fn))
+
+
 def test_the_fp8_operator_rounds_its_probabilities_and_output_to_fp8() -> None:
-    """One query over keys whose scores are known: the output is the weighted mean of the values with the softmax
-    weights rounded to fp8 (scaled by 448), then itself rounded to fp8 in value's scale."""
+    """Two queries over three keys whose scores are known (every operand exact in fp8): each output is the weighted
+    mean of the values, with the softmax weights taken against its own row's maximum and rounded to fp8 at 448, then
+    itself rounded to fp8 in value's scale. The first row's numbers are chosen so that leaving the weights unrounded
+    changes its output; the second row's maximum is far above the first's."""
     key = torch.zeros((1, 3, 1, 4))
-    key[0, :, 0, 0] = torch.tensor([0.0, 1.0, 2.0])
-    query = torch.zeros((1, 1, 1, 4))
-    query[0, 0, 0, 0] = 2.0  # scores 0, 1, 2 after the 1/sqrt(4) scale
+    key[0, :, 0, 0] = torch.tensor([0.75, 0.375, 0.0])
+    query = torch.zeros((1, 2, 1, 4))
+    query[0, :, 0, 0] = torch.tensor([0.25, 8.0])  # scores 0.09375, 0.046875, 0 and 3, 1.5, 0 (1/sqrt(4) scale)
     value = torch.zeros((1, 3, 1, 4))
-    value[0, :, 0, 0] = torch.tensor([448.0, 0.0, 0.0])
+    value[0, :, 0, 0] = torch.tensor([448.0, 448.0, 0.0])
     value[0, :, 0, 1] = torch.tensor([0.0, 0.0, 448.0])
     unit = torch.ones((1, 1, 1, 1))
     out = scaled_fp8_attention(*(t.to(torch.float8_e4m3fn) for t in (query, key, value)), unit, unit, unit)
-    weights = torch.tensor([-2.0, -1.0, 0.0]).exp()  # relative to the row's maximum
-    rounded = (weights * 448).to(torch.float8_e4m3fn).float() / 448
-    expected = torch.tensor([448 * rounded[0], 448 * rounded[2]]) / weights.sum()
     assert out.dtype == torch.float8_e4m3fn
-    assert out.float()[0, 0, 0, :2].tolist() == expected.to(torch.float8_e4m3fn).float().tolist()
-    assert out.float()[0, 0, 0, 2:].tolist() == [0.0, 0.0]
+    for row, scores in enumerate(([0.09375, 0.046875, 0.0], [3.0, 1.5, 0.0])):
+        expected = [
+            _softmax_weighted(scores, list(value[0, :, 0, channel]), round_probabilities=True) for channel in (0, 1)
+        ]
+        assert out.float()[0, row, 0, :2].tolist() == expected, row
+        assert out.float()[0, row, 0, 2:].tolist() == [0.0, 0.0]
+    unrounded = _softmax_weighted([0.09375, 0.046875, 0.0], [448.0, 448.0, 0.0], round_probabilities=False)
+    assert float(out.float()[0, 0, 0, 0]) != unrounded, "the test must tell rounded weights from exact ones"
     # the fake agrees with the kernel on shape, dtype and strides (torch's schema checks do arithmetic fp8 lacks)
     operands = (*(t.to(torch.float8_e4m3fn) for t in (query, key, value)), unit, unit, unit)
     torch.library.opcheck(scaled_fp8_attention, operands, test_utils=("test_faketensor",))
@@ -339,8 +394,11 @@ def test_the_fast_paths_kernels_in_a_whole_transformer() -> None:
         expected = transformer(**inputs, return_dict=False)[0]
         assert install_attention_kernel(transformer, AttentionKernels("cudnn_fp8", "sdpa")) == 4
         actual = transformer(**inputs, return_dict=False)[0]
-    processors = {type(m.processor) for m in transformer.modules() if isinstance(m, WanAttention)}
-    assert processors == {KernelAttnProcessor}
+    processors = {m.processor for m in transformer.modules() if isinstance(m, WanAttention)}
+    assert all(isinstance(processor, KernelAttnProcessor) for processor in processors)
+    assert {(processor.product, processor.cross_product) for processor in processors} == {
+        (fp8_attention, sdpa_attention)
+    }
     error = float((actual.float() - expected.float()).norm() / expected.float().norm())
     assert 1e-3 < error < 0.05
 
