@@ -230,7 +230,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mutating {target} ...", flush=True)
         score = run_target(target, args.jobs, equivalents, mutmut)
         scores.append(score)
-        print(f"  {score.score:6.1%}  {score.total} mutants in {score.seconds:.0f} s", flush=True)
+        print(
+            f"  {score.score:6.1%}  {score.total} mutants in {score.seconds:.0f} s: {score.killed} killed, "
+            f"{len(score.equivalent)} recorded equivalent, {len(score.survived)} survived, other {score.other or '-'}",
+            flush=True,
+        )
+        if args.json:  # after every module: a run stopped part way keeps what it measured
+            write_scores(args.json, scores)
 
     print("\nmodule                              score   mutants  killed  equivalent  survived  other")
     for score in scores:
@@ -253,29 +259,33 @@ def main(argv: list[str] | None = None) -> int:
             f"\n{EQUIVALENT_FILE.name}: {len(stale)} entries name no surviving mutant now (code changed?): {stale[:10]}"
         )
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                [
-                    {
-                        "module": score.target,
-                        "score": round(score.score, 4),
-                        "mutants": score.total,
-                        "killed": score.killed,
-                        "equivalent": len(score.equivalent),
-                        "survived": score.survived,
-                        "other": score.other,
-                        "seconds": round(score.seconds, 1),
-                    }
-                    for score in scores
-                ],
-                indent=2,
-            )
-        )
+        write_scores(args.json, scores)
     below = [score.target for score in scores if score.score < REQUIRED_SCORE]
     if below:
         print(f"\nbelow {REQUIRED_SCORE:.0%}: {', '.join(below)}")
         return 1
     return 0
+
+
+def write_scores(path: Path, scores: list[ModuleScore]) -> None:
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "module": score.target,
+                    "score": round(score.score, 4),
+                    "mutants": score.total,
+                    "killed": score.killed,
+                    "equivalent": len(score.equivalent),
+                    "survived": score.survived,
+                    "other": score.other,
+                    "seconds": round(score.seconds, 1),
+                }
+                for score in scores
+            ],
+            indent=2,
+        )
+    )
 
 
 def _prefix(target: str) -> str:
