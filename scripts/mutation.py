@@ -1,9 +1,10 @@
 """Mutation testing of the core modules with mutmut: how many plausible bugs (a flipped comparison, a changed
 constant, a dropped argument) the tests catch, per module. Run by scripts/mutation.sh; not part of CI.
 
-Each module is mutated in a scratch copy of the working tree, with only the test files that cover it, so a full run
-fits in about half an hour on 2 cores. A surviving mutant is either killed by a test that asserts the behaviour, or
-recorded in tests/mutation_equivalent.txt as equivalent (it cannot change behaviour), with a one-line reason.
+Each module is mutated in a scratch copy of the working tree, with only the test files that cover it, so most take
+minutes (postgres.py, whose mutants rerun both databases' tests, 48; every module, one job each: 2-3 hours on 2 cores).
+A surviving mutant is either killed by a test that asserts the behaviour, or recorded in
+tests/mutation_equivalent.txt as equivalent (it cannot change behaviour), with a one-line reason.
 
     scripts/mutation.sh                      # every module
     scripts/mutation.sh Wan2GP/schedule.py   # one (or several)

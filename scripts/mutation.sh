@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Mutation testing of the core modules (scripts/mutation.py says how; README "Tests that bite" has the last scores).
-# Not part of CI: about half an hour on 2 cores for every module. Arguments go to scripts/mutation.py.
+# Not part of CI: 2-3 hours on 2 cores for every module (README "Tests that bite"). Arguments go to scripts/mutation.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
