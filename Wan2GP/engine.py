@@ -357,7 +357,7 @@ class WanEngine:
                 self.device,
                 transformer_dtype,
                 context_parallel=self.rank_group is not None,
-                fp8_activations=placement.weights == "fp8_dynamic",
+                fp8_activations=placement.weights == FAST_FORMAT,
             )
         except ValueError as error:
             raise ModelLoadError(f"model {definition.id}: {error}") from None
