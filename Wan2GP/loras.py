@@ -18,7 +18,7 @@ import math
 import re
 import warnings
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,6 +29,7 @@ from loguru import logger
 from peft.tuners.lora import LoraLayer
 
 from Wan2GP.lora_formats import ALL_EXPERTS, FullDelta, LoraError, LoraFile, LowRank, read_lora_file
+from Wan2GP.quantization import copy_into, float8_rows, is_float8_rows, snapshot, tensor_bytes
 
 __all__ = [
     "CPU_AUTO_MODE",
@@ -68,6 +69,11 @@ CUDA_MODE_COSTS = ModeCosts(unmerged_per_forward=0.170, first_merge=6.26, re_mer
 # experts (bench/results/speed_h200_lora_modes.json): first merge 0.144 s, re-merge 0.129 s, close 0.029 s per expert,
 # one forward 2.112 s; the unmerged cost per forward is the H100 figure above, so that both sets compare alike.
 CUDA_DEVICE_COPY_COSTS = ModeCosts(unmerged_per_forward=0.170, first_merge=0.068, re_merge=0.061, unmerge=0.014)
+# Float8 weights with per-row scales (--fast) merged by quantizing again from their float8 originals kept on the device.
+# Unmerged: the seed segment's forward on the H200 (fp8 attention) took 1.289 s with the seed's two LoRAs as adapters
+# against 1.200 s without (bench/results/speed_h200_fast_loras_fp8.json, speed_h200_fast_fp8.json). Merge costs: an
+# estimate from the bytes a compiled re-merge moves (~15 per weight, ~0.2 TB an expert at ~3 TB/s: ~0.075 s).
+CUDA_FLOAT8_DEVICE_COPY_COSTS = ModeCosts(unmerged_per_forward=0.074, first_merge=0.07, re_merge=0.063, unmerge=0.008)
 
 # (expert, forwards, per-LoRA strengths) of one denoising step: what the runtime is told of the run ahead.
 StepStrengths = tuple[str, int, tuple[float, ...]]
@@ -105,27 +111,39 @@ def choose_mode(
 
 
 def auto_modes(
-    steps: Sequence[StepStrengths] | None, experts: Mapping[int, Sequence[str]], copied_on_device: Collection[int]
+    steps: Sequence[StepStrengths] | None,
+    experts: Mapping[int, Sequence[str]],
+    copied_on_device: Collection[int],
+    float8: Collection[int] = (),
 ) -> dict[int, Mode]:
     """Mode 'auto' on a GPU: per transformer (`experts`: key -> the experts it serves), the cheaper mode for the
     spans of its own experts, at device-copy costs where its exact originals stay on the device (`copied_on_device`)
-    and host-copy costs elsewhere; without a step plan, unmerged (nothing says merging would pay)."""
+    and host-copy costs elsewhere; for a transformer whose LoRA layers hold float8 weights (`float8`) at the float8
+    device-copy costs, and unmerged when its originals would live in host memory (not measured: every re-merge would
+    carry them over). Without a step plan, unmerged (nothing says merging would pay)."""
     if not steps:
         return dict.fromkeys(experts, "unmerged")
     spans = forward_spans(steps)
-    return {
-        key: choose_mode(
-            {expert: spans[expert] for expert in served if expert in spans},
-            CUDA_DEVICE_COPY_COSTS if key in copied_on_device else CUDA_MODE_COSTS,
-        )
-        for key, served in experts.items()
-    }
+    modes: dict[int, Mode] = {}
+    for key, served in experts.items():
+        if key in float8:
+            costs = CUDA_FLOAT8_DEVICE_COPY_COSTS if key in copied_on_device else None
+        else:
+            costs = CUDA_DEVICE_COPY_COSTS if key in copied_on_device else CUDA_MODE_COSTS
+        own = {expert: spans[expert] for expert in served if expert in spans}
+        modes[key] = choose_mode(own, costs) if costs is not None else "unmerged"
+    return modes
 
 
 ADAPTER_NAME_PREFIX = "lora"
 # Set on a transformer while a LoraRuntime holds it: in merged mode nothing else shows that LoRAs are written into it.
 _HELD_BY = "_lora_runtime_holding_it"
 _NAMES_SHOWN = 5  # how many key names a warning or error quotes
+
+
+# The float8 requantization of a merged weight (quantization.float8_rows, compiled on a GPU):
+# (base data, base scale, float32 delta) -> (data, scale).
+Requantize = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -141,31 +159,39 @@ class _Write:
     applied: tuple[float, ...] | None = None  # the strengths of `terms` now in the parameter; None: the original
 
     @torch.no_grad()
-    def apply(self, strengths: Sequence[float]) -> None:
+    def apply(self, strengths: Sequence[float], requantize: Requantize) -> None:
         wanted = tuple(strengths[index] for index, _ in self.terms)
         state = wanted if any(wanted) else None  # all zero: the original itself
         if state == self.applied:
             return
         parameter = getattr(self.owner, self.attr)
         if state is None:
-            parameter.copy_(self.original)
+            copy_into(parameter, self.original)
             self.applied = None
             return
         if self.original is None:
             # On the device only where the runtime found room for it (a re-merge then never leaves the GPU); else in
             # (pageable) host memory. Not pinned: torch's pinned-memory cache rounds blocks up to powers of two (up to
             # ~2x the host memory).
-            self.original = parameter.detach().to(parameter.device if self.original_on_device else "cpu", copy=True)
-        # One fp32 sum from the pristine copy, rounded once: no drift however often strengths change. A host copy
-        # travels in its own dtype and widens on the device: converting on the host first sends twice the bytes
-        # (bf16 -> fp32) through a pageable-memory path (bench/README.md measured ~3 GB/s that way).
-        value = self.original.to(device=parameter.device).to(torch.float32, copy=True)
+            self.original = snapshot(parameter, parameter.device if self.original_on_device else "cpu")
+        # A host copy travels in its own dtype and widens on the device: converting on the host first sends twice the
+        # bytes (bf16 -> fp32) through a pageable-memory path (bench/README.md measured ~3 GB/s that way).
+        original = self.original if self.original_on_device else snapshot(self.original, parameter.device)
+        # One sum from the pristine copy, rounded once: no drift however often strengths change.
+        if is_float8_rows(parameter):
+            # the merged weight quantized again from the float8 weights the model was loaded with
+            qdata, scale = requantize(original.qdata, original.scale, self._delta(wanted, original.dequantize))
+            parameter.qdata.copy_(qdata)
+            parameter.scale.copy_(scale)
+            self.applied = state
+            return
+        value = original.to(torch.float32, copy=True)
         # Only DoRA normalises against the original weight: only then is a second fp32 copy kept beside the sum.
         dora_active = any(
             isinstance(term, LowRank) and term.magnitude is not None and strength
             for (_, term), strength in zip(self.terms, wanted, strict=True)
         )
-        original = value.clone() if dora_active else None
+        base = value.clone() if dora_active else None
         for (_, term), strength in zip(self.terms, wanted, strict=True):
             if strength == 0.0:
                 continue
@@ -174,15 +200,46 @@ class _Write:
             elif term.magnitude is None:
                 value.addmm_(term.up.float(), term.down.float(), alpha=strength)
             else:
-                assert original is not None  # dora_active
-                value.add_(_dora_weight(original, term) - original, alpha=strength)
+                assert base is not None  # dora_active
+                value.add_(_dora_weight(base, term) - base, alpha=strength)
         parameter.copy_(value)
         self.applied = state
+
+    def _delta(self, wanted: tuple[float, ...], base: Callable[[torch.dtype], torch.Tensor]) -> torch.Tensor:
+        """The change of the LoRAs at these strengths, for a float8 weight: the low-rank pairs as one bfloat16 matmul
+        over their concatenated ranks (float32 accumulation), plus the full deltas and DoRA's terms in float32 (DoRA
+        needs the original itself: `base`, which gives it in float32).
+
+        bfloat16 because the result is rounded to float8 next: its 8 mantissa bits are 32x finer than e4m3's 3 (a test
+        bounds the difference to one float8 step), and a float32 product was half of an A14B expert's re-merge on the
+        H200 (fp32 matmuls without tensor cores, twice the bytes; bench/README.md)."""
+        ups: list[torch.Tensor] = []
+        downs: list[torch.Tensor] = []
+        delta: torch.Tensor | None = None
+        base_value: torch.Tensor | None = None
+        for (_, term), strength in zip(self.terms, wanted, strict=True):
+            if strength == 0.0:
+                continue
+            if isinstance(term, FullDelta):
+                change = term.delta.float() * strength
+            elif term.magnitude is None:
+                ups.append(term.up.to(torch.bfloat16) * strength)
+                downs.append(term.down.to(torch.bfloat16))
+                continue
+            else:
+                base_value = base(torch.float32) if base_value is None else base_value
+                change = (_dora_weight(base_value, term) - base_value) * strength
+            delta = change if delta is None else delta.add_(change)
+        if ups:
+            low_rank = torch.cat(ups, dim=1) @ torch.cat(downs, dim=0)
+            delta = low_rank if delta is None else delta.add_(low_rank.float())
+        assert delta is not None  # apply() comes here only with a nonzero strength
+        return delta
 
     @torch.no_grad()
     def restore(self) -> None:
         if self.applied is not None:
-            getattr(self.owner, self.attr).copy_(self.original)
+            copy_into(getattr(self.owner, self.attr), self.original)
         self.applied = None
         self.original = None
 
@@ -276,6 +333,15 @@ class LoraRuntime:
             _report_unmatched(file, [fitted[id(attached)][index] for attached in self._attached], list(transformers))
         # Whose exact originals (merged mode) fit on the device: the transformers that change strengths most first.
         self._copied_on_device = self._plan_device_copies(fitted, device_copy_room)
+        # A float8 re-merge compiled on a GPU: two fused passes over each weight instead of eager float32 round trips.
+        # Shape-generic: one compile at the first merge serves the block's three weight shapes (a compile each cost the
+        # first LoRA segment after a LoRA-less one tens of seconds on the H200, bench/README.md).
+        on_gpu = any(
+            parameter.device.type == "cuda"
+            for attached in self._attached
+            for parameter in attached.transformer.parameters()
+        )
+        self._requantize: Requantize = torch.compile(float8_rows, dynamic=True) if on_gpu else float8_rows
         try:
             for attached in self._attached:
                 setattr(attached.transformer, _HELD_BY, True)
@@ -328,7 +394,7 @@ class LoraRuntime:
         if attached.lora_layers:
             self._activate(attached, values)
         for write in attached.writes:
-            write.apply(values)
+            write.apply(values, self._requantize)
         attached.applied_strengths = values
         logger.debug(f"LoRA strengths for {attached.experts}: {list(values)}")
 
@@ -408,17 +474,23 @@ class LoraRuntime:
             for name, (module, pair) in file.low_rank.items()
             if pair.magnitude is not None
         ]
-        quantized = [name for name, parameter in always_written if not _is_plain_float(parameter)]
+        quantized = [name for name, parameter in always_written if not _writable(parameter)]
         if quantized:
-            raise ValueError(f"LoRA deltas for {quantized[:3]}: these parameters hold non-float (quantized?) weights")
+            raise ValueError(
+                f"LoRA deltas for {quantized[:3]}: these parameters hold quantized weights other than float8 with "
+                "per-row scales, which nothing can be written into"
+            )
         if requested == "unmerged":
             return every("unmerged")
         unmergeable = [
-            name for file in files for name, (module, _) in file.low_rank.items() if not _is_plain_float(module.weight)
+            name for file in files for name, (module, _) in file.low_rank.items() if not _writable(module.weight)
         ]
         if requested == "merged":
             if unmergeable:
-                raise ValueError(f"mode 'merged': layers {unmergeable[:3]} have non-float (quantized?) weights")
+                raise ValueError(
+                    f"mode 'merged': layers {unmergeable[:3]} have quantized weights other than float8 with per-row "
+                    "scales, which nothing can be merged into"
+                )
             return every("merged")
         if unmergeable:
             return every("unmerged")
@@ -428,7 +500,12 @@ class LoraRuntime:
         if "cuda" not in devices:
             return every(CPU_AUTO_MODE)
         experts = {id(attached): attached.experts for attached in self._attached}
-        return auto_modes(self._steps, experts, self._copied_on_device)
+        float8 = [
+            key
+            for key, per_transformer in fitted.items()
+            if any(is_float8_rows(module.weight) for file in per_transformer for module, _ in file.low_rank.values())
+        ]
+        return auto_modes(self._steps, experts, self._copied_on_device, float8)
 
     def _plan_device_copies(self, fitted: Mapping[int, list[_Fitted]], room: int) -> dict[int, int]:
         """id(attached) -> bytes of the exact originals it will keep on the device, for the transformers whose
@@ -452,7 +529,7 @@ class LoraRuntime:
                 if index in used[id(attached)]:
                     parameters.update({f"{name}.weight": module.weight for name, (module, _) in file.low_rank.items()})
                     parameters.update({name: getattr(owner, attr) for name, (owner, attr, _) in file.full.items()})
-            size = sum(parameter.numel() * parameter.element_size() for parameter in parameters.values())
+            size = sum(tensor_bytes(parameter) for parameter in parameters.values())
             if size and size <= room - sum(planned.values()):
                 planned[id(attached)] = size
         return planned
@@ -586,8 +663,11 @@ def _remove_adapters(transformer: torch.nn.Module) -> None:
         transformer._hf_peft_config_loaded = None
 
 
-def _is_plain_float(parameter: torch.Tensor) -> bool:
-    return type(parameter.data) is torch.Tensor and parameter.dtype in (torch.float32, torch.float16, torch.bfloat16)
+def _writable(parameter: torch.Tensor) -> bool:
+    """Whether a merged LoRA or a full delta can be written into this parameter: a float tensor, or a float8 weight
+    with per-row scales (quantized again after every write)."""
+    plain = type(parameter.data) is torch.Tensor and parameter.dtype in (torch.float32, torch.float16, torch.bfloat16)
+    return plain or is_float8_rows(parameter.data)
 
 
 def _has_lora_layers(transformer: torch.nn.Module) -> bool:

@@ -23,6 +23,8 @@ QUANTIZED_FORMATS = ("int8", "fp8", "fp8_dynamic")
 FAST_FORMAT = "fp8_dynamic"
 BLOCK_LISTS = ("blocks", "vace_blocks")  # the ModuleLists of a Wan transformer that hold its blocks
 
+FLOAT8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448: the largest e4m3 value, which a row's maximum maps to
+
 # Per quantized Linear, per output channel: a float32 scale, and int8's zero point (torchao's per-row layouts).
 _ROW_OVERHEAD_BYTES = {"int8": 4 + 1, "fp8": 4, "fp8_dynamic": 4}
 
@@ -79,6 +81,51 @@ def quantize_transformer(
 def is_quantized(tensor: torch.Tensor) -> bool:
     """A torchao weight tensor (a wrapper whose data lives in inner tensors: `qdata`, `scale`, ...)."""
     return hasattr(type(tensor), "tensor_data_names") and hasattr(tensor, "_apply_fn_to_data")
+
+
+def is_float8_rows(tensor: torch.Tensor) -> bool:
+    """A torchao float8 weight with one scale per output row (torchao's Float8Tensor as "fp8" and FAST_FORMAT make
+    it): the one quantized kind a merged LoRA is written into, by quantizing the merged weight again
+    (`float8_rows`)."""
+    return (
+        type(tensor).__name__ == "Float8Tensor"
+        and is_quantized(tensor)
+        and tensor.qdata.dtype == torch.float8_e4m3fn
+        and tensor.ndim == 2
+        and list(getattr(tensor, "block_size", None) or []) == [1, tensor.shape[1]]
+        and tuple(tensor.scale.shape) == (tensor.shape[0], 1)
+    )
+
+
+def float8_rows(
+    base_qdata: torch.Tensor, base_scale: torch.Tensor, delta: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float8 weight (data, per-row scale) of `base + delta`: base the float8 weight (data, scale) a LoRA is
+    merged into, delta the merged LoRAs' float32 change. Computed as torchao's `Float8Tensor.from_hp(value,
+    granularity=PerRow())` computes it from the float32 sum (a test holds it to that), written as one function so a
+    GPU compiles it into two fused passes over the weight (the row maxima, then the rounding) instead of eager torch's
+    float32 round trips (a re-merge of an A14B expert took 0.105 s on the H200, bench/README.md)."""
+    value = base_qdata.to(torch.float32) * base_scale + delta
+    scale = value.abs().amax(dim=1, keepdim=True) / FLOAT8_MAX
+    qdata = (value / scale).clamp(min=-FLOAT8_MAX, max=FLOAT8_MAX).to(base_qdata.dtype)
+    return qdata, scale
+
+
+def snapshot(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A copy of a weight on `device`: a plain tensor, or a torchao tensor with copies of its inner tensors."""
+    if is_quantized(tensor):
+        return tensor._apply_fn_to_data(lambda inner: inner.to(device, copy=True))
+    return tensor.detach().to(device, copy=True)
+
+
+def copy_into(tensor: torch.Tensor, source: torch.Tensor) -> None:
+    """Write `source` (a snapshot of the same kind and shape) into `tensor` in place: a compiled graph that reads the
+    weight sees the new values without a recompile."""
+    if is_quantized(tensor):
+        for name, inner in inner_tensors(tensor):
+            inner.copy_(getattr(source, name))
+    else:
+        tensor.copy_(source)
 
 
 def inner_tensors(tensor: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
