@@ -24,7 +24,14 @@ def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
                 "--workdir",
                 str(tmp_path / "w"),
             ),
-            *("--variants", "ours_loras,ours,ours_attention,fast", "--compile-backend", "eager", "--runs", "1"),
+            *(
+                "--variants",
+                "ours_loras,ours,ours_attention,fast,fast_loras",
+                "--compile-backend",
+                "eager",
+                "--runs",
+                "1",
+            ),
             *("--attention", "auto"),
         ],
         cwd=repo,
@@ -35,10 +42,10 @@ def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
     )
     report = json.loads(out.read_text())
     variants = report["variants"]
-    assert list(variants) == ["ours_loras", "ours", "stock", "ours_attention", "fast"]
+    assert list(variants) == ["ours_loras", "ours", "stock", "ours_attention", "fast", "fast_loras"]
     # the seed segment's plan: 3 guided steps on the high expert (2 forwards each), then one forward a step; stock
     # runs the unconditional pass on every one of its 6 steps
-    for name in ("ours_loras", "ours", "ours_attention", "fast"):
+    for name in ("ours_loras", "ours", "ours_attention", "fast", "fast_loras"):
         assert variants[name]["forward_count"] == 8
         for run in variants[name]["runs"]:
             assert run["forwards"] == {"high": 6, "low": 2}
@@ -68,6 +75,9 @@ def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
     merges = report["lora_merge_costs"]  # both experts' exact originals fit the CPU's unbounded room
     assert merges["device_copy_gib"] > 0
     assert {"first_merge_high_seconds", "re_merge_high_seconds", "close_seconds"} <= set(merges)
+    # and again on the --fast engine's own weights (float8 on an H200; native here), after its LoRAs were detached
+    assert report["lora_merge_costs_fast"]["device_copy_gib"] > 0
+    assert variants["fast_loras"]["latents_rel_error_vs_ours_loras"] == 0.0
     for variant in variants.values():
         assert variant["speedup_vs_stock"] > 0
 
