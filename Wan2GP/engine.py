@@ -185,6 +185,11 @@ HOST_MEMORY_MARGIN_BYTES = 4 * 2**30
 # seed size on the H200 the resident placement's estimate was 70.3 GiB, the measured peak 74.2 GiB allocated and
 # 80.0 GiB reserved (bench/results/memory_h200.log).
 LORA_COPY_MARGIN = 0.15
+# How many generations the LoRA mode choice spreads a merge's one-time costs (first merge, close) over: the engine keeps
+# a LoRA set attached for the next generation that asks for the same files, as a travel run's segments do. At the
+# float8 costs measured on the H200 (Wan2GP.loras) the seed segment's merged LoRAs pay for themselves from the third
+# segment on; a one-off generation that merges pays at most ~0.2 forwards more than adapters would have.
+LORA_RUN_GENERATIONS = 3
 
 
 def default_host_budget(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
@@ -770,7 +775,14 @@ class WanEngine:
             return kept.runtime  # per-step strengths are set afresh at every step
         self.detach_loras()
         try:
-            runtime = LoraRuntime(model.transformers, paths, steps=steps, mode=mode, device_copy_room=room)
+            runtime = LoraRuntime(
+                model.transformers,
+                paths,
+                steps=steps,
+                mode=mode,
+                device_copy_room=room,
+                generations=LORA_RUN_GENERATIONS,
+            )
         except LoraError as error:
             raise InvalidGenerationParams(["activated_loras"], f"activated_loras: {error}") from None
         if self._offloaded is not None:

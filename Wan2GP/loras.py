@@ -9,7 +9,8 @@ What a file changes comes in two kinds (lora_formats.LoraWeights):
   normalisation is not a low-rank term. These are always written into their parameter, in either mode.
 Every write is computed in fp32 from an exact copy of the original parameter and rounded once, and repeated only for
 the parameters whose LoRAs changed strength; `close()` copies the originals back, so the transformers end
-bit-identical to how they started.
+bit-identical to how they started. Where the device has room, the merged weights of each planned set of strengths are
+kept beside the parameter: a travel run's next segment returns to them by a copy instead of merging again.
 """
 
 from __future__ import annotations
@@ -71,9 +72,11 @@ CUDA_MODE_COSTS = ModeCosts(unmerged_per_forward=0.170, first_merge=6.26, re_mer
 CUDA_DEVICE_COPY_COSTS = ModeCosts(unmerged_per_forward=0.170, first_merge=0.068, re_merge=0.061, unmerge=0.014)
 # Float8 weights with per-row scales (--fast) merged by quantizing again from their float8 originals kept on the device.
 # Unmerged: the seed segment's forward on the H200 (fp8 attention) took 1.289 s with the seed's two LoRAs as adapters
-# against 1.200 s without (bench/results/speed_h200_fast_loras_fp8.json, speed_h200_fast_fp8.json). Merge costs: an
-# estimate from the bytes a compiled re-merge moves (~15 per weight, ~0.2 TB an expert at ~3 TB/s: ~0.075 s).
-CUDA_FLOAT8_DEVICE_COPY_COSTS = ModeCosts(unmerged_per_forward=0.074, first_merge=0.07, re_merge=0.063, unmerge=0.008)
+# against 1.200 s without (bench/results/speed_h200_fast_loras_fp8.json, speed_h200_fast_fp8.json). Merged, on the
+# A14B experts with the seed's two rank-64 LoRAs, one fast forward 1.209 s (bench/results/
+# speed_h200_fast_bf16_remerge.json): first merge 0.311 s (the low expert's; the high one's first also compiles the
+# requantization, 19.8 s once per process), re-merge 0.176-0.183 s, close 0.067 s.
+CUDA_FLOAT8_DEVICE_COPY_COSTS = ModeCosts(unmerged_per_forward=0.074, first_merge=0.26, re_merge=0.15, unmerge=0.055)
 
 # (expert, forwards, per-LoRA strengths) of one denoising step: what the runtime is told of the run ahead.
 StepStrengths = tuple[str, int, tuple[float, ...]]
@@ -94,19 +97,29 @@ def forward_spans(steps: Sequence[StepStrengths]) -> dict[str, list[int]]:
 
 
 def choose_mode(
-    spans: Mapping[str, Sequence[int]], costs: ModeCosts | Mapping[str, ModeCosts] = CUDA_MODE_COSTS
+    spans: Mapping[str, Sequence[int]],
+    costs: ModeCosts | Mapping[str, ModeCosts] = CUDA_MODE_COSTS,
+    *,
+    generations: int = 1,
 ) -> Mode:
-    """The cheaper mode for a run whose strengths hold for `spans` forwards (forward_spans), with one cost set for
-    every expert or one per expert. Merging pays once per strength change; unmerged pays on every forward. With host
-    copies (H100) merging wins from ~5 forwards between changes and ~45 per expert with constant strengths, which
-    few-step (Lightning) schedules do not reach; with device copies it wins almost always."""
+    """The cheaper mode for generations whose strengths hold for `spans` forwards (forward_spans), with one cost set
+    for every expert or one per expert, per generation of `generations` that keep the LoRAs attached (a worker keeps
+    them for a travel run's next segment). Unmerged pays on every forward; merged pays the first merge and the close
+    once (spread over the generations) and a re-merge per strength change, including the return to the first
+    strengths that every generation after the first begins with. With host copies (H100) merging wins from ~5
+    forwards between changes and ~45 per expert with constant strengths, which few-step (Lightning) schedules do not
+    reach in one generation; with device copies it wins almost always."""
+    if generations < 1:
+        raise ValueError(f"generations: expected at least 1, got {generations}")
     per_expert = costs if isinstance(costs, Mapping) else dict.fromkeys(spans, costs)
     unmerged = sum(per_expert[expert].unmerged_per_forward * sum(runs) for expert, runs in spans.items())
-    merged = sum(
-        per_expert[expert].first_merge + per_expert[expert].re_merge * (len(runs) - 1) + per_expert[expert].unmerge
-        for expert, runs in spans.items()
-        if runs
-    )
+    merged = 0.0
+    for expert, runs in spans.items():
+        if not runs:
+            continue
+        cost = per_expert[expert]
+        returns = (generations - 1) / generations if len(runs) > 1 else 0.0
+        merged += (cost.first_merge + cost.unmerge) / generations + cost.re_merge * (len(runs) - 1 + returns)
     return "merged" if merged < unmerged else "unmerged"
 
 
@@ -115,12 +128,14 @@ def auto_modes(
     experts: Mapping[int, Sequence[str]],
     copied_on_device: Collection[int],
     float8: Collection[int] = (),
+    *,
+    generations: int = 1,
 ) -> dict[int, Mode]:
     """Mode 'auto' on a GPU: per transformer (`experts`: key -> the experts it serves), the cheaper mode for the
-    spans of its own experts, at device-copy costs where its exact originals stay on the device (`copied_on_device`)
-    and host-copy costs elsewhere; for a transformer whose LoRA layers hold float8 weights (`float8`) at the float8
-    device-copy costs, and unmerged when its originals would live in host memory (not measured: every re-merge would
-    carry them over). Without a step plan, unmerged (nothing says merging would pay)."""
+    spans of its own experts over `generations` (choose_mode), at device-copy costs where its exact originals stay on
+    the device (`copied_on_device`) and host-copy costs elsewhere; for a transformer whose LoRA layers hold float8
+    weights (`float8`) at the float8 device-copy costs, and unmerged when its originals would live in host memory (not
+    measured: every re-merge would carry them over). Without a step plan, unmerged (nothing says merging would pay)."""
     if not steps:
         return dict.fromkeys(experts, "unmerged")
     spans = forward_spans(steps)
@@ -131,7 +146,7 @@ def auto_modes(
         else:
             costs = CUDA_DEVICE_COPY_COSTS if key in copied_on_device else CUDA_MODE_COSTS
         own = {expert: spans[expert] for expert in served if expert in spans}
-        modes[key] = choose_mode(own, costs) if costs is not None else "unmerged"
+        modes[key] = choose_mode(own, costs, generations=generations) if costs is not None else "unmerged"
     return modes
 
 
@@ -157,9 +172,12 @@ class _Write:
     original_on_device: bool = False  # where the exact copy is kept: beside the parameter, or in host memory
     original: torch.Tensor | None = None  # the exact copy, taken before the first write
     applied: tuple[float, ...] | None = None  # the strengths of `terms` now in the parameter; None: the original
+    kept: dict[tuple[float, ...], torch.Tensor] = field(default_factory=dict)  # merged weights by strengths, on device
 
     @torch.no_grad()
-    def apply(self, strengths: Sequence[float], requantize: Requantize) -> None:
+    def apply(self, strengths: Sequence[float], requantize: Requantize, *, keep: bool = False) -> None:
+        """Write the parameter for these strengths (the LoRA index's); `keep`: keep a copy of the merged weight on its
+        device, so that coming back to these strengths is a copy rather than a merge."""
         wanted = tuple(strengths[index] for index, _ in self.terms)
         state = wanted if any(wanted) else None  # all zero: the original itself
         if state == self.applied:
@@ -169,6 +187,16 @@ class _Write:
             copy_into(parameter, self.original)
             self.applied = None
             return
+        if state in self.kept:
+            copy_into(parameter, self.kept[state])
+            self.applied = state
+            return
+        self._merge(parameter, wanted, requantize)
+        self.applied = state
+        if keep:
+            self.kept[state] = snapshot(parameter, parameter.device)
+
+    def _merge(self, parameter: torch.Tensor, wanted: tuple[float, ...], requantize: Requantize) -> None:
         if self.original is None:
             # On the device only where the runtime found room for it (a re-merge then never leaves the GPU); else in
             # (pageable) host memory. Not pinned: torch's pinned-memory cache rounds blocks up to powers of two (up to
@@ -183,7 +211,6 @@ class _Write:
             qdata, scale = requantize(original.qdata, original.scale, self._delta(wanted, original.dequantize))
             parameter.qdata.copy_(qdata)
             parameter.scale.copy_(scale)
-            self.applied = state
             return
         value = original.to(torch.float32, copy=True)
         # Only DoRA normalises against the original weight: only then is a second fp32 copy kept beside the sum.
@@ -203,7 +230,6 @@ class _Write:
                 assert base is not None  # dora_active
                 value.add_(_dora_weight(base, term) - base, alpha=strength)
         parameter.copy_(value)
-        self.applied = state
 
     def _delta(self, wanted: tuple[float, ...], base: Callable[[torch.dtype], torch.Tensor]) -> torch.Tensor:
         """The change of the LoRAs at these strengths, for a float8 weight: the low-rank pairs as one bfloat16 matmul
@@ -211,8 +237,9 @@ class _Write:
         needs the original itself: `base`, which gives it in float32).
 
         bfloat16 because the result is rounded to float8 next: its 8 mantissa bits are 32x finer than e4m3's 3 (a test
-        bounds the difference to one float8 step), and a float32 product was half of an A14B expert's re-merge on the
-        H200 (fp32 matmuls without tensor cores, twice the bytes; bench/README.md)."""
+        bounds the difference to one float8 step), and the product then takes half the memory (283 MB a ffn weight in
+        float32). It did not make an A14B expert's re-merge faster on the H200 (0.105 s either way, bench/README.md):
+        the product is not where that time goes."""
         ups: list[torch.Tensor] = []
         downs: list[torch.Tensor] = []
         delta: torch.Tensor | None = None
@@ -242,6 +269,7 @@ class _Write:
             copy_into(getattr(self.owner, self.attr), self.original)
         self.applied = None
         self.original = None
+        self.kept = {}
 
 
 def _dora_weight(original: torch.Tensor, term: LowRank) -> torch.Tensor:
@@ -283,11 +311,13 @@ class LoraRuntime:
     their base weights and without adapter layers.
 
     mode: "unmerged", "merged", or "auto": on CPU merged (measured faster, see CPU_AUTO_MODE); on CUDA the cheaper of
-    the two for the run's `steps` (each denoising step's expert, forwards and strengths; choose_mode), unmerged when
-    no steps are given; always unmerged when a LoRA-targeted layer holds non-float (quantized) weights.
-    device_copy_room: bytes of device memory the merged mode's exact originals may take beside the weights (a
-    resident model with room to spare); transformers whose strengths change most often get theirs there first, the
-    others keep them in host memory. Keys that name nothing in the transformers are reported once per file at
+    the two for the run's `steps` (each denoising step's expert, forwards and strengths) over `generations` that keep
+    this runtime (choose_mode), unmerged when no steps are given; always unmerged when a LoRA-targeted layer holds
+    quantized weights other than float8 with per-row scales.
+    device_copy_room: bytes of device memory the merged mode may take beside the weights (a resident model with room
+    to spare): first the exact originals, for the transformers whose strengths change most often first (the others
+    keep theirs in host memory); then, for a transformer whose strengths change, one merged copy of its weights per
+    set of strengths in `steps`, so that a later generation returns to them by a copy instead of a merge. Keys that name nothing in the transformers are reported once per file at
     WARNING; LoraError for a file that cannot be read, does not fit the transformers, or of which nothing applies.
     Nothing stays attached after an error.
     """
@@ -300,8 +330,10 @@ class LoraRuntime:
         mode: str = "auto",
         steps: Sequence[StepStrengths] | None = None,
         device_copy_room: int = 0,
+        generations: int = 1,
     ) -> None:
         self._steps = list(steps) if steps else None
+        self._generations = generations
         if mode not in ("auto", "merged", "unmerged"):
             raise ValueError(f"mode: expected 'auto', 'merged' or 'unmerged', got {mode!r}")
         if not transformers:
@@ -331,8 +363,9 @@ class LoraRuntime:
         fitted = {id(attached): [self._fit(attached, file) for file in files] for attached in self._attached}
         for index, file in enumerate(files):
             _report_unmatched(file, [fitted[id(attached)][index] for attached in self._attached], list(transformers))
-        # Whose exact originals (merged mode) fit on the device: the transformers that change strengths most first.
-        self._copied_on_device = self._plan_device_copies(fitted, device_copy_room)
+        # Whose exact originals (merged mode) fit on the device: the transformers that change strengths most first;
+        # then whose merged weights are kept per set of strengths in what room is left.
+        self._copied_on_device, self._kept_states = self._plan_device_copies(fitted, device_copy_room)
         # A float8 re-merge compiled on a GPU: two fused passes over each weight instead of eager float32 round trips.
         # Shape-generic: one compile at the first merge serves the block's three weight shapes (a compile each cost the
         # first LoRA segment after a LoRA-less one tens of seconds on the H200, bench/README.md).
@@ -367,8 +400,15 @@ class LoraRuntime:
 
     @property
     def device_copy_bytes(self) -> int:
-        """Device bytes the merged mode's exact originals take (or will, once their LoRAs first apply); 0 unmerged."""
-        return sum(size for key, size in self._copied_on_device.items() if self._modes[key] == "merged")
+        """Device bytes the merged mode's exact originals and kept merged weights take (or will, once their strengths
+        first apply); 0 unmerged."""
+        copies = sum(size for key, size in self._copied_on_device.items() if self._modes[key] == "merged")
+        kept = sum(
+            self._copied_on_device[key] * len(states)
+            for key, states in self._kept_states.items()
+            if self._modes[key] == "merged"
+        )
+        return copies + kept
 
     def __enter__(self) -> LoraRuntime:
         return self
@@ -393,8 +433,9 @@ class LoraRuntime:
             return
         if attached.lora_layers:
             self._activate(attached, values)
+        keep = values in self._kept_states.get(id(attached), ())
         for write in attached.writes:
-            write.apply(values, self._requantize)
+            write.apply(values, self._requantize, keep=keep)
         attached.applied_strengths = values
         logger.debug(f"LoRA strengths for {attached.experts}: {list(values)}")
 
@@ -505,25 +546,36 @@ class LoraRuntime:
             for key, per_transformer in fitted.items()
             if any(is_float8_rows(module.weight) for file in per_transformer for module, _ in file.low_rank.values())
         ]
-        return auto_modes(self._steps, experts, self._copied_on_device, float8)
+        return auto_modes(self._steps, experts, self._copied_on_device, float8, generations=self._generations)
 
-    def _plan_device_copies(self, fitted: Mapping[int, list[_Fitted]], room: int) -> dict[int, int]:
-        """id(attached) -> bytes of the exact originals it will keep on the device, for the transformers whose
-        originals fit in `room` together, taken in order of strength changes (most first): a re-merge from a device
-        copy costs a fraction of one from host memory, and a transformer whose strengths never change never re-merges.
-        """
+    def _plan_device_copies(
+        self, fitted: Mapping[int, list[_Fitted]], room: int
+    ) -> tuple[dict[int, int], dict[int, frozenset[tuple[float, ...]]]]:
+        """(id(attached) -> bytes of the exact originals it will keep on the device, id(attached) -> the sets of
+        strengths whose merged weights it will keep there too).
+
+        Originals first, for the transformers whose originals fit in `room` together, taken in order of strength
+        changes (most first): a re-merge from a device copy costs a fraction of one from host memory, and a transformer
+        whose strengths never change never re-merges. Then, in the same order, a transformer with device originals
+        whose strengths change keeps one merged copy per distinct set of strengths of the step plan, if all of them fit
+        in what is left: each later return to a set is a copy of its weights (one pass of their bytes) instead of a
+        merge. A worker keeps the runtime for a travel run's next segment, which starts over at the first set."""
         if room <= 0:
-            return {}
+            return {}, {}
         changes = {id(attached): 0 for attached in self._attached}
         used = {id(attached): set() for attached in self._attached}  # the LoRAs that ever write into it
+        states: dict[int, set[tuple[float, ...]]] = {id(attached): set() for attached in self._attached}
         for expert, runs in forward_spans(self._steps or []).items():
             if expert in self._by_expert:
                 changes[id(self._by_expert[expert])] += len(runs) - 1
         for expert, _, strengths in self._steps or [(name, 0, (1.0,) * len(self._paths)) for name in self._by_expert]:
             if expert in self._by_expert:
                 used[id(self._by_expert[expert])].update(i for i, value in enumerate(strengths) if value != 0.0)
+                if any(strengths):
+                    states[id(self._by_expert[expert])].add(tuple(float(value) for value in strengths))
+        order = sorted(self._attached, key=lambda attached: -changes[id(attached)])
         planned: dict[int, int] = {}
-        for attached in sorted(self._attached, key=lambda attached: -changes[id(attached)]):
+        for attached in order:
             parameters: dict[str, torch.Tensor] = {}
             for index, file in enumerate(fitted[id(attached)]):
                 if index in used[id(attached)]:
@@ -532,7 +584,14 @@ class LoraRuntime:
             size = sum(tensor_bytes(parameter) for parameter in parameters.values())
             if size and size <= room - sum(planned.values()):
                 planned[id(attached)] = size
-        return planned
+        left = room - sum(planned.values())
+        kept: dict[int, frozenset[tuple[float, ...]]] = {}
+        for attached in order:
+            key = id(attached)
+            if key in planned and changes[key] > 0 and planned[key] * len(states[key]) <= left:
+                kept[key] = frozenset(states[key])
+                left -= planned[key] * len(states[key])
+        return planned, kept
 
     def _install(self, attached: _AttachedTransformer, fitted: list[_Fitted]) -> None:
         """Peft adapters for the plain pairs (unmerged mode); a _Write for every other parameter a LoRA changes."""

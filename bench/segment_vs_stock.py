@@ -430,7 +430,9 @@ def lora_merge_costs(
     transformers: Mapping[str, torch.nn.Module], paths: Sequence[Path], request: GenerationRequest, device: torch.device
 ) -> dict[str, Any]:
     """The seed's LoRAs in merged mode with the exact originals on the device (as the engine keeps them when the
-    budget has room): each strength change of the seed segment timed, then the close that restores the weights."""
+    budget has room): each strength change of the seed segment timed, then the next segment's two changes (returns to
+    kept merged weights, where the room held them: device_copy_gib counts those too), then the close that restores
+    the weights."""
     from Wan2GP.loras import LoraRuntime
 
     steps = [
@@ -445,6 +447,7 @@ def lora_merge_costs(
         report["device_copy_gib"] = runtime.device_copy_bytes / 2**30
         changes = [("high", (0.75, 0.0), "first_merge_high"), ("high", (1.0, 0.0), "re_merge_high")]
         changes += [("low", (0.0, 1.0), "first_merge_low"), ("high", (0.75, 0.0), "re_merge_high_next_segment")]
+        changes += [("high", (1.0, 0.0), "re_merge_high_next_segment_second")]
         for expert, strengths, label in changes:
             synchronize(device)
             started = time.perf_counter()

@@ -29,7 +29,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
 from Wan2GP.lora_formats import read_lora_file
-from Wan2GP.loras import LoraError, LoraRuntime
+from Wan2GP.loras import LoraError, LoraRuntime, ModeCosts, choose_mode
 
 # fp32 tolerance for "the same linear map computed in another order" (merged vs unmerged vs patched reference)
 RTOL = 1e-5
@@ -650,6 +650,79 @@ def test_device_copies_go_first_to_the_expert_whose_strengths_change(tmp_path: P
         {"high": high, "low": low}, paths, mode="unmerged", steps=steps, device_copy_room=10**12
     ) as runtime:
         assert runtime.device_copy_bytes == 0  # adapters copy nothing
+
+
+def test_merged_weights_of_each_planned_strength_set_are_kept_and_returned_to_by_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With room to spare, a transformer whose strengths change (high: 0.75 then 1.0) keeps one merged copy of its
+    weights per set of strengths in the step plan, and a later return to a set (the next segment of a travel run) copies
+    it back instead of merging again; a set outside the plan is merged and not kept, the low expert (one set
+    throughout) keeps nothing, and close() gives back the base weights bit for bit."""
+    from Wan2GP import loras
+
+    merges: list[tuple[str, tuple[float, ...]]] = []
+    merge = loras._Write._merge
+
+    def counted(self, parameter, wanted, requantize):
+        merges.append((self.name, wanted))
+        merge(self, parameter, wanted, requantize)
+
+    monkeypatch.setattr(loras._Write, "_merge", counted)
+    high, low = tiny_transformer(seed=0), tiny_transformer(seed=1)
+    first, second = make_lora_spec(high, seed=5), make_lora_spec(high, seed=6, block_modules=ATTENTION_MODULES)
+    paths = [write_diffusers(first, tmp_path / "a.safetensors"), write_diffusers(second, tmp_path / "b.safetensors")]
+    steps = [("high", 2, (0.75, 0.0)), ("high", 1, (1.0, 0.0)), ("low", 1, (0.0, 1.0))]
+    high_bytes, low_bytes = _targeted_bytes(high, first), _targeted_bytes(low, second)
+    inputs = transformer_inputs(seed=2)
+    originals = {name: base_weights(module) for name, module in (("high", high), ("low", low))}
+    expected = {value: run(patched_copy(high, [(first, value)]), inputs) for value in (0.75, 1.0, 0.5)}
+    with LoraRuntime({"high": high, "low": low}, paths, mode="merged", steps=steps, device_copy_room=10**9) as runtime:
+        assert runtime.device_copy_bytes == high_bytes + low_bytes + 2 * high_bytes
+        for expert, _, strengths in steps:  # the first segment merges every set once
+            runtime.set_step_strengths(expert, strengths)
+        high_writes = len(first.down)
+        assert len(merges) == 2 * high_writes + len(second.down)
+        after_first = len(merges)
+        for expert, _, strengths in steps:  # the next segment only copies
+            runtime.set_step_strengths(expert, strengths)
+            if expert == "high":
+                assert_close(run(high, inputs), expected[strengths[0]])
+        assert len(merges) == after_first
+        at_one = base_weights(high)
+        runtime.set_step_strengths("high", (0.75, 0.0))
+        runtime.set_step_strengths("high", (1.0, 0.0))
+        assert all(torch.equal(value, at_one[key]) for key, value in base_weights(high).items())
+        runtime.set_step_strengths("high", (0.5, 0.0))  # not in the plan: merged, and merged again next time
+        runtime.set_step_strengths("high", (1.0, 0.0))
+        runtime.set_step_strengths("high", (0.5, 0.0))
+        assert_close(run(high, inputs), expected[0.5])
+        assert [wanted[0] for _, wanted in merges[after_first:]] == [0.5] * (2 * high_writes)
+    for name, module in (("high", high), ("low", low)):
+        assert all(torch.equal(value, base_weights(module)[key]) for key, value in originals[name].items())
+    # room for the exact originals but not for two more copies of high's weights: nothing is kept
+    with LoraRuntime(
+        {"high": high, "low": low}, paths, mode="merged", steps=steps, device_copy_room=high_bytes + low_bytes
+    ) as runtime:
+        assert runtime.device_copy_bytes == high_bytes + low_bytes
+        merges.clear()
+        for _ in range(2):
+            for expert, _, strengths in steps:
+                runtime.set_step_strengths(expert, strengths)
+        assert len(merges) == 2 * (2 * high_writes) + len(second.down)
+
+
+def test_the_mode_choice_spreads_one_time_merge_costs_over_the_generations_that_keep_the_loras() -> None:
+    """Per generation: unmerged pays per forward; merged pays the first merge and the close once over `generations`,
+    and a re-merge per strength change, plus the return to the first strengths that starts each later generation."""
+    costs = ModeCosts(unmerged_per_forward=0.1, first_merge=1.0, re_merge=0.2, unmerge=0.2)
+    constant = {"e": [5]}  # unmerged 0.5; merged 1.2 / generations
+    assert [choose_mode(constant, costs, generations=g) for g in (1, 2, 3)] == ["unmerged", "unmerged", "merged"]
+    changing = {"e": [3, 3]}  # unmerged 0.6; merged 1.2 / g + 0.2 * (1 + (g - 1) / g)
+    assert choose_mode(changing, costs, generations=4) == "unmerged"  # 0.3 + 0.35 = 0.65
+    assert choose_mode(changing, costs, generations=6) == "merged"  # 0.2 + 0.367 = 0.567
+    with pytest.raises(ValueError, match="generations: expected at least 1, got 0"):
+        choose_mode(constant, costs, generations=0)
 
 
 def test_without_a_step_plan_every_lora_counts_for_the_device_copies(tmp_path: Path) -> None:
