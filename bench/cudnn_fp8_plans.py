@@ -4,7 +4,7 @@ The engine builds its cuDNN fp8 attention graph with cuDNN's heuristic choice (`
 builds the same graph (`define_fp8_attention_graph`) with every plan cuDNN's heuristics modes A, B and FALLBACK
 propose, runs each on the same fp8 operands (the seed segment's self-attention: 24,192 tokens, 40 heads of 128, as
 the engine quantizes them, `Wan2GP.attention.to_fp8`), and reports per plan: its name, its workspace, the median of
-`--repeats` timed calls (CUDA events, after 3 untimed), its rate, and how far its output is from the engine's plan's.
+`--repeats` timed calls (CUDA events, after 2 untimed), its rate, and how far its output is from the engine's plan's.
 If a plan beats the heuristic choice by a margin, the engine should time the candidates as it builds a shape.
 
     python bench/cudnn_fp8_plans.py --json out.json     # bench/device_bench.sh cudnn_fp8_plans NAME on the GPU
@@ -14,29 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
 import torch
+from attention_tiles import median_ms
 from random_models import run_versions
 
 from Wan2GP.attention import to_fp8
 from Wan2GP.cudnn_fp8 import cudnn_fp8_plan, define_fp8_attention_graph
 
 
-def time_calls(call, device: torch.device, repeats: int) -> float:
-    for _ in range(3):
-        call()
-    seconds = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        call()
-        end.record()
-        torch.cuda.synchronize(device)
-        seconds.append(start.elapsed_time(end) / 1000)
-    return statistics.median(seconds)
+def time_calls(call, repeats: int) -> float:
+    """Seconds: the median of `repeats` CUDA-event timings after two untimed calls."""
+    return median_ms(call, repeats) / 1000
 
 
 def main() -> None:
@@ -64,7 +55,6 @@ def main() -> None:
     reference = torch.empty_like(query8)
     engine_seconds = time_calls(
         lambda: engine_plan.run(query8, key8, value8, query_descale, key_descale, value_descale, reference),
-        device,
         args.repeats,
     )
     report["engine_plan"] = {"seconds": engine_seconds, "tflops": flops / engine_seconds / 1e12}
@@ -105,7 +95,7 @@ def main() -> None:
                 def call(pack=pack, workspace=workspace, index=index, graph=graph) -> None:
                     graph.execute_plan_at_index(pack, workspace, index=index, handle=engine_plan.handle)
 
-                entry["seconds"] = time_calls(call, device, args.repeats)
+                entry["seconds"] = time_calls(call, args.repeats)
                 entry["tflops"] = flops / entry["seconds"] / 1e12
                 entry["x_engine_plan"] = engine_seconds / entry["seconds"]
                 difference = out8.float() - reference.float()
