@@ -74,8 +74,9 @@ CUDA_DEVICE_COPY_COSTS = ModeCosts(unmerged_per_forward=0.170, first_merge=0.068
 # Unmerged: the seed segment's forward on the H200 (fp8 attention) took 1.289 s with the seed's two LoRAs as adapters
 # against 1.200 s without (bench/results/speed_h200_fast_loras_fp8.json, speed_h200_fast_fp8.json). Merged, on the
 # A14B experts with the seed's two rank-64 LoRAs, one fast forward 1.209 s (bench/results/
-# speed_h200_fast_bf16_remerge.json): first merge 0.311 s (the low expert's; the high one's first also compiles the
-# requantization, 19.8 s once per process), re-merge 0.176-0.183 s, close 0.067 s.
+# speed_h200_fast_bf16_remerge.json; speed_h200_fast_kept_loras.json agrees): first merge 0.311 s (the low expert's;
+# the first merge of a process also compiles the requantization), re-merge 0.176-0.183 s, close 0.067 s. Returning
+# to a kept set of strengths took 0.011 s; re_merge stays the full merge's cost, which the first generation pays.
 CUDA_FLOAT8_DEVICE_COPY_COSTS = ModeCosts(unmerged_per_forward=0.074, first_merge=0.26, re_merge=0.15, unmerge=0.055)
 
 # (expert, forwards, per-LoRA strengths) of one denoising step: what the runtime is told of the run ahead.
@@ -176,8 +177,8 @@ class _Write:
 
     @torch.no_grad()
     def apply(self, strengths: Sequence[float], requantize: Requantize, *, keep: bool = False) -> None:
-        """Write the parameter for these strengths (the LoRA index's); `keep`: keep a copy of the merged weight on its
-        device, so that coming back to these strengths is a copy rather than a merge."""
+        """Write the parameter for these per-LoRA strengths; `keep`: keep a copy of the merged weight on its device,
+        so that coming back to these strengths is a copy rather than a merge."""
         wanted = tuple(strengths[index] for index, _ in self.terms)
         state = wanted if any(wanted) else None  # all zero: the original itself
         if state == self.applied:
@@ -317,9 +318,9 @@ class LoraRuntime:
     device_copy_room: bytes of device memory the merged mode may take beside the weights (a resident model with room
     to spare): first the exact originals, for the transformers whose strengths change most often first (the others
     keep theirs in host memory); then, for a transformer whose strengths change, one merged copy of its weights per
-    set of strengths in `steps`, so that a later generation returns to them by a copy instead of a merge. Keys that name nothing in the transformers are reported once per file at
-    WARNING; LoraError for a file that cannot be read, does not fit the transformers, or of which nothing applies.
-    Nothing stays attached after an error.
+    set of strengths in `steps`, so that a later generation returns to them by a copy instead of a merge.
+    Keys that name nothing in the transformers are reported once per file at WARNING; LoraError for a file that cannot
+    be read, does not fit the transformers, or of which nothing applies. Nothing stays attached after an error.
     """
 
     def __init__(
