@@ -125,24 +125,30 @@ def build_image_condition(
     width: int,
     height: int,
 ) -> ImageCondition:
-    """``start``/``end``: (3, 1, H, W) pixels or None. No start image means a black (-1) first frame, as upstream."""
+    """``start``/``end``: (3, 1, H, W) pixels or None. No start image means a black (-1) first frame, as upstream.
+
+    The video the VAE encodes is built on the VAE's device in its dtype: at 768x576x53 it is 281 MB of float32 that
+    building on the host would fill, concatenate and copy over PCIe before every segment.
+    """
+    device, dtype = codec.device, codec.vae.dtype
+    video = torch.zeros(3, num_frames, height, width, device=device, dtype=dtype)  # zeros are mid-grey in [-1, 1]
     if start is None:
-        start = torch.full((3, 1, height, width), -1.0)
-    middle_frames = num_frames - 1 - (1 if end is not None else 0)
-    parts = [start, torch.zeros(3, middle_frames, height, width)]  # zeros are mid-grey in [-1, 1]
+        video[:, :1] = -1.0
+    else:
+        video[:, :1] = start.to(device=device, dtype=dtype)
     if end is not None:
-        parts.append(end)
-    image_latents = codec.encode(torch.cat(parts, dim=1))
+        video[:, -1:] = end.to(device=device, dtype=dtype)
+    image_latents = codec.encode(video)
 
     latent_h, latent_w = height // codec.spatial_factor, width // codec.spatial_factor
-    known = torch.zeros(num_frames, latent_h, latent_w)
+    known = torch.zeros(num_frames, latent_h, latent_w, device=image_latents.device)
     known[0] = 1.0
     if end is not None:
         known[-1] = 1.0
     # Fold pixel frames into latent frames: frame 0 repeated 4x, then groups of 4 -> (4, T, h, w).
     folded = torch.cat([known[:1].repeat(I2V_MASK_CHANNELS - 1, 1, 1), known], dim=0)
     mask = folded.view(latent_frames(num_frames), I2V_MASK_CHANNELS, latent_h, latent_w).transpose(0, 1)
-    mask = mask.unsqueeze(0).to(image_latents.device)
+    mask = mask.unsqueeze(0)
 
     channels = torch.cat([mask, image_latents], dim=1)
     return ImageCondition(channels=channels, first_frame_latents=image_latents[:, :, :1].clone())
@@ -225,10 +231,10 @@ def build_vace_context(
     Each reference image ((3, 1, H, W) pixels) comes first in time as one latent frame: [VAE(image), zeros] in the
     32 latent channels and a zero mask (upstream_engine_spec §3.8); the sampler strips those frames at the end.
     """
-    if guide is None:
-        guide = torch.zeros(3, num_frames, height, width)
-    if mask is None:
-        mask = torch.ones(1, num_frames, height, width)
+    # the masking arithmetic runs where the VAE is (full-size float32 videos; see build_image_condition)
+    device = codec.device
+    guide = torch.zeros(3, num_frames, height, width, device=device) if guide is None else guide.to(device)
+    mask = torch.ones(1, num_frames, height, width, device=device) if mask is None else mask.to(device)
     if grey_masked_pixels:
         grey = GUIDE_GREY_LEVEL / 127.5 - 1.0
         guide = torch.where(mask > 0.5, torch.full_like(guide, grey), guide)
@@ -244,7 +250,6 @@ def build_vace_context(
     mask_latents = torch.nn.functional.interpolate(
         unshuffled.unsqueeze(0), size=(latent_frames(num_frames), latent_h, latent_w), mode="nearest-exact"
     )
-    mask_latents = mask_latents.to(inactive.device)
     context = torch.cat([inactive, reactive, mask_latents], dim=1)
     for reference in reversed(references or []):  # the first reference ends up first in time
         latent = codec.encode(reference)

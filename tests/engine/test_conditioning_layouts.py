@@ -192,6 +192,20 @@ def test_conditioning_is_built_on_the_vae_device(codec: VaeCodec) -> None:
     assert context.device.type == "meta" and context.shape == (1, 96, 3, 2, 4)
 
 
+def test_the_i2v_video_is_built_where_the_vae_is_in_its_dtype(codec: VaeCodec, monkeypatch: pytest.MonkeyPatch) -> None:
+    # At 768x576x53 the video is 281 MB of float32: built on the host it was filled, concatenated and copied to the
+    # GPU before every segment. The meta device stands in for the GPU; the VAE runs in bf16 as the fast path's does.
+    on_meta = VaeCodec(copy.deepcopy(codec.vae).to(device="meta", dtype=torch.bfloat16))
+    encoded: list[torch.Tensor] = []
+    original = VaeCodec.encode
+    monkeypatch.setattr(VaeCodec, "encode", lambda self, pixels: encoded.append(pixels) or original(self, pixels))
+    pixels = torch.zeros(3, 1, 16, 32)
+    build_image_condition(on_meta, start=pixels, end=pixels, num_frames=5, width=32, height=16)
+    assert [(video.device.type, video.dtype, tuple(video.shape)) for video in encoded] == [
+        ("meta", torch.bfloat16, (3, 5, 16, 32))
+    ]
+
+
 # -- CLIP image tokens ------------------------------------------------------------------------------------------------
 
 
