@@ -213,7 +213,7 @@ def scaled_fp8_attention(
     batch, q_tokens, heads, head_dim = query8.shape
     plan = cudnn_fp8_plan(query8.device.index, batch, q_tokens, key8.shape[1], heads, head_dim)
     out8 = torch.empty_like(query8)
-    plan.run(query8, key8, value8, query_descale, key_descale, value_descale, out8)
+    plan.run(plan.variant_pack(query8, key8, value8, query_descale, key_descale, value_descale, out8))
     return out8
 
 

@@ -127,20 +127,11 @@ class CudnnFp8Plan:
             self.uid["amax_o"]: amaxes[1:2],
         }
 
-    def run(
-        self,
-        query8: torch.Tensor,
-        key8: torch.Tensor,
-        value8: torch.Tensor,
-        query_descale: torch.Tensor,
-        key_descale: torch.Tensor,
-        value_descale: torch.Tensor,
-        out8: torch.Tensor,
-    ) -> None:
+    def run(self, pack: dict[int, torch.Tensor]) -> None:
+        """Execute the graph on `variant_pack`'s operands, on the current stream."""
         stream = torch.cuda.current_stream(self.device)
         self._cudnn.set_stream(handle=self.handle, stream=stream.cuda_stream)
         workspace = torch.empty(self.workspace_bytes, dtype=torch.uint8, device=self.device)
-        pack = self.variant_pack(query8, key8, value8, query_descale, key_descale, value_descale, out8)
         self.graph.execute(pack, workspace, handle=self.handle)
 
 
