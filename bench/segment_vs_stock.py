@@ -44,6 +44,7 @@ import argparse
 import copy
 import gc
 import json
+import math
 import statistics
 import sys
 import time
@@ -264,6 +265,21 @@ def kernel_kind(name: str) -> str:
     return next((kind for kind, marks in KERNEL_KINDS if any(mark in lowered for mark in marks)), "other")
 
 
+def span_and_busy_seconds(intervals: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """(start, end) microsecond intervals -> (seconds from the first start to the last end, seconds covered by at least
+    one interval): nested or overlapping intervals (CPU ops inside ops, kernels on two streams) count once."""
+    if not intervals:
+        return 0.0, 0.0
+    busy = 0.0
+    covered_until = -math.inf
+    for start, end in sorted(intervals):
+        if end > covered_until:
+            busy += end - max(start, covered_until)
+            covered_until = end
+    span = max(end for _, end in intervals) - min(start for start, _ in intervals)
+    return span / 1e6, busy / 1e6
+
+
 def kernel_profile(module: torch.nn.Module, inputs: dict[str, Any], device: torch.device, *, top: int = 12) -> dict:
     """One forward (after a warm one) under torch.profiler: the device time of its kernels by kind (attention,
     matmul, other: norms, modulation, RoPE, activations, copies) and the longest kernels. On a CPU the aten ops'
@@ -276,6 +292,10 @@ def kernel_profile(module: torch.nn.Module, inputs: dict[str, Any], device: torc
         with torch.profiler.profile(activities=activities) as profiler:
             module(**inputs)
             synchronize(device)
+    kind = torch.autograd.DeviceType.CUDA if on_gpu else torch.autograd.DeviceType.CPU
+    intervals = [
+        (event.time_range.start, event.time_range.end) for event in profiler.events() if event.device_type == kind
+    ]
     seconds: dict[str, float] = {}
     for event in profiler.key_averages():
         spent = (event.self_device_time_total if on_gpu else event.self_cpu_time_total) / 1e6
@@ -286,8 +306,12 @@ def kernel_profile(module: torch.nn.Module, inputs: dict[str, Any], device: torc
     for name, spent in seconds.items():
         by_kind[kernel_kind(name)] += spent
     longest = sorted(seconds.items(), key=lambda item: -item[1])[:top]
+    span, busy = span_and_busy_seconds(intervals)
     return {
         "total_seconds": total,
+        # from the first kernel's start to the last one's end, and the part of it no kernel ran: launch gaps
+        "span_seconds": span,
+        "idle_seconds": span - busy,
         "seconds_by_kind": by_kind,
         "share_by_kind": {kind: spent / total for kind, spent in by_kind.items()} if total else {},
         "longest": [{"kernel": name[:160], "kind": kernel_kind(name), "seconds": spent} for name, spent in longest],
