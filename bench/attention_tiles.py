@@ -47,14 +47,20 @@ def median_ms(run, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def attention_arguments(description: str) -> argparse.ArgumentParser:
+    """The command line of the attention-kernel scripts: the seed segment's self-attention shape, the timed repeats and
+    the JSON report."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=24192)
     parser.add_argument("--heads", type=int, default=40)
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = attention_arguments(__doc__).parse_args()
     from flash_attn.cute.interface import _flash_attn_fwd
 
     generator = torch.Generator(device="cpu").manual_seed(7)

@@ -12,13 +12,12 @@ If a plan beats the heuristic choice by a margin, the engine should time the can
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from attention_tiles import median_ms
+from attention_tiles import attention_arguments, median_ms
 from random_models import run_versions
 
 from Wan2GP.attention import to_fp8
@@ -31,12 +30,7 @@ def time_calls(call, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=24192)
-    parser.add_argument("--heads", type=int, default=40)
-    parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--json", type=Path)
+    parser = attention_arguments(__doc__)
     parser.add_argument("--workdir", type=Path, help="unused; device_bench.sh passes it to every script")
     args = parser.parse_args()
     if not torch.cuda.is_available():
