@@ -131,10 +131,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     engine.add_argument(
         "--attention",
         choices=ATTENTION_KERNELS,
-        help="the transformers' attention kernel: flash4 is FlashAttention-4, cudnn_fp8 cuDNN's fp8 attention (lossy: "
-        "for the fast path) for the self-attention (both: pip install -r requirements-hopper.txt; compute capability "
-        "9.x/10.x, bf16/fp16), sdpa torch's scaled_dot_product_attention; auto takes cudnn_fp8 with --fast, then flash4, "
-        "where they can run [env HW_ATTENTION; default auto]",
+        help="the transformers' attention kernel: flash3 is FlashAttention-3 (built from source, bench/README.md; "
+        "compute capability 9.x), flash4 FlashAttention-4, cudnn_fp8 cuDNN's fp8 attention (lossy: for the fast path) "
+        "for the self-attention (both: pip install -r requirements-hopper.txt; compute capability 9.x/10.x), all in "
+        "bf16/fp16; sdpa is torch's scaled_dot_product_attention; auto takes cudnn_fp8 with --fast, then flash3, then "
+        "flash4, where they can run [env HW_ATTENTION; default auto]",
     )
     engine.add_argument(
         "--context-parallel",

@@ -4,7 +4,10 @@
 cuDNN's flash kernel, about 560 TFLOP/s on the seed segment's self-attention, half of a compiled forward:
 bench/README.md); it runs everywhere and is the reference. "flash4" is FlashAttention-4 (`flash_attn.cute`, written in
 CuTe DSL and compiled at run time, so it needs no build step: requirements-hopper.txt), which runs on
-compute capability 9.x and 10.x GPUs in bf16 and fp16. "auto" takes flash4 where it can run and sdpa elsewhere.
+compute capability 9.x and 10.x GPUs in bf16 and fp16. "flash3" is FlashAttention-3 (`flash_attn_interface`, C++/CUDA
+for Hopper, compute capability 9.x, bf16 and fp16; not on PyPI: it is built from its repository's `hopper/` folder,
+bench/README.md says how). "auto" takes flash3, then flash4, where they can run, and sdpa elsewhere: on the H200 FA3's
+kernel was the fastest of the three (bench/README.md).
 
 diffusers' attention dispatch only knows its own backends (its FlashAttention-4 one downloads the kernel from the Hub
 at run time), so a chosen kernel is installed as a processor of our own on every `WanAttention`: the same projections,
@@ -41,6 +44,9 @@ TEXT_CONTEXT_TOKENS = 512  # diffusers' Wan I2V processor: the image context is 
 
 CUDNN_FP8_MIN_VERSION = 90100  # cuDNN's fp8 flash-attention forward came with 9.1 (Hopper) and runs on Blackwell
 
+# the optional bf16 kernels in the order "auto" tries them: their speed on the seed segment's self-attention (H200)
+BF16_KERNELS_FASTEST_FIRST = ("flash3", "flash4")
+
 # (batch, tokens, heads, head_dim) query, key and value in; (batch, tokens, heads, head_dim of value) out
 AttentionProduct = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -66,6 +72,30 @@ def flash4_refusal(
     refused = _hopper_or_blackwell_refusal("FlashAttention-4", device, capability, dtype)
     if refused is None and not installed:
         return "flash-attn-4 is not installed (pip install -r requirements-hopper.txt)"
+    return refused
+
+
+def flash3_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why FlashAttention-3 cannot run on `device` for weights of `dtype` (None: it can)."""
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return flash3_refusal(str(device), capability, dtype, installed=flash3_installed())
+
+
+def flash3_installed() -> bool:
+    """Whether FlashAttention-3 can be imported: its interface module and its compiled package."""
+    return all(importlib.util.find_spec(name) is not None for name in ("flash_attn_interface", "flash_attn_3"))
+
+
+def flash3_refusal(
+    device: str, capability: tuple[int, int] | None, dtype: torch.dtype, *, installed: bool
+) -> str | None:
+    """The reason FlashAttention-3 cannot run on `device` (its CUDA compute capability, None for no CUDA GPU) for
+    weights of `dtype`, or None where it can. Its Hopper kernels use 9.0a's warpgroup instructions: 9.x only."""
+    if capability is not None and capability[0] != 9:
+        return f"{device} has compute capability {capability[0]}.{capability[1]} (FlashAttention-3 runs on 9.x)"
+    refused = _hopper_or_blackwell_refusal("FlashAttention-3", device, capability, dtype)
+    if refused is None and not installed:
+        return "flash-attn-3 is not installed (it is built from source: bench/README.md)"
     return refused
 
 
@@ -110,7 +140,7 @@ def choose_attention_kernel(
     activations to fp8 when `fp8_activations` (the fast path; pick_attention_kernel)."""
     if context_parallel:
         split = "context-parallel ranks keep diffusers' processor, whose hooks split the sequence"
-        refusals = {"cudnn_fp8": split, "flash4": split}
+        refusals = {"cudnn_fp8": split, "flash3": split, "flash4": split}
     else:
         refusals = {
             "cudnn_fp8": (
@@ -118,6 +148,7 @@ def choose_attention_kernel(
                 if wanted == "cudnn_fp8" or fp8_activations
                 else "lossy: only the fast path takes it unasked"
             ),
+            "flash3": flash3_unavailable(device, dtype),
             "flash4": flash4_unavailable(device, dtype),
         }
     return pick_attention_kernel(wanted, refusals, fp8_activations=fp8_activations, device=str(device))
@@ -134,9 +165,9 @@ def pick_attention_kernel(
     wanted: str, refusals: dict[str, str | None], *, fp8_activations: bool, device: str
 ) -> AttentionKernels:
     """`wanted` itself, or for "auto" the fastest kernel that `refusals` (kernel -> why it cannot run, None: it can)
-    lets run: cudnn_fp8 only on the fast path (`fp8_activations`: it rounds far beyond bf16), then flash4, then sdpa.
-    An explicit kernel that cannot run is an error, not a silent slowdown. The cross-attention takes the same kernel,
-    except after cudnn_fp8 (worth it only on the long self-attention): flash4 where it runs, else sdpa."""
+    lets run: cudnn_fp8 only on the fast path (`fp8_activations`: it rounds far beyond bf16), then flash3, flash4,
+    sdpa. An explicit kernel that cannot run is an error, not a silent slowdown. The cross-attention takes the same
+    kernel, except after cudnn_fp8 (worth it only on the long self-attention): the first bf16 kernel that runs."""
     if wanted == "sdpa":
         return AttentionKernels("sdpa", "sdpa")
     if wanted != "auto":
@@ -144,13 +175,13 @@ def pick_attention_kernel(
             raise ValueError(f"attention: {wanted!r} cannot run here: {refusals[wanted]}")
         chosen = wanted
     else:
-        candidates = ("cudnn_fp8", "flash4") if fp8_activations else ("flash4",)
+        candidates = ("cudnn_fp8", *BF16_KERNELS_FASTEST_FIRST) if fp8_activations else BF16_KERNELS_FASTEST_FIRST
         chosen = next((kernel for kernel in candidates if refusals[kernel] is None), "sdpa")
         if chosen == "sdpa":
             logger.info("attention by SDPA: {}", "; ".join(f"{kernel}: {refusals[kernel]}" for kernel in candidates))
     cross = chosen
     if chosen == "cudnn_fp8":
-        cross = "flash4" if refusals["flash4"] is None else "sdpa"
+        cross = next((kernel for kernel in BF16_KERNELS_FASTEST_FIRST if refusals[kernel] is None), "sdpa")
     if chosen != "sdpa":
         logger.info("attention by {} on {} (cross-attention by {})", chosen, device, cross)
     return AttentionKernels(chosen, cross)
@@ -174,6 +205,19 @@ def flash4_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
 
 @flash4_attention.register_fake
 def _flash4_output_like(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return query.new_empty((*query.shape[:-1], value.shape[-1]))
+
+
+@torch.library.custom_op("headless_wan::flash3_attention", mutates_args=())
+def flash3_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """FlashAttention-3's forward, an opaque operator to torch.compile like flash4_attention."""
+    from flash_attn_interface import flash_attn_func  # imported on first use: it loads the CUDA extension
+
+    return flash_attn_func(query, key, value)
+
+
+@flash3_attention.register_fake
+def _flash3_output_like(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return query.new_empty((*query.shape[:-1], value.shape[-1]))
 
 
@@ -257,6 +301,7 @@ scaled_fp8_attention.register_kernel("cpu", emulated_fp8_attention)
 
 ATTENTION_PRODUCTS: dict[str, AttentionProduct] = {
     "sdpa": sdpa_attention,
+    "flash3": flash3_attention,
     "flash4": flash4_attention,
     "cudnn_fp8": fp8_attention,
 }

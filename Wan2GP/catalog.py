@@ -36,7 +36,7 @@ from Wan2GP.schedule import PlanError, build_plan, normalize_solver
 
 DTYPES: tuple[str, ...] = ("bfloat16", "float16", "float32")
 # The engine's attention kernels (Wan2GP.attention); named here, torch-free, for the worker's flags.
-ATTENTION_KERNELS: tuple[str, ...] = ("auto", "sdpa", "flash4", "cudnn_fp8")
+ATTENTION_KERNELS: tuple[str, ...] = ("auto", "sdpa", "flash3", "flash4", "cudnn_fp8")
 
 
 def check_attention_kernel(name: str) -> str:

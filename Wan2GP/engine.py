@@ -231,10 +231,11 @@ class WanEngine:
     model is resident on one GPU; the first generation at a new size pays the compile. `vae_dtype` ("bfloat16": the
     worker's --fast) overrides the definition's VAE dtype on a GPU (bf16 decodes the seed segment in 1.2 s instead of
     1.9 s on an H200, 1.4e-2 from fp32; bench/README.md). On a GPU the VAE's convolutions run channels-last (NDHWC).
-    `attention` ("auto", "sdpa", "flash4", "cudnn_fp8"; Wan2GP.attention) picks the transformers' attention kernel:
-    "auto" is, on the fast path ("fp8_dynamic" weights), cuDNN's fp8 attention where it can run (a compute capability
-    9.x/10.x GPU with nvidia-cudnn-frontend installed), then FlashAttention-4 where it can run (such a GPU with
-    flash-attn-4 installed), SDPA elsewhere and on context-parallel ranks."""
+    `attention` ("auto", "sdpa", "flash3", "flash4", "cudnn_fp8"; Wan2GP.attention) picks the transformers' attention
+    kernel: "auto" is, on the fast path ("fp8_dynamic" weights), cuDNN's fp8 attention where it can run (a compute
+    capability 9.x/10.x GPU with nvidia-cudnn-frontend installed), then FlashAttention-3 (a 9.x GPU with flash-attn-3
+    built and installed), then FlashAttention-4 (a 9.x/10.x GPU with flash-attn-4 installed), SDPA elsewhere and on
+    context-parallel ranks."""
 
     def __init__(
         self,

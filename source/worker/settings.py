@@ -65,7 +65,7 @@ class WorkerSettings:
     context_parallel: int = 1  # GPUs each generation is split over (source.worker.ranks); 1: one GPU per worker
     compile: bool = False  # torch.compile the transformers' repeated block (resident placements on one GPU)
     fast: bool = False  # fp8 weights and activations in the transformers' blocks, compiled, bf16 VAE (GPUs)
-    attention: str = "auto"  # the transformers' attention kernel (Wan2GP.attention): auto, sdpa, flash4, cudnn_fp8
+    attention: str = "auto"  # the transformers' attention kernel (Wan2GP.attention's names; catalog.ATTENTION_KERNELS)
     defaults_dirs: tuple[Path, ...] = ()  # folders of model definition files over the bundled ones (upstream's)
     prompt_fallback: bool = True  # the VLM cannot load: run with the base prompts (False: fail the travel run)
     supabase_url: str | None = None

@@ -24,6 +24,9 @@ from Wan2GP.attention import (
     KernelAttnProcessor,
     choose_attention_kernel,
     cudnn_fp8_refusal,
+    flash3_attention,
+    flash3_installed,
+    flash3_refusal,
     flash4_attention,
     flash4_installed,
     flash4_refusal,
@@ -115,22 +118,23 @@ def test_every_product_goes_through_the_kernel() -> None:
     assert calls == [(tokens, tokens), (tokens, TEXT_CONTEXT_TOKENS), (tokens, IMAGE_TOKENS)] * 2
 
 
-def test_flash4_is_installed_on_every_attention_and_traced_through_its_fake() -> None:
-    """The FlashAttention-4 operator on the meta device runs its fake: the output shape a full-graph compile needs,
+@pytest.mark.parametrize(("kernel", "product"), [("flash3", flash3_attention), ("flash4", flash4_attention)])
+def test_a_flash_kernel_is_installed_on_every_attention_and_traced_through_its_fake(kernel: str, product) -> None:
+    """The FlashAttention-3/4 operator on the meta device runs its fake: the output shape a full-graph compile needs,
     here for a whole forward of a transformer whose every attention module was given the kernel."""
     transformer = _transformer(image_context=True, dtype=torch.bfloat16)
     # self- and cross-attention in each of 2 blocks
-    assert install_attention_kernel(transformer, AttentionKernels("flash4", "flash4")) == 2 * 2
+    assert install_attention_kernel(transformer, AttentionKernels(kernel, kernel)) == 2 * 2
     assert all(
         isinstance(module.processor, KernelAttnProcessor)
-        and module.processor.product is flash4_attention
-        and module.processor.cross_product is flash4_attention
+        and module.processor.product is product
+        and module.processor.cross_product is product
         for module in transformer.modules()
         if isinstance(module, WanAttention)
     )
     query = torch.empty((1, 36, 2, 16), device="meta", dtype=torch.bfloat16)
     value = torch.empty((1, 7, 2, 8), device="meta", dtype=torch.bfloat16)
-    assert flash4_attention(query, value.new_empty((1, 7, 2, 16)), value).shape == (1, 36, 2, 8)
+    assert product(query, value.new_empty((1, 7, 2, 16)), value).shape == (1, 36, 2, 8)
     with torch.inference_mode():
         out = transformer.to("meta")(
             **_inputs(image_context=True, dtype=torch.bfloat16, device="meta"), return_dict=False
@@ -160,8 +164,9 @@ def test_choosing_the_kernel() -> None:
             "sdpa",
         )
     assert messages == [
-        "attention by SDPA: flash4: cpu is not a CUDA GPU",
-        "attention by SDPA: cudnn_fp8: cpu is not a CUDA GPU; flash4: cpu is not a CUDA GPU",
+        "attention by SDPA: flash3: cpu is not a CUDA GPU; flash4: cpu is not a CUDA GPU",
+        "attention by SDPA: cudnn_fp8: cpu is not a CUDA GPU; flash3: cpu is not a CUDA GPU; "
+        "flash4: cpu is not a CUDA GPU",
     ]
     split = "context-parallel ranks keep diffusers' processor, whose hooks split the sequence"
     with captured_messages("INFO") as messages:
@@ -169,59 +174,79 @@ def test_choosing_the_kernel() -> None:
             "sdpa",
             "sdpa",
         )
-    assert messages == [f"attention by SDPA: cudnn_fp8: {split}; flash4: {split}"]
+    assert messages == [f"attention by SDPA: cudnn_fp8: {split}; flash3: {split}; flash4: {split}"]
     assert choose_attention_kernel("sdpa", cpu, torch.bfloat16, context_parallel=False, fp8_activations=True) == (
         "sdpa",
         "sdpa",
     )
-    for kernel in ("flash4", "cudnn_fp8"):
+    for kernel in ("flash3", "flash4", "cudnn_fp8"):
         with pytest.raises(ValueError, match=rf"^attention: '{kernel}' cannot run here: cpu is not a CUDA GPU$"):
             choose_attention_kernel(kernel, cpu, torch.bfloat16, context_parallel=False, fp8_activations=False)
-    with pytest.raises(ValueError, match=r"^attention: expected one of auto, sdpa, flash4, cudnn_fp8, got 'flash3'$"):
-        check_attention_kernel("flash3")
+    with pytest.raises(
+        ValueError, match=r"^attention: expected one of auto, sdpa, flash3, flash4, cudnn_fp8, got 'flash2'$"
+    ):
+        check_attention_kernel("flash2")
 
 
 def test_picking_the_kernel_where_the_gpu_kernels_can_run() -> None:
-    both = {"flash4": None, "cudnn_fp8": None}
+    """auto takes the fastest bf16 kernel that runs, FlashAttention-3 before 4 (the H200's figures in
+    bench/README.md); one asked for by name is kept."""
+    every = {"flash3": None, "flash4": None, "cudnn_fp8": None}
+    no_flash3 = every | {"flash3": "not installed"}
     with captured_messages("INFO") as messages:
-        assert pick_attention_kernel("auto", both, fp8_activations=False, device="cuda:0") == ("flash4", "flash4")
-        assert pick_attention_kernel("flash4", both, fp8_activations=True, device="cuda:0") == ("flash4", "flash4")
+        assert pick_attention_kernel("auto", every, fp8_activations=False, device="cuda:0") == ("flash3", "flash3")
+        assert pick_attention_kernel("auto", no_flash3, fp8_activations=False, device="cuda:0") == ("flash4", "flash4")
+        assert pick_attention_kernel("flash4", every, fp8_activations=True, device="cuda:0") == ("flash4", "flash4")
         # asked for: kept, whatever runs here
-        assert pick_attention_kernel("sdpa", both, fp8_activations=True, device="cuda:0") == ("sdpa", "sdpa")
-    assert messages == ["attention by flash4 on cuda:0 (cross-attention by flash4)"] * 2
+        assert pick_attention_kernel("sdpa", every, fp8_activations=True, device="cuda:0") == ("sdpa", "sdpa")
+    assert messages == [
+        "attention by flash3 on cuda:0 (cross-attention by flash3)",
+        "attention by flash4 on cuda:0 (cross-attention by flash4)",
+        "attention by flash4 on cuda:0 (cross-attention by flash4)",
+    ]
     with captured_messages("INFO") as messages:
         assert pick_attention_kernel(
-            "auto", {"flash4": "it cannot", "cudnn_fp8": None}, fp8_activations=False, device="cuda:0"
+            "auto", no_flash3 | {"flash4": "it cannot"}, fp8_activations=False, device="cuda:0"
         ) == ("sdpa", "sdpa")
-    assert messages == ["attention by SDPA: flash4: it cannot"]
+    assert messages == ["attention by SDPA: flash3: not installed; flash4: it cannot"]
+    with pytest.raises(ValueError, match=r"^attention: 'flash3' cannot run here: not installed$"):
+        pick_attention_kernel("flash3", no_flash3, fp8_activations=False, device="cuda:0")
 
 
 def test_the_fast_path_takes_fp8_attention_for_the_self_attention_only() -> None:
     """fp8 attention rounds far beyond bf16: "auto" takes it only where the blocks' activations are fp8 already, and
     only for the self-attention; the cross-attention keeps the fastest bf16 kernel that runs."""
+    no_flash3 = {"flash3": "not installed"}
     with captured_messages("INFO") as messages:
         assert pick_attention_kernel(
-            "auto", {"flash4": None, "cudnn_fp8": None}, fp8_activations=True, device="cuda:0"
+            "auto", no_flash3 | {"flash4": None, "cudnn_fp8": None}, fp8_activations=True, device="cuda:0"
         ) == ("cudnn_fp8", "flash4")
         assert pick_attention_kernel(
-            "auto", {"flash4": "not installed", "cudnn_fp8": None}, fp8_activations=True, device="cuda:1"
+            "auto", {"flash3": None, "flash4": None, "cudnn_fp8": None}, fp8_activations=True, device="cuda:0"
+        ) == ("cudnn_fp8", "flash3")
+        assert pick_attention_kernel(
+            "auto", no_flash3 | {"flash4": "not installed", "cudnn_fp8": None}, fp8_activations=True, device="cuda:1"
         ) == ("cudnn_fp8", "sdpa")
         assert pick_attention_kernel(
-            "auto", {"flash4": None, "cudnn_fp8": "too old"}, fp8_activations=True, device="cuda:0"
+            "auto", no_flash3 | {"flash4": None, "cudnn_fp8": "too old"}, fp8_activations=True, device="cuda:0"
         ) == ("flash4", "flash4")
         # asked for by name, it runs without the fast path too
         assert pick_attention_kernel(
-            "cudnn_fp8", {"flash4": "not installed", "cudnn_fp8": None}, fp8_activations=False, device="cuda:0"
+            "cudnn_fp8",
+            no_flash3 | {"flash4": "not installed", "cudnn_fp8": None},
+            fp8_activations=False,
+            device="cuda:0",
         ) == ("cudnn_fp8", "sdpa")
     assert messages == [
         "attention by cudnn_fp8 on cuda:0 (cross-attention by flash4)",
+        "attention by cudnn_fp8 on cuda:0 (cross-attention by flash3)",
         "attention by cudnn_fp8 on cuda:1 (cross-attention by sdpa)",
         "attention by flash4 on cuda:0 (cross-attention by flash4)",
         "attention by cudnn_fp8 on cuda:0 (cross-attention by sdpa)",
     ]
     with pytest.raises(ValueError, match=r"^attention: 'cudnn_fp8' cannot run here: too old$"):
         pick_attention_kernel(
-            "cudnn_fp8", {"flash4": None, "cudnn_fp8": "too old"}, fp8_activations=True, device="cuda:0"
+            "cudnn_fp8", no_flash3 | {"flash4": None, "cudnn_fp8": "too old"}, fp8_activations=True, device="cuda:0"
         )
 
 
@@ -238,6 +263,7 @@ def test_what_a_cuda_device_reports_reaches_the_refusals(monkeypatch: pytest.Mon
         return (9, 0)
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    monkeypatch.setattr(attention, "flash3_installed", lambda: False)
     monkeypatch.setattr(attention, "flash4_installed", lambda: False)
     monkeypatch.setattr(attention, "cudnn_frontend_backend_version", lambda: None)
     gpu = torch.device("cuda:1")
@@ -250,7 +276,10 @@ def test_what_a_cuda_device_reports_reaches_the_refusals(monkeypatch: pytest.Mon
     assert attention.cudnn_fp8_unavailable(gpu, torch.float32) == (
         "the transformer computes in torch.float32 (cuDNN's fp8 attention takes bf16 and fp16)"
     )
-    assert asked == [gpu] * 4
+    assert attention.flash3_unavailable(gpu, torch.bfloat16) == (
+        "flash-attn-3 is not installed (it is built from source: bench/README.md)"
+    )
+    assert asked == [gpu] * 5
     monkeypatch.setattr(attention, "flash4_installed", lambda: True)
     monkeypatch.setattr(attention, "cudnn_frontend_backend_version", lambda: 91000)
     assert attention.flash4_unavailable(gpu, torch.bfloat16) is None
@@ -264,6 +293,12 @@ def test_what_a_cuda_device_reports_reaches_the_refusals(monkeypatch: pytest.Mon
     assert choose_attention_kernel("auto", gpu, torch.bfloat16, context_parallel=False, fp8_activations=False) == (
         "flash4",
         "flash4",
+    )
+    monkeypatch.setattr(attention, "flash3_installed", lambda: True)
+    assert attention.flash3_unavailable(gpu, torch.bfloat16) is None
+    assert choose_attention_kernel("auto", gpu, torch.bfloat16, context_parallel=False, fp8_activations=False) == (
+        "flash3",
+        "flash3",
     )
 
 
@@ -461,6 +496,39 @@ def test_which_gpus_get_flash4() -> None:
         assert flash4_refusal(device, capability, dtype, installed=installed) == reason
 
 
+def test_which_gpus_get_flash3() -> None:
+    """FlashAttention-3's kernels are Hopper's (9.x) only, in bf16 or fp16, once built and installed."""
+    for dtype in (torch.bfloat16, torch.float16):
+        assert flash3_refusal("cuda:0", (9, 0), dtype, installed=True) is None
+    refusals = {
+        ("cuda:1", (8, 9), torch.bfloat16, True): "cuda:1 has compute capability 8.9 (FlashAttention-3 runs on 9.x)",
+        ("cuda:0", (10, 0), torch.bfloat16, True): "cuda:0 has compute capability 10.0 (FlashAttention-3 runs on 9.x)",
+        ("cuda:0", (9, 0), torch.float32, True): (
+            "the transformer computes in torch.float32 (FlashAttention-3 takes bf16 and fp16)"
+        ),
+        ("cuda:0", (9, 0), torch.bfloat16, False): (
+            "flash-attn-3 is not installed (it is built from source: bench/README.md)"
+        ),
+        ("cpu", None, torch.bfloat16, True): "cpu is not a CUDA GPU",
+    }
+    for (device, capability, dtype, installed), reason in refusals.items():
+        assert flash3_refusal(device, capability, dtype, installed=installed) == reason
+
+
+def test_flash3_counts_as_installed_only_with_its_interface_and_its_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FlashAttention-3 installs the module `flash_attn_interface` beside its compiled package `flash_attn_3`; both
+    are written here as empty stand-ins on the import path (the tests install neither)."""
+    assert not flash3_installed()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "flash_attn_interface.py").write_text("")
+    assert not flash3_installed(), "the interface without its compiled package cannot run"
+    (tmp_path / "flash_attn_3").mkdir()
+    (tmp_path / "flash_attn_3" / "__init__.py").write_text("")
+    assert flash3_installed()
+
+
 def test_flash4_counts_as_installed_only_with_its_cute_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """FlashAttention-2 installs a `flash_attn` package too; FlashAttention-4 is its `cute` subpackage. Neither is
     installed by the tests, so each is written here as an empty package on the import path."""
@@ -484,7 +552,7 @@ def test_the_processor_refuses_an_attention_mask() -> None:
         KernelAttnProcessor(sdpa_attention)(attention, states, attention_mask=torch.ones((1, 1, 4, 4)))
 
 
-@pytest.mark.parametrize("kernel", ["flash4", "cudnn_fp8"])
+@pytest.mark.parametrize("kernel", ["flash3", "flash4", "cudnn_fp8"])
 def test_the_engine_refuses_a_gpu_kernel_where_it_cannot_run(cache_dir: Path, catalog: Catalog, kernel: str) -> None:
     engine = WanEngine(device="cpu", cache_dir=cache_dir, catalog=catalog, attention=kernel)
     with pytest.raises(ModelLoadError, match=rf"^model wan_tiny_t2v: attention: '{kernel}' cannot run here: cpu is"):

@@ -247,7 +247,8 @@ def test_the_attention_kernel_reaches_the_engine() -> None:
     assert engine_attention({"attention": "sdpa"}, {"HW_ATTENTION": "flash4"}) == "sdpa"  # the flag wins
     assert engine_attention({}, {"HW_ATTENTION": "flash4"}) == "flash4"
     with pytest.raises(
-        SettingsError, match=r"HW_ATTENTION='fa3': attention: expected one of auto, sdpa, flash4, cudnn_fp8, got 'fa3'"
+        SettingsError,
+        match=r"HW_ATTENTION='fa3': attention: expected one of auto, sdpa, flash3, flash4, cudnn_fp8, got 'fa3'",
     ):
         settings_from_values({}, {"HW_ATTENTION": "fa3"})
 
