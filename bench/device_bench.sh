@@ -27,6 +27,7 @@ fi
 python3 -c 'import torch, diffusers, transformers, peft, loguru, pydantic, imageio_ffmpeg, Wan2GP.engine
 print("torch", torch.__version__, "diffusers", diffusers.__version__, "transformers", transformers.__version__, "peft", peft.__version__)' || exit 2
 python3 -c 'import flash_attn.cute, importlib.metadata as m; print("flash-attn-4", m.version("flash-attn-4"), "cutlass-dsl", m.version("nvidia-cutlass-dsl"))' 2>&1 | tail -1
+python3 -c 'import torch, flash_attn_3._C, importlib.metadata as m; print("flash-attn-3", m.version("flash-attn-3"))' 2>&1 | tail -1
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
     free -g

@@ -92,7 +92,7 @@ def run_versions() -> dict[str, str]:
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
     }
-    for optional in ("peft", "torchao", "flash-attn-4", "nvidia-cutlass-dsl"):
+    for optional in ("peft", "torchao", "flash-attn-3", "flash-attn-4", "nvidia-cutlass-dsl"):
         try:
             versions[optional] = version(optional)
         except PackageNotFoundError:

@@ -73,6 +73,7 @@ from Wan2GP.attention import (
     ATTENTION_PRODUCTS,
     cudnn_fp8_unavailable,
     emulated_fp8_attention,
+    flash3_unavailable,
     flash4_unavailable,
     scaled_fp8_attention,
     to_fp8,
@@ -253,6 +254,29 @@ def one_forward(transformer: torch.nn.Module, inputs: dict[str, Any]) -> torch.T
         return transformer(**inputs)[0].float().cpu()
 
 
+def fp32_forward_errors(
+    components: RandomComponents,
+    inputs: dict[str, Any],
+    forwards: Mapping[str, torch.Tensor],
+    device: torch.device,
+) -> dict[str, float]:
+    """Each of `forwards` (one high-noise forward per variant, on `inputs`) against the same forward by an fp32 copy of
+    the seed's high-noise expert on the same inputs: how far each bf16 path is from exact arithmetic, which says
+    whether two bf16 paths' distance from each other is one's error or both's rounding."""
+    transformer = components.transformer(0, device, "native").float()
+    exact = one_forward(
+        transformer,
+        {
+            name: value.float() if torch.is_floating_point(value) else value
+            for name, value in inputs.items()
+            if isinstance(value, torch.Tensor)
+        }
+        | {"return_dict": False},
+    )
+    del transformer
+    return {name: float((forward - exact).norm() / exact.norm()) for name, forward in forwards.items()}
+
+
 # Substrings of CUDA kernel names (and of aten op names on a CPU run) that say what a kernel does; first match wins.
 KERNEL_KINDS = (
     ("attention", ("sdpa", "fmha", "flash", "attention", "scaled_dot_product")),
@@ -334,7 +358,7 @@ def attention_check(
     )
     with torch.inference_mode():
         reference = ATTENTION_PRODUCTS["sdpa"](query.float(), key.float(), value.float())
-    unavailable = {"flash4": flash4_unavailable, "cudnn_fp8": cudnn_fp8_unavailable}
+    unavailable = {"flash3": flash3_unavailable, "flash4": flash4_unavailable, "cudnn_fp8": cudnn_fp8_unavailable}
     report: dict[str, Any] = {"shape": [1, tokens, heads, head_dim], "dtype": str(dtype)}
     for name, product in ATTENTION_PRODUCTS.items():
         why = unavailable[name](device, dtype) if name in unavailable else None
@@ -511,6 +535,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="time the attention kernels alone (attention_check), then stop: a minute's probe before a long run",
     )
+    parser.add_argument(
+        "--fp32-reference",
+        action="store_true",
+        help="at the end, one high-noise forward of an fp32 copy of the same weights: every variant's one-forward "
+        "error against it (needs the fp32 expert's 57 GB on the device)",
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--workdir", type=Path, help="default: a temporary folder")
     args = parser.parse_args(argv)
@@ -599,6 +629,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         model.transformers["high"].config, device, width=width, height=height, frames=frames
     )
     reference_forward = one_forward(model.transformers["high"], forward_inputs)
+    forwards = {"ours": reference_forward}  # one high-noise forward per variant, for the fp32 comparison
     del model
     # Each later engine is built on the same seed's weights after the one before is unloaded (stock and the eager
     # variants above ran on modules nothing else touched): --attention's kernel uncompiled, the worker's --compile,
@@ -633,8 +664,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if name == later:
                 variants[name]["weights"] = engine.placement.weights
                 high = engine.load(MODEL_ID, width=width, height=height, num_frames=frames).transformers["high"]
+                forwards[name] = one_forward(high, forward_inputs)
                 variants[name]["one_forward_rel_error_vs_eager"] = float(
-                    (one_forward(high, forward_inputs) - reference_forward).norm() / reference_forward.norm()
+                    (forwards[name] - reference_forward).norm() / reference_forward.norm()
                 )
                 variants[name]["kernel_profile"] = kernel_profile(high, forward_inputs, device)
                 print(f"[{name}] one forward's kernels:", json.dumps(variants[name]["kernel_profile"]), flush=True)
@@ -645,6 +677,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             transformers = engine.load(MODEL_ID, width=width, height=height, num_frames=frames).transformers
             report[f"lora_merge_costs_{later}"] = lora_merge_costs(transformers, loras, requests[True], device)
             save()
+
+    if args.fp32_reference:
+        engine.unload()
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        report["one_forward_rel_error_vs_fp32"] = fp32_forward_errors(
+            RandomComponents(tiny=args.tiny, seed=0, build_device=device), forward_inputs, forwards, device
+        )
+        print("one forward against fp32:", json.dumps(report["one_forward_rel_error_vs_fp32"]), flush=True)
+        save()
 
     stock = variants["stock"]
     print("\nvariant | warm s | x stock | per forward s | x stock per forward | forwards | stages")
