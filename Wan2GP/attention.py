@@ -311,7 +311,10 @@ def _rotated(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     """Wan's rotary embedding on interleaved (even, odd) channel pairs, computed in the frequencies' precision."""
     even, odd = states.unflatten(-1, (-1, 2)).unbind(-1)
     cos, sin = cos[..., 0::2], sin[..., 1::2]
-    return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2).type_as(states)
+    # each half rounded to the states' dtype before they interleave: compiled, the stack is then written once in that
+    # dtype instead of in the frequencies' and converted by a second kernel (the same values either way)
+    rotated = ((even * cos - odd * sin).type_as(states), (even * sin + odd * cos).type_as(states))
+    return torch.stack(rotated, dim=-1).flatten(-2)
 
 
 class KernelAttnProcessor:
