@@ -307,7 +307,7 @@ ATTENTION_PRODUCTS: dict[str, AttentionProduct] = {
 }
 
 
-def _rotated(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotary_embedding(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Wan's rotary embedding on interleaved (even, odd) channel pairs, computed in the frequencies' precision."""
     even, odd = states.unflatten(-1, (-1, 2)).unbind(-1)
     cos, sin = cos[..., 0::2], sin[..., 1::2]
@@ -347,7 +347,7 @@ class KernelAttnProcessor:
         query, key = attn.norm_q(query), attn.norm_k(key)
         query, key, value = (tensor.unflatten(2, (attn.heads, -1)) for tensor in (query, key, value))
         if rotary_emb is not None:
-            query, key = _rotated(query, *rotary_emb), _rotated(key, *rotary_emb)
+            query, key = rotary_embedding(query, *rotary_emb), rotary_embedding(key, *rotary_emb)
 
         out = product(query, key, value).flatten(2, 3).type_as(query)
         if image_context is not None:

@@ -44,6 +44,7 @@ from Wan2GP.conditioning import (
     reference_pixels,
 )
 from Wan2GP.context_parallel import RankGroup, check_divisible, enable_context_parallel, leader_first
+from Wan2GP.feed_forward import install_gelu_epilogue
 from Wan2GP.loading import (
     LoadedModel,
     ModelLoadError,
@@ -400,12 +401,15 @@ class WanEngine:
     def _compile(self, loaded: LoadedModel, placement: Placement) -> None:
         """Compile the transformers' repeated block, where nothing else wraps its call: streamed blocks run inside
         diffusers' offloading hooks and context-parallel ranks inside its sequence-splitting hooks, neither of which a
-        full-graph compile traces."""
+        full-graph compile traces. Their feed-forwards first get the GELU in their GEMM's epilogue
+        (Wan2GP.feed_forward), which reads the Linear's weight itself: an offloading hook would onload it in the
+        Linear's forward."""
         if placement.kind != "resident" or self.rank_group is not None:
             why = f"placement {placement.kind}" if placement.kind != "resident" else "context parallelism"
             logger.info("not compiling the transformers: {} (compiled only when resident on one GPU)", why)
             return
         for transformer in loaded.distinct_transformers:
+            install_gelu_epilogue(transformer)
             transformer.compile_repeated_blocks(fullgraph=True, backend=self.compile_backend)
         logger.info("transformer blocks compiled with torch.compile ({}) on their first forward", self.compile_backend)
 

@@ -61,7 +61,7 @@ def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
     assert variants["ours_attention"]["one_forward_rel_error_vs_eager"] == 0.0
     kernels = report["attention_check"]  # each kernel alone: SDPA timed against fp32, FlashAttention-4 says why not
     assert kernels["sdpa"]["seconds"] > 0 and kernels["sdpa"]["rel_error_vs_fp32"] < 1e-6
-    assert kernels["flash4"] == kernels["cudnn_fp8"] == {"unavailable": "cpu is not a CUDA GPU"}
+    assert kernels["flash3"] == kernels["flash4"] == kernels["cudnn_fp8"] == {"unavailable": "cpu is not a CUDA GPU"}
     # the GPU's check of cuDNN against the emulation, run where the operator is the emulation: no difference
     assert kernels["fp8_operator_on_cpu"]["rel_error"] == 0.0 and kernels["fp8_operator_on_cpu"]["heads_compared"] == 2
     # where one forward's time goes: on the CPU the aten ops stand in for kernels; the blocks' Linear layers and SDPA
@@ -104,3 +104,26 @@ def test_the_attention_block_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None
     assert 1e-3 < kernels["cudnn_fp8"]["rel_error_vs_bf16_eager_sdpa"] < 0.05
     for kernel in kernels.values():
         assert kernel["forward_seconds"] > 0 and kernel["per_layer_seconds"] == kernel["forward_seconds"] / 2
+
+
+def test_the_block_fusions_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
+    """bench/block_fusions.py on the CPU, with dynamo's eager backend: each pair computes the same thing. The halves
+    RoPE layout on permuted projections gives the engine's interleaved RoPE back once unpermuted (to fp32 rounding);
+    the GELU epilogue op's CPU kernel applies the exact GELU, so it is near the tanh one, not equal."""
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "fusions.json"
+    subprocess.run(
+        [sys.executable, "bench/block_fusions.py", "--tiny", "--repeats", "2", "--compile-backend", "eager"]
+        + ["--json", str(out)],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join((str(repo), str(repo / "bench")))},
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    report = json.loads(out.read_text())
+    assert report["qk_norm_rope"]["rel_difference"] < 1e-6
+    assert 1e-6 < report["ffn_up_gelu"]["rel_difference"] < 1e-2
+    assert report["qkv"]["rel_difference"] == 0.0
+    for pair in ("qk_norm_rope", "ffn_up_gelu", "qkv"):
+        assert all(value > 0 for key, value in report[pair].items() if key.endswith("_seconds"))
