@@ -6,8 +6,9 @@ bench/README.md); it runs everywhere and is the reference. "flash4" is FlashAtte
 CuTe DSL and compiled at run time, so it needs no build step: requirements-hopper.txt), which runs on
 compute capability 9.x and 10.x GPUs in bf16 and fp16. "flash3" is FlashAttention-3 (`flash_attn_interface`, C++/CUDA
 for Hopper, compute capability 9.x, bf16 and fp16; not on PyPI: it is built from its repository's `hopper/` folder,
-bench/README.md says how). "auto" takes flash3, then flash4, where they can run, and sdpa elsewhere: on the H200 FA3's
-kernel was the fastest of the three (bench/README.md).
+bench/README.md says how). "auto" takes flash3, then flash4, where they can run, and sdpa elsewhere: on the H200 the
+two FlashAttention kernels ran the seed segment's self-attention within 1% of each other and about 9% under SDPA's
+time (bench/README.md); FA3 comes first because its kernel is compiled ahead, where FA4 compiles at its first call.
 
 diffusers' attention dispatch only knows its own backends (its FlashAttention-4 one downloads the kernel from the Hub
 at run time), so a chosen kernel is installed as a processor of our own on every `WanAttention`: the same projections,
@@ -44,7 +45,7 @@ TEXT_CONTEXT_TOKENS = 512  # diffusers' Wan I2V processor: the image context is 
 
 CUDNN_FP8_MIN_VERSION = 90100  # cuDNN's fp8 flash-attention forward came with 9.1 (Hopper) and runs on Blackwell
 
-# the optional bf16 kernels in the order "auto" tries them: their speed on the seed segment's self-attention (H200)
+# the optional bf16 kernels in the order "auto" tries them (equally fast on the H200; FA3 needs no run-time compile)
 BF16_KERNELS_FASTEST_FIRST = ("flash3", "flash4")
 
 # (batch, tokens, heads, head_dim) query, key and value in; (batch, tokens, heads, head_dim of value) out

@@ -94,3 +94,18 @@ def test_the_fused_path_reshapes_around_the_gemm(monkeypatch: pytest.MonkeyPatch
     expected = F.gelu(F.linear(x, activation.proj.weight, activation.proj.bias))
     with torch.inference_mode():
         torch.testing.assert_close(fused(x), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_compiled_blocks_trace_the_checks_on_8bit_weights() -> None:
+    """A full-graph compile (dynamo's eager backend) of blocks whose Linear weights are torchao's 8-bit subclasses, as
+    the engine compiles them: the checks in the forward trace, the fallback is taken, the output is the uncompiled
+    one's."""
+    transformer = _transformer().to(torch.bfloat16)
+    quantize_transformer(transformer, "int8", work_device=torch.device("cpu"), keep_on=torch.device("cpu"))
+    install_gelu_epilogue(transformer)
+    inputs = _inputs() | {"hidden_states": _inputs()["hidden_states"].bfloat16()}
+    inputs["encoder_hidden_states"] = inputs["encoder_hidden_states"].bfloat16()
+    with torch.inference_mode():
+        expected = transformer(**inputs)[0]
+        transformer.compile_repeated_blocks(fullgraph=True, backend="eager")
+        assert torch.equal(transformer(**inputs)[0], expected)
