@@ -45,7 +45,7 @@ IMAGE_DIM = 24
 IMAGE_TOKENS = 5
 
 
-def _transformer(*, image_context: bool, dtype: torch.dtype) -> WanTransformer3DModel:
+def tiny_transformer(*, image_context: bool, dtype: torch.dtype) -> WanTransformer3DModel:
     torch.manual_seed(11)
     heads, head_dim = 2, 16
     extra = dict(image_dim=IMAGE_DIM, added_kv_proj_dim=heads * head_dim) if image_context else {}
@@ -70,7 +70,7 @@ def _transformer(*, image_context: bool, dtype: torch.dtype) -> WanTransformer3D
     )
 
 
-def _inputs(*, image_context: bool, dtype: torch.dtype, device: str = "cpu") -> dict:
+def tiny_inputs(*, image_context: bool, dtype: torch.dtype, device: str = "cpu") -> dict:
     generator = torch.Generator().manual_seed(3)
     inputs = dict(
         hidden_states=torch.randn((1, 4, 3, 8, 6), generator=generator),
@@ -88,8 +88,8 @@ def _inputs(*, image_context: bool, dtype: torch.dtype, device: str = "cpu") -> 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("image_context", [False, True], ids=["text", "text+image"])
 def test_the_kernel_processor_with_sdpa_is_diffusers_processor(image_context: bool, dtype: torch.dtype) -> None:
-    transformer = _transformer(image_context=image_context, dtype=dtype)
-    inputs = _inputs(image_context=image_context, dtype=dtype)
+    transformer = tiny_transformer(image_context=image_context, dtype=dtype)
+    inputs = tiny_inputs(image_context=image_context, dtype=dtype)
     with torch.inference_mode():
         expected = transformer(**inputs, return_dict=False)[0]
         for module in transformer.modules():
@@ -102,7 +102,7 @@ def test_the_kernel_processor_with_sdpa_is_diffusers_processor(image_context: bo
 
 def test_every_product_goes_through_the_kernel() -> None:
     """Self-attention, text and image cross-attention: three products per block, each by the installed kernel."""
-    transformer = _transformer(image_context=True, dtype=torch.float32)
+    transformer = tiny_transformer(image_context=True, dtype=torch.float32)
     calls: list[tuple[int, int]] = []
 
     def counting(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -113,7 +113,7 @@ def test_every_product_goes_through_the_kernel() -> None:
         if isinstance(module, WanAttention):
             module.set_processor(KernelAttnProcessor(counting))
     with torch.inference_mode():
-        transformer(**_inputs(image_context=True, dtype=torch.float32), return_dict=False)
+        transformer(**tiny_inputs(image_context=True, dtype=torch.float32), return_dict=False)
     tokens = 3 * 4 * 3  # latent frames x (height / 2) x (width / 2)
     assert calls == [(tokens, tokens), (tokens, TEXT_CONTEXT_TOKENS), (tokens, IMAGE_TOKENS)] * 2
 
@@ -122,7 +122,7 @@ def test_every_product_goes_through_the_kernel() -> None:
 def test_a_flash_kernel_is_installed_on_every_attention_and_traced_through_its_fake(kernel: str, product) -> None:
     """The FlashAttention-3/4 operator on the meta device runs its fake: the output shape a full-graph compile needs,
     here for a whole forward of a transformer whose every attention module was given the kernel."""
-    transformer = _transformer(image_context=True, dtype=torch.bfloat16)
+    transformer = tiny_transformer(image_context=True, dtype=torch.bfloat16)
     # self- and cross-attention in each of 2 blocks
     assert install_attention_kernel(transformer, AttentionKernels(kernel, kernel)) == 2 * 2
     assert all(
@@ -137,13 +137,13 @@ def test_a_flash_kernel_is_installed_on_every_attention_and_traced_through_its_f
     assert product(query, value.new_empty((1, 7, 2, 16)), value).shape == (1, 36, 2, 8)
     with torch.inference_mode():
         out = transformer.to("meta")(
-            **_inputs(image_context=True, dtype=torch.bfloat16, device="meta"), return_dict=False
+            **tiny_inputs(image_context=True, dtype=torch.bfloat16, device="meta"), return_dict=False
         )[0]
     assert out.shape == (1, 4, 3, 8, 6) and out.device.type == "meta"
 
 
 def test_sdpa_leaves_diffusers_processor() -> None:
-    transformer = _transformer(image_context=False, dtype=torch.float32)
+    transformer = tiny_transformer(image_context=False, dtype=torch.float32)
     assert install_attention_kernel(transformer, AttentionKernels("sdpa", "sdpa")) == 0
     assert all(
         isinstance(module.processor, WanAttnProcessor)
@@ -423,8 +423,8 @@ def test_the_fp8_operator_rounds_its_probabilities_and_output_to_fp8() -> None:
 def test_the_fast_paths_kernels_in_a_whole_transformer() -> None:
     """cudnn_fp8 for the self-attention and sdpa for the text and image cross-attention, installed on a bf16
     transformer: its output stays within fp8's rounding of the sdpa transformer's, and differs from it."""
-    transformer = _transformer(image_context=True, dtype=torch.bfloat16)
-    inputs = _inputs(image_context=True, dtype=torch.bfloat16)
+    transformer = tiny_transformer(image_context=True, dtype=torch.bfloat16)
+    inputs = tiny_inputs(image_context=True, dtype=torch.bfloat16)
     with torch.inference_mode():
         expected = transformer(**inputs, return_dict=False)[0]
         assert install_attention_kernel(transformer, AttentionKernels("cudnn_fp8", "sdpa")) == 4
@@ -440,7 +440,7 @@ def test_the_fast_paths_kernels_in_a_whole_transformer() -> None:
 
 def test_the_processor_gives_the_cross_attention_its_own_kernel() -> None:
     """Self-attention through `product`, the text and image cross-attention through `cross_product`."""
-    transformer = _transformer(image_context=True, dtype=torch.float32)
+    transformer = tiny_transformer(image_context=True, dtype=torch.float32)
     calls: list[tuple[str, int]] = []
 
     def counting(name: str):
@@ -454,7 +454,7 @@ def test_the_processor_gives_the_cross_attention_its_own_kernel() -> None:
         if isinstance(module, WanAttention):
             module.set_processor(KernelAttnProcessor(counting("self"), counting("cross")))
     with torch.inference_mode():
-        transformer(**_inputs(image_context=True, dtype=torch.float32), return_dict=False)
+        transformer(**tiny_inputs(image_context=True, dtype=torch.float32), return_dict=False)
     tokens = 3 * 4 * 3
     assert calls == [("self", tokens), ("cross", TEXT_CONTEXT_TOKENS), ("cross", IMAGE_TOKENS)] * 2
 
@@ -545,7 +545,7 @@ def test_flash4_counts_as_installed_only_with_its_cute_package(tmp_path: Path, m
 
 
 def test_the_processor_refuses_an_attention_mask() -> None:
-    transformer = _transformer(image_context=False, dtype=torch.float32)
+    transformer = tiny_transformer(image_context=False, dtype=torch.float32)
     attention = next(module for module in transformer.modules() if isinstance(module, WanAttention))
     states = torch.zeros((1, 4, attention.heads * 16))
     with pytest.raises(ValueError, match=r"^KernelAttnProcessor: attention masks are not supported$"):

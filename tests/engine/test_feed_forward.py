@@ -11,35 +11,18 @@ import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
 from diffusers.models.activations import GELU
 from peft import LoraConfig, inject_adapter_in_model
+from test_attention import tiny_inputs, tiny_transformer
 
 from Wan2GP.feed_forward import EpilogueGelu, gelu_epilogue_applies, install_gelu_epilogue
 from Wan2GP.quantization import quantize_transformer
 
 
-def _transformer() -> WanTransformer3DModel:
-    torch.manual_seed(3)
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=4,
-        out_channels=4,
-        text_dim=16,
-        freq_dim=32,
-        ffn_dim=48,
-        num_layers=3,
-        rope_max_seq_len=32,
-    ).eval()
+def _transformer(dtype: torch.dtype = torch.float32) -> WanTransformer3DModel:
+    return tiny_transformer(image_context=False, dtype=dtype).eval()
 
 
-def _inputs() -> dict:
-    generator = torch.Generator().manual_seed(4)
-    return dict(
-        hidden_states=torch.randn((1, 4, 3, 8, 6), generator=generator),
-        timestep=torch.tensor([500.0]),
-        encoder_hidden_states=torch.randn((1, 512, 16), generator=generator),
-        return_dict=False,
-    )
+def _inputs(dtype: torch.dtype = torch.float32) -> dict:
+    return tiny_inputs(image_context=False, dtype=dtype) | {"return_dict": False}
 
 
 def test_installing_keeps_the_names_and_off_the_gpu_the_output() -> None:
@@ -47,7 +30,7 @@ def test_installing_keeps_the_names_and_off_the_gpu_the_output() -> None:
     names = list(transformer.state_dict())
     with torch.inference_mode():
         before = transformer(**_inputs())[0]
-    assert install_gelu_epilogue(transformer) == 3
+    assert install_gelu_epilogue(transformer) == 2
     assert all(isinstance(block.ffn.net[0], EpilogueGelu) for block in transformer.blocks)
     assert install_gelu_epilogue(transformer) == 0, "an installed module is not wrapped again"
     # the same parameter names: LoRA targets (blocks.N.ffn.net.0.proj), quantization and state dicts see no change
@@ -67,7 +50,7 @@ def test_the_fused_gemm_is_taken_only_where_it_computes_diffusers_gelu() -> None
     assert not gelu_epilogue_applies(torch.nn.Linear(8, 12, bias=False).to(torch.bfloat16), "cuda", torch.bfloat16)
 
     # peft's unmerged adapters replace the Linear: their term must be added before the GELU
-    transformer = _transformer().to(torch.bfloat16)
+    transformer = _transformer(torch.bfloat16)
     install_gelu_epilogue(transformer)
     inject_adapter_in_model(LoraConfig(r=2, target_modules=["ffn.net.0.proj"]), transformer)
     proj = transformer.blocks[0].ffn.net[0].proj
@@ -75,7 +58,7 @@ def test_the_fused_gemm_is_taken_only_where_it_computes_diffusers_gelu() -> None
     assert not gelu_epilogue_applies(proj, "cuda", torch.bfloat16)
 
     # 8-bit weights are torchao tensor subclasses, which the fused GEMM cannot take
-    transformer = _transformer().to(torch.bfloat16)
+    transformer = _transformer(torch.bfloat16)
     quantize_transformer(transformer, "int8", work_device=torch.device("cpu"), keep_on=torch.device("cpu"))
     proj = transformer.blocks[0].ffn.net[0].proj
     assert type(proj) is torch.nn.Linear and proj.weight.dtype == torch.bfloat16
@@ -100,11 +83,10 @@ def test_compiled_blocks_trace_the_checks_on_8bit_weights() -> None:
     """A full-graph compile (dynamo's eager backend) of blocks whose Linear weights are torchao's 8-bit subclasses, as
     the engine compiles them: the checks in the forward trace, the fallback is taken, the output is the uncompiled
     one's."""
-    transformer = _transformer().to(torch.bfloat16)
+    transformer = _transformer(torch.bfloat16)
     quantize_transformer(transformer, "int8", work_device=torch.device("cpu"), keep_on=torch.device("cpu"))
     install_gelu_epilogue(transformer)
-    inputs = _inputs() | {"hidden_states": _inputs()["hidden_states"].bfloat16()}
-    inputs["encoder_hidden_states"] = inputs["encoder_hidden_states"].bfloat16()
+    inputs = _inputs(torch.bfloat16)
     with torch.inference_mode():
         expected = transformer(**inputs)[0]
         transformer.compile_repeated_blocks(fullgraph=True, backend="eager")

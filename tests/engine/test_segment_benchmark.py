@@ -84,20 +84,26 @@ def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
         assert variant["speedup_vs_stock"] > 0
 
 
-def test_the_attention_block_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
-    """bench/attention_block.py on the CPU: a fresh model per kernel, compiled as the engine compiles its blocks; SDPA
-    reproduces the eager reference, cudnn_fp8 (its operator's CPU kernel, the emulation) is close to it, not equal."""
+def _run_tiny_bench(script: str, tmp_path: Path, *args: str) -> dict:
+    """bench/`script` --tiny --repeats 2 `args` as its own process (bench/ on its import path, as on the device);
+    its JSON report."""
     repo = Path(__file__).resolve().parents[2]
-    out = tmp_path / "block.json"
+    out = tmp_path / "report.json"
     subprocess.run(
-        [sys.executable, "bench/attention_block.py", "--tiny", "--repeats", "2", "--json", str(out)],
+        [sys.executable, f"bench/{script}", "--tiny", "--repeats", "2", *args, "--json", str(out)],
         cwd=repo,
         env={**os.environ, "PYTHONPATH": os.pathsep.join((str(repo), str(repo / "bench")))},
         check=True,
         capture_output=True,
         timeout=300,
     )
-    report = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_the_attention_block_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
+    """bench/attention_block.py on the CPU: a fresh model per kernel, compiled as the engine compiles its blocks; SDPA
+    reproduces the eager reference, cudnn_fp8 (its operator's CPU kernel, the emulation) is close to it, not equal."""
+    report = _run_tiny_bench("attention_block.py", tmp_path)
     assert report["weights"] == "native" and report["layers"] == 2  # no fp8 matmuls on a CPU
     kernels = report["kernels"]
     assert kernels["sdpa"]["rel_error_vs_bf16_eager_sdpa"] == 0.0
@@ -110,18 +116,7 @@ def test_the_block_fusions_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
     """bench/block_fusions.py on the CPU, with dynamo's eager backend: each pair computes the same thing. The halves
     RoPE layout on permuted projections gives the engine's interleaved RoPE back once unpermuted (to fp32 rounding);
     the GELU epilogue op's CPU kernel applies the exact GELU, so it is near the tanh one, not equal."""
-    repo = Path(__file__).resolve().parents[2]
-    out = tmp_path / "fusions.json"
-    subprocess.run(
-        [sys.executable, "bench/block_fusions.py", "--tiny", "--repeats", "2", "--compile-backend", "eager"]
-        + ["--json", str(out)],
-        cwd=repo,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join((str(repo), str(repo / "bench")))},
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    report = json.loads(out.read_text())
+    report = _run_tiny_bench("block_fusions.py", tmp_path, "--compile-backend", "eager")
     assert report["qk_norm_rope"]["rel_difference"] < 1e-6
     assert 1e-6 < report["ffn_up_gelu"]["rel_difference"] < 1e-2
     assert report["qkv"]["rel_difference"] == 0.0
