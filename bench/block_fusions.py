@@ -2,8 +2,8 @@
 
 A compiled bf16 forward of the seed segment spends about 0.12 s of its 1.73 s outside attention and the GEMMs, in
 inductor's fused norm, RoPE, modulation and GELU kernels (bench/README.md). Each candidate below is a pair of
-functions computing the same thing, compiled with inductor as the engine compiles its blocks, timed with CUDA events
-(median of `--repeats`) on the 24,192 tokens of 768x576x53, with the relative norm difference of their outputs:
+functions computing the same thing, compiled with inductor as the engine compiles its blocks, timed by the wall clock
+around synchronized calls (median of `--repeats`) on the 24,192 tokens of 768x576x53, with the relative norm difference of their outputs:
 
 - `qk_norm_rope`: the self-attention's query/key RMSNorm and Wan's rotary embedding, on interleaved channel pairs
   (diffusers' layout, what Wan2GP.attention computes) against the "halves" layout, where each head's even channels
@@ -31,14 +31,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from memory_profiles import synchronize
 from random_models import run_versions
 
 from Wan2GP.attention import rotary_embedding
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(function: Callable[..., Any], args: tuple, device: torch.device, repeats: int) -> tuple[float, Any]:

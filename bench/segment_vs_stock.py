@@ -267,11 +267,9 @@ def fp32_forward_errors(
     exact = one_forward(
         transformer,
         {
-            name: value.float() if torch.is_floating_point(value) else value
+            name: value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
             for name, value in inputs.items()
-            if isinstance(value, torch.Tensor)
-        }
-        | {"return_dict": False},
+        },
     )
     del transformer
     return {name: float((forward - exact).norm() / exact.norm()) for name, forward in forwards.items()}

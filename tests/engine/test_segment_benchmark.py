@@ -32,7 +32,7 @@ def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
                 "--runs",
                 "1",
             ),
-            *("--attention", "auto"),
+            *("--attention", "auto", "--fp32-reference"),
         ],
         cwd=repo,
         env={**os.environ, "PYTHONPATH": str(repo)},
@@ -59,6 +59,8 @@ def test_the_speed_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
     # --attention auto on a CPU is SDPA through diffusers' own processor: the eager engine's video, forward for forward
     assert variants["ours_attention"]["latents_rel_error_vs_ours"] == 0.0
     assert variants["ours_attention"]["one_forward_rel_error_vs_eager"] == 0.0
+    # each variant's forward against an fp32 copy of the seeded expert: on a CPU everything is fp32 already
+    assert report["one_forward_rel_error_vs_fp32"] == {"ours": 0.0, "ours_attention": 0.0, "fast": 0.0}
     kernels = report["attention_check"]  # each kernel alone: SDPA timed against fp32, FlashAttention-4 says why not
     assert kernels["sdpa"]["seconds"] > 0 and kernels["sdpa"]["rel_error_vs_fp32"] < 1e-6
     assert kernels["flash3"] == kernels["flash4"] == kernels["cudnn_fp8"] == {"unavailable": "cpu is not a CUDA GPU"}
