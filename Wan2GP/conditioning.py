@@ -8,6 +8,8 @@ Wan 2.2 5B's (z = 48, s = 16).
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKLWan
+from loguru import logger
 from transformers import CLIPImageProcessorPil, CLIPVisionModel
 
 from Wan2GP.video_io import DecodedVideo
@@ -46,8 +49,12 @@ class VaeCodec:
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(C, F, H, W) pixels in [-1, 1] -> normalised float32 latents (1, z, T, h, w), using the posterior mode."""
-        batch = pixels.unsqueeze(0).to(device=self.vae.device, dtype=self.vae.dtype)
-        mode = self.vae.encode(batch).latent_dist.mode().float()
+
+        def encode_with(vae: AutoencoderKLWan) -> torch.Tensor:
+            batch = pixels.unsqueeze(0).to(device=vae.device, dtype=vae.dtype)
+            return vae.encode(batch).latent_dist.mode()
+
+        mode = self._finite(encode_with, "encode").float()
         return (mode - self._mean.to(mode.device)) / self._std.to(mode.device)
 
     @torch.no_grad()
@@ -55,8 +62,21 @@ class VaeCodec:
         """Normalised latents (1, z, T, h, w) -> (C, F, H, W) float32 pixels in [-1, 1]."""
         latents = latents.float()
         raw = latents * self._std.to(latents.device) + self._mean.to(latents.device)
-        pixels = self.vae.decode(raw.to(device=self.vae.device, dtype=self.vae.dtype), return_dict=False)[0]
-        return pixels[0].float()
+
+        def decode_with(vae: AutoencoderKLWan) -> torch.Tensor:
+            return vae.decode(raw.to(device=vae.device, dtype=vae.dtype), return_dict=False)[0]
+
+        return self._finite(decode_with, "decode")[0].float()
+
+    def _finite(self, run: Callable[[AutoencoderKLWan], torch.Tensor], stage: str) -> torch.Tensor:
+        """`run` on the VAE; where a float16 VAE overflowed (fp16 tops out at 65504, where bf16 and fp32 reach 3e38:
+        an inf turns into NaNs at the next norm), `run` again on a float32 copy of it, for this call only."""
+        output = run(self.vae)
+        if self.vae.dtype != torch.float16 or bool(torch.isfinite(output).all()):
+            return output
+        logger.warning("the float16 VAE overflowed in its {}: running it again in float32", stage)
+        del output
+        return run(copy.deepcopy(self.vae).float())
 
 
 def convolutions_channels_last(vae: torch.nn.Module) -> None:

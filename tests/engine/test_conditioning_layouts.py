@@ -8,6 +8,8 @@ cases; these pin each piece's exact layout, so a bug shows here as the wrong val
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ import PIL.Image
 import pytest
 import torch
 from engine_helpers import gradient_image
+from loguru import logger
 
 from Wan2GP.conditioning import (
     VaeCodec,
@@ -81,6 +84,60 @@ def test_codec_of_a_bfloat16_vae_takes_and_returns_float32(codec: VaeCodec) -> N
     torch.testing.assert_close(latents, codec.encode(pixels), atol=0.1, rtol=0.05)
     decoded = half.decode(latents.to(torch.bfloat16))
     assert decoded.dtype == torch.float32 and decoded.shape == (3, 1, 16, 32)
+
+
+def _overflowing_fp16_vae(codec: VaeCodec) -> torch.nn.Module:
+    """A float16 copy of the tiny VAE whose encoder's and decoder's first convolutions output 65000 +- ~5e3, past
+    fp16's 65504 in about half the positions, from weights and biases fp16 holds; fp32 carries them on."""
+    vae = copy.deepcopy(codec.vae)
+    with torch.no_grad():
+        for conv in (vae.encoder.conv_in, vae.decoder.conv_in):
+            conv.weight.mul_(1e4)
+            conv.bias.fill_(65000.0)
+    return vae.to(torch.float16)
+
+
+@contextmanager
+def _warnings() -> Iterator[list[str]]:
+    messages: list[str] = []
+    sink = logger.add(lambda message: messages.append(message.record["message"]), level="WARNING")
+    try:
+        yield messages
+    finally:
+        logger.remove(sink)
+
+
+def test_a_float16_vae_that_overflows_decodes_and_encodes_again_in_float32(codec: VaeCodec) -> None:
+    """fp16 decodes the seed segment as fast as bf16 and 8x closer to fp32 (bench/README.md), but its range ends at
+    65504: where a call's output is not finite, the codec runs it again on a float32 copy of the same weights."""
+    overflowing = _overflowing_fp16_vae(codec)
+    widened = VaeCodec(copy.deepcopy(overflowing).float())  # what the fallback computes: the fp16 weights, in fp32
+    pixels = image_to_pixels(gradient_image(32, 16), 32, 16).repeat(1, 5, 1, 1)
+    latents = torch.randn((1, 16, 2, 2, 4), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the overflow is real: fp16's own output is not finite
+        assert not torch.isfinite(overflowing.decode(latents.half(), return_dict=False)[0]).all()
+    with _warnings() as warnings:
+        decoded = VaeCodec(overflowing).decode(latents)
+        encoded = VaeCodec(overflowing).encode(pixels)
+    assert torch.isfinite(decoded).all() and torch.isfinite(encoded).all()
+    torch.testing.assert_close(decoded, widened.decode(latents), atol=0, rtol=0)
+    torch.testing.assert_close(encoded, widened.encode(pixels), atol=0, rtol=0)
+    assert warnings == [
+        "the float16 VAE overflowed in its decode: running it again in float32",
+        "the float16 VAE overflowed in its encode: running it again in float32",
+    ]
+    assert overflowing.dtype == torch.float16, "the float32 copy is for that call only"
+
+
+def test_a_float16_vae_that_stays_finite_is_used_as_it_is(codec: VaeCodec) -> None:
+    half = VaeCodec(copy.deepcopy(codec.vae).to(torch.float16))
+    latents = torch.randn((1, 16, 2, 2, 4), generator=torch.Generator().manual_seed(0))
+    with _warnings() as warnings:
+        decoded = half.decode(latents)
+    reference = codec.decode(latents)
+    assert warnings == [] and decoded.dtype == torch.float32
+    # fp16 arithmetic, not a float32 rerun: near fp32's output, not equal to it
+    assert 0 < float((decoded - reference).norm() / reference.norm()) < 1e-2
 
 
 @pytest.mark.parametrize(("frames", "latent"), [(1, 1), (2, 1), (5, 2), (8, 2), (9, 3), (81, 21)])
