@@ -124,3 +124,15 @@ def test_the_block_fusions_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
     assert report["qkv"]["rel_difference"] == 0.0
     for pair in ("qk_norm_rope", "ffn_up_gelu", "qkv"):
         assert all(value > 0 for key, value in report[pair].items() if key.endswith("_seconds"))
+
+
+def test_the_vae_chunks_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
+    """bench/vae_chunks.py on the CPU: n latent frames per VAE call is the same arithmetic as diffusers' one frame a
+    call (the causal cache carries the same frames), to fp32 rounding, in both directions."""
+    report = _run_tiny_bench("vae_chunks.py", tmp_path, "--frames-per-call", "1,2,3")
+    rows = report["rows"]
+    assert [(row["dtype"], row["latent_frames_per_call"]) for row in rows] == [("fp32", n) for n in (1, 2, 3)]
+    assert rows[0]["decode_rel_error"] == rows[0]["encode_rel_error"] == 0.0  # the reference itself
+    for row in rows[1:]:
+        assert row["decode_rel_error"] < 1e-5 and row["encode_rel_error"] < 1e-5
+        assert row["decode_seconds"] > 0 and row["encode_seconds"] > 0
