@@ -19,7 +19,7 @@ from source.worker.logs import configure_logging
 from source.worker.ranks import run_context_parallel
 from source.worker.services import build_services
 from source.worker.settings import WorkerSettings
-from Wan2GP.catalog import ATTENTION_KERNELS, CatalogError
+from Wan2GP.catalog import ATTENTION_KERNELS, DTYPES, CatalogError
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -125,8 +125,16 @@ def build_arg_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="the fast path: fp8 weights and activations in the transformers' blocks (torchao), compiled as with "
-        "--compile, and a bf16 VAE; on a GPU without fp8 matmuls (before compute capability 8.9) the weights stay as "
-        "without it [env HW_FAST]",
+        "--compile; on a GPU without fp8 matmuls (before compute capability 8.9) the weights stay as without it "
+        "[env HW_FAST]",
+    )
+    engine.add_argument(
+        "--vae-dtype",
+        choices=DTYPES,
+        help="the VAE's dtype on a GPU (CPUs run float32): float16 decodes the seed segment in 1.21 s on an H200 "
+        "against 1.90 s in float32, 1.8e-3 from it, and reruns a call in float32 where it overflows; bfloat16 is as "
+        "fast and 1.5e-2 away (bench/README.md) [env HW_VAE_DTYPE; default the model definition's, float16 for the "
+        "bundled models]",
     )
     engine.add_argument(
         "--attention",

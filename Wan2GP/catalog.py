@@ -45,6 +45,12 @@ def check_attention_kernel(name: str) -> str:
     return name
 
 
+def check_vae_dtype(name: str) -> str:
+    if name not in DTYPES:
+        raise ValueError(f"vae_dtype: expected one of {', '.join(DTYPES)}, got {name!r}")
+    return name
+
+
 # Names that earlier payloads used for models that were later renamed (seed 001 sends the bare name).
 LEGACY_ALIASES: Mapping[str, str] = {"lightning_baseline_2_2_2": "wan_2_2_vace_lightning_baseline_2_2_2"}
 
@@ -170,7 +176,7 @@ class _ModelSection(BaseModel):
     # The transformers' block weights: "auto" (16-bit where a placement fits the VRAM budget and host memory, else
     # int8), or always "native" (the dtype above), "int8" or "fp8" (Wan2GP.quantization).
     transformer_weights: Literal["auto", "native", "int8", "fp8", "fp8_dynamic"] = "auto"
-    vae_dtype: str = "float32"
+    vae_dtype: str = "float16"  # on GPUs (CPUs run fp32); an fp16 overflow reruns that call in fp32 (VaeCodec)
     fps: int | None = Field(default=None, ge=1)  # None: the architecture's
     # The same model family in the other travel mode: Reigh sends model_type "vace" with its i2v model's name when a
     # run needs structure guidance, and the worker runs the VACE counterpart named here.
@@ -224,7 +230,7 @@ class ModelDefinition(BaseModel):
     loras_multipliers: tuple[str, ...] = ()  # one token per LoRA (floats written as strings)
     transformer_dtype: str = "bfloat16"
     transformer_weights: str = "auto"  # "auto", "native", "int8", "fp8" or "fp8_dynamic" (_ModelSection)
-    vae_dtype: str = "float32"
+    vae_dtype: str = "float16"
     fps: int = 16
     travel_counterparts: dict[str, str] = Field(default_factory=dict)  # travel mode -> model id
     settings: dict[str, Any] = Field(default_factory=dict)

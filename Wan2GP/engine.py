@@ -27,7 +27,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from Wan2GP.attention import choose_attention_kernel, install_attention_kernel
-from Wan2GP.catalog import DTYPES, Catalog, CatalogError, ModelDefinition, check_attention_kernel, load_catalog
+from Wan2GP.catalog import Catalog, CatalogError, ModelDefinition, check_attention_kernel, check_vae_dtype, load_catalog
 from Wan2GP.conditioning import (
     VaeCodec,
     black_frame,
@@ -259,9 +259,7 @@ class WanEngine:
     ) -> None:
         self.reinject_start_frame = reinject_start_frame
         self.attention = check_attention_kernel(attention)
-        if vae_dtype is not None and vae_dtype not in DTYPES:
-            raise ValueError(f"vae_dtype: expected one of {', '.join(DTYPES)}, got {vae_dtype!r}")
-        self.vae_dtype = vae_dtype
+        self.vae_dtype = check_vae_dtype(vae_dtype) if vae_dtype is not None else None
         self.prompt_model = prompt_model  # the VLM write_prompts loads: a repo id, a local folder or "tiny"
         quiet_libraries()
         self.rank_group = rank_group

@@ -35,7 +35,7 @@ def build_services(settings: WorkerSettings, rank_group: RankGroup | None = None
             rank_group=rank_group,
             compile_backend="inductor" if settings.compile or settings.fast else None,
             transformer_weights="fp8_dynamic" if settings.fast else None,
-            vae_dtype="bfloat16" if settings.fast else None,
+            vae_dtype=settings.vae_dtype,
             attention=settings.attention,
         )
         if rank_group is not None and rank_group.is_leader:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from source.queue import resolve_db_url
 from source.queue.urls import DB_URL_ENV_VARS
 from source.tasks.context import TaskSettings
-from Wan2GP.catalog import check_attention_kernel
+from Wan2GP.catalog import check_attention_kernel, check_vae_dtype
 from Wan2GP.placement import parse_budget_gb
 from Wan2GP.prompt_text import DEFAULT_PROMPT_MODEL
 
@@ -64,8 +64,9 @@ class WorkerSettings:
     gpus: str | None = None  # --gpus: "all", a count or indices: one worker process per GPU (source.worker.gpus)
     context_parallel: int = 1  # GPUs each generation is split over (source.worker.ranks); 1: one GPU per worker
     compile: bool = False  # torch.compile the transformers' repeated block (resident placements on one GPU)
-    fast: bool = False  # fp8 weights and activations in the transformers' blocks, compiled, bf16 VAE (GPUs)
+    fast: bool = False  # fp8 weights and activations in the transformers' blocks, compiled (GPUs)
     attention: str = "auto"  # the transformers' attention kernel (Wan2GP.attention's names; catalog.ATTENTION_KERNELS)
+    vae_dtype: str | None = None  # None: the model definition's (float16 for the bundled models); CPUs run float32
     defaults_dirs: tuple[Path, ...] = ()  # folders of model definition files over the bundled ones (upstream's)
     prompt_fallback: bool = True  # the VLM cannot load: run with the base prompts (False: fail the travel run)
     supabase_url: str | None = None
@@ -245,6 +246,7 @@ def settings_from_values(values: Mapping[str, Any], environ: Mapping[str, str] |
         compile=bool(values.get("compile")) or bool(_from_env("HW_COMPILE", _parse_bool, env)),
         fast=bool(values.get("fast")) or bool(_from_env("HW_FAST", _parse_bool, env)),
         attention=pick("attention", "HW_ATTENTION", check_attention_kernel, default_of("attention")),
+        vae_dtype=pick("vae_dtype", "HW_VAE_DTYPE", check_vae_dtype, None),
         defaults_dirs=tuple(
             _path(text)
             for text in (values.get("defaults_dirs") or _from_env("HW_DEFAULTS_DIRS", _path_list, env) or ())

@@ -205,8 +205,8 @@ def test_fp8_activations_fall_back_to_auto_where_no_fp8_matmul_runs(tmp_path: Pa
 
 
 def test_the_engines_vae_dtype_overrides_the_definitions(cache_dir: Path) -> None:
-    """The worker's --fast asks for a bf16 VAE: the loader (which keeps float32 on a CPU, component_dtypes) gets the
-    definition with it; a dtype that is not one is refused naming the option."""
+    """The worker's --vae-dtype: the loader (which keeps float32 on a CPU, component_dtypes) gets the definition with
+    it; a dtype that is not one is refused naming the option."""
     from Wan2GP.loading import load_components_of
 
     seen = []

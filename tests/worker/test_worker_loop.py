@@ -234,7 +234,24 @@ def test_compile_and_fast_reach_the_engine() -> None:
         assert build_services(settings).engine_factory().compile_backend == "inductor"
     assert build_services(settings_from_values({"device": "cpu"}, {})).engine_factory().compile_backend is None
     fast = build_services(settings_from_values({"device": "cpu"}, {"HW_FAST": "1"})).engine_factory()
-    assert (fast.compile_backend, fast.transformer_weights, fast.vae_dtype) == ("inductor", "fp8_dynamic", "bfloat16")
+    assert (fast.compile_backend, fast.transformer_weights, fast.vae_dtype) == ("inductor", "fp8_dynamic", None)
+
+
+def test_the_vae_dtype_reaches_the_engine() -> None:
+    """None leaves the model definition's dtype (float16 for the bundled models on a GPU); a flag or HW_VAE_DTYPE
+    overrides it, the flag first."""
+    from source.worker.services import build_services
+
+    def engine_vae_dtype(values: dict, environ: dict) -> str | None:
+        return build_services(settings_from_values({**values, "device": "cpu"}, environ)).engine_factory().vae_dtype
+
+    assert engine_vae_dtype({}, {}) is None
+    assert engine_vae_dtype({}, {"HW_VAE_DTYPE": "float32"}) == "float32"
+    assert engine_vae_dtype({"vae_dtype": "bfloat16"}, {"HW_VAE_DTYPE": "float32"}) == "bfloat16"
+    with pytest.raises(
+        SettingsError, match=r"HW_VAE_DTYPE='fp16': vae_dtype: expected one of bfloat16, float16, float32, got 'fp16'"
+    ):
+        settings_from_values({}, {"HW_VAE_DTYPE": "fp16"})
 
 
 def test_the_attention_kernel_reaches_the_engine() -> None:
