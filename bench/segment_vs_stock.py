@@ -19,10 +19,10 @@ module's call, both sides alike). Variants:
   worker's `--compile` makes it, on the same seed's weights: diffusers' `compile_repeated_blocks` on both experts
   (one compiled block reused by the 40; its first run compiles);
 - `fast`, `fast_loras`: the worker's `--fast`, fp8 weights and activations in the blocks' Linear layers (torchao,
-  `transformer_weights="fp8_dynamic"`), compiled, a bf16 VAE; with the error of one high-noise forward against the eager
+  `transformer_weights="fp8_dynamic"`), compiled; with the error of one high-noise forward against the eager
   bf16 one on the same seeded inputs, and of the final latents against `ours`;
-- the VAE: the `ours` run's final latents decoded in fp32 (the engine's, channels-last on a GPU), by a bf16 copy and
-  by an fp32 copy in the NCDHW layout: time and error;
+- the VAE: the `ours` run's final latents decoded in fp32 (stock's, channels-last on a GPU), by a bf16 copy, an fp16
+  copy and an fp32 copy in the NCDHW layout: time and error; `--vae-dtype` sets the later engines' VAE dtype;
 - the LoRAs merged with their exact originals on the device: each strength change of the seed segment, and the close;
 - for `compiled` and `fast`: one high-noise forward under torch.profiler, its device time split into attention, matmul
   and the rest (`kernel_profile`), to show where a forward's time goes;
@@ -422,14 +422,15 @@ def fp8_operator_check(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
 
 def vae_decode_check(vae: torch.nn.Module, latents: torch.Tensor, device: torch.device) -> dict[str, Any]:
     """The engine's fp32 decode (on a GPU its convolutions channels-last, NDHWC) against other ways to decode the same
-    latents with the same VAE weights: a bf16 copy (the worker's --fast), and an fp32 copy in the default NCDHW layout
-    (best of 2 each; errors against the engine's fp32 decode). cuDNN's algorithm search (torch.backends.cudnn.benchmark)
+    latents with the same VAE weights: a bf16 copy (the worker's --fast), an fp16 copy, and an fp32 copy in the default
+    NCDHW layout (best of 2 each; errors against the engine's fp32 decode). cuDNN's algorithm search (torch.backends.cudnn.benchmark)
     changed nothing on the H200 (bench/results/speed_h200.json) and is no longer tried."""
     report: dict[str, Any] = {}
     decoded = {}
     ways = {"fp32": vae}
     if device.type == "cuda":
         ways["bf16"] = copy.deepcopy(vae).to(torch.bfloat16)
+        ways["fp16"] = copy.deepcopy(vae).to(torch.float16)
         ways["fp32_ncdhw"] = _contiguous(copy.deepcopy(vae))
     for name, module in ways.items():
         best = float("inf")
@@ -539,6 +540,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="at the end, one high-noise forward of an fp32 copy of the same weights: every variant's one-forward "
         "error against it (needs the fp32 expert's 57 GB on the device)",
     )
+    parser.add_argument(
+        "--vae-dtype",
+        choices=("float32", "bfloat16", "float16"),
+        help="VAE dtype of the engines built after the first (default: the worker's, the definition's: float16); the "
+        "first shares stock's modules and keeps float32",
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--workdir", type=Path, help="default: a temporary folder")
     args = parser.parse_args(argv)
@@ -557,9 +564,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     without = {key: value for key, value in with_loras.items() if key not in ("activated_loras", "loras_multipliers")}
 
     def make_engine(
-        compile_backend: str | None = None, weights: str | None = None, attention: str = "sdpa"
+        compile_backend: str | None = None,
+        weights: str | None = None,
+        attention: str = "sdpa",
+        vae_dtype: str | None = None,
     ) -> WanEngine:
-        fast = weights == "fp8_dynamic"  # as the worker's --fast: fp8 blocks, compiled, a bf16 VAE
         return WanEngine(
             device=str(device),
             cache_dir=cache_dir,
@@ -568,11 +577,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             component_loader=RandomComponents(tiny=args.tiny, seed=0, build_device=device),
             compile_backend=compile_backend,
             transformer_weights=weights,
-            vae_dtype="bfloat16" if fast else None,
+            vae_dtype=vae_dtype,
             attention=attention,
         )
 
-    engine = make_engine()
+    # The first engine's modules are stock's too: its VAE in fp32, as diffusers' Wan examples load it.
+    engine = make_engine(vae_dtype="float32")
     report: dict[str, Any] = {
         "command": " ".join(["python", "bench/segment_vs_stock.py", *(argv if argv is not None else sys.argv[1:])]),
         "versions": run_versions(),
@@ -644,7 +654,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        engine = make_engine(compile_backend, weights, args.attention)
+        engine = make_engine(compile_backend, weights, args.attention, args.vae_dtype)
         for name in names:
             eager = "ours_loras" if name.endswith("_loras") else "ours"
             try:
