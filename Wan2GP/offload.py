@@ -113,6 +113,7 @@ def model_sizes(
             # CLIP runs in float32 on every device (Wan2GP.loading)
             image_encoder=module_bytes(image_encoder, torch.float32) if image_encoder is not None else 0,
             vae=module_bytes(vae, vae_dtype),
+            vae_element_bytes=vae_dtype.itemsize,
             model_dim=model_dim,
             blocks=blocks_count,
             spatial_factor=int(vae.config.scale_factor_spatial),

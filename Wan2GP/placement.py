@@ -39,7 +39,9 @@ STREAMED_BLOCKS_ON_DEVICE = 2
 DENOISE_BYTES_PER_TOKEN_DIM = 12
 # Wan VAE decode (float32): peak bytes per output pixel of one frame (it decodes causally, a few frames at a time, so
 # the peak follows the frame size, not the length). Measured on the H200: 9.6 GiB over the VAE's weights at 768x576
-# (22.7 KiB per pixel; bench/README.md, "Memory profiles"), rounded up.
+# (22.7 KiB per pixel; bench/README.md, "Memory profiles"), rounded up. A 16-bit VAE's peak is about half: 4.32 GiB
+# in fp16 or bf16 against 8.29 in fp32 on the H200 (bench/results/vae_chunks_h200.json), so it scales with the VAE's
+# element size.
 VAE_DECODE_BYTES_PER_PIXEL = 24 * 1024
 # Room for the unmerged LoRA adapters beside a resident block, as a share of the block's 16-bit bytes (two rank-64
 # LoRAs on every Linear add ~4% to an A14B block; the adapters stay 16-bit when the block's weights are 8-bit).
@@ -86,6 +88,7 @@ class ModelSizes:
     text_encoder_largest_layer: int  # the largest single layer (UMT5's token embedding): what streaming it needs
     image_encoder: int  # 0 when the architecture has no CLIP tower
     vae: int
+    vae_element_bytes: int  # 4 for a float32 VAE, 2 for a 16-bit one (the decode's activations scale with it)
     model_dim: int  # the transformer's hidden size (activations scale with it)
     blocks: int  # blocks per transformer (streamable one by one)
     spatial_factor: int  # pixels per latent pixel (the VAE's)
@@ -113,9 +116,9 @@ class WorkSizes:
     def denoise_bytes(self, sizes: ModelSizes) -> int:
         return self.tokens * sizes.model_dim * DENOISE_BYTES_PER_TOKEN_DIM
 
-    def decode_bytes(self, *, tiled: bool) -> int:
+    def decode_bytes(self, sizes: ModelSizes, *, tiled: bool) -> int:
         pixels = min(self.width * self.height, VAE_TILE_PIXELS) if tiled else self.width * self.height
-        return pixels * VAE_DECODE_BYTES_PER_PIXEL
+        return pixels * VAE_DECODE_BYTES_PER_PIXEL * sizes.vae_element_bytes // 4
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ def needed_bytes(kind: str, sizes: ModelSizes, work: WorkSizes, *, vae_tiling: b
         weights = sizes.vae + sizes.transformer_rest + STREAMED_BLOCKS_ON_DEVICE * sizes.largest_block
         weights += resident_blocks * block_cost(sizes)
         encode_peak = sizes.text_encoder_largest_layer
-    working = max(encode_peak, work.denoise_bytes(sizes), work.decode_bytes(tiled=vae_tiling))
+    working = max(encode_peak, work.denoise_bytes(sizes), work.decode_bytes(sizes, tiled=vae_tiling))
     return weights + working + ALLOCATOR_MARGIN_BYTES
 
 

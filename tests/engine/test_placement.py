@@ -8,6 +8,7 @@ offloading, the re-plan when a bigger generation arrives, the budget-too-small e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -118,12 +119,12 @@ def test_a14b_component_sizes_come_from_the_configs(a14b_sizes: ModelSizes) -> N
 @pytest.mark.parametrize(
     ("budget_gib", "kind", "tiled", "resident_blocks"),
     [
-        (139.8, "resident", False, 0),  # an H200: as today (measured peak 74.2 GiB)
+        (139.8, "resident", False, 0),  # an H200: as today (measured peak 74.2 GiB with an fp32 VAE)
         (80, "resident", False, 0),  # an H100: everything still fits
-        (72, "resident", True, 0),  # all weights fit, a whole 768x576 frame's 9.6 GiB decode beside them does not
-        (64, "offload_encoders", True, 0),  # both experts fit, the 10.6 GiB text encoder does not fit beside them
-        (48, "stream_blocks", False, 25),  # L40S / A6000: one expert alone is 26.6 GiB; 25 of 40 blocks stay
-        (24, "stream_blocks", False, 7),  # RTX 4090 / 3090, L4
+        (68, "resident", True, 0),  # all weights fit, a whole 768x576 frame's ~5 GiB fp16 decode beside them does not
+        (58, "offload_encoders", True, 0),  # both experts fit, the 10.6 GiB text encoder does not fit beside them
+        (48, "stream_blocks", False, 29),  # L40S / A6000: one expert alone is 26.6 GiB; 29 of 40 blocks stay
+        (24, "stream_blocks", False, 11),  # RTX 4090 / 3090, L4
         (6, "stream_blocks", True, 0),  # too little for a whole frame's decode: tiles, every block streamed
     ],
 )
@@ -137,6 +138,19 @@ def test_the_fastest_placement_that_fits_the_budget(
     if kind == "stream_blocks":  # the spare room went into resident blocks: one more would not fit
         assert placement.needed + block_cost(a14b_sizes) > budget
     assert kind in placement.describe() and f"{budget_gib:.1f} GiB" in placement.describe()
+
+
+def test_a_16_bit_vae_leaves_half_the_decode_room_of_a_float32_one(a14b_sizes: ModelSizes) -> None:
+    """The decode's peak scales with the VAE's element size (4.32 GiB in fp16 against 8.29 in fp32 on the H200): at
+    72 GiB the A14B stays resident with either VAE, but only the fp16 one decodes whole frames beside it."""
+    work = seed_segment(a14b_sizes)
+    fp32 = dataclasses.replace(a14b_sizes, vae_element_bytes=4)
+    assert a14b_sizes.vae_element_bytes == 2
+    assert 2 * work.decode_bytes(a14b_sizes, tiled=False) == work.decode_bytes(fp32, tiled=False)
+    assert 2 * work.decode_bytes(a14b_sizes, tiled=True) == work.decode_bytes(fp32, tiled=True)
+    fp16_plan, fp32_plan = (plan_placement(sizes, work, 72 * GiB, model="i2v_2_2") for sizes in (a14b_sizes, fp32))
+    assert (fp16_plan.kind, fp16_plan.vae_tiling) == ("resident", False)
+    assert (fp32_plan.kind, fp32_plan.vae_tiling) == ("resident", True)
 
 
 def test_the_24_gb_placement_leaves_the_activations_room(a14b_sizes: ModelSizes) -> None:
