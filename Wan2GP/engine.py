@@ -229,9 +229,10 @@ class WanEngine:
     sequence with the other ranks, which must run the same generations (ContextParallelLeader, follow).
     `compile_backend` ("inductor": the worker's --compile) compiles each loaded transformer's repeated block once with
     torch.compile (diffusers' compile_repeated_blocks; on an H200 1.18x per forward, bench/README.md) when the whole
-    model is resident on one GPU; the first generation at a new size pays the compile. `vae_dtype` ("bfloat16": the
-    worker's --fast) overrides the definition's VAE dtype on a GPU (bf16 decodes the seed segment in 1.2 s instead of
-    1.9 s on an H200, 1.4e-2 from fp32; bench/README.md). On a GPU the VAE's convolutions run channels-last (NDHWC).
+    model is resident on one GPU; the first generation at a new size pays the compile. `vae_dtype` (the worker's
+    --vae-dtype) overrides the definition's VAE dtype on a GPU (the bundled models' float16 decodes the seed segment in
+    1.21 s instead of 1.90 s on an H200, 1.8e-3 from fp32; bench/README.md). On a GPU the VAE's convolutions run
+    channels-last (NDHWC).
     `attention` ("auto", "sdpa", "flash3", "flash4", "cudnn_fp8"; Wan2GP.attention) picks the transformers' attention
     kernel: "auto" is, on the fast path ("fp8_dynamic" weights), cuDNN's fp8 attention where it can run (a compute
     capability 9.x/10.x GPU with nvidia-cudnn-frontend installed), then FlashAttention-3 (a 9.x GPU with flash-attn-3

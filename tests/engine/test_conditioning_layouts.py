@@ -8,8 +8,6 @@ cases; these pin each piece's exact layout, so a bug shows here as the wrong val
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import PIL.Image
 import pytest
 import torch
 from engine_helpers import gradient_image
-from loguru import logger
+from log_capture import captured_warnings
 
 from Wan2GP.conditioning import (
     VaeCodec,
@@ -97,16 +95,6 @@ def _overflowing_fp16_vae(codec: VaeCodec) -> torch.nn.Module:
     return vae.to(torch.float16)
 
 
-@contextmanager
-def _warnings() -> Iterator[list[str]]:
-    messages: list[str] = []
-    sink = logger.add(lambda message: messages.append(message.record["message"]), level="WARNING")
-    try:
-        yield messages
-    finally:
-        logger.remove(sink)
-
-
 def test_a_float16_vae_that_overflows_decodes_and_encodes_again_in_float32(codec: VaeCodec) -> None:
     """fp16 decodes the seed segment as fast as bf16 and 8x closer to fp32 (bench/README.md), but its range ends at
     65504: where a call's output is not finite, the codec runs it again on a float32 copy of the same weights."""
@@ -116,7 +104,7 @@ def test_a_float16_vae_that_overflows_decodes_and_encodes_again_in_float32(codec
     latents = torch.randn((1, 16, 2, 2, 4), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # the overflow is real: fp16's own output is not finite
         assert not torch.isfinite(overflowing.decode(latents.half(), return_dict=False)[0]).all()
-    with _warnings() as warnings:
+    with captured_warnings() as warnings:
         decoded = VaeCodec(overflowing).decode(latents)
         encoded = VaeCodec(overflowing).encode(pixels)
     assert torch.isfinite(decoded).all() and torch.isfinite(encoded).all()
@@ -132,7 +120,7 @@ def test_a_float16_vae_that_overflows_decodes_and_encodes_again_in_float32(codec
 def test_a_float16_vae_that_stays_finite_is_used_as_it_is(codec: VaeCodec) -> None:
     half = VaeCodec(copy.deepcopy(codec.vae).to(torch.float16))
     latents = torch.randn((1, 16, 2, 2, 4), generator=torch.Generator().manual_seed(0))
-    with _warnings() as warnings:
+    with captured_warnings() as warnings:
         decoded = half.decode(latents)
     reference = codec.decode(latents)
     assert warnings == [] and decoded.dtype == torch.float32
