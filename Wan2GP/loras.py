@@ -55,8 +55,8 @@ CPU_AUTO_MODE: Mode = "merged"
 
 @dataclass(frozen=True)
 class ModeCosts:
-    """What each mode costs on a GPU, in transformer forwards. Measured on an H100 at the Wan 2.2 A14B layer size with
-    2 LoRAs of rank 32 on every attention and ffn Linear (bench/README.md; ratios from one run)."""
+    """What each mode costs on a GPU, in transformer forwards of the Wan 2.2 A14B with 2 LoRAs on every attention and
+    ffn Linear; each set below says where it was measured (bench/README.md)."""
 
     unmerged_per_forward: float  # the extra LoRA matmuls of every forward
     first_merge: float  # per expert: the exact host copy of every targeted weight, then the merge
@@ -64,6 +64,7 @@ class ModeCosts:
     unmerge: float  # per merged expert at close()
 
 
+# Exact originals in host memory: on an H100 at the A14B layer size, LoRAs of rank 32 (ratios from one run).
 CUDA_MODE_COSTS = ModeCosts(unmerged_per_forward=0.170, first_merge=6.26, re_merge=0.89, unmerge=1.12)
 # The same with the exact originals kept on the device beside the weights (a resident model with room to spare): no
 # host round trip. Measured on an H200 with the seed's two rank-64 LoRAs on every attention and ffn Linear of the A14B
