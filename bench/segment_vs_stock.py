@@ -22,7 +22,7 @@ module's call, both sides alike). Variants:
   `transformer_weights="fp8_dynamic"`), compiled; with the error of one high-noise forward against the eager
   bf16 one on the same seeded inputs, and of the final latents against `ours`;
 - the VAE: the `ours` run's final latents decoded in fp32 (stock's, channels-last on a GPU), by a bf16 copy, an fp16
-  copy and an fp32 copy in the NCDHW layout: time and error; `--vae-dtype` sets the later engines' VAE dtype;
+  copy (the engine's default on a GPU) and an fp32 copy in the NCDHW layout: time and error; `--vae-dtype` sets the later engines' VAE dtype;
 - the LoRAs merged with their exact originals on the device: each strength change of the seed segment, and the close;
 - for `compiled` and `fast`: one high-noise forward under torch.profiler, its device time split into attention, matmul
   and the rest (`kernel_profile`), to show where a forward's time goes;
@@ -68,6 +68,7 @@ from memory_profiles import (
     write_loras,
 )
 from random_models import run_versions
+from vae_chunks import timed_peak
 
 from Wan2GP.attention import (
     ATTENTION_PRODUCTS,
@@ -78,7 +79,7 @@ from Wan2GP.attention import (
     scaled_fp8_attention,
     to_fp8,
 )
-from Wan2GP.catalog import ATTENTION_KERNELS, load_catalog
+from Wan2GP.catalog import ATTENTION_KERNELS, DTYPES, load_catalog
 from Wan2GP.conditioning import VaeCodec
 from Wan2GP.engine import WanEngine
 from Wan2GP.loading import LoadedModel
@@ -421,10 +422,12 @@ def fp8_operator_check(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
 
 
 def vae_decode_check(vae: torch.nn.Module, latents: torch.Tensor, device: torch.device) -> dict[str, Any]:
-    """The engine's fp32 decode (on a GPU its convolutions channels-last, NDHWC) against other ways to decode the same
-    latents with the same VAE weights: a bf16 copy (the worker's --fast), an fp16 copy, and an fp32 copy in the default
-    NCDHW layout (best of 2 each; errors against the engine's fp32 decode). cuDNN's algorithm search (torch.backends.cudnn.benchmark)
-    changed nothing on the H200 (bench/results/speed_h200.json) and is no longer tried."""
+    """Stock's fp32 decode (on a GPU its convolutions channels-last, NDHWC, as the engine runs them) against other ways
+    to decode the same latents with the same VAE weights: a bf16 copy, an fp16 copy (the engine's default on a GPU),
+    and an fp32 copy in the default NCDHW layout, each timed by vae_chunks.timed_peak after an untimed call (cuDNN's
+    first calls at a shape), with its error against the fp32 decode; and each one's i2v encode of a video that long.
+    cuDNN's algorithm search (torch.backends.cudnn.benchmark) changed nothing on the H200
+    (bench/results/speed_h200.json) and is no longer tried."""
     report: dict[str, Any] = {}
     decoded = {}
     ways = {"fp32": vae}
@@ -433,30 +436,12 @@ def vae_decode_check(vae: torch.nn.Module, latents: torch.Tensor, device: torch.
         ways["fp16"] = copy.deepcopy(vae).to(torch.float16)
         ways["fp32_ncdhw"] = _contiguous(copy.deepcopy(vae))
     for name, module in ways.items():
-        best = float("inf")
-        for attempt in range(2):  # the first is not timed (cuDNN's first calls at a shape)
-            synchronize(device)
-            started = time.perf_counter()
-            with torch.inference_mode():
-                pixels = VaeCodec(module).decode(latents.to(device))
-            synchronize(device)
-            if attempt:
-                best = min(best, time.perf_counter() - started)
+        codec = VaeCodec(module)
+        report[f"{name}_seconds"], _, pixels = timed_peak(codec.decode, latents.to(device), device, repeats=1)
         decoded[name] = pixels.float().cpu()
-        report[f"{name}_seconds"] = best
         # the i2v encode of a video this long (the engine encodes start frame, blank middle and end frame)
-        video = pixels.to(device)
-        best = float("inf")
-        for attempt in range(2):
-            synchronize(device)
-            started = time.perf_counter()
-            with torch.inference_mode():
-                encoded = VaeCodec(module).encode(video)
-            synchronize(device)
-            if attempt:
-                best = min(best, time.perf_counter() - started)
-        report[f"{name}_encode_seconds"] = best
-        del video, encoded
+        report[f"{name}_encode_seconds"], _, encoded = timed_peak(codec.encode, pixels.to(device), device, repeats=1)
+        del encoded
     for name, pixels in decoded.items():
         if name != "fp32":
             difference = pixels - decoded["fp32"]
@@ -542,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--vae-dtype",
-        choices=("float32", "bfloat16", "float16"),
+        choices=DTYPES,
         help="VAE dtype of the engines built after the first (default: the worker's, the definition's: float16); the "
         "first shares stock's modules and keeps float32",
     )
