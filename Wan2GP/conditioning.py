@@ -79,15 +79,6 @@ class VaeCodec:
         return run(copy.deepcopy(self.vae).float())
 
 
-def convolutions_channels_last(vae: torch.nn.Module) -> None:
-    """The VAE's 3-D convolution weights in NDHWC, so cuDNN runs its tensor-core kernels (and their outputs stay
-    channels-last): the seed segment's fp32 decode on an H200 took 1.90 s instead of 2.02 s, 8e-4 from the NCDHW one
-    (bench/README.md). Module.to(memory_format=...) would refuse the parameters that are not 5-D."""
-    for parameter in vae.parameters():
-        if parameter.dim() == 5:
-            parameter.data = parameter.data.contiguous(memory_format=torch.channels_last_3d)
-
-
 def latent_frames(num_frames: int) -> int:
     return (num_frames - 1) // 4 + 1
 

@@ -34,7 +34,6 @@ from Wan2GP.conditioning import (
     build_image_condition,
     build_vace_context,
     clip_image_tokens,
-    convolutions_channels_last,
     frame_image,
     guide_pixels,
     image_to_pixels,
@@ -77,6 +76,7 @@ from Wan2GP.sampler import (
 )
 from Wan2GP.schedule import GenerationPlan, StepPlan
 from Wan2GP.text import WAN_DEFAULT_NEGATIVE_PROMPT, PromptEmbeddingCache, PromptEncoder, first_prompt_line
+from Wan2GP.vae_layers import prepare_for_gpu
 from Wan2GP.video_io import VideoReadError, pixels_to_uint8, read_video, write_mp4
 
 if TYPE_CHECKING:
@@ -232,7 +232,9 @@ class WanEngine:
     model is resident on one GPU; the first generation at a new size pays the compile. `vae_dtype` (the worker's
     --vae-dtype) overrides the definition's VAE dtype on a GPU (the bundled models' float16 decodes the seed segment in
     1.21 s instead of 1.90 s on an H200, 1.8e-3 from fp32; bench/README.md). On a GPU the VAE's convolutions run
-    channels-last (NDHWC).
+    channels-last (NDHWC), and its causal convolutions, RMS norms and upsamplers run Wan2GP.vae_layers' forwards
+    (the same arithmetic up to rounding, in fewer passes over memory); `stock_vae_layers` keeps diffusers' own (the
+    segment benchmark's stock pipeline shares its first engine's VAE).
     `attention` ("auto", "sdpa", "flash3", "flash4", "cudnn_fp8"; Wan2GP.attention) picks the transformers' attention
     kernel: "auto" is, on the fast path ("fp8_dynamic" weights), cuDNN's fp8 attention where it can run (a compute
     capability 9.x/10.x GPU with nvidia-cudnn-frontend installed), then FlashAttention-3 (a 9.x GPU with flash-attn-3
@@ -256,11 +258,13 @@ class WanEngine:
         rank_group: RankGroup | None = None,
         compile_backend: str | None = None,
         vae_dtype: str | None = None,
+        stock_vae_layers: bool = False,
         attention: str = "auto",
     ) -> None:
         self.reinject_start_frame = reinject_start_frame
         self.attention = check_attention_kernel(attention)
         self.vae_dtype = check_vae_dtype(vae_dtype) if vae_dtype is not None else None
+        self.stock_vae_layers = stock_vae_layers
         self.prompt_model = prompt_model  # the VLM write_prompts loads: a repo id, a local folder or "tiny"
         quiet_libraries()
         self.rank_group = rank_group
@@ -378,7 +382,7 @@ class WanEngine:
             vae=loaded.vae,
         )
         if self.device.type == "cuda":
-            convolutions_channels_last(loaded.vae)
+            prepare_for_gpu(loaded.vae, stock_layers=self.stock_vae_layers)
         for transformer in loaded.distinct_transformers:
             install_attention_kernel(transformer, kernels)
         if self.rank_group is not None:

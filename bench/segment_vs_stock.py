@@ -22,7 +22,9 @@ module's call, both sides alike). Variants:
   `transformer_weights="fp8_dynamic"`), compiled; with the error of one high-noise forward against the eager
   bf16 one on the same seeded inputs, and of the final latents against `ours`;
 - the VAE: the `ours` run's final latents decoded in fp32 (stock's, channels-last on a GPU), by a bf16 copy, an fp16
-  copy (the engine's default on a GPU) and an fp32 copy in the NCDHW layout: time and error; `--vae-dtype` sets the later engines' VAE dtype;
+  copy (the engine's default dtype on a GPU), the fp16 copy with Wan2GP.vae_layers' forwards (the later engines', where
+  the first engine, whose VAE stock shares, keeps diffusers') and an fp32 copy in the NCDHW layout: time and error;
+  `--vae-dtype` sets the later engines' VAE dtype;
 - the LoRAs merged with their exact originals on the device: each strength change of the seed segment, and the close;
 - for `compiled` and `fast`: one high-noise forward under torch.profiler, its device time split into attention, matmul
   and the rest (`kernel_profile`), to show where a forward's time goes;
@@ -84,6 +86,7 @@ from Wan2GP.conditioning import VaeCodec
 from Wan2GP.engine import WanEngine
 from Wan2GP.loading import LoadedModel
 from Wan2GP.request import GenerationRequest
+from Wan2GP.vae_layers import use_fast_layers
 
 VARIANTS = (
     "ours_loras",
@@ -423,8 +426,8 @@ def fp8_operator_check(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
 
 def vae_decode_check(vae: torch.nn.Module, latents: torch.Tensor, device: torch.device) -> dict[str, Any]:
     """Stock's fp32 decode (on a GPU its convolutions channels-last, NDHWC, as the engine runs them) against other ways
-    to decode the same latents with the same VAE weights: a bf16 copy, an fp16 copy (the engine's default on a GPU),
-    and an fp32 copy in the default NCDHW layout, each timed by vae_chunks.timed_peak after an untimed call (cuDNN's
+    to decode the same latents with the same VAE weights: a bf16 copy, an fp16 copy (the engine's default dtype on a
+    GPU), the fp16 copy with Wan2GP.vae_layers' forwards (what the later engines run), and an fp32 copy in the default NCDHW layout, each timed by vae_chunks.timed_peak after an untimed call (cuDNN's
     first calls at a shape), with its error against the fp32 decode; and each one's i2v encode of a video that long.
     cuDNN's algorithm search (torch.backends.cudnn.benchmark) changed nothing on the H200
     (bench/results/speed_h200.json) and is no longer tried."""
@@ -434,6 +437,8 @@ def vae_decode_check(vae: torch.nn.Module, latents: torch.Tensor, device: torch.
     if device.type == "cuda":
         ways["bf16"] = copy.deepcopy(vae).to(torch.bfloat16)
         ways["fp16"] = copy.deepcopy(vae).to(torch.float16)
+        ways["fp16_wan2gp_layers"] = copy.deepcopy(ways["fp16"])
+        use_fast_layers(ways["fp16_wan2gp_layers"])  # what the later engines run
         ways["fp32_ncdhw"] = _contiguous(copy.deepcopy(vae))
     for name, module in ways.items():
         codec = VaeCodec(module)
@@ -553,6 +558,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         weights: str | None = None,
         attention: str = "sdpa",
         vae_dtype: str | None = None,
+        stock_vae_layers: bool = False,
     ) -> WanEngine:
         return WanEngine(
             device=str(device),
@@ -563,11 +569,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             compile_backend=compile_backend,
             transformer_weights=weights,
             vae_dtype=vae_dtype,
+            stock_vae_layers=stock_vae_layers,
             attention=attention,
         )
 
-    # The first engine's modules are stock's too: its VAE in fp32, as diffusers' Wan examples load it.
-    engine = make_engine(vae_dtype="float32")
+    # The first engine's modules are stock's too: its VAE in fp32, as diffusers' Wan examples load it, with diffusers'
+    # own layers (the later engines run Wan2GP.vae_layers').
+    engine = make_engine(vae_dtype="float32", stock_vae_layers=True)
     report: dict[str, Any] = {
         "command": " ".join(["python", "bench/segment_vs_stock.py", *(argv if argv is not None else sys.argv[1:])]),
         "versions": run_versions(),

@@ -32,7 +32,8 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 from memory_profiles import build_vae, synchronize
 from random_models import run_versions
 
-from Wan2GP.conditioning import VaeCodec, convolutions_channels_last
+from Wan2GP.conditioning import VaeCodec
+from Wan2GP.vae_layers import convolutions_channels_last
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

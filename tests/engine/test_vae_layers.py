@@ -1,0 +1,167 @@
+"""Wan2GP.vae_layers: the VAE's causal convolutions, RMS norms and upsamplers with the engine's GPU forwards give
+diffusers' own results, on the CPU, in fp32 (to rounding) and laid out as the engine lays them out on a GPU.
+
+The VAEs are small random ones built from a seed with diffusers' AutoencoderKLWan, in the two architectures the
+bundled models use: Wan 2.1's (2.2 A14B's too) and Wan 2.2 5B's residual one with 2x2 pixel patches. Residual blocks,
+the mid block's attention, the temporal down- and upsamplings (a stride-2 causal convolution in the encoder, the
+time_conv's "Rep" first chunk in the decoder) and every cache path run, over more chunks than the cache holds.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from diffusers import AutoencoderKLWan
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanRMS_norm, WanUpsample
+
+from Wan2GP.conditioning import VaeCodec
+from Wan2GP.vae_layers import (
+    ChannelRMSNorm,
+    FramewiseCausalConv3d,
+    NativeDtypeUpsample,
+    convolutions_channels_last,
+    prepare_for_gpu,
+    use_fast_layers,
+)
+
+STATISTICS = dict(z_dim=4, latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[0.5, 0.8, 1.2, 1.0])
+ARCHITECTURES = {
+    "wan21": dict(base_dim=8, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True], **STATISTICS),
+    "wan22_5b": dict(
+        base_dim=8,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        is_residual=True,
+        in_channels=12,
+        out_channels=12,
+        patch_size=2,
+        scale_factor_spatial=16,
+        **STATISTICS,
+    ),
+}
+
+
+def _random_vae(architecture: str) -> AutoencoderKLWan:
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(**ARCHITECTURES[architecture]).eval().requires_grad_(False)
+    with torch.no_grad():  # gammas and biases away from their 1 and 0, so a norm that drops them shows
+        for name, parameter in vae.named_parameters():
+            if name.endswith(("gamma", "bias")):
+                parameter.uniform_(0.5, 1.5)
+    return vae
+
+
+def _rel(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((value - reference).norm() / reference.norm())
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("channels_last", [False, True], ids=["ncdhw", "ndhwc"])
+def test_the_fast_layers_decode_and_encode_as_diffusers(architecture: str, channels_last: bool) -> None:
+    stock = _random_vae(architecture)
+    fast = copy.deepcopy(stock)
+    if channels_last:
+        prepare_for_gpu(fast)  # what the engine does on a GPU: NDHWC weights, the fast forwards
+    else:
+        use_fast_layers(fast)
+    codec, reference = VaeCodec(fast), VaeCodec(stock)
+    latent_frames = 5  # the first chunk, then 4 more: past the 2 frames each cache holds
+    spatial = reference.spatial_factor
+    latents = torch.randn((1, 4, latent_frames, 64 // spatial, 96 // spatial), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        pixels, expected_pixels = codec.decode(latents), reference.decode(latents)
+        encoded, expected_latents = codec.encode(expected_pixels), reference.encode(expected_pixels)
+    assert pixels.shape == expected_pixels.shape == (3, 4 * (latent_frames - 1) + 1, 64, 96)
+    assert _rel(pixels, expected_pixels) < 1e-5
+    assert encoded.shape == expected_latents.shape
+    assert _rel(encoded, expected_latents) < 1e-5
+    # the same parameters and state-dict keys: only the forwards changed
+    assert fast.state_dict().keys() == stock.state_dict().keys()
+
+
+def test_use_fast_layers_switches_every_convolution_norm_and_upsampler() -> None:
+    vae = _random_vae("wan21")
+    kinds = (WanCausalConv3d, WanRMS_norm, WanUpsample)
+    expected = sum(type(module) in kinds for module in vae.modules())
+    assert use_fast_layers(vae) == expected > 0
+    assert not any(type(module) in kinds for module in vae.modules())
+    assert any(isinstance(module, FramewiseCausalConv3d) for module in vae.modules())
+    assert any(isinstance(module, ChannelRMSNorm) for module in vae.modules())
+    assert any(isinstance(module, NativeDtypeUpsample) for module in vae.modules())
+    assert use_fast_layers(vae) == 0, "a second call finds nothing left to switch"
+
+
+def test_prepare_for_gpu_keeps_diffusers_layers_for_the_stock_pipeline() -> None:
+    vae = _random_vae("wan21")
+    prepare_for_gpu(vae, stock_layers=True)
+    assert not any(isinstance(module, FramewiseCausalConv3d | ChannelRMSNorm) for module in vae.modules())
+    five_d = [p for p in vae.parameters() if p.dim() == 5]
+    assert five_d and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in five_d)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("cached", [0, 1, 2])
+def test_a_framewise_causal_convolution_is_diffusers_3d_one(stride: int, cached: int) -> None:
+    """Each temporal kernel the VAE has (3x3x3 padded, 3x1x1 padded, 3x1x1 stride 2 unpadded, 1x1x1) with 0, 1 or
+    2 cached frames: the same frames out, in the same order, with the bias once."""
+    torch.manual_seed(2)
+    shapes = [((3, 3, 3), (1, 1, 1)), ((3, 1, 1), (1, 0, 0)), ((1, 1, 1), (0, 0, 0))]
+    if stride == 2:
+        shapes = [((3, 1, 1), (0, 0, 0))]
+    for kernel, padding in shapes:
+        stock = WanCausalConv3d(6, 5, kernel, stride=(stride, 1, 1), padding=padding).requires_grad_(False)
+        stock.bias.uniform_(0.5, 1.5)
+        fast = copy.deepcopy(stock)
+        fast.__class__ = FramewiseCausalConv3d
+        x = torch.randn(1, 6, 4, 7, 9)
+        cache = torch.randn(1, 6, cached, 7, 9) if cached else None
+        for layout in (torch.contiguous_format, torch.channels_last_3d):
+            convolutions_channels_last(fast) if layout == torch.channels_last_3d else None
+            given = x.contiguous(memory_format=layout)
+            expected = stock(x, cache)
+            out = fast(given, None if cache is None else cache.contiguous(memory_format=layout))
+            assert out.shape == expected.shape, (kernel, layout)
+            assert _rel(out, expected) < 1e-6, (kernel, layout)
+
+
+def test_the_fused_rms_norm_is_diffusers_norm_with_one_rounding() -> None:
+    torch.manual_seed(3)
+    for images, channel_first, bias in ((False, True, False), (True, True, True), (False, False, True)):
+        stock = WanRMS_norm(24, channel_first=channel_first, images=images, bias=bias).requires_grad_(False)
+        stock.gamma.uniform_(0.5, 1.5)
+        if bias:
+            stock.bias.uniform_(-0.5, 0.5)
+        fast = copy.deepcopy(stock)
+        fast.__class__ = ChannelRMSNorm
+        shape = (2, 24, 5, 6) if images else (1, 24, 3, 5, 6)
+        if not channel_first:
+            shape = (2, 7, 24)
+        x = torch.randn(shape) * 3
+        assert _rel(fast(x), stock(x)) < 1e-6
+        # in fp16 it is at least as close to the fp32 result as diffusers' (which rounds after the norm, the scale and
+        # gamma each)
+        half_stock, half_fast = copy.deepcopy(stock).half(), copy.deepcopy(fast).half()
+        exact = stock(x.half().float())
+        assert _rel(half_fast(x.half()).float(), exact) <= _rel(half_stock(x.half()).float(), exact) * 1.05
+    zeros = torch.zeros(1, 24, 2, 3, 3)
+    assert torch.equal(fast_norm_of(zeros), torch.zeros_like(zeros)), "an all-zero position stays zero, not NaN"
+
+
+def fast_norm_of(x: torch.Tensor) -> torch.Tensor:
+    norm = WanRMS_norm(x.shape[1], images=False)
+    norm.__class__ = ChannelRMSNorm
+    with torch.no_grad():
+        return norm(x)
+
+
+def test_native_dtype_upsampling_copies_the_same_values() -> None:
+    stock = WanUpsample(scale_factor=(2.0, 2.0), mode="nearest-exact")
+    fast = copy.deepcopy(stock)
+    fast.__class__ = NativeDtypeUpsample
+    x = torch.randn(3, 4, 5, 7).to(torch.bfloat16)
+    out = fast(x)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, stock(x))
