@@ -28,7 +28,9 @@ from Wan2GP.vae_layers import (
 
 STATISTICS = dict(z_dim=4, latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[0.5, 0.8, 1.2, 1.0])
 ARCHITECTURES = {
-    "wan21": dict(base_dim=8, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True], **STATISTICS),
+    "wan21": dict(
+        base_dim=8, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True], **STATISTICS
+    ),
     "wan22_5b": dict(
         base_dim=8,
         dim_mult=[1, 2, 2, 2],
@@ -70,7 +72,9 @@ def test_the_fast_layers_decode_and_encode_as_diffusers(architecture: str, chann
     codec, reference = VaeCodec(fast), VaeCodec(stock)
     latent_frames = 5  # the first chunk, then 4 more: past the 2 frames each cache holds
     spatial = reference.spatial_factor
-    latents = torch.randn((1, 4, latent_frames, 64 // spatial, 96 // spatial), generator=torch.Generator().manual_seed(1))
+    latents = torch.randn(
+        (1, 4, latent_frames, 64 // spatial, 96 // spatial), generator=torch.Generator().manual_seed(1)
+    )
     with torch.inference_mode():
         pixels, expected_pixels = codec.decode(latents), reference.decode(latents)
         encoded, expected_latents = codec.encode(expected_pixels), reference.encode(expected_pixels)
