@@ -232,8 +232,9 @@ class WanEngine:
     model is resident on one GPU; the first generation at a new size pays the compile. `vae_dtype` (the worker's
     --vae-dtype) overrides the definition's VAE dtype on a GPU (the bundled models' float16 decodes the seed segment in
     1.21 s instead of 1.90 s on an H200, 1.8e-3 from fp32; bench/README.md). On a GPU the VAE's convolutions run
-    channels-last (NDHWC), and its causal convolutions, RMS norms and upsamplers run Wan2GP.vae_layers' forwards
-    (the same arithmetic up to rounding, in fewer passes over memory); `stock_vae_layers` keeps diffusers' own (the
+    channels-last (NDHWC), and its causal convolutions, RMS norms, upsamplers and residual blocks run
+    Wan2GP.vae_layers' forwards (the same arithmetic up to rounding, in fewer passes over memory; with
+    `compile_backend`, the residual blocks' norm-and-SiLU compiled); `stock_vae_layers` keeps diffusers' own (the
     segment benchmark's stock pipeline shares its first engine's VAE).
     `attention` ("auto", "sdpa", "flash3", "flash4", "cudnn_fp8"; Wan2GP.attention) picks the transformers' attention
     kernel: "auto" is, on the fast path ("fp8_dynamic" weights), cuDNN's fp8 attention where it can run (a compute
@@ -382,7 +383,7 @@ class WanEngine:
             vae=loaded.vae,
         )
         if self.device.type == "cuda":
-            prepare_for_gpu(loaded.vae, stock_layers=self.stock_vae_layers)
+            prepare_for_gpu(loaded.vae, stock_layers=self.stock_vae_layers, compile_backend=self.compile_backend)
         for transformer in loaded.distinct_transformers:
             install_attention_kernel(transformer, kernels)
         if self.rank_group is not None:

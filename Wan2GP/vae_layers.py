@@ -1,7 +1,7 @@
-"""Faster forwards for three of the Wan VAE's layers, the same parameters and the same arithmetic up to rounding.
+"""Faster forwards for the Wan VAE's layers, the same parameters and the same arithmetic up to rounding.
 
 At 768x576x53 the fp16 VAE's decode took 1.21 s on an H200 for 199 TFLOP of convolutions: 0.46 s in cuDNN's 3-D
-convolution kernels and the rest in memory-bound passes around them (bench/README.md, `vae_convs.py`). Three layers
+convolution kernels and the rest in memory-bound passes around them (bench/README.md, `vae_convs.py`). Four modules
 cause most of those passes:
 
 - `WanCausalConv3d` pads each input with a copy (`F.pad`) before a 3-D convolution. `FramewiseCausalConv3d` runs it
@@ -13,19 +13,30 @@ cause most of those passes:
   equals F.normalize(x) * sqrt(C): x / rms(x) is x / |x| * sqrt(C).
 - `WanUpsample` upsamples a copy in fp32 and casts it back; nearest-neighbour upsampling only copies values, so
   `NativeDtypeUpsample` does it in the input's dtype, bit for bit the same result.
+- `WanResidualBlock` runs each norm and its SiLU as two passes; `FusedResidualBlock` runs them as one function,
+  which the worker's --compile compiles into one kernel, and keeps its tensors channels-last.
 
-`use_fast_layers(vae)` switches a loaded VAE's layers to these forwards in place (the modules keep their parameters,
+`use_fast_layers(vae)` switches a loaded VAE's modules to these forwards in place (the modules keep their parameters,
 state-dict keys and hooks; only the class, which carries the forward, changes).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
-from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanRMS_norm, WanUpsample
+from diffusers.models.autoencoders.autoencoder_kl_wan import (
+    CACHE_T,
+    WanCausalConv3d,
+    WanResidualBlock,
+    WanRMS_norm,
+    WanUpsample,
+)
 
-# F.normalize divides by max(|x|, 1e-12); rms_norm by sqrt(mean(x^2) + eps): eps = 1e-24 / C is the same floor.
-_NORMALIZE_FLOOR = 1e-12
+# rms_norm's eps only keeps an all-zero position from dividing by zero (its output stays 0, as F.normalize's, whose
+# floor of 1e-12 on |x| makes a difference only below it).
+_EPS = torch.finfo(torch.float32).tiny
 
 
 class FramewiseCausalConv3d(WanCausalConv3d):
@@ -62,7 +73,7 @@ class ChannelRMSNorm(WanRMS_norm):
         channels = x.shape[channel_dim]
         last = x.movedim(channel_dim, -1)
         weight = self.gamma.reshape(channels)
-        normalized = F.rms_norm(last, (channels,), weight.to(x.dtype), eps=_NORMALIZE_FLOOR**2 / channels)
+        normalized = F.rms_norm(last, (channels,), weight.to(x.dtype), eps=_EPS)
         if isinstance(self.bias, torch.Tensor):
             normalized = normalized + self.bias.reshape(channels).to(x.dtype)
         return normalized.movedim(-1, channel_dim)
@@ -75,38 +86,95 @@ class NativeDtypeUpsample(WanUpsample):
         return torch.nn.Upsample.forward(self, x)
 
 
+def rms_norm_silu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """SiLU(rms_norm(x) * weight) over x's last dimension: a residual block's norm and activation."""
+    return F.silu(F.rms_norm(x, (x.shape[-1],), weight, eps=_EPS))
+
+
+class FusedResidualBlock(WanResidualBlock):
+    """WanResidualBlock with each norm and its SiLU as one function of the channels-last tensor (`norm_silu`:
+    rms_norm_silu, or its torch.compile'd kernel, one pass instead of two) and the shortcut added in place. In a VAE
+    laid out channels-last its input is made channels-last first: after a temporal upsampling diffusers hands it an
+    NCDHW tensor, and the residual add of two layouts ran on torch's slow strided kernel."""
+
+    norm_silu: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = staticmethod(rms_norm_silu)
+
+    def forward(
+        self, x: torch.Tensor, feat_cache: list | None = None, feat_idx: list[int] | None = None
+    ) -> torch.Tensor:
+        feat_idx = feat_idx if feat_idx is not None else [0]
+        channels_last = self.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+        if channels_last and not x.is_contiguous(memory_format=torch.channels_last_3d):
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        shortcut = self.conv_shortcut(x)
+        x = self._causal(self.conv1, self._norm_silu(self.norm1, x), feat_cache, feat_idx)
+        x = self._causal(self.conv2, self.dropout(self._norm_silu(self.norm2, x)), feat_cache, feat_idx)
+        return x.add_(shortcut)
+
+    def _norm_silu(self, norm: WanRMS_norm, x: torch.Tensor) -> torch.Tensor:
+        channels = x.shape[1]
+        weight = norm.gamma.reshape(channels).to(x.dtype)
+        return self.norm_silu(x.movedim(1, -1), weight).movedim(-1, 1)
+
+    @staticmethod
+    def _causal(conv: WanCausalConv3d, x: torch.Tensor, feat_cache: list | None, feat_idx: list[int]) -> torch.Tensor:
+        """conv(x) with diffusers' cache protocol: the conv gets the frames cached by the last chunk, and the cache
+        keeps this chunk's last CACHE_T frames (topped up from the old cache when the chunk is shorter)."""
+        if feat_cache is None:
+            return conv(x)
+        index = feat_idx[0]
+        kept = x[:, :, -CACHE_T:].clone()
+        if kept.shape[2] < CACHE_T and feat_cache[index] is not None:
+            kept = torch.cat([feat_cache[index][:, :, -1:].to(kept.device), kept], dim=2)
+        out = conv(x, feat_cache[index])
+        feat_cache[index] = kept
+        feat_idx[0] += 1
+        return out
+
+
 _FAST_FORWARDS: dict[type[torch.nn.Module], type[torch.nn.Module]] = {
     WanCausalConv3d: FramewiseCausalConv3d,
     WanRMS_norm: ChannelRMSNorm,
     WanUpsample: NativeDtypeUpsample,
+    WanResidualBlock: FusedResidualBlock,
 }
 
 
 def convolutions_channels_last(vae: torch.nn.Module) -> None:
-    """The VAE's 3-D convolution weights in NDHWC, so cuDNN runs its tensor-core kernels (and their outputs stay
-    channels-last): the seed segment's fp32 decode on an H200 took 1.90 s instead of 2.02 s, 8e-4 from the NCDHW one
-    (bench/README.md). Module.to(memory_format=...) would refuse the parameters that are not 5-D."""
-    for parameter in vae.parameters():
-        if parameter.dim() == 5:
-            parameter.data = parameter.data.contiguous(memory_format=torch.channels_last_3d)
+    """The VAE's convolution weights channels-last (NDHWC, NHWC), so cuDNN runs its tensor-core kernels and their
+    outputs stay channels-last: the seed segment's fp32 decode on an H200 took 1.90 s instead of 2.02 s, 8e-4 from the
+    NCDHW one (bench/README.md). A 2-D convolution's output takes its weight's layout, so the resamplers' 2-D
+    convolutions bring an NCHW input (diffusers' temporal upsampling makes one) back to channels-last.
+    Module.to(memory_format=...) would refuse the parameters that are not 4- or 5-D."""
+    for module in vae.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last_3d)
+        elif isinstance(module, torch.nn.Conv2d):
+            module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
 
 
-def prepare_for_gpu(vae: torch.nn.Module, *, stock_layers: bool = False) -> None:
-    """How the engine runs a VAE on a GPU: its 3-D convolution weights channels-last, and (unless `stock_layers`: the
-    segment benchmark's stock pipeline shares its first engine's VAE) the forwards above."""
+def prepare_for_gpu(vae: torch.nn.Module, *, stock_layers: bool = False, compile_backend: str | None = None) -> None:
+    """How the engine runs a VAE on a GPU: its convolution weights channels-last, and (unless `stock_layers`: the
+    segment benchmark's stock pipeline shares its first engine's VAE) the forwards above, the residual blocks' norm
+    and SiLU compiled with `compile_backend` where one is given (the worker's --compile)."""
     convolutions_channels_last(vae)
     if not stock_layers:
-        use_fast_layers(vae)
+        use_fast_layers(vae, compile_backend=compile_backend)
 
 
-def use_fast_layers(vae: torch.nn.Module) -> int:
-    """Switch every causal convolution, RMS norm and upsampler of `vae` to the forwards above; returns how many."""
+def use_fast_layers(vae: torch.nn.Module, *, compile_backend: str | None = None) -> int:
+    """Switch every causal convolution, RMS norm, upsampler and residual block of `vae` to the forwards above; returns
+    how many. With `compile_backend` the residual blocks' norm-and-SiLU is one torch.compile'd function (dynamic
+    shapes: one compile serves every block and chunk size)."""
+    norm_silu = torch.compile(rms_norm_silu, backend=compile_backend, dynamic=True) if compile_backend else None
     switched = 0
     for module in vae.modules():
         fast = _FAST_FORWARDS.get(type(module))
         if fast is not None:
             module.__class__ = fast  # a subclass with no state of its own: the same module, another forward
             switched += 1
+        if norm_silu is not None and isinstance(module, FusedResidualBlock):
+            module.norm_silu = norm_silu
     return switched
 
 

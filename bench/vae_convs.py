@@ -15,8 +15,9 @@ Measured: the three main decoder convolutions alone (96, 192 and 384 channels at
 4 plus the 2 cached), each with cuDNN's algorithm search off and on (`torch.backends.cudnn.benchmark`); the whole
 decode and encode through `VaeCodec` (best of `--repeats` after an untimed call) with each convolution swapped into
 a copy of the VAE, and with the engine's `use_fast_layers` (`fast_layers`: the framewise convolution, a fused RMS
-norm, upsampling in fp16), each against the fp32 native VAE; and the kernels of one decode of each (torch.profiler,
-the largest by time).
+norm, upsampling in fp16, residual blocks that take their input channels-last and run each norm and its SiLU as one
+function; `fast_layers_compiled`: that function compiled by inductor, as the worker's --compile runs it), each
+against the fp32 native VAE; and the kernels of one decode of each (torch.profiler, the largest by time).
 
     python bench/vae_convs.py --json out.json        # on the GPU (bench/device_bench.sh vae_convs NAME)
     python bench/vae_convs.py --tiny                 # CPU smoke test: a base_dim 8 VAE at 64x64x13, fp32
@@ -103,7 +104,11 @@ VARIANTS: dict[str, Callable[[AutoencoderKLWan], Any]] = {
     "native": lambda vae: None,  # diffusers' layers: what the engine ran before
     "im2col": _conv_only(Im2colCausalConv3d),
     "framewise": _conv_only(FramewiseCausalConv3d),  # the engine's convolution alone
-    "fast_layers": use_fast_layers,  # the engine's: convolution, RMS norm and upsampling
+    "fast_layers": use_fast_layers,  # the engine's: convolution, RMS norm, upsampling, residual block
+    # and with --compile: the residual blocks' norm-and-SiLU compiled (dynamo's eager backend on the CPU, --tiny)
+    "fast_layers_compiled": lambda vae: use_fast_layers(
+        vae, compile_backend="inductor" if torch.cuda.is_available() else "eager"
+    ),
 }
 CONVOLUTIONS: dict[str, type[WanCausalConv3d]] = {
     "native": WanCausalConv3d,

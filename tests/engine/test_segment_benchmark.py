@@ -136,3 +136,17 @@ def test_the_vae_chunks_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
     for row in rows[1:]:
         assert row["decode_rel_error"] < 1e-5 and row["encode_rel_error"] < 1e-5
         assert row["decode_seconds"] > 0 and row["encode_seconds"] > 0
+
+
+def test_the_vae_layers_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
+    """bench/vae_convs.py on the CPU: every convolution and every variant of the VAE gives the native one's output to
+    fp32 rounding (tests/engine/test_vae_layers.py checks the engine's layers themselves)."""
+    report = _run_tiny_bench("vae_convs.py", tmp_path)
+    assert {row["convolution"] for row in report["layers"]} == {"native", "im2col", "framewise"}
+    for row in report["layers"]:
+        assert row["rel_error_vs_fp32"] < 1e-5 and row["ms"] > 0
+    variants = [row["variant"] for row in report["codec"]]
+    assert variants == ["native", "im2col", "framewise", "fast_layers", "fast_layers_compiled"]
+    for row in report["codec"]:
+        assert row["decode_rel_error_vs_fp32"] < 1e-5 and row["encode_rel_error_vs_fp32"] < 1e-5
+        assert row["decode_seconds"] > 0 and row["encode_seconds"] > 0

@@ -14,12 +14,18 @@ import copy
 import pytest
 import torch
 from diffusers import AutoencoderKLWan
-from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanRMS_norm, WanUpsample
+from diffusers.models.autoencoders.autoencoder_kl_wan import (
+    WanCausalConv3d,
+    WanResidualBlock,
+    WanRMS_norm,
+    WanUpsample,
+)
 
 from Wan2GP.conditioning import VaeCodec
 from Wan2GP.vae_layers import (
     ChannelRMSNorm,
     FramewiseCausalConv3d,
+    FusedResidualBlock,
     NativeDtypeUpsample,
     convolutions_channels_last,
     prepare_for_gpu,
@@ -61,14 +67,17 @@ def _rel(value: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
-@pytest.mark.parametrize("channels_last", [False, True], ids=["ncdhw", "ndhwc"])
-def test_the_fast_layers_decode_and_encode_as_diffusers(architecture: str, channels_last: bool) -> None:
+@pytest.mark.parametrize("layout", ["ncdhw", "ndhwc", "ndhwc_compiled"])
+def test_the_fast_layers_decode_and_encode_as_diffusers(architecture: str, layout: str) -> None:
+    """ndhwc: what the engine does on a GPU (channels-last weights, the fast forwards); compiled: with --compile,
+    the residual blocks' norm-and-SiLU through torch.compile (dynamo's eager backend here: the graph it captures
+    with dynamic shapes, every block and chunk size through one function)."""
     stock = _random_vae(architecture)
     fast = copy.deepcopy(stock)
-    if channels_last:
-        prepare_for_gpu(fast)  # what the engine does on a GPU: NDHWC weights, the fast forwards
-    else:
+    if layout == "ncdhw":
         use_fast_layers(fast)
+    else:
+        prepare_for_gpu(fast, compile_backend="eager" if layout == "ndhwc_compiled" else None)
     codec, reference = VaeCodec(fast), VaeCodec(stock)
     latent_frames = 5  # the first chunk, then 4 more: past the 2 frames each cache holds
     spatial = reference.spatial_factor
@@ -86,15 +95,16 @@ def test_the_fast_layers_decode_and_encode_as_diffusers(architecture: str, chann
     assert fast.state_dict().keys() == stock.state_dict().keys()
 
 
-def test_use_fast_layers_switches_every_convolution_norm_and_upsampler() -> None:
+def test_use_fast_layers_switches_every_convolution_norm_upsampler_and_residual_block() -> None:
     vae = _random_vae("wan21")
-    kinds = (WanCausalConv3d, WanRMS_norm, WanUpsample)
+    kinds = (WanCausalConv3d, WanRMS_norm, WanUpsample, WanResidualBlock)
     expected = sum(type(module) in kinds for module in vae.modules())
     assert use_fast_layers(vae) == expected > 0
     assert not any(type(module) in kinds for module in vae.modules())
     assert any(isinstance(module, FramewiseCausalConv3d) for module in vae.modules())
     assert any(isinstance(module, ChannelRMSNorm) for module in vae.modules())
     assert any(isinstance(module, NativeDtypeUpsample) for module in vae.modules())
+    assert any(isinstance(module, FusedResidualBlock) for module in vae.modules())
     assert use_fast_layers(vae) == 0, "a second call finds nothing left to switch"
 
 
