@@ -167,7 +167,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--workdir", type=Path, help="default: a temporary folder")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="the whole-VAE variants, comma-separated")
+    parser.add_argument(
+        "--cudnn-search", choices=("both", "off"), default="both", help="also time with cudnn.benchmark on (a GPU)"
+    )
     args = parser.parse_args(argv)
+    variants = [name.strip() for name in args.variants.split(",")]
+    if unknown := set(variants) - set(VARIANTS):
+        raise SystemExit(f"--variants: unknown {', '.join(sorted(unknown))}; expected some of {', '.join(VARIANTS)}")
+    searches = (
+        (False, True) if args.cudnn_search == "both" and torch.cuda.is_available() and not args.tiny else (False,)
+    )
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda:0")
     width, height, frames = (64, 64, 13) if args.tiny else (768, 576, 53)
     dtype = torch.float32 if device.type == "cpu" else torch.float16
@@ -214,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if device.type == "cuda":
                 convolutions_channels_last(conv)
             given = (x.to(dtype), cache.to(dtype).contiguous(memory_format=torch.channels_last_3d))
-            for search in (False, True) if device.type == "cuda" else (False,):
+            for search in searches:
                 with cudnn_search(search):
                     seconds, out = median_seconds(conv, given, device, 10 if not args.tiny else 2)
                 row = {
@@ -237,11 +247,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         reference_pixels = VaeCodec(reference_vae).decode(latents)
         reference_latents = VaeCodec(reference_vae).encode(reference_pixels.to(device))
     half = copy.deepcopy(reference_vae).to(dtype)
-    for name, switch in VARIANTS.items():
+    for name in variants:
+        switch = VARIANTS[name]
         vae = copy.deepcopy(half)
         switch(vae)
         codec = VaeCodec(vae)
-        for search in (False, True) if device.type == "cuda" else (False,):
+        for search in searches:
             with cudnn_search(search):
                 decode_seconds, decode_peak, pixels = timed_peak(codec.decode, latents, device, args.repeats)
                 video = reference_pixels.to(device)
