@@ -179,3 +179,20 @@ def test_native_dtype_upsampling_copies_the_same_values() -> None:
     out = fast(x)
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, stock(x))
+
+
+def test_the_fast_layers_decode_and_encode_tiled_as_diffusers() -> None:
+    """The placements that tile the VAE (a 24 or 48 GB card) run the same modules through diffusers' tiled loops."""
+    stock = _random_vae("wan21")
+    fast = copy.deepcopy(stock)
+    prepare_for_gpu(fast)
+    tiles = dict(tile_sample_min_height=64, tile_sample_min_width=64, tile_sample_stride_height=48)
+    for vae in (stock, fast):
+        vae.enable_tiling(**tiles, tile_sample_stride_width=48)
+    latents = torch.randn((1, 4, 3, 12, 16), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        pixels, expected_pixels = VaeCodec(fast).decode(latents), VaeCodec(stock).decode(latents)
+        encoded, expected_latents = VaeCodec(fast).encode(expected_pixels), VaeCodec(stock).encode(expected_pixels)
+    assert pixels.shape == expected_pixels.shape == (3, 9, 96, 128)
+    assert _rel(pixels, expected_pixels) < 1e-5
+    assert _rel(encoded, expected_latents) < 1e-5
