@@ -967,3 +967,37 @@ def test_a_transformer_with_someone_elses_adapter_is_refused_by_name(spec, tmp_p
         r"before making a new one$",
     ):
         LoraRuntime({"high": transformer}, [write_original(spec, tmp_path / "mine.safetensors")])
+
+
+def test_one_low_rank_term_merges_as_one_gemm_rounded_once() -> None:
+    """The GPU's re-merge of a 16-bit weight with one active LoRA (Wan2GP.loras.merge_low_rank, run here on the CPU):
+    the float32 path's sum rounded once, up to the GEMM's order of accumulation (a last bit, in a few elements)."""
+    from Wan2GP.lora_formats import FullDelta, LowRank
+    from Wan2GP.loras import merge_low_rank, single_low_rank_term
+
+    generator = torch.Generator().manual_seed(5)
+    original = (torch.randn(256, 384, generator=generator) * 0.02).bfloat16()
+    up = (torch.randn(256, 16, generator=generator) * 0.05).bfloat16()
+    down = (torch.randn(16, 384, generator=generator) * 0.05).bfloat16()
+    term = LowRank(down=down, up=up, magnitude=None, source="a")
+    for strength in (0.75, 1.0, -0.3):
+        exact = original.float().addmm_(up.float(), down.float(), alpha=strength).bfloat16()
+        parameter = original.clone()
+        merge_low_rank(parameter, original, term, strength)
+        differs = parameter != exact
+        assert int(differs.sum()) <= 0.001 * exact.numel()  # not one bit off where most are: the strength applied once
+        # a last bit of the result, or the float32 sum's own rounding where the LoRA cancels the weight
+        allowed = exact.float().abs() * 2**-7 + original.float().abs() * 2**-20
+        assert bool(((parameter.float() - exact.float()).abs() <= allowed)[differs].all())
+        assert not torch.equal(parameter, original)
+    other = LowRank(down=down, up=up, magnitude=None, source="b")
+    dora = LowRank(down=down, up=up, magnitude=torch.ones(256, dtype=torch.bfloat16), source="c")
+    full = FullDelta(delta=torch.zeros_like(original), source="d")
+    # it applies to one active plain term in the weight's own 16-bit dtype, and to nothing else
+    assert single_low_rank_term([(0, term), (1, other)], (0.75, 0.0), original) == (term, 0.75)
+    assert single_low_rank_term([(0, term), (1, other)], (0.75, 1.0), original) is None
+    assert single_low_rank_term([(0, dora)], (1.0,), original) is None
+    assert single_low_rank_term([(0, full)], (1.0,), original) is None
+    assert single_low_rank_term([(0, term)], (1.0,), original.float()) is None
+    widened = LowRank(down=down.float(), up=up.float(), magnitude=None, source="e")
+    assert single_low_rank_term([(0, widened)], (1.0,), original) is None
