@@ -70,6 +70,8 @@ CUDA_MODE_COSTS = ModeCosts(unmerged_per_forward=0.170, first_merge=6.26, re_mer
 # host round trip. Measured on an H200 with the seed's two rank-64 LoRAs on every attention and ffn Linear of the A14B
 # experts (bench/results/speed_h200_lora_modes.json): first merge 0.144 s, re-merge 0.129 s, close 0.029 s per expert,
 # one forward 2.112 s; the unmerged cost per forward is the H100 figure above, so that both sets compare alike.
+# A 16-bit weight with one active LoRA re-merges as one GEMM since (merge_low_rank: 0.038 s an expert,
+# bench/results/speed_h200_vae_blocks.json); re_merge keeps the general path's cost, the larger of the two.
 CUDA_DEVICE_COPY_COSTS = ModeCosts(unmerged_per_forward=0.170, first_merge=0.068, re_merge=0.061, unmerge=0.014)
 # Float8 weights with per-row scales (--fast) merged by quantizing again from their float8 originals kept on the device.
 # Unmerged: the seed segment's forward on the H200 (fp8 attention) took 1.289 s with the seed's two LoRAs as adapters

@@ -13,7 +13,7 @@ Each variant renders `--runs` segments in a row; the first loads (or compiles) a
 LoRA attach, encode, denoise, decode), forwards, and every transformer forward's time (CUDA events around the
 module's call, both sides alike). Variants:
 
-- `ours`, `ours_loras`: the engine as it is (bf16 weights, SDPA attention, fp32 VAE);
+- `ours`, `ours_loras`: the engine as it is (bf16 weights, SDPA attention), with stock's VAE (fp32, diffusers' layers);
 - `stock`: WanImageToVideoPipeline, total time and forwards;
 - `compiled`, `compiled_loras` (in `--variants`): a second engine, `WanEngine(compile_backend="inductor")` as the
   worker's `--compile` makes it, on the same seed's weights: diffusers' `compile_repeated_blocks` on both experts
