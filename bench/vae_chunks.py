@@ -70,6 +70,24 @@ class ChunkedCodec(VaeCodec):
         return pixels[0].float()
 
 
+def seed_size_vae(
+    workdir: Path, device: torch.device, *, tiny: bool, size: tuple[int, int, int]
+) -> tuple[AutoencoderKLWan, torch.Tensor]:
+    """The random A14B VAE (memory_profiles.build_vae, seed 3: what the segment benchmark's engines get; base_dim 8
+    when `tiny`), in fp32 and channels-last on a GPU as the engine lays it out, and seeded latents of a video of
+    `size` (width, height, frames)."""
+    width, height, frames = size
+    (workdir / "vae").mkdir(parents=True, exist_ok=True)
+    config = {"_class_name": "AutoencoderKLWan", **({"base_dim": 8} if tiny else {})}
+    (workdir / "vae" / "config.json").write_text(json.dumps(config))
+    vae = build_vae(workdir, device, seed=3)
+    if device.type == "cuda":
+        convolutions_channels_last(vae)
+    spatial, temporal = int(vae.config.scale_factor_spatial), int(vae.config.scale_factor_temporal)
+    latent_shape = (1, vae.config.z_dim, (frames - 1) // temporal + 1, height // spatial, width // spatial)
+    return vae, torch.randn(latent_shape, generator=torch.Generator().manual_seed(0)).to(device)
+
+
 def causal_calls(
     network: torch.nn.Module, frames: torch.Tensor, spans: list[tuple[int, int]], *, first_chunk: bool = False
 ) -> torch.Tensor:
@@ -121,15 +139,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # on the CPU fp32 only: its 16-bit convolutions are slow and say nothing about a GPU's
     dtypes = {"fp32": DTYPES["fp32"]} if args.tiny else DTYPES
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vae_chunks_"))
-    (workdir / "vae").mkdir(parents=True, exist_ok=True)
-    config = {"_class_name": "AutoencoderKLWan", **({"base_dim": 8} if args.tiny else {})}
-    (workdir / "vae" / "config.json").write_text(json.dumps(config))
-    base = build_vae(workdir, device, seed=3)
-    if device.type == "cuda":
-        convolutions_channels_last(base)
-    spatial, temporal = int(base.config.scale_factor_spatial), int(base.config.scale_factor_temporal)
-    latent_shape = (1, base.config.z_dim, (frames - 1) // temporal + 1, height // spatial, width // spatial)
-    latents = torch.randn(latent_shape, generator=torch.Generator().manual_seed(0)).to(device)
+    base, latents = seed_size_vae(workdir, device, tiny=args.tiny, size=(width, height, frames))
+    latent_shape = tuple(latents.shape)
     counts = [int(n) for n in args.frames_per_call.split(",")]
     report: dict[str, Any] = {
         "command": " ".join(["python", "bench/vae_chunks.py", *(argv if argv is not None else sys.argv[1:])]),

@@ -29,21 +29,20 @@ import argparse
 import contextlib
 import copy
 import json
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from block_fusions import timed
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
-from memory_profiles import build_vae, synchronize
+from memory_profiles import synchronize
 from random_models import run_versions
-from vae_chunks import rel_error, timed_peak
+from vae_chunks import rel_error, seed_size_vae, timed_peak
 
 from Wan2GP.conditioning import VaeCodec
 from Wan2GP.vae_layers import FramewiseCausalConv3d, convolutions_channels_last, use_fast_layers
@@ -127,23 +126,6 @@ def cudnn_search(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
-def median_seconds(
-    function: Callable[..., torch.Tensor], given: tuple, device: torch.device, repeats: int
-) -> tuple[float, torch.Tensor]:
-    """Median seconds of `repeats` calls of function(*given) after two untimed ones, and the last output."""
-    with torch.inference_mode():
-        for _ in range(2):
-            out = function(*given)
-        seconds = []
-        for _ in range(repeats):
-            synchronize(device)
-            started = time.perf_counter()
-            out = function(*given)
-            synchronize(device)
-            seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds), out
-
-
 def top_kernels(
     function: Callable[[torch.Tensor], torch.Tensor], given: torch.Tensor, device: torch.device, count: int = 16
 ) -> dict[str, Any]:
@@ -182,15 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     width, height, frames = (64, 64, 13) if args.tiny else (768, 576, 53)
     dtype = torch.float32 if device.type == "cpu" else torch.float16
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vae_convs_"))
-    (workdir / "vae").mkdir(parents=True, exist_ok=True)
-    config = {"_class_name": "AutoencoderKLWan", **({"base_dim": 8} if args.tiny else {})}
-    (workdir / "vae" / "config.json").write_text(json.dumps(config))
-    reference_vae = build_vae(workdir, device, seed=3)
-    if device.type == "cuda":
-        convolutions_channels_last(reference_vae)
-    spatial, temporal = int(reference_vae.config.scale_factor_spatial), int(reference_vae.config.scale_factor_temporal)
-    latent_shape = (1, reference_vae.config.z_dim, (frames - 1) // temporal + 1, height // spatial, width // spatial)
-    latents = torch.randn(latent_shape, generator=torch.Generator().manual_seed(0)).to(device)
+    reference_vae, latents = seed_size_vae(workdir, device, tiny=args.tiny, size=(width, height, frames))
     report: dict[str, Any] = {
         "command": " ".join(["python", "bench/vae_convs.py", *(argv if argv is not None else sys.argv[1:])]),
         "versions": run_versions(),
@@ -226,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             given = (x.to(dtype), cache.to(dtype).contiguous(memory_format=torch.channels_last_3d))
             for search in searches:
                 with cudnn_search(search):
-                    seconds, out = median_seconds(conv, given, device, 10 if not args.tiny else 2)
+                    seconds, out = timed(conv, given, device, 10 if not args.tiny else 2)
                 row = {
                     "channels": channels,
                     "height": shape[3],
