@@ -94,8 +94,8 @@ def rms_norm_silu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 class FusedResidualBlock(WanResidualBlock):
     """WanResidualBlock with each norm and its SiLU as one function of the channels-last tensor (`norm_silu`:
     rms_norm_silu, or its torch.compile'd kernel, one pass instead of two) and the shortcut added in place. In a VAE
-    laid out channels-last its input is made channels-last first: after a temporal upsampling diffusers hands it an
-    NCDHW tensor, and the residual add of two layouts ran on torch's slow strided kernel."""
+    laid out channels-last it takes its input channels-last (diffusers' temporal upsampling hands it an NCDHW tensor),
+    so that its norms, convolutions and add all see one layout."""
 
     norm_silu: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = staticmethod(rms_norm_silu)
 
@@ -165,7 +165,7 @@ def prepare_for_gpu(vae: torch.nn.Module, *, stock_layers: bool = False, compile
 def use_fast_layers(vae: torch.nn.Module, *, compile_backend: str | None = None) -> int:
     """Switch every causal convolution, RMS norm, upsampler and residual block of `vae` to the forwards above; returns
     how many. With `compile_backend` the residual blocks' norm-and-SiLU is one torch.compile'd function (dynamic
-    shapes: one compile serves every block and chunk size)."""
+    shapes: a few compiles serve every block and chunk size; the seed segment's first encode paid them)."""
     norm_silu = torch.compile(rms_norm_silu, backend=compile_backend, dynamic=True) if compile_backend else None
     switched = 0
     for module in vae.modules():
