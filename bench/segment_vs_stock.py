@@ -427,8 +427,9 @@ def fp8_operator_check(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
 def vae_decode_check(vae: torch.nn.Module, latents: torch.Tensor, device: torch.device) -> dict[str, Any]:
     """Stock's fp32 decode (on a GPU its convolutions channels-last, NDHWC, as the engine runs them) against other ways
     to decode the same latents with the same VAE weights: a bf16 copy, an fp16 copy (the engine's default dtype on a
-    GPU), the fp16 copy with Wan2GP.vae_layers' forwards (what the later engines run), and an fp32 copy in the default NCDHW layout, each timed by vae_chunks.timed_peak after an untimed call (cuDNN's
-    first calls at a shape), with its error against the fp32 decode; and each one's i2v encode of a video that long.
+    GPU), the fp16 copy with Wan2GP.vae_layers' forwards (what the later engines run), and an fp32 copy in the default
+    NCDHW layout, each timed by vae_chunks.timed_peak after an untimed call (cuDNN's first calls at a shape), with its
+    error against the fp32 decode; and each one's i2v encode of a video that long.
     cuDNN's algorithm search (torch.backends.cudnn.benchmark) changed nothing on the H200
     (bench/results/speed_h200.json) and is no longer tried."""
     report: dict[str, Any] = {}
