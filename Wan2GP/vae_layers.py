@@ -43,12 +43,7 @@ class FramewiseCausalConv3d(WanCausalConv3d):
     """A causal 3-D convolution as a sum of 2-D convolutions, one per temporal tap, over the frames as a batch."""
 
     def forward(self, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
-        time_pad = self._padding[4]  # diffusers' causal padding: the cached frames first, zero frames for the rest
-        if cache_x is not None and time_pad > 0:
-            x = torch.cat([cache_x.to(x.device), x], dim=2)
-            time_pad -= cache_x.shape[2]
-        if time_pad > 0:
-            x = F.pad(x, (0, 0, 0, 0, time_pad, 0))
+        x = causal_time_padding(self, x, cache_x)
         taps, stride = self.kernel_size[0], self.stride[0]
         out_frames = (x.shape[2] - taps) // stride + 1
         span = stride * (out_frames - 1) + 1
@@ -58,11 +53,11 @@ class FramewiseCausalConv3d(WanCausalConv3d):
             weight = self.weight[:, :, tap]
             if x.is_contiguous(memory_format=torch.channels_last_3d):
                 weight = weight.contiguous(memory_format=torch.channels_last)
-            frames = _frames_as_batch(x[:, :, tap : tap + span : stride])
+            frames = frames_as_batch(x[:, :, tap : tap + span : stride])
             term = F.conv2d(frames, weight, self.bias if tap == 0 else None, self.stride[1:], padding)
             out = term if out is None else out.add_(term)
         assert out is not None  # a kernel has at least one tap
-        return _batch_as_frames(out, x.shape[0])
+        return batch_as_frames(out, x.shape[0])
 
 
 class ChannelRMSNorm(WanRMS_norm):
@@ -178,13 +173,25 @@ def use_fast_layers(vae: torch.nn.Module, *, compile_backend: str | None = None)
     return switched
 
 
-def _frames_as_batch(x: torch.Tensor) -> torch.Tensor:
+def causal_time_padding(conv: WanCausalConv3d, x: torch.Tensor, cache_x: torch.Tensor | None) -> torch.Tensor:
+    """diffusers' causal padding in time of `conv`'s input: the frames the last chunk cached first, zero frames for the
+    rest of the 2 * pad (the spatial padding is left to the convolution)."""
+    time_pad = conv._padding[4]
+    if cache_x is not None and time_pad > 0:
+        x = torch.cat([cache_x.to(x.device), x], dim=2)
+        time_pad -= cache_x.shape[2]
+    if time_pad > 0:
+        x = F.pad(x, (0, 0, 0, 0, time_pad, 0))
+    return x
+
+
+def frames_as_batch(x: torch.Tensor) -> torch.Tensor:
     """(N, C, T, H, W) -> (N*T, C, H, W): a view when x is NDHWC with N = 1 (each frame's NHWC block contiguous)."""
     n, c, t, h, w = x.shape
     return x.permute(0, 2, 1, 3, 4).reshape(n * t, c, h, w)
 
 
-def _batch_as_frames(y: torch.Tensor, n: int) -> torch.Tensor:
+def batch_as_frames(y: torch.Tensor, n: int) -> torch.Tensor:
     """(N*T, C, H, W) -> (N, C, T, H, W), NDHWC when y is channels-last."""
     nt, c, h, w = y.shape
     return y.reshape(n, nt // n, c, h, w).permute(0, 2, 1, 3, 4)

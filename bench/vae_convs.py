@@ -45,36 +45,20 @@ from random_models import run_versions
 from vae_chunks import rel_error, seed_size_vae, timed_peak
 
 from Wan2GP.conditioning import VaeCodec
-from Wan2GP.vae_layers import FramewiseCausalConv3d, convolutions_channels_last, use_fast_layers
-
-
-def _with_cache(conv: WanCausalConv3d, x: torch.Tensor, cache_x: torch.Tensor | None) -> tuple[torch.Tensor, int]:
-    """diffusers' causal time padding: the cached frames first, zeros for the rest of the 2*pad frames."""
-    time_pad = conv._padding[4]
-    if cache_x is not None and time_pad > 0:
-        x = torch.cat([cache_x.to(x.device), x], dim=2)
-        time_pad -= cache_x.shape[2]
-    if time_pad > 0:
-        x = F.pad(x, (0, 0, 0, 0, time_pad, 0))
-    return x, (x.shape[2] - conv.kernel_size[0]) // conv.stride[0] + 1
-
-
-def _frames(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, T, H, W) -> (N*T, C, H, W), a view when x is NDHWC (the frames of each sample are then contiguous)."""
-    n, c, t, h, w = x.shape
-    return x.permute(0, 2, 3, 4, 1).reshape(n * t, h, w, c).permute(0, 3, 1, 2)
-
-
-def _unframe(y: torch.Tensor, n: int) -> torch.Tensor:
-    """(N*T, C, H, W) -> (N, C, T, H, W), NDHWC when y is channels-last."""
-    nt, c, h, w = y.shape
-    return y.permute(0, 2, 3, 1).reshape(n, nt // n, h, w, c).permute(0, 4, 1, 2, 3)
+from Wan2GP.vae_layers import (
+    FramewiseCausalConv3d,
+    batch_as_frames,
+    causal_time_padding,
+    convolutions_channels_last,
+    use_fast_layers,
+)
 
 
 class Im2colCausalConv3d(WanCausalConv3d):
     def forward(self, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
-        x, t_out = _with_cache(self, x, cache_x)
+        x = causal_time_padding(self, x, cache_x)
         kt, st = self.kernel_size[0], self.stride[0]
+        t_out = (x.shape[2] - kt) // st + 1
         last = st * (t_out - 1) + 1
         channels_last = x.permute(0, 2, 3, 4, 1)
         stacked = torch.cat([channels_last[:, k : k + last : st] for k in range(kt)], dim=-1)  # (N, T, H, W, kt*C)
@@ -86,7 +70,7 @@ class Im2colCausalConv3d(WanCausalConv3d):
             self.bias,
             padding=(self._padding[2], self._padding[0]),
         )
-        return _unframe(out, n)
+        return batch_as_frames(out.contiguous(memory_format=torch.channels_last), n)
 
 
 # the conv-only and whole-layer variants of a VAE, applied to a copy of it
