@@ -20,6 +20,7 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import (
     WanRMS_norm,
     WanUpsample,
 )
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from Wan2GP.conditioning import VaeCodec
 from Wan2GP.vae_layers import (
@@ -95,6 +96,40 @@ def test_the_fast_layers_decode_and_encode_as_diffusers(architecture: str, layou
     assert fast.state_dict().keys() == stock.state_dict().keys()
 
 
+def test_the_compiled_block_functions_fix_the_channels_and_leave_the_positions_symbolic() -> None:
+    """The residual blocks' compiled functions (the norm-and-SiLU, with and without the bias it takes over, and the
+    output add): a graph per function and channel count, each with the channel count a constant (inductor then keeps
+    a row in registers: one read of the tensor, not two) and the positions symbolic (every chunk and size through the
+    same graph)."""
+    graphs: list[tuple[tuple[object, ...], ...]] = []
+
+    def recording_backend(graph: torch.fx.GraphModule, example_inputs: list[torch.Tensor]):  # noqa: ANN202
+        traced = [node.meta["example_value"] for node in graph.graph.nodes if node.op == "placeholder"]
+        graphs.append(tuple(tuple(value.shape) for value in traced if isinstance(value, torch.Tensor)))
+        return graph.forward
+
+    torch._dynamo.reset()
+    vae = _random_vae("wan21")
+    prepare_for_gpu(vae, compile_backend=recording_backend)
+    blocks = [block for block in vae.modules() if isinstance(block, FusedResidualBlock)]
+    latents = torch.randn((1, 4, 3, 8, 8), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        pixels = VaeCodec(vae).decode(latents)
+        VaeCodec(vae).encode(pixels)
+    rows = [shape for shapes in graphs for shape in shapes if len(shape) == 2]
+    vectors = [shape for shapes in graphs for shape in shapes if len(shape) == 1]
+    assert rows and vectors, graphs
+    assert all(isinstance(positions, torch.SymInt) for positions, _ in rows), graphs
+    assert all(isinstance(channels, int) for _, channels in rows), graphs
+    assert all(isinstance(channels, int) for (channels,) in vectors), graphs
+    # norm1 and norm2 take the blocks' in and out channels, the output add their out channels
+    expected = {block.conv1.in_channels for block in blocks} | {block.conv1.out_channels for block in blocks}
+    assert {channels for _, channels in rows} == expected, graphs
+    # with and without a bias, and the output add: no more graphs than functions x channel counts
+    assert len(graphs) <= 3 * len(expected), graphs
+    torch._dynamo.reset()
+
+
 def test_use_fast_layers_switches_every_convolution_norm_upsampler_and_residual_block() -> None:
     vae = _random_vae("wan21")
     kinds = (WanCausalConv3d, WanRMS_norm, WanUpsample, WanResidualBlock)
@@ -118,19 +153,22 @@ def test_prepare_for_gpu_keeps_diffusers_layers_for_the_stock_pipeline() -> None
 
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("cached", [0, 1, 2])
-def test_a_framewise_causal_convolution_is_diffusers_3d_one(stride: int, cached: int) -> None:
+@pytest.mark.parametrize("frames", [1, 4])
+def test_a_framewise_causal_convolution_is_diffusers_3d_one(stride: int, cached: int, frames: int) -> None:
     """Each temporal kernel the VAE has (3x3x3 padded, 3x1x1 padded, 3x1x1 stride 2 unpadded, 1x1x1) with 0, 1 or
-    2 cached frames: the same frames out, in the same order, with the bias once."""
+    2 cached frames, over one frame (the decoder's first chunk, fewer frames than the padding) or 4: the same frames
+    out, in the same order, with the bias once."""
     torch.manual_seed(2)
     shapes = [((3, 3, 3), (1, 1, 1)), ((3, 1, 1), (1, 0, 0)), ((1, 1, 1), (0, 0, 0))]
     if stride == 2:
         shapes = [((3, 1, 1), (0, 0, 0))]
+        frames = max(frames, 3)  # unpadded: a stride-2 tap needs 3 frames
     for kernel, padding in shapes:
         stock = WanCausalConv3d(6, 5, kernel, stride=(stride, 1, 1), padding=padding).requires_grad_(False)
         stock.bias.uniform_(0.5, 1.5)
         fast = copy.deepcopy(stock)
         fast.__class__ = FramewiseCausalConv3d
-        x = torch.randn(1, 6, 4, 7, 9)
+        x = torch.randn(1, 6, frames, 7, 9)
         cache = torch.randn(1, 6, cached, 7, 9) if cached else None
         for layout in (torch.contiguous_format, torch.channels_last_3d):
             convolutions_channels_last(fast) if layout == torch.channels_last_3d else None
@@ -139,6 +177,36 @@ def test_a_framewise_causal_convolution_is_diffusers_3d_one(stride: int, cached:
             out = fast(given, None if cache is None else cache.contiguous(memory_format=layout))
             assert out.shape == expected.shape, (kernel, layout)
             assert _rel(out, expected) < 1e-6, (kernel, layout)
+
+
+class _CopiesSeen(TorchDispatchMode):
+    """The aten ops that copy: a concatenation or a constant pad (a padded input), a clone or a copy (a weight)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
+        copies = (torch.ops.aten.cat, torch.ops.aten.constant_pad_nd, torch.ops.aten.clone, torch.ops.aten.copy_)
+        if func.overloadpacket in copies:
+            self.seen.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_padded_causal_convolution_copies_neither_its_input_nor_its_weight() -> None:
+    """The 3x3x3 and 3x1x1 convolutions with "same" causal padding (all of the decoder's and most of the encoder's)
+    read x and the cached frames where they lie: no concatenation, no pad (at 768x576 each was a copy of every input,
+    its size); laid out as the engine lays them out on a GPU, each tap's weight is a channels-last slice, not a copy
+    made on every call."""
+    for kernel, padding in (((3, 3, 3), (1, 1, 1)), ((3, 1, 1), (1, 0, 0))):
+        conv = WanCausalConv3d(6, 5, kernel, padding=padding).requires_grad_(False)
+        convolutions_channels_last(conv)
+        assert use_fast_layers(conv) == 1 and isinstance(conv, FramewiseCausalConv3d)
+        x = torch.randn(1, 6, 4, 7, 9).contiguous(memory_format=torch.channels_last_3d)
+        for cache in (None, x[:, :, -1:].clone(), x[:, :, -2:].clone()):
+            with _CopiesSeen() as copies:
+                conv(x, cache)
+            assert copies.seen == [], (kernel, None if cache is None else cache.shape[2])
 
 
 def test_the_fused_rms_norm_is_diffusers_norm_with_one_rounding() -> None:
