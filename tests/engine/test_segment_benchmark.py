@@ -150,3 +150,4 @@ def test_the_vae_layers_benchmark_runs_in_tiny_mode(tmp_path: Path) -> None:
     for row in report["codec"]:
         assert row["decode_rel_error_vs_fp32"] < 1e-5 and row["encode_rel_error_vs_fp32"] < 1e-5
         assert row["decode_seconds"] > 0 and row["encode_seconds"] > 0
+        assert row["decode_to_uint8_seconds"] >= row["decode_seconds"] * 0.5
