@@ -40,15 +40,7 @@ class DecodedVideo:
 def pixels_to_uint8(video: torch.Tensor) -> np.ndarray:
     """(C, F, H, W) float in [-1, 1] -> (F, H, W, C) uint8, by rounding as upstream does (not truncation)."""
     scaled = (video.float().clamp(-1.0, 1.0) + 1.0) * 127.5
-    frames = scaled.round().to(torch.uint8).permute(1, 2, 3, 0).contiguous()
-    if not frames.is_cuda:
-        return frames.numpy()
-    # Into page-locked host memory, which torch's caching host allocator hands back to the next segment's frames: a
-    # pageable copy stages through a driver buffer into freshly allocated pages (the seed segment's decode stage spent
-    # 0.05 s past the decode itself on an H200, bench/README.md).
-    host = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
-    host.copy_(frames)
-    return host.numpy()
+    return scaled.round().to(torch.uint8).permute(1, 2, 3, 0).contiguous().cpu().numpy()
 
 
 def write_mp4(frames: np.ndarray, path: Path, fps: int) -> Path:
