@@ -41,7 +41,8 @@ DENOISE_BYTES_PER_TOKEN_DIM = 12
 # the peak follows the frame size, not the length). Measured on the H200: 9.6 GiB over the VAE's weights at 768x576
 # (22.7 KiB per pixel; bench/README.md, "Memory profiles"), rounded up. A 16-bit VAE's peak is about half: 4.32 GiB
 # in fp16 or bf16 against 8.29 in fp32 on the H200 (bench/results/vae_chunks_h200.json), so it scales with the VAE's
-# element size. With the GPU's VAE layers (Wan2GP.vae_layers) the fp16 peak was 4.94 GiB, under this estimate's 5.06.
+# element size. With the GPU's VAE layers (Wan2GP.vae_layers) the fp16 peak was 4.94 GiB, then 3.77 GiB once they
+# stopped copying padded inputs, under this estimate's 5.06.
 VAE_DECODE_BYTES_PER_PIXEL = 24 * 1024
 # Room for the unmerged LoRA adapters beside a resident block, as a share of the block's 16-bit bytes (two rank-64
 # LoRAs on every Linear add ~4% to an A14B block; the adapters stay 16-bit when the block's weights are 8-bit).

@@ -58,8 +58,8 @@ class FramewiseCausalConv3d(WanCausalConv3d):
     def _shifted_taps(self, x: torch.Tensor, cache_x: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
         """Stride 1, "same" causal padding, one video: output frame j's tap k reads padded frame j + k, where the
         padding is the cached frames after zeros. The last tap (the frame itself) covers every output frame; each
-        earlier one adds into the frames it shifts to, from x's frames and from the cached ones apart, so the padded
-        input is never built (a copy of every input the size of the input)."""
+        earlier one adds into the frames it shifts to, from x's frames and from the cached ones apart: the padded
+        input, a copy of every input, is never built."""
         last = self.kernel_size[0] - 1
         frames = frames_as_batch(x)  # a view for NDHWC
         count = frames.shape[0]

@@ -439,7 +439,7 @@ def vae_decode_check(vae: torch.nn.Module, latents: torch.Tensor, device: torch.
         ways["bf16"] = copy.deepcopy(vae).to(torch.bfloat16)
         ways["fp16"] = copy.deepcopy(vae).to(torch.float16)
         ways["fp16_wan2gp_layers"] = copy.deepcopy(ways["fp16"])
-        use_fast_layers(ways["fp16_wan2gp_layers"])  # what the later engines run
+        use_fast_layers(ways["fp16_wan2gp_layers"])  # the later engines' layers, uncompiled
         ways["fp32_ncdhw"] = _contiguous(copy.deepcopy(vae))
     for name, module in ways.items():
         codec = VaeCodec(module)

@@ -16,8 +16,10 @@ Measured: the three main decoder convolutions alone (96, 192 and 384 channels at
 decode and encode through `VaeCodec` (best of `--repeats` after an untimed call) with each convolution swapped into
 a copy of the VAE, and with the engine's `use_fast_layers` (`fast_layers`: the framewise convolution, a fused RMS
 norm, upsampling in fp16, residual blocks that take their input channels-last and run each norm and its SiLU as one
-function; `fast_layers_compiled`: that function compiled by inductor, as the worker's --compile runs it), each
-against the fp32 native VAE; and the kernels of one decode of each (torch.profiler, the largest by time).
+function; `fast_layers_compiled`: those functions and the blocks' output add compiled by inductor with the
+convolutions' biases in them, as the worker's --compile runs them), each against the fp32 native VAE, and the engine's
+decode stage (the decode, then uint8 frames on the host); and the kernels of one decode of each and the ops of one
+decode and one encode by input shape (torch.profiler, the largest by time).
 
     python bench/vae_convs.py --json out.json        # on the GPU (bench/device_bench.sh vae_convs NAME)
     python bench/vae_convs.py --tiny                 # CPU smoke test: a base_dim 8 VAE at 64x64x13, fp32
