@@ -235,8 +235,8 @@ def prepare_for_gpu(
     vae: torch.nn.Module, *, stock_layers: bool = False, compile_backend: str | Callable | None = None
 ) -> None:
     """How the engine runs a VAE on a GPU: its convolution weights channels-last, and (unless `stock_layers`: the
-    segment benchmark's stock pipeline shares its first engine's VAE) the forwards above, the residual blocks' norm
-    and SiLU compiled with `compile_backend` where one is given (the worker's --compile)."""
+    segment benchmark's stock pipeline shares its first engine's VAE) the forwards above, the residual blocks'
+    elementwise functions compiled with `compile_backend` where one is given (the worker's --compile)."""
     convolutions_channels_last(vae)
     if not stock_layers:
         use_fast_layers(vae, compile_backend=compile_backend)
@@ -281,8 +281,9 @@ def rows_compiled(function: Callable[..., torch.Tensor], backend: str | Callable
     """torch.compile'd `function(rows, *operands)` of (positions, channels) tensors and per-channel vectors, with the
     positions symbolic and the channels fixed: a compile per channel count serves every block, chunk and size. With
     the channel count fixed inductor keeps a row in registers (a `triton_per_` kernel, one read of the tensor); with
-    every dimension symbolic (dynamic=True) it looped over the rows (`triton_red_`), 0.215 s of the seed segment's
-    decode against 0.030 s (bench/README.md)."""
+    every dimension symbolic (dynamic=True) it looped over each row (`triton_red_`): the norm-and-SiLU took 0.215 s of
+    the seed segment's decode that way on these 2-D rows (0.081 s on the 5-D views before them) against 0.030 s
+    (bench/README.md)."""
     compiled = torch.compile(function, backend=backend)
 
     def call(*operands: torch.Tensor) -> torch.Tensor:
