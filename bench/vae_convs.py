@@ -22,6 +22,7 @@ decode stage (the decode, then uint8 frames on the host); and the kernels of one
 decode and one encode by input shape (torch.profiler, the largest by time).
 
     python bench/vae_convs.py --json out.json        # on the GPU (bench/device_bench.sh vae_convs NAME)
+    python bench/vae_convs.py --dtype float32 ...    # the VAE in float32, as --vae-dtype float32 runs it
     python bench/vae_convs.py --tiny                 # CPU smoke test: a base_dim 8 VAE at 64x64x13, fp32
 """
 
@@ -171,6 +172,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--workdir", type=Path, help="default: a temporary folder")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="the whole-VAE variants, comma-separated")
     parser.add_argument(
+        "--dtype", choices=("float16", "float32"), default="float16", help="the VAE's dtype on a GPU (--vae-dtype)"
+    )
+    parser.add_argument(
         "--cudnn-search", choices=("both", "off"), default="both", help="also time with cudnn.benchmark on (a GPU)"
     )
     args = parser.parse_args(argv)
@@ -182,7 +186,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda:0")
     width, height, frames = (64, 64, 13) if args.tiny else (768, 576, 53)
-    dtype = torch.float32 if device.type == "cpu" else torch.float16
+    # the CPU runs float32 only: its 16-bit convolutions are slow and say nothing about a GPU's
+    dtype = torch.float32 if device.type == "cpu" else getattr(torch, args.dtype)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vae_convs_"))
     reference_vae, latents = seed_size_vae(workdir, device, tiny=args.tiny, size=(width, height, frames))
     report: dict[str, Any] = {
@@ -240,10 +245,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with torch.inference_mode():
         reference_pixels = VaeCodec(reference_vae).decode(latents)
         reference_latents = VaeCodec(reference_vae).encode(reference_pixels.to(device))
-    half = copy.deepcopy(reference_vae).to(dtype)
+    in_dtype = copy.deepcopy(reference_vae).to(dtype)
     for name in variants:
         switch = VARIANTS[name]
-        vae = copy.deepcopy(half)
+        vae = copy.deepcopy(in_dtype)
         switch(vae)
         codec = VaeCodec(vae)
         for search in searches:
