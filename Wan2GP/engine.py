@@ -234,8 +234,8 @@ class WanEngine:
     1.21 s instead of 1.90 s on an H200, 1.8e-3 from fp32; bench/README.md). On a GPU the VAE's convolutions run
     channels-last (NDHWC), and its causal convolutions, RMS norms, upsamplers and residual blocks run
     Wan2GP.vae_layers' forwards (the same arithmetic up to rounding, in fewer passes over memory; with
-    `compile_backend`, the residual blocks' norm-and-SiLU compiled); `stock_vae_layers` keeps diffusers' own (the
-    segment benchmark's stock pipeline shares its first engine's VAE).
+    `compile_backend`, the residual blocks' elementwise functions compiled, with the convolutions' biases in them);
+    `stock_vae_layers` keeps diffusers' own (the segment benchmark's stock pipeline shares its first engine's VAE).
     `attention` ("auto", "sdpa", "flash3", "flash4", "cudnn_fp8"; Wan2GP.attention) picks the transformers' attention
     kernel: "auto" is, on the fast path ("fp8_dynamic" weights), cuDNN's fp8 attention where it can run (a compute
     capability 9.x/10.x GPU with nvidia-cudnn-frontend installed), then FlashAttention-3 (a 9.x GPU with flash-attn-3

@@ -249,11 +249,13 @@ def test_native_dtype_upsampling_copies_the_same_values() -> None:
     assert torch.equal(out, stock(x))
 
 
-def test_the_fast_layers_decode_and_encode_tiled_as_diffusers() -> None:
-    """The placements that tile the VAE (a 24 or 48 GB card) run the same modules through diffusers' tiled loops."""
+@pytest.mark.parametrize("compiled", [False, True])
+def test_the_fast_layers_decode_and_encode_tiled_as_diffusers(compiled: bool) -> None:
+    """The placements that tile the VAE (a 24 or 48 GB card) run the same modules through diffusers' tiled loops, with
+    --compile too (tiles of several sizes through the same graphs)."""
     stock = _random_vae("wan21")
     fast = copy.deepcopy(stock)
-    prepare_for_gpu(fast)
+    prepare_for_gpu(fast, compile_backend="eager" if compiled else None)
     tiles = dict(tile_sample_min_height=64, tile_sample_min_width=64, tile_sample_stride_height=48)
     for vae in (stock, fast):
         vae.enable_tiling(**tiles, tile_sample_stride_width=48)
