@@ -96,7 +96,7 @@ VARIANTS: dict[str, Callable[[AutoencoderKLWan], Any]] = {
     "im2col": _conv_only(Im2colCausalConv3d),
     "framewise": _conv_only(FramewiseCausalConv3d),  # the engine's convolution alone
     "fast_layers": use_fast_layers,  # the engine's: convolution, RMS norm, upsampling, residual block
-    # and with --compile: the residual blocks' norm-and-SiLU compiled
+    # and with --compile: the residual blocks' functions compiled, the convolutions' biases in them
     "fast_layers_compiled": lambda vae: use_fast_layers(vae, compile_backend=_compile_backend()),
 }
 CONVOLUTIONS: dict[str, type[WanCausalConv3d]] = {
