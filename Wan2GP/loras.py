@@ -216,8 +216,8 @@ class _Write:
             parameter.qdata.copy_(qdata)
             parameter.scale.copy_(scale)
             return
-        single = single_low_rank_term(self.terms, wanted, parameter)
-        if single is not None and parameter.is_cuda:
+        single = single_low_rank_term(self.terms, wanted, parameter) if parameter.is_cuda else None
+        if single is not None:
             merge_low_rank(parameter, original, *single)
             return
         value = original.to(torch.float32, copy=True)
